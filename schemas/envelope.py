@@ -1,0 +1,104 @@
+"""The CloudEvents 1.0 envelope (structured JSON mode) that carries every event.
+
+https://github.com/cloudevents/spec/blob/v1.0.2/cloudevents/spec.md
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+SPECVERSION = "1.0"
+SCHEMA_VERSION = 1
+CONTENT_TYPE = "application/cloudevents+json"
+DATA_CONTENT_TYPE = "application/json"
+
+_SOURCE_PATTERN = r"^[a-z][a-z0-9+.-]*://\S+$"
+
+
+def schema_uri(event_type: str, version: int = SCHEMA_VERSION) -> str:
+    """The ``dataschema`` of ``event_type``: names the JSON Schema and its version."""
+    return f"urn:dimsebus:schema:{event_type}:v{version}"
+
+
+def _to_utc(value: dt.datetime) -> dt.datetime:
+    return value.astimezone(dt.UTC)
+
+
+def _check_source(value: str) -> str:
+    if not re.match(_SOURCE_PATTERN, value):
+        raise ValueError(f"{value!r} is not a valid source: expected a URI like dimsebus://node/ID")
+    return value
+
+
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
+"""A timezone-aware instant, normalised to UTC (RFC 3339 on the wire)."""
+
+Source = Annotated[
+    str,
+    AfterValidator(_check_source),
+    Field(json_schema_extra={"format": "uri", "pattern": _SOURCE_PATTERN}),
+]
+
+
+class Model(BaseModel):
+    """Base of every contract model: immutable, and unknown fields are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CloudEvent(Model):
+    """A CloudEvents 1.0 envelope; subclasses fix ``type`` and ``data``."""
+
+    specversion: Literal["1.0"] = "1.0"
+    id: UUID
+    source: Source
+    type: str
+    time: UtcDatetime
+    subject: Annotated[str, Field(min_length=1)]
+    datacontenttype: Literal["application/json"] = "application/json"
+    dataschema: str
+    data: Model
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_dataschema(cls, value: Any) -> Any:
+        if isinstance(value, dict) and "dataschema" not in value:
+            event_type = value.get("type", cls.model_fields["type"].default)
+            if isinstance(event_type, str):
+                return {**value, "dataschema": schema_uri(event_type)}
+        return value
+
+    @model_validator(mode="after")
+    def _check_dataschema(self) -> CloudEvent:
+        expected = schema_uri(self.type)
+        if self.dataschema != expected:
+            raise ValueError(
+                f"dataschema {self.dataschema!r} is not supported for {self.type!r}: "
+                f"this version reads {expected!r}"
+            )
+        return self
+
+    @property
+    def routing_key(self) -> str:
+        """``type``, plus ``.success``/``.warning``/``.failure``/``.cancel`` for outcomes."""
+        category = getattr(self.data, "status_category", None)
+        return f"{self.type}.{category}" if category else self.type
+
+    @property
+    def correlation_id(self) -> str | None:
+        """The operation id the event belongs to, where there is one."""
+        operation = getattr(self.data, "operation", None)
+        operation_id = getattr(operation, "id", None)
+        return str(operation_id) if operation_id is not None else None

@@ -1,0 +1,421 @@
+"""One frozen model per event type of the dimsebus contract (DESIGN.md).
+
+Events are past-tense facts; the one command (``ResendSubOperations``) is
+imperative. ``parse_event`` turns any message body into the right model.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Self
+from uuid import UUID
+
+from pydantic import Field, TypeAdapter, model_validator
+
+from schemas.dicom import UID, AETitle, MessageID, Port, PresentationContextID, StatusCode
+from schemas.envelope import CloudEvent, Model, UtcDatetime
+from schemas.status import Service, StatusCategory, describe_status
+
+Role = Literal["requestor", "acceptor"]
+OperationKind = Literal["store", "move", "get"]
+ResponseCategory = Literal["success", "warning", "failure", "cancel"]
+QueryLevel = Literal["PATIENT", "STUDY", "SERIES", "IMAGE"]
+MoveOutcome = Literal[
+    "in_progress", "completed", "completed_with_failures", "failed", "cancelled", "stalled"
+]
+MissingReason = Literal["aborted", "dimse_timeout", "connection_lost", "released", "send_failed"]
+
+LabelKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-/]{1,63}$")]
+Labels = dict[LabelKey, Annotated[str, Field(max_length=256)]]
+Host = Annotated[str, Field(min_length=1, max_length=253)]
+Count = Annotated[int, Field(ge=0)]
+Attempt = Annotated[int, Field(ge=1)]
+Comment = Annotated[str, Field(max_length=1024)]
+
+
+def _check_category(status: int, category: str, service: Service) -> None:
+    expected = describe_status(status, service).category
+    if category != expected:
+        raise ValueError(
+            f"status_category {category!r} does not match status 0x{status:04X}, "
+            f"which is {expected.value!r}"
+        )
+
+
+# -- parts shared by several events -------------------------------------------------
+
+
+class AssociationRef(Model):
+    """The network handle: one association of the node with a peer."""
+
+    id: UUID
+    role: Role
+    local_ae_title: AETitle
+    peer_ae_title: AETitle
+    peer_host: Host
+    peer_port: Port
+
+
+class Operation(Model):
+    """The node's job that a message belongs to: a send, a C-MOVE or a C-GET."""
+
+    kind: OperationKind
+    id: UUID
+
+
+class MoveOriginator(Model):
+    """Move Originator AE Title (0000,1030) and Message ID (0000,1031) of a C-STORE-RQ."""
+
+    ae_title: AETitle
+    message_id: MessageID
+
+
+class PresentationContext(Model):
+    """One negotiated presentation context (PS3.8 9.3.3.2)."""
+
+    id: PresentationContextID
+    abstract_syntax_uid: UID
+    transfer_syntax_uid: UID | None
+    accepted: bool
+
+
+class SubOperationCounts(Model):
+    """The Number of Remaining/Completed/Failed/Warning Sub-operations (PS3.7 C.4.2)."""
+
+    remaining: Count | None = None
+    completed: Count = 0
+    failed: Count = 0
+    warning: Count = 0
+
+
+class FailedInstance(Model):
+    """A SOP instance whose sub-operation has not (yet) succeeded."""
+
+    sop_instance_uid: UID
+    status: StatusCode | None
+    reason: str
+    attempts: Attempt
+
+
+# -- C-STORE ---------------------------------------------------------------------------
+
+
+class CStoreRequestFacts(Model):
+    """What the node knew when it sent the C-STORE-RQ."""
+
+    association: AssociationRef
+    presentation_context_id: PresentationContextID
+    transfer_syntax_uid: UID
+    message_id: MessageID
+    affected_sop_class_uid: UID
+    affected_sop_instance_uid: UID
+    move_originator: MoveOriginator | None
+    operation: Operation
+    attempt: Attempt = 1
+    labels: Labels = Field(default_factory=dict)
+    requested_at: UtcDatetime
+
+
+class CStoreResponseReceivedData(CStoreRequestFacts):
+    """A C-STORE-RSP and the request it answers (PS3.7 9.3.1.2)."""
+
+    status: StatusCode
+    status_category: ResponseCategory
+    error_comment: Comment | None = None
+    responded_at: UtcDatetime
+
+    @model_validator(mode="after")
+    def _status_matches_category(self) -> Self:
+        _check_category(self.status, self.status_category, Service.STORAGE)
+        return self
+
+
+class CStoreResponseMissingData(CStoreRequestFacts):
+    """A C-STORE-RQ that never got its response."""
+
+    reason: MissingReason
+    detail: Comment
+    detected_at: UtcDatetime
+
+
+class CStoreResponseReceived(CloudEvent):
+    """A C-STORE-RSP arrived at the node (any role)."""
+
+    type: Literal["dicom.cstore.response.received"] = "dicom.cstore.response.received"
+    data: CStoreResponseReceivedData
+
+
+class CStoreResponseMissing(CloudEvent):
+    """A C-STORE-RQ got no response: abort, DIMSE timeout or connection lost."""
+
+    type: Literal["dicom.cstore.response.missing"] = "dicom.cstore.response.missing"
+    data: CStoreResponseMissingData
+
+    @property
+    def routing_key(self) -> str:
+        """A missing response is a failure of the sub-operation."""
+        return f"{self.type}.{StatusCategory.FAILURE.value}"
+
+
+# -- associations ----------------------------------------------------------------------
+
+
+class AssociationEstablishedData(Model):
+    """An association of the node, and the contexts that were negotiated."""
+
+    association: AssociationRef
+    presentation_contexts: tuple[PresentationContext, ...] = ()
+    max_pdu_length: Count | None = None
+    at: UtcDatetime
+
+
+class AssociationRejectedData(Model):
+    """An A-ASSOCIATE-RJ, sent or received by the node (PS3.8 9.3.4)."""
+
+    association: AssociationRef
+    result: Literal["permanent", "transient"]
+    source: Literal["service_user", "service_provider_acse", "service_provider_presentation"]
+    reason: Annotated[int, Field(ge=0, le=255)]
+    reason_text: str
+    at: UtcDatetime
+
+
+class AssociationEndedData(Model):
+    """An association that was released or aborted."""
+
+    association: AssociationRef
+    at: UtcDatetime
+
+
+class AssociationAbortedData(AssociationEndedData):
+    """An A-ABORT or A-P-ABORT, or a lost connection."""
+
+    source: Literal["local", "peer", "network"]
+    reason: str
+
+
+class AssociationEstablished(CloudEvent):
+    """The node established an association, as requestor or acceptor."""
+
+    type: Literal["dicom.association.established"] = "dicom.association.established"
+    data: AssociationEstablishedData
+
+
+class AssociationRejected(CloudEvent):
+    """An association of the node was rejected."""
+
+    type: Literal["dicom.association.rejected"] = "dicom.association.rejected"
+    data: AssociationRejectedData
+
+
+class AssociationReleased(CloudEvent):
+    """An association of the node was released normally."""
+
+    type: Literal["dicom.association.released"] = "dicom.association.released"
+    data: AssociationEndedData
+
+
+class AssociationAborted(CloudEvent):
+    """An association of the node was aborted."""
+
+    type: Literal["dicom.association.aborted"] = "dicom.association.aborted"
+    data: AssociationAbortedData
+
+
+# -- C-MOVE and C-GET served by the node ---------------------------------------------
+
+
+class RetrieveRequestedData(Model):
+    """A C-MOVE-RQ or C-GET-RQ that the node received as SCP."""
+
+    association: AssociationRef
+    message_id: MessageID
+    operation: Operation
+    affected_sop_class_uid: UID
+    query_level: QueryLevel
+    keys: dict[str, str] = Field(default_factory=dict)
+    priority: Annotated[int, Field(ge=0, le=2)] = 0
+    requested_at: UtcDatetime
+
+
+class MoveRequestedData(RetrieveRequestedData):
+    """A C-MOVE-RQ, with the Move Destination (0000,0600)."""
+
+    move_destination: AETitle
+
+
+class RetrieveCompletedData(Model):
+    """The final C-MOVE-RSP or C-GET-RSP that the node sent (PS3.4 C.4.2.1.5)."""
+
+    association: AssociationRef
+    message_id: MessageID
+    operation: Operation
+    status: StatusCode
+    status_category: ResponseCategory
+    error_comment: Comment | None = None
+    counts: SubOperationCounts
+    failed_sop_instance_uids: tuple[UID, ...] = ()
+    completed_at: UtcDatetime
+
+    @model_validator(mode="after")
+    def _status_matches_category(self) -> Self:
+        _check_category(self.status, self.status_category, Service.QUERY_RETRIEVE)
+        return self
+
+
+class MoveCompletedData(RetrieveCompletedData):
+    """The final C-MOVE-RSP, with the destination the sub-operations went to."""
+
+    move_destination: AETitle
+
+
+class MoveRequested(CloudEvent):
+    """The node, as Move SCP, received a C-MOVE-RQ."""
+
+    type: Literal["dicom.move.requested"] = "dicom.move.requested"
+    data: MoveRequestedData
+
+
+class MoveCompleted(CloudEvent):
+    """The node, as Move SCP, sent its final C-MOVE-RSP."""
+
+    type: Literal["dicom.move.completed"] = "dicom.move.completed"
+    data: MoveCompletedData
+
+
+class GetRequested(CloudEvent):
+    """The node, as Get SCP, received a C-GET-RQ."""
+
+    type: Literal["dicom.get.requested"] = "dicom.get.requested"
+    data: RetrieveRequestedData
+
+
+class GetCompleted(CloudEvent):
+    """The node, as Get SCP, sent its final C-GET-RSP."""
+
+    type: Literal["dicom.get.completed"] = "dicom.get.completed"
+    data: RetrieveCompletedData
+
+
+# -- derived by the tracker and the retrier ------------------------------------------
+
+
+class MoveProgressData(Model):
+    """The tracker's view of one C-MOVE."""
+
+    operation: Operation
+    node_id: str
+    requestor_ae_title: AETitle | None
+    destination_ae_title: AETitle | None
+    expected: Count | None
+    counts: SubOperationCounts
+    outcome: MoveOutcome
+    failed_instances: tuple[FailedInstance, ...] = ()
+    at: UtcDatetime
+
+
+class MoveProgressed(CloudEvent):
+    """The tracker folded new sub-operation results into a move."""
+
+    type: Literal["dimsebus.move.progressed"] = "dimsebus.move.progressed"
+    data: MoveProgressData
+
+
+class MoveFinished(CloudEvent):
+    """The tracker decided a move's outcome."""
+
+    type: Literal["dimsebus.move.finished"] = "dimsebus.move.finished"
+    data: MoveProgressData
+
+
+class RetryData(Model):
+    """A retrier decision about the failed sub-operations of one operation."""
+
+    operation: Operation
+    node_id: str
+    sop_instance_uids: Annotated[tuple[UID, ...], Field(min_length=1)]
+    attempt: Attempt
+    reason: str
+    retry_at: UtcDatetime | None = None
+
+
+class RetryScheduled(CloudEvent):
+    """The retrier will re-send failed sub-operations at ``retry_at``."""
+
+    type: Literal["dimsebus.retry.scheduled"] = "dimsebus.retry.scheduled"
+    data: RetryData
+
+
+class RetryExhausted(CloudEvent):
+    """The retrier gave up on failed sub-operations; they are parked."""
+
+    type: Literal["dimsebus.retry.exhausted"] = "dimsebus.retry.exhausted"
+    data: RetryData
+
+
+# -- commands --------------------------------------------------------------------------
+
+
+class ResendData(Model):
+    """Which instances the node must send again, and where."""
+
+    operation: Operation
+    node_id: str
+    sop_instance_uids: Annotated[tuple[UID, ...], Field(min_length=1)]
+    destination_ae_title: AETitle
+    move_originator: MoveOriginator | None
+    attempt: Attempt
+
+
+class ResendSubOperations(CloudEvent):
+    """Command to a node: re-send these SOP instances (routed by node id)."""
+
+    type: Literal["dimsebus.command.resend"] = "dimsebus.command.resend"
+    data: ResendData
+
+
+EVENT_MODELS: tuple[type[CloudEvent], ...] = (
+    CStoreResponseReceived,
+    CStoreResponseMissing,
+    AssociationEstablished,
+    AssociationRejected,
+    AssociationReleased,
+    AssociationAborted,
+    MoveRequested,
+    MoveCompleted,
+    GetRequested,
+    GetCompleted,
+    MoveProgressed,
+    MoveFinished,
+    RetryScheduled,
+    RetryExhausted,
+)
+COMMAND_MODELS: tuple[type[CloudEvent], ...] = (ResendSubOperations,)
+
+Event = Annotated[
+    CStoreResponseReceived
+    | CStoreResponseMissing
+    | AssociationEstablished
+    | AssociationRejected
+    | AssociationReleased
+    | AssociationAborted
+    | MoveRequested
+    | MoveCompleted
+    | GetRequested
+    | GetCompleted
+    | MoveProgressed
+    | MoveFinished
+    | RetryScheduled
+    | RetryExhausted
+    | ResendSubOperations,
+    Field(discriminator="type"),
+]
+
+MESSAGE_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+TYPES: dict[str, type[CloudEvent]] = {
+    model.model_fields["type"].default: model for model in (*EVENT_MODELS, *COMMAND_MODELS)
+}
+
+
+def parse_event(body: bytes | str) -> Event:
+    """Validate a structured CloudEvents JSON body into its event model."""
+    return MESSAGE_ADAPTER.validate_json(body)

@@ -1,0 +1,1 @@
+"""aio-pika adapters: topology, the confirming publisher, the consumer runner."""

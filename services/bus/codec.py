@@ -1,0 +1,55 @@
+"""Events to AMQP messages and back (structured CloudEvents, DESIGN.md 'Message format')."""
+
+from __future__ import annotations
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+from pydantic import ValidationError
+
+from schemas.envelope import CONTENT_TYPE, CloudEvent
+from schemas.events import Event, parse_event
+from services.errors import InvalidEvent
+
+
+def to_message(event: CloudEvent) -> aio_pika.Message:
+    """A persistent AMQP message whose properties mirror the envelope."""
+    return aio_pika.Message(
+        body=event.model_dump_json().encode(),
+        content_type=CONTENT_TYPE,
+        message_id=str(event.id),
+        type=event.type,
+        timestamp=event.time,
+        correlation_id=event.correlation_id,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+
+
+def decode_body(body: bytes) -> Event:
+    """Validate a message body, or raise ``InvalidEvent`` naming every bad field."""
+    try:
+        return parse_event(body)
+    except ValidationError as exc:
+        raise InvalidEvent(describe_validation_error(exc)) from exc
+
+
+def from_message(message: AbstractIncomingMessage) -> Event:
+    """The event in ``message``; its AMQP ``message_id`` must agree with the body's ``id``."""
+    event = decode_body(message.body)
+    if message.message_id is not None and message.message_id != str(event.id):
+        raise InvalidEvent(
+            f"message_id: AMQP property {message.message_id!r} differs from event id {event.id}"
+        )
+    return event
+
+
+def describe_validation_error(exc: ValidationError, limit: int = 5) -> str:
+    """One line per problem, each naming the field path and the bad value."""
+    lines = []
+    for error in exc.errors(include_url=False)[:limit]:
+        where = ".".join(str(part) for part in error["loc"]) or "body"
+        value = repr(error.get("input"))
+        shown = value if len(value) <= 80 else value[:77] + "..."
+        lines.append(f"{where}: {error['msg']} (got {shown})")
+    if exc.error_count() > limit:
+        lines.append(f"... and {exc.error_count() - limit} more")
+    return "; ".join(lines)

@@ -1,0 +1,138 @@
+"""The consumer runner: prefetch, manual ack, and one place that maps errors to dispositions.
+
+A handler returns once its effect is durable; only then is the message acked.
+A message that is not a valid event, or that the handler declares
+``Unprocessable``, is parked: re-published to ``dimsebus.dlx`` with the reason
+in ``x-dimsebus-reason``, which routes it to ``<queue>.dead``. Any other error
+requeues it after a short back-off, and the quorum queue's ``x-delivery-limit``
+dead-letters it if it keeps failing, so nothing loops forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from enum import StrEnum
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
+
+from schemas.events import Event
+from services.bus.codec import from_message
+from services.bus.publisher import Publisher
+from services.bus.topology import DEAD_LETTER_EXCHANGE, WorkQueue, declare_work_queue
+from services.errors import InvalidEvent, Unprocessable
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Event], Awaitable[None]]
+REASON_HEADER = "x-dimsebus-reason"
+ERROR_HEADER = "x-dimsebus-error"
+
+
+class Disposition(StrEnum):
+    """What happens to a delivery once its handler has run."""
+
+    ACK = "ack"
+    PARK = "park"
+    REQUEUE = "requeue"
+
+
+def disposition_for(error: BaseException | None) -> Disposition:
+    """The one mapping from a handler's outcome to the message's fate."""
+    if error is None:
+        return Disposition.ACK
+    if isinstance(error, InvalidEvent | Unprocessable):
+        return Disposition.PARK
+    return Disposition.REQUEUE
+
+
+def requeue_delay(delivery_count: int, first: float = 0.2, limit: float = 5.0) -> float:
+    """Seconds to wait before requeueing a message delivered ``delivery_count`` times before."""
+    return float(min(first * 2**delivery_count, limit))
+
+
+def parked_message(
+    message: AbstractIncomingMessage, queue: str, error: BaseException
+) -> aio_pika.Message:
+    """A copy of ``message`` that carries why ``queue``'s consumer parked it."""
+    headers = dict(message.headers or {})
+    headers.update(
+        {
+            REASON_HEADER: str(error),
+            ERROR_HEADER: type(error).__name__,
+            "x-original-exchange": message.exchange or "",
+            "x-original-routing-key": message.routing_key or "",
+            "x-original-queue": queue,
+        }
+    )
+    return aio_pika.Message(
+        body=message.body,
+        headers=headers,
+        content_type=message.content_type,
+        message_id=message.message_id,
+        type=message.type,
+        timestamp=message.timestamp,
+        correlation_id=message.correlation_id,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+
+
+class Consumer:
+    """Runs ``handler`` for every event on a work queue."""
+
+    def __init__(
+        self,
+        channel: AbstractRobustChannel,
+        queue: WorkQueue,
+        handler: Handler,
+        *,
+        prefetch: int = 64,
+    ) -> None:
+        self._channel = channel
+        self._queue = queue
+        self._handler = handler
+        self._prefetch = prefetch
+        self._parker = Publisher(channel)
+
+    async def start(self) -> None:
+        """Declare the queue and start consuming; returns once the consumer is registered."""
+        await self._channel.set_qos(prefetch_count=self._prefetch)
+        queue = await declare_work_queue(self._channel, self._queue)
+        await queue.consume(self.on_message)
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        """Decode, handle, then settle the delivery by the outcome."""
+        error: Exception | None = None
+        try:
+            await self._handler(from_message(message))
+        except Exception as exc:
+            error = exc
+        await self._settle(message, error)
+
+    async def _settle(self, message: AbstractIncomingMessage, error: Exception | None) -> None:
+        match disposition_for(error):
+            case Disposition.ACK:
+                await message.ack()
+            case Disposition.PARK:
+                assert error is not None
+                log.warning(
+                    "parking message %s from %s: %s", message.message_id, self._queue.name, error
+                )
+                await self._parker.send(
+                    parked_message(message, self._queue.name, error),
+                    DEAD_LETTER_EXCHANGE,
+                    self._queue.name,
+                )
+                await message.ack()
+            case Disposition.REQUEUE:
+                count = int(str((message.headers or {}).get("x-delivery-count") or 0))
+                log.error(
+                    "handler failed on message %s (delivery %d): %r",
+                    message.message_id,
+                    count + 1,
+                    error,
+                )
+                await asyncio.sleep(requeue_delay(count))
+                await message.nack(requeue=True)

@@ -1,0 +1,74 @@
+"""Reading the ``dimsebus.log`` stream from an offset (first, last, next or a number)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aio_pika.abc import AbstractChannel, AbstractQueueIterator
+
+from schemas.events import Event
+from services.bus.codec import from_message
+from services.bus.topology import LOG_STREAM
+from services.errors import ConfigError, InvalidEvent
+
+NAMED_OFFSETS = ("first", "last", "next")
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    """One message of the log: its stream offset and its event, or why it is not one."""
+
+    offset: int
+    routing_key: str
+    event: Event | None
+    error: str | None = None
+
+
+def parse_offset(text: str) -> str | int:
+    """``first``, ``last``, ``next`` or a non-negative integer offset."""
+    if text in NAMED_OFFSETS:
+        return text
+    if text.isdigit():
+        return int(text)
+    raise ConfigError(f"--from: {text!r} is not first, last, next or a stream offset")
+
+
+class LogReader:
+    """Reads the log from ``offset`` on; subscribed once ``async with`` has entered.
+
+    Entering before publishing guarantees that ``offset="next"`` sees what follows.
+    """
+
+    def __init__(
+        self, channel: AbstractChannel, offset: str | int = "first", *, prefetch: int = 1000
+    ) -> None:
+        self._channel = channel
+        self._offset = offset
+        self._prefetch = prefetch
+        self._messages: AbstractQueueIterator | None = None
+
+    async def __aenter__(self) -> LogReader:
+        await self._channel.set_qos(prefetch_count=self._prefetch)
+        queue = await self._channel.get_queue(LOG_STREAM, ensure=False)
+        self._messages = queue.iterator(arguments={"x-stream-offset": self._offset})
+        await self._messages.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._messages is not None:
+            await self._messages.close()
+
+    def __aiter__(self) -> LogReader:
+        return self
+
+    async def __anext__(self) -> LogEntry:
+        assert self._messages is not None, "enter the reader with `async with` first"
+        message = await self._messages.__anext__()
+        offset = int((message.headers or {}).get("x-stream-offset", -1))  # type: ignore[arg-type]
+        key = message.routing_key or ""
+        try:
+            entry = LogEntry(offset, key, from_message(message))
+        except InvalidEvent as exc:
+            entry = LogEntry(offset, key, None, str(exc))
+        await message.ack()
+        return entry

@@ -1,0 +1,98 @@
+"""The confirming publisher: persistent, mandatory, a bounded window of unconfirmed messages.
+
+A publish returns once the broker confirmed it (basic.ack). Up to ``window``
+publishes may await confirmation at once, so throughput is not one round trip
+per message. Connection loss is retried until ``retry_for`` seconds have
+passed: a lost confirmation may duplicate a message, which every consumer
+tolerates because they dedupe by event id (DESIGN.md rule 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+import aio_pika
+from aio_pika.abc import AbstractExchange, AbstractRobustChannel
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError
+from aio_pika.exceptions import PublishError as ReturnedError
+
+from schemas.envelope import CloudEvent
+from services.bus.codec import to_message
+from services.bus.topology import EVENTS_EXCHANGE
+from services.errors import EventNacked, PublishInterrupted, UnroutableEvent
+
+log = logging.getLogger(__name__)
+
+
+class Publisher:
+    """Publishes events to ``dimsebus.events`` (or any exchange) with confirms."""
+
+    def __init__(
+        self,
+        channel: AbstractRobustChannel,
+        *,
+        window: int = 256,
+        retry_for: float = 30.0,
+        confirm_timeout: float = 30.0,
+    ) -> None:
+        self._channel = channel
+        self._window = asyncio.Semaphore(window)
+        self._retry_for = retry_for
+        self._confirm_timeout = confirm_timeout
+        self._exchanges: dict[str, AbstractExchange] = {}
+
+    async def publish(self, event: CloudEvent, exchange: str = EVENTS_EXCHANGE) -> None:
+        """Publish ``event`` under its routing key and wait for the broker's confirm."""
+        await self.send(to_message(event), exchange, event.routing_key)
+
+    async def publish_all(
+        self, events: Iterable[CloudEvent], exchange: str = EVENTS_EXCHANGE
+    ) -> None:
+        """Publish ``events`` concurrently within the window; raise the first failure."""
+        async with asyncio.TaskGroup() as group:
+            for event in events:
+                group.create_task(self.publish(event, exchange))
+
+    async def send(self, message: aio_pika.Message, exchange: str, routing_key: str) -> None:
+        """Publish a ready message mandatory and confirmed, retrying lost connections."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._retry_for
+        async with self._window:
+            for delay in _backoff():
+                try:
+                    await self._publish_once(message, exchange, routing_key)
+                    return
+                except ReturnedError as exc:
+                    raise UnroutableEvent(
+                        f"routing key {routing_key!r} on exchange {exchange!r} reaches no queue"
+                    ) from exc
+                except DeliveryError as exc:
+                    raise EventNacked(
+                        f"broker nacked message {message.message_id} to {exchange!r}"
+                    ) from exc
+                except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
+                    if loop.time() + delay > deadline:
+                        raise PublishInterrupted(
+                            f"message {message.message_id} to {exchange!r} unconfirmed after "
+                            f"{self._retry_for:.0f} s: {exc!r}"
+                        ) from exc
+                    log.warning("publish of %s interrupted (%r); retrying", message.message_id, exc)
+                    await asyncio.sleep(delay)
+
+    async def _publish_once(
+        self, message: aio_pika.Message, exchange: str, routing_key: str
+    ) -> None:
+        target = self._exchanges.get(exchange)
+        if target is None:
+            target = await self._channel.get_exchange(exchange, ensure=False)
+            self._exchanges[exchange] = target
+        await target.publish(message, routing_key, mandatory=True, timeout=self._confirm_timeout)
+
+
+def _backoff(first: float = 0.1, limit: float = 5.0) -> Iterable[float]:
+    delay = first
+    while True:
+        yield delay
+        delay = min(delay * 2, limit)

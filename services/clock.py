@@ -1,0 +1,20 @@
+"""The shell's source of time and ids; pure code takes both as arguments."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from uuid import UUID
+
+from schemas.ids import uuid7_from
+
+
+def utc_now() -> dt.datetime:
+    """The current time, timezone-aware UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+def new_id() -> UUID:
+    """A fresh time-ordered UUIDv7."""
+    return uuid7_from(time.time_ns() // 1_000_000, int.from_bytes(os.urandom(10)))

@@ -1,0 +1,68 @@
+"""Shared fixtures: the real broker (see tests/broker.py) and connections to it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Iterator
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+
+from services.bus.connection import confirming_channel, connect
+from services.bus.topology import declare_topology
+from tests.broker import (
+    LOCAL_URL,
+    docker_answers,
+    local_rabbitmqctl,
+    private_vhost,
+    rabbitmq_container,
+)
+
+
+async def _answers(url: str) -> str | None:
+    try:
+        connection = await asyncio.wait_for(aio_pika.connect(url), timeout=10)
+    except Exception as exc:
+        return repr(exc)
+    await connection.close()
+    return None
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> Iterator[str]:
+    """The URL of a private vhost on a real RabbitMQ; fails when no broker answers."""
+    with contextlib.ExitStack() as stack:
+        if url := os.environ.get("AMQP_URL"):
+            ctl = local_rabbitmqctl()
+        elif docker_answers():
+            url, ctl = stack.enter_context(rabbitmq_container())
+        else:
+            url, ctl = LOCAL_URL, local_rabbitmqctl()
+        problem = asyncio.run(_answers(url))
+        if problem is not None:
+            pytest.fail(
+                f"no RabbitMQ answers at {url} ({problem}); start one with "
+                "`rabbitmq-server -detached` or set AMQP_URL",
+                pytrace=False,
+            )
+        yield stack.enter_context(private_vhost(url, ctl))
+
+
+@pytest.fixture
+async def connection(amqp_url: str) -> AsyncIterator[AbstractRobustConnection]:
+    """A robust connection to the test vhost, with the topology declared."""
+    conn = await connect(amqp_url, "dimsebus-tests")
+    async with conn:
+        channel = await conn.channel()
+        await declare_topology(channel)
+        await channel.close()
+        yield conn
+
+
+@pytest.fixture
+async def channel(connection: AbstractRobustConnection) -> AbstractRobustChannel:
+    """A confirming channel on the test connection."""
+    return await confirming_channel(connection)

@@ -1,0 +1,91 @@
+"""The strict DICOM value types reject bad values with messages naming field and value."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import BaseModel, ValidationError
+
+from schemas.dicom import UID, AETitle, MessageID, PresentationContextID, StatusCode
+
+
+class Probe(BaseModel):
+    uid: UID = "1.2.3"
+    ae: AETitle = "STORESCP"
+    message_id: MessageID = 1
+    context_id: PresentationContextID = 1
+    status: StatusCode = 0
+
+
+def _error(field: str, value: Any) -> str:
+    with pytest.raises(ValidationError) as caught:
+        Probe.model_validate({field: value})
+    text = str(caught.value)
+    assert field in text  # pydantic names the field
+    return text
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("", "length 0 is not 1 to 64"),
+        ("1." + "2" * 63, "length 65 is not 1 to 64"),
+        ("1..2", "component 2 is empty"),
+        ("1.2.", "component 3 is empty"),
+        (".1", "component 1 is empty"),
+        ("1.02.3", "component 2 has a leading zero"),
+        ("1.2a.3", "component 2 is not digits"),
+        ("1.²", "component 2 is not digits"),
+    ],
+)
+def test_bad_uid(value: str, why: str) -> None:
+    assert f"{value!r} is not a valid UID: {why}" in _error("uid", value)
+
+
+@pytest.mark.parametrize("value", ["0", "1.2.840.10008.1.1", "1.0.0", "2." + "9" * 62])
+def test_good_uid(value: str) -> None:
+    assert Probe(uid=value).uid == value
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("", "length 0 is not 1 to 16"),
+        ("A" * 17, "length 17 is not 1 to 16"),
+        ("AE\\TITLE", "contains a backslash"),
+        ("AE\tTITLE", "control character"),
+        ("AÉ", "outside the default character repertoire"),
+        ("    ", "only spaces"),
+    ],
+)
+def test_bad_ae_title(value: str, why: str) -> None:
+    text = _error("ae", value)
+    assert "is not a valid AE title" in text
+    assert why in text
+
+
+def test_ae_title_padding_is_not_significant() -> None:
+    assert Probe(ae="  STORESCP ").ae == "STORESCP"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("message_id", -1, "-1 is not a valid message id: it is not 0 to 65535"),
+        ("message_id", 65536, "65536 is not a valid message id: it is not 0 to 65535"),
+        ("context_id", 0, "0 is not a valid presentation context id: it is not 1 to 255"),
+        ("context_id", 257, "257 is not a valid presentation context id: it is not 1 to 255"),
+        ("context_id", 2, "2 is not a valid presentation context id: it must be odd"),
+        ("status", -1, "-1 is not a valid status: it is not 0 to 65535"),
+        ("status", 0x10000, "65536 is not a valid status: it is not 0 to 65535"),
+    ],
+)
+def test_bad_integer(field: str, value: int, why: str) -> None:
+    assert why in _error(field, value)
+
+
+@pytest.mark.parametrize("field", ["message_id", "context_id", "status"])
+@pytest.mark.parametrize("value", ["1", 1.0, True])
+def test_integers_are_strict(field: str, value: object) -> None:
+    _error(field, value)
