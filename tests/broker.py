@@ -12,10 +12,11 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
-from urllib.parse import quote, urlsplit, urlunsplit
+from dataclasses import dataclass
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 LOCAL_URL = "amqp://guest:guest@127.0.0.1:5672/"
-Exec = Callable[[list[str]], None]
+Exec = Callable[[list[str]], str]
 
 
 def docker_answers() -> bool:
@@ -38,10 +39,11 @@ def rabbitmq_container() -> Iterator[tuple[str, Exec]]:
         host = container.get_container_host_ip()
         port = container.get_exposed_port(5672)
 
-        def run(argv: list[str]) -> None:
+        def run(argv: list[str]) -> str:
             code, output = container.exec(argv)
             if code != 0:
                 raise RuntimeError(f"{argv} failed in the container: {output!r}")
+            return output.decode()  # type: ignore[no-any-return]
 
         yield f"amqp://guest:guest@{host}:{port}/", run
 
@@ -52,8 +54,9 @@ def local_rabbitmqctl() -> Exec | None:
     if tool is None:
         return None
 
-    def run(argv: list[str]) -> None:
-        subprocess.run([tool, *argv[1:]], check=True, capture_output=True, timeout=60)
+    def run(argv: list[str]) -> str:
+        done = subprocess.run([tool, *argv[1:]], check=True, capture_output=True, timeout=60)
+        return done.stdout.decode()
 
     return run
 
@@ -62,6 +65,47 @@ def with_vhost(url: str, vhost: str) -> str:
     """``url`` pointing at ``vhost`` instead of its own."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, "/" + quote(vhost, safe=""), "", ""))
+
+
+@dataclass(frozen=True)
+class Broker:
+    """The broker under test: its URL (a private vhost) and rabbitmqctl, when reachable."""
+
+    url: str
+    ctl: Exec | None
+
+    @property
+    def vhost(self) -> str:
+        """The vhost the URL points at."""
+        return unquote(urlsplit(self.url).path.removeprefix("/")) or "/"
+
+    def close_connections(self, name: str) -> int:
+        """Force-close (``rabbitmqctl close_connection``) every connection called ``name``."""
+        if self.ctl is None:
+            raise RuntimeError("closing connections needs rabbitmqctl or a testcontainer")
+        # The table form, not JSON: close_connection takes the pid as the table prints it.
+        listing = self.ctl(
+            [
+                "rabbitmqctl",
+                "list_connections",
+                "-q",
+                "--no-table-headers",
+                "pid",
+                "vhost",
+                "client_properties",
+            ]
+        )
+        marker = f'{{"connection_name","{name}"}}'
+        pids = [
+            pid
+            for pid, vhost, properties in (
+                line.split("\t", 2) for line in listing.splitlines() if line
+            )
+            if vhost == self.vhost and marker in properties
+        ]
+        for pid in pids:
+            self.ctl(["rabbitmqctl", "close_connection", pid, "closed by a dimsebus test"])
+        return len(pids)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from services.bus.connection import confirming_channel, connect
 from services.bus.topology import declare_topology
 from tests.broker import (
     LOCAL_URL,
+    Broker,
     docker_answers,
     local_rabbitmqctl,
     private_vhost,
@@ -32,8 +33,8 @@ async def _answers(url: str) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def amqp_url() -> Iterator[str]:
-    """The URL of a private vhost on a real RabbitMQ; fails when no broker answers."""
+def broker() -> Iterator[Broker]:
+    """A private vhost on a real RabbitMQ; fails (never skips) when no broker answers."""
     with contextlib.ExitStack() as stack:
         if url := os.environ.get("AMQP_URL"):
             ctl = local_rabbitmqctl()
@@ -48,7 +49,13 @@ def amqp_url() -> Iterator[str]:
                 "`rabbitmq-server -detached` or set AMQP_URL",
                 pytrace=False,
             )
-        yield stack.enter_context(private_vhost(url, ctl))
+        yield Broker(stack.enter_context(private_vhost(url, ctl)), ctl)
+
+
+@pytest.fixture(scope="session")
+def amqp_url(broker: Broker) -> str:
+    """The URL of the test run's private vhost."""
+    return broker.url
 
 
 @pytest.fixture
