@@ -19,10 +19,14 @@ STATUS_MAX = 0xFFFF
 
 _UID_PATTERN = r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$"
 _AE_PATTERN = r"^(?=.*[^ ])[\x20-\x5b\x5d-\x7e]{1,16}$"
+_UID_FULLMATCH = re.compile(_UID_PATTERN).fullmatch
+_AE_FULLMATCH = re.compile(_AE_PATTERN).fullmatch
 
 
 def check_uid(value: str) -> str:
     """Return ``value`` if it is a valid UID (PS3.5 9.1), else raise ``ValueError``."""
+    if len(value) <= UID_MAX_LENGTH and _UID_FULLMATCH(value):
+        return value  # the common case; the loop below only explains rejections
     if not 1 <= len(value) <= UID_MAX_LENGTH:
         raise ValueError(f"{value!r} is not a valid UID: length {len(value)} is not 1 to 64")
     for index, component in enumerate(value.split("."), start=1):
@@ -43,6 +47,8 @@ def _strip_ae_padding(value: Any) -> Any:
 
 def check_ae_title(value: str) -> str:
     """Return ``value`` if it is a valid AE title (PS3.5 6.2, VR AE), else raise."""
+    if _AE_FULLMATCH(value):
+        return value
     if not 1 <= len(value) <= AE_TITLE_MAX_LENGTH:
         raise ValueError(f"{value!r} is not a valid AE title: length {len(value)} is not 1 to 16")
     if not value.strip(" "):
@@ -117,6 +123,3 @@ Port = Annotated[
     WithJsonSchema({"type": "integer", "minimum": 0, "maximum": 65535}),
 ]
 """A TCP port number."""
-
-UID_REGEX = re.compile(_UID_PATTERN)
-AE_TITLE_REGEX = re.compile(_AE_PATTERN)

@@ -162,7 +162,7 @@ async def _drain(
     channel: AbstractRobustChannel, name: str, count: int
 ) -> list[aio_pika.abc.AbstractIncomingMessage]:
     queue = await channel.get_queue(name, ensure=False)
-    messages = []
+    messages: list[aio_pika.abc.AbstractIncomingMessage] = []
     async with asyncio.timeout(20):
         while len(messages) < count:
             message = await queue.get(fail=False)

@@ -1,0 +1,11 @@
+# One image for every dimsebus service; the compose file picks the sub-command.
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY schemas ./schemas
+COPY services ./services
+RUN pip install --no-cache-dir .
+RUN useradd --create-home dimsebus
+USER dimsebus
+ENTRYPOINT ["dimsebus"]
+CMD ["--help"]

@@ -1,0 +1,81 @@
+"""Flags override DIMSEBUS_* variables, which override the TOML file; errors name the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from services.cli import app
+from services.errors import ConfigError
+from services.settings import ServiceSettings, load_settings, masked
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "dimsebus.toml"
+    path.write_text(
+        'amqp_url = "amqp://file:secret@broker-a:5672/"\nprefetch = 10\npublish_window = 7\n'
+    )
+    return path
+
+
+def test_precedence(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a file, an environment variable for one of its keys, and a flag for another
+    monkeypatch.setenv("DIMSEBUS_PREFETCH", "20")
+    settings = load_settings(ServiceSettings, config, publish_window=30)
+    # then the flag beats the file, the environment beats the file, the file beats defaults
+    assert (settings.publish_window, settings.prefetch) == (30, 20)
+    assert settings.amqp_url == "amqp://file:secret@broker-a:5672/"
+    assert settings.log_max_age == "30D"
+
+
+def test_bad_value_in_file_names_field_and_value(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('prefetch = 0\nlog_max_age = "forever"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(ServiceSettings, path)
+    message = str(caught.value)
+    assert "prefetch: Input should be greater than or equal to 1 (got 0)" in message
+    assert "log_max_age" in message
+    assert "'forever' is not a RabbitMQ max-age" in message
+    assert str(path) in message
+
+
+def test_unknown_key_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "typo.toml"
+    path.write_text("prefech = 5\n")
+    with pytest.raises(ConfigError, match="prefech: Extra inputs are not permitted"):
+        load_settings(ServiceSettings, path)
+
+
+def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("prefetch = = 5\n")
+    with pytest.raises(ConfigError, match=r"broken\.toml"):
+        load_settings(ServiceSettings, path)
+
+
+def test_missing_config_file() -> None:
+    with pytest.raises(ConfigError, match="--config: '/nonexistent.toml' is not a readable file"):
+        load_settings(ServiceSettings, Path("/nonexistent.toml"))
+
+
+def test_bad_amqp_url_flag() -> None:
+    with pytest.raises(ConfigError, match="amqp_url: .*'http://x' is not an AMQP URL"):
+        load_settings(ServiceSettings, amqp_url="http://x")
+
+
+def test_secrets_are_masked(config: Path) -> None:
+    shown = masked(load_settings(ServiceSettings, config))
+    assert shown["amqp_url"] == "amqp://file:***@broker-a:5672/"
+
+
+def test_cli_reports_one_clear_line() -> None:
+    result = CliRunner().invoke(app, ["events", "tail", "--from", "yesterday"])
+    assert result.exit_code == 2
+    assert "--from: 'yesterday' is not first, last, next or a stream offset" in result.output
+    result = CliRunner().invoke(app, ["demo", "--amqp-url", "http://x"])
+    assert result.exit_code == 2
+    assert "is not an AMQP URL" in result.output
