@@ -58,12 +58,12 @@ def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
 
 
 def test_missing_config_file() -> None:
-    with pytest.raises(ConfigError, match="--config: '/nonexistent.toml' is not a readable file"):
+    with pytest.raises(ConfigError, match=r"--config: '/nonexistent\.toml' is not a readable file"):
         load_settings(ServiceSettings, Path("/nonexistent.toml"))
 
 
 def test_bad_amqp_url_flag() -> None:
-    with pytest.raises(ConfigError, match="amqp_url: .*'http://x' is not an AMQP URL"):
+    with pytest.raises(ConfigError, match=r"amqp_url: .*'http://x' is not an AMQP URL"):
         load_settings(ServiceSettings, amqp_url="http://x")
 
 
