@@ -158,7 +158,7 @@ async def run(
 def show(times: dict[str, list[float]], count: int, size: int, window: int) -> None:
     rounds = len(next(iter(times.values())))
     table = Table(
-        title=f"bus rates: {count} events of {size} bytes, window {window}, median of {rounds} rounds"
+        title=f"bus: {count} events of {size} bytes, window {window}, median of {rounds} rounds"
     )
     for column in ("path", "events/s", "ratio to raw"):
         table.add_column(column, justify="right" if column != "path" else "left")
