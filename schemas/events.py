@@ -22,7 +22,9 @@ QueryLevel = Literal["PATIENT", "STUDY", "SERIES", "IMAGE"]
 MoveOutcome = Literal[
     "in_progress", "completed", "completed_with_failures", "failed", "cancelled", "stalled"
 ]
-MissingReason = Literal["aborted", "dimse_timeout", "connection_lost", "released", "send_failed"]
+MissingReason = Literal[
+    "aborted", "dimse_timeout", "connection_lost", "released", "send_failed", "invalid_response"
+]
 
 LabelKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-/]{1,63}$")]
 Labels = dict[LabelKey, Annotated[str, Field(max_length=256)]]

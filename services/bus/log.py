@@ -36,6 +36,8 @@ def parse_offset(text: str) -> str | int:
 class LogReader:
     """Reads the log from ``offset`` on; subscribed once ``async with`` has entered.
 
+    The reader owns ``channel`` and closes it on exit.
+
     Entering before publishing guarantees that ``offset="next"`` sees what follows.
     """
 
@@ -55,8 +57,9 @@ class LogReader:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._messages is not None:
-            await self._messages.close()
+        # Closing the channel returns unacked deliveries; the iterator's own close()
+        # would nack them, which a stream refuses by closing the connection.
+        await self._channel.close()
 
     def __aiter__(self) -> LogReader:
         return self

@@ -57,12 +57,14 @@ class Publisher:
 
     async def send(self, message: aio_pika.Message, exchange: str, routing_key: str) -> None:
         """Publish a ready message mandatory and confirmed, retrying lost connections."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._retry_for
+        target = self._exchanges.get(exchange) or await self._exchange(exchange)
+        delay, waited = 0.1, 0.0
         async with self._window:
-            for delay in _backoff():
+            while True:
                 try:
-                    await self._publish_once(message, exchange, routing_key)
+                    await target.publish(
+                        message, routing_key, mandatory=True, timeout=self._confirm_timeout
+                    )
                     return
                 except ReturnedError as exc:
                     raise UnroutableEvent(
@@ -73,26 +75,15 @@ class Publisher:
                         f"broker nacked message {message.message_id} to {exchange!r}"
                     ) from exc
                 except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
-                    if loop.time() + delay > deadline:
+                    if waited + delay > self._retry_for:
                         raise PublishInterrupted(
                             f"message {message.message_id} to {exchange!r} unconfirmed after "
                             f"{self._retry_for:.0f} s: {exc!r}"
                         ) from exc
                     log.warning("publish of %s interrupted (%r); retrying", message.message_id, exc)
                     await asyncio.sleep(delay)
+                    waited, delay = waited + delay, min(delay * 2, 5.0)
 
-    async def _publish_once(
-        self, message: aio_pika.Message, exchange: str, routing_key: str
-    ) -> None:
-        target = self._exchanges.get(exchange)
-        if target is None:
-            target = await self._channel.get_exchange(exchange, ensure=False)
-            self._exchanges[exchange] = target
-        await target.publish(message, routing_key, mandatory=True, timeout=self._confirm_timeout)
-
-
-def _backoff(first: float = 0.1, limit: float = 5.0) -> Iterable[float]:
-    delay = first
-    while True:
-        yield delay
-        delay = min(delay * 2, limit)
+    async def _exchange(self, name: str) -> AbstractExchange:
+        self._exchanges[name] = await self._channel.get_exchange(name, ensure=False)
+        return self._exchanges[name]

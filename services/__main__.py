@@ -1,0 +1,5 @@
+"""``python -m services`` is the ``dimsebus`` command."""
+
+from services.cli import app
+
+app()

@@ -1,0 +1,1 @@
+"""The DICOM node: pynetdicom roles, the capture of every C-STORE-RSP, the archive, the outbox."""

@@ -1,0 +1,123 @@
+"""The node process: one pynetdicom AE serving its archive, the capture, and the outbox relay."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, sop_class
+
+from services.bus.outbox import Outbox, OutboxRelay
+from services.node.archive import Archive
+from services.node.config import NodeSettings
+from services.node.dimse import Capture
+from services.node.scp import ArchiveSCP
+
+log = logging.getLogger(__name__)
+
+# pynetdicom generates its SOP class names at import time, so they are looked up by name.
+QUERY_RETRIEVE: tuple[str, ...] = tuple(
+    str(getattr(sop_class, f"{root}QueryRetrieveInformationModel{service}"))
+    for root in ("PatientRoot", "StudyRoot")
+    for service in ("Find", "Move", "Get")
+)
+VERIFICATION = str(sop_class.Verification)  # type: ignore[attr-defined]
+
+
+def build_ae(settings: NodeSettings) -> AE:
+    """The node's AE: Verification, Storage and Query/Retrieve SCP, with its timeouts."""
+    ae = AE(ae_title=settings.ae_title)
+    ae.maximum_pdu_size = settings.max_pdu
+    ae.dimse_timeout = settings.dimse_timeout
+    ae.acse_timeout = settings.acse_timeout
+    ae.network_timeout = settings.network_timeout
+    ae.maximum_associations = 64
+    ae.add_supported_context(VERIFICATION)
+    for context in StoragePresentationContexts:
+        # As Storage SCP, and as the SCP role of C-GET's C-STOREs on the requestor's side.
+        ae.add_supported_context(
+            str(context.abstract_syntax), ALL_TRANSFER_SYNTAXES, scp_role=True, scu_role=True
+        )
+    for model in QUERY_RETRIEVE:
+        ae.add_supported_context(model)
+    return ae
+
+
+@dataclass
+class Node:
+    """A running node: the AE's server thread plus the relay task on the event loop."""
+
+    settings: NodeSettings
+    outbox: Outbox
+    archive: Archive
+    capture: Capture
+
+    @classmethod
+    def open(cls, settings: NodeSettings) -> Node:
+        """Open the outbox and the archive; nothing listens yet."""
+        outbox = Outbox(settings.outbox_path)
+        return cls(
+            settings,
+            outbox,
+            Archive(settings.archive_path),
+            Capture(settings.node_id, outbox, dict(settings.labels)),
+        )
+
+    async def serve(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        """Serve DICOM and relay events until ``stop`` is set."""
+        relay = OutboxRelay(
+            self.outbox,
+            self.settings.amqp_url,
+            name=f"dimsebus-node-{self.settings.node_id}",
+            window=self.settings.publish_window,
+        )
+        relay_stop = asyncio.Event()
+        relay_task = asyncio.create_task(relay.run(relay_stop))
+        scp = ArchiveSCP(self.settings, self.archive, self.capture)
+        ae = build_ae(self.settings)
+        server = ae.start_server(
+            (self.settings.host, self.settings.port),
+            block=False,
+            evt_handlers=[*self.capture.handlers(), *scp.handlers()],
+        )
+        assert server is not None, "start_server(block=False) returns the server"
+        log.info(
+            "node %s listening as %s on %s:%d; archive %d instances; outbox depth %d",
+            self.settings.node_id,
+            self.settings.ae_title,
+            self.settings.host,
+            self.settings.port,
+            self.archive.count(),
+            self.outbox.depth(),
+        )
+        if ready is not None:
+            ready.set()
+        try:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=30)
+                except TimeoutError:
+                    log.info("outbox depth %d, published %d", self.outbox.depth(), relay.published)
+        finally:
+            server.shutdown()
+            ae.shutdown()
+            await relay.flush(within=5.0)
+            relay_stop.set()
+            await relay_task
+            self.outbox.close()
+            self.archive.close()
+
+
+def run_node(settings: NodeSettings) -> None:
+    """Run the node in the foreground until SIGINT or SIGTERM."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await Node.open(settings).serve(stop)
+
+    asyncio.run(main())

@@ -1,0 +1,152 @@
+"""The node's archive: a folder of DICOM files and an SQLite index over them."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from services.errors import DimsebusError
+from services.node.query import ATTRIBUTES, LEVELS, UNIQUE_KEYS, Query
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS instances (
+    {", ".join(f"{column} TEXT" for column, _ in ATTRIBUTES.values())},
+    transfer_syntax_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    PRIMARY KEY (sop_instance_uid)
+);
+CREATE INDEX IF NOT EXISTS by_patient ON instances (patient_id);
+CREATE INDEX IF NOT EXISTS by_study ON instances (study_instance_uid);
+CREATE INDEX IF NOT EXISTS by_series ON instances (series_instance_uid);
+"""
+
+
+class ArchiveError(DimsebusError):
+    """A file could not be added to the archive."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredInstance:
+    """An archived instance: what a retrieve needs to send it."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+    path: Path
+
+    def read(self) -> Dataset:
+        """The instance as stored, with its file meta."""
+        return dcmread(self.path)
+
+
+class Archive:
+    """Files under ``root``/files, indexed in ``root``/index.sqlite; safe across threads."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        (root / "files").mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(root / "index.sqlite", check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close the index."""
+        self._db.close()
+
+    def store(self, dataset: Dataset) -> StoredInstance:
+        """Write ``dataset`` (with file meta) into the archive and index it; replaces a twin."""
+        uid = str(dataset.SOPInstanceUID)
+        path = self.root / "files" / str(dataset.StudyInstanceUID) / f"{uid}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        dataset.save_as(path, enforce_file_format=True)
+        return self._index(dataset, path)
+
+    def import_file(self, source: Path) -> StoredInstance:
+        """Copy a DICOM file into the archive, or raise ``ArchiveError`` naming the file."""
+        try:
+            dataset = dcmread(source)
+        except (InvalidDicomError, OSError, ValueError) as exc:
+            raise ArchiveError(f"{source}: not a readable DICOM file ({exc})") from exc
+        missing = [
+            k for k in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID") if k not in dataset
+        ]
+        if missing:
+            raise ArchiveError(f"{source}: missing {', '.join(missing)}")
+        return self.store(dataset)
+
+    def _index(self, dataset: Dataset, path: Path) -> StoredInstance:
+        values = {
+            column: _text(dataset.get(keyword)) for keyword, (column, _) in ATTRIBUTES.items()
+        }
+        values["transfer_syntax_uid"] = str(dataset.file_meta.TransferSyntaxUID)
+        values["path"] = str(path)
+        columns = ", ".join(values)
+        with self._lock, self._db:
+            self._db.execute(
+                f"INSERT OR REPLACE INTO instances ({columns}) "
+                f"VALUES ({', '.join('?' * len(values))})",
+                tuple(values.values()),
+            )
+        return StoredInstance(
+            str(dataset.SOPClassUID),
+            str(dataset.SOPInstanceUID),
+            str(values["transfer_syntax_uid"]),
+            path,
+        )
+
+    def find(self, query: Query) -> list[dict[str, str]]:
+        """One identifier per distinct match at the query's level, with the asked keys."""
+        depth = LEVELS.index(query.level)
+        keys = [
+            k
+            for k in query.return_keys
+            if k in ATTRIBUTES and LEVELS.index(ATTRIBUTES[k][1]) <= depth
+        ]
+        group = ATTRIBUTES[UNIQUE_KEYS[query.level]][0]
+        # Bare columns in an SQLite GROUP BY come from one row of the group; every asked key
+        # is at or above the query level, so it has one value per group anyway.
+        columns = [ATTRIBUTES[k][0] for k in keys] or [group]
+        sql = f"SELECT {', '.join(columns)} FROM instances WHERE {query.where} GROUP BY {group}"
+        with self._lock:
+            rows = self._db.execute(sql, query.params).fetchall()
+        return [dict(zip(keys, (value or "" for value in row), strict=False)) for row in rows]
+
+    def instances(self, query: Query) -> list[StoredInstance]:
+        """Every archived instance under the query's matches, in a stable order."""
+        sql = (
+            "SELECT sop_class_uid, sop_instance_uid, transfer_syntax_uid, path FROM instances "
+            f"WHERE {query.where} ORDER BY study_instance_uid, series_instance_uid, "
+            "CAST(instance_number AS INTEGER), sop_instance_uid"
+        )
+        with self._lock:
+            rows = self._db.execute(sql, query.params).fetchall()
+        return [StoredInstance(c, i, t, Path(p)) for c, i, t, p in rows]
+
+    def by_uids(self, uids: list[str]) -> Iterator[StoredInstance]:
+        """The archived instances among ``uids``."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT sop_class_uid, sop_instance_uid, transfer_syntax_uid, path FROM instances "
+                f"WHERE sop_instance_uid IN ({', '.join('?' * len(uids))})",
+                uids,
+            ).fetchall()
+        return (StoredInstance(c, i, t, Path(p)) for c, i, t, p in rows)
+
+    def count(self) -> int:
+        """How many instances the archive holds."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+
+
+def _text(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    return str(value)

@@ -1,0 +1,207 @@
+"""``dimsebus node`` (and ``node status``), ``dimsebus archive import`` and ``dimsebus send``."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from schemas.status import Service, describe_status
+from services.bus.outbox import Outbox, OutboxRelay, read_depth
+from services.errors import DimsebusError
+from services.logs import configure_logging
+from services.node.app import run_node
+from services.node.archive import Archive, ArchiveError
+from services.node.config import NodeSettings
+from services.node.dimse import Capture
+from services.node.sender import SendSummary, Target, dicom_files, send_files
+from services.settings import load_settings
+
+console = Console()
+err = Console(stderr=True)
+node_app = typer.Typer(help="Run the DICOM node, or look at it.", invoke_without_command=True)
+archive_app = typer.Typer(help="The node's archive.", no_args_is_help=True)
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file")]
+
+
+def fail(message: str) -> Any:
+    """Print one clear line and exit 2."""
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def node_settings(config: Path | None, **flags: Any) -> NodeSettings:
+    """Node settings from file, environment and flags, or a clear exit."""
+    try:
+        return load_settings(NodeSettings, config, **flags)
+    except DimsebusError as exc:
+        return fail(str(exc))  # type: ignore[no-any-return]
+
+
+@node_app.callback()
+def node(
+    ctx: typer.Context,
+    config: ConfigOption = None,
+    port: Annotated[int | None, typer.Option(help="DICOM port to listen on")] = None,
+    ae_title: Annotated[str | None, typer.Option(help="the node's AE title")] = None,
+    node_id: Annotated[str | None, typer.Option(help="the node's id in events")] = None,
+    amqp_url: Annotated[str | None, typer.Option(help="RabbitMQ URL")] = None,
+) -> None:
+    """Run the node: Storage, Find, Move and Get SCP over its archive, publishing every event."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = config
+        return
+    configure_logging()
+    run_node(
+        node_settings(config, port=port, ae_title=ae_title, node_id=node_id, amqp_url=amqp_url)
+    )
+
+
+@node_app.command("status")
+def node_status(ctx: typer.Context) -> None:
+    """Show the outbox depth (events not yet confirmed by the broker) and the archive size."""
+    settings = node_settings(ctx.obj)
+    table = Table(title=f"node {settings.node_id}")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("outbox depth", str(read_depth(settings.outbox_path)))
+    table.add_row("outbox file", str(settings.outbox_path))
+    archive = Archive(settings.archive_path)
+    table.add_row("archive instances", str(archive.count()))
+    archive.close()
+    console.print(table)
+
+
+@archive_app.command("import")
+def archive_import(
+    paths: Annotated[list[Path], typer.Argument(help="files or folders")],
+    config: ConfigOption = None,
+) -> None:
+    """Add DICOM files to the node's archive; files that are not DICOM are named and skipped."""
+    settings = node_settings(config)
+    archive = Archive(settings.archive_path)
+    try:
+        files = dicom_files(paths)
+    except DimsebusError as exc:
+        fail(str(exc))
+    added, problems = 0, []
+    with _progress() as progress:
+        task = progress.add_task("importing", total=len(files))
+        for path in files:
+            try:
+                archive.import_file(path)
+                added += 1
+            except ArchiveError as exc:
+                problems.append(str(exc))
+            progress.advance(task)
+    archive.close()
+    for problem in problems:
+        err.print(f"skipped {problem}", highlight=False)
+    console.print(f"imported {added} of {len(files)} files into {settings.archive_path}")
+
+
+def send(
+    paths: Annotated[list[Path], typer.Argument(help="DICOM files or folders")],
+    to: Annotated[str, typer.Option("--to", help="AE@HOST:PORT of the Storage SCP")],
+    label: Annotated[list[str] | None, typer.Option("--label", help="k=v, repeatable")] = None,
+    config: ConfigOption = None,
+    outbox: Annotated[Path, typer.Option(help="this job's outbox")] = Path(
+        "var/send-outbox.sqlite"
+    ),
+    amqp_url: Annotated[str | None, typer.Option(help="RabbitMQ URL")] = None,
+) -> None:
+    """C-STORE files or folders to a peer; every C-STORE-RSP becomes an event on RabbitMQ."""
+    configure_logging("WARNING")
+    settings = node_settings(config, amqp_url=amqp_url, outbox_path=outbox)
+    try:
+        target = Target.parse(to)
+        labels = _labels(label or [])
+        files = dicom_files(paths)
+    except DimsebusError as exc:
+        fail(str(exc))
+    summary, depth = asyncio.run(_send(settings, target, files, labels))
+    _show_summary(summary, target, depth, settings.outbox_path)
+
+
+async def _send(
+    settings: NodeSettings, target: Target, files: list[Path], labels: dict[str, str]
+) -> tuple[SendSummary, int]:
+    box = Outbox(settings.outbox_path)
+    relay = OutboxRelay(
+        box, settings.amqp_url, name="dimsebus-send", window=settings.publish_window
+    )
+    stop = asyncio.Event()
+    relay_task = asyncio.create_task(relay.run(stop))
+    capture = Capture(settings.node_id, box, dict(settings.labels))
+    try:
+        with _progress() as progress:
+            task = progress.add_task(f"C-STORE to {target.ae_title}", total=len(files))
+            lock = threading.Lock()
+
+            def advance(path: Path, status: int | None) -> None:
+                with lock:
+                    progress.advance(task)
+
+            summary = await asyncio.to_thread(
+                send_files, settings, capture, target, files, labels=labels, on_progress=advance
+            )
+        await relay.flush(within=30.0)
+    except DimsebusError as exc:
+        fail(str(exc))
+    finally:
+        stop.set()
+        await relay_task
+    depth = box.depth()
+    box.close()
+    return summary, depth
+
+
+def _labels(pairs: list[str]) -> dict[str, str]:
+    labels = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise DimsebusError(f"--label: {pair!r} is not k=v")
+        labels[key] = value
+    return labels
+
+
+def _show_summary(summary: SendSummary, target: Target, depth: int, outbox: Path) -> None:
+    table = Table(
+        title=f"sent to {target.ae_title}@{target.host}:{target.port} "
+        f"(operation {summary.operation.id})"
+    )
+    for column in ("status", "meaning", "count"):
+        table.add_column(column, justify="right" if column == "count" else "left")
+    for status, count in sorted(summary.by_status.items()):
+        info = describe_status(status, Service.STORAGE)
+        table.add_row(info.label, info.description, str(count))
+    if summary.no_response:
+        table.add_row("-", "no response (aborted or timed out)", str(summary.no_response))
+    if summary.unreadable:
+        table.add_row("-", "not DICOM, not sent", str(len(summary.unreadable)))
+    console.print(table)
+    for problem in summary.unreadable:
+        err.print(f"skipped {problem}", highlight=False)
+    if depth:
+        err.print(
+            f"{depth} events wait in {outbox}; "
+            "the next `dimsebus send` with this outbox publishes them"
+        )
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    )

@@ -1,0 +1,328 @@
+"""The thin pynetdicom shell of the capture: bind, record, join, spool.
+
+pynetdicom calls these handlers on its association threads. They only read
+the message, keep per-association state, call the pure functions of
+``capture`` and append the events to the outbox: no broker, no awaiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pynetdicom import evt
+from pynetdicom.association import Association
+from pynetdicom.dsutils import decode
+from pynetdicom.pdu_primitives import A_ASSOCIATE
+
+from schemas import events as ev
+from schemas.envelope import CloudEvent
+from services.bus.outbox import Outbox
+from services.clock import new_id, utc_now
+from services.node import capture
+from services.node.capture import SentStore, Stamp, StoreResponse
+
+log = logging.getLogger(__name__)
+
+_REJECT_SOURCES = {
+    1: "service_user",
+    2: "service_provider_acse",
+    3: "service_provider_presentation",
+}
+_PENDING = (0xFF00, 0xFF01)
+
+
+@dataclass
+class Job:
+    """What the node is doing on an association: the operation its C-STOREs belong to."""
+
+    operation: ev.Operation
+    move_originator: ev.MoveOriginator | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Retrieval:
+    """A C-MOVE or C-GET the node is serving, until its final response."""
+
+    model: type[CloudEvent]
+    data: dict[str, Any]
+
+
+@dataclass
+class AssociationState:
+    """What the capture knows about one association."""
+
+    ref: ev.AssociationRef
+    job: Job | None
+    pending: dict[int, SentStore] = field(default_factory=dict)
+    retrievals: dict[int, Retrieval] = field(default_factory=dict)
+
+
+class Capture:
+    """Turns every DIMSE message the node exchanges into events in the outbox."""
+
+    def __init__(self, node_id: str, outbox: Outbox, labels: dict[str, str] | None = None) -> None:
+        self.source = f"dimsebus://node/{node_id}"
+        self.node_id = node_id
+        self.labels = labels or {}
+        self._outbox = outbox
+        self._states: weakref.WeakKeyDictionary[Association, AssociationState] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    def handlers(self, job: Job | None = None) -> list[tuple[Any, ...]]:
+        """The pynetdicom handlers to bind on an association; ``job`` for the ones we open."""
+        bound: list[tuple[Any, ...]] = [(evt.EVT_CONN_OPEN, set_tcp_nodelay)]
+        for event, handler in (
+            (evt.EVT_ESTABLISHED, self.on_established),
+            (evt.EVT_ACSE_SENT, self.on_acse),
+            (evt.EVT_ACSE_RECV, self.on_acse),
+            (evt.EVT_DIMSE_SENT, self.on_dimse_sent),
+            (evt.EVT_DIMSE_RECV, self.on_dimse_recv),
+            (evt.EVT_RELEASED, self.on_released),
+            (evt.EVT_ABORTED, self.on_aborted),
+            (evt.EVT_CONN_CLOSE, self.on_conn_close),
+        ):
+            bound.append((event, handler, [job]))
+        return bound
+
+    # -- state --------------------------------------------------------------------------
+
+    def state(self, assoc: Association, job: Job | None = None) -> AssociationState:
+        """The state of ``assoc``, created on first use."""
+        with self._lock:
+            found = self._states.get(assoc)
+            if found is None:
+                found = self._states[assoc] = AssociationState(_reference(assoc), job)
+            return found
+
+    def stamp(self) -> Stamp:
+        """A fresh id and the current time for one event."""
+        return Stamp(new_id(), utc_now(), self.source)
+
+    def emit(self, *events: CloudEvent) -> None:
+        """Spool events durably; the relay publishes them."""
+        self._outbox.append(events)
+
+    # -- handlers -----------------------------------------------------------------------
+
+    def on_established(self, event: evt.Event, job: Job | None) -> None:
+        """``dicom.association.established`` with the negotiated contexts."""
+        state = self.state(event.assoc, job)
+        state.ref = _reference(event.assoc)  # AE titles are final only now
+        contexts = tuple(
+            ev.PresentationContext(
+                id=int(cx.context_id or 1),
+                abstract_syntax_uid=str(cx.abstract_syntax),
+                transfer_syntax_uid=cx.transfer_syntax[0] if cx.transfer_syntax else None,
+                accepted=True,
+            )
+            for cx in event.assoc.accepted_contexts
+        )
+        details = {
+            "presentation_contexts": contexts,
+            "max_pdu_length": event.assoc.acceptor.maximum_length,
+        }
+        self.emit(capture.association_event("established", state.ref, self.stamp(), **details))
+
+    def on_acse(self, event: evt.Event, job: Job | None) -> None:
+        """``dicom.association.rejected`` for an A-ASSOCIATE-RJ either way (PS3.8 9.3.4)."""
+        primitive = event.primitive  # type: ignore[attr-defined]
+        if not isinstance(primitive, A_ASSOCIATE) or primitive.result not in (1, 2):
+            return
+        state = self.state(event.assoc, job)
+        state.ref = _reference(event.assoc)
+        details = {
+            "result": "permanent" if primitive.result == 1 else "transient",
+            "source": _REJECT_SOURCES.get(primitive.result_source or 1, "service_user"),
+            "reason": primitive.diagnostic or 0,
+            "reason_text": str(primitive.reason_str),
+        }
+        self.emit(capture.association_event("rejected", state.ref, self.stamp(), **details))
+
+    def on_dimse_sent(self, event: evt.Event, job: Job | None) -> None:
+        """Record each C-STORE-RQ; turn a final C-MOVE/C-GET-RSP into its completed event."""
+        message, state = event.message, self.state(event.assoc, job)
+        name = type(message).__name__
+        if name == "C_STORE_RQ":
+            state.pending[message.command_set.MessageID] = self._sent_store(
+                event.assoc, state, message
+            )
+        elif name in ("C_MOVE_RSP", "C_GET_RSP") and message.command_set.Status not in _PENDING:
+            self._retrieval_completed(event.assoc, state, message)
+
+    def on_dimse_recv(self, event: evt.Event, job: Job | None) -> None:
+        """Join a C-STORE-RSP to its request and spool the response event."""
+        message = event.message
+        if type(message).__name__ != "C_STORE_RSP":
+            return
+        state = self.state(event.assoc, job)
+        command = message.command_set
+        sent = state.pending.pop(command.get("MessageIDBeingRespondedTo"), None)
+        if sent is None:
+            log.warning(
+                "C-STORE-RSP for unknown message id %s on %s",
+                command.get("MessageIDBeingRespondedTo"),
+                state.ref.id,
+            )
+            return
+        response = StoreResponse(
+            status=command.get("Status"),
+            error_comment=command.get("ErrorComment"),
+            affected_sop_instance_uid=command.get("AffectedSOPInstanceUID"),
+        )
+        self.emit(capture.response_event(sent, response, self.stamp()))
+
+    def on_released(self, event: evt.Event, job: Job | None) -> None:
+        """``dicom.association.released``; any request still unanswered is missing."""
+        state = self.state(event.assoc, job)
+        self._missing(state, "released", "association released before the response")
+        self.emit(capture.association_event("released", state.ref, self.stamp()))
+
+    def on_aborted(self, event: evt.Event, job: Job | None) -> None:
+        """``dicom.association.aborted``; requests still unanswered are missing."""
+        assoc, state = event.assoc, self.state(event.assoc, job)
+        source = (
+            "local"
+            if assoc._sent_abort
+            else ("network" if assoc.acse.is_aborted("a-p-abort") else "peer")
+        )
+        reason = {
+            "local": "A-ABORT sent by the node",
+            "peer": "A-ABORT from the peer",
+            "network": "A-P-ABORT",
+        }[source]
+        self._missing(state, "aborted", reason)
+        self.emit(
+            capture.association_event(
+                "aborted", state.ref, self.stamp(), source=source, reason=reason
+            )
+        )
+
+    def on_conn_close(self, event: evt.Event, job: Job | None) -> None:
+        """A connection that closed under unanswered requests lost them.
+
+        The close may be seen before the association thread reports an A-ABORT
+        that arrived just before it, so the DUL is asked whether one did.
+        """
+        assoc = event.assoc
+        if assoc._sent_abort or assoc.acse.is_aborted():
+            self._missing(self.state(assoc, job), "aborted", "association aborted")
+        else:
+            self._missing(self.state(assoc, job), "connection_lost", "TCP connection closed")
+
+    # -- helpers of the handlers ----------------------------------------------------------
+
+    def _sent_store(self, assoc: Association, state: AssociationState, message: Any) -> SentStore:
+        command = message.command_set
+        job = state.job or Job(ev.Operation(kind="store", id=state.ref.id))
+        uid = str(command.AffectedSOPInstanceUID)
+        originator = None
+        if command.get("MoveOriginatorApplicationEntityTitle"):
+            originator = ev.MoveOriginator(
+                ae_title=str(command.MoveOriginatorApplicationEntityTitle).strip(),
+                message_id=command.MoveOriginatorMessageID,
+            )
+        context = next(cx for cx in assoc.accepted_contexts if cx.context_id == message.context_id)
+        return SentStore(
+            association=state.ref,
+            presentation_context_id=message.context_id,
+            transfer_syntax_uid=str(context.transfer_syntax[0]),
+            message_id=command.MessageID,
+            affected_sop_class_uid=str(command.AffectedSOPClassUID),
+            affected_sop_instance_uid=uid,
+            move_originator=originator or job.move_originator,
+            operation=job.operation,
+            attempt=job.attempts.get(uid, 1),
+            labels={**self.labels, **job.labels},
+            requested_at=utc_now(),
+        )
+
+    def _missing(self, state: AssociationState, reason: str, detail: str) -> None:
+        pending, state.pending = state.pending, {}
+        if pending:
+            self.emit(
+                *(
+                    capture.missing_event(sent, reason, detail, self.stamp())
+                    for sent in pending.values()
+                )
+            )
+
+    def _retrieval_completed(
+        self, assoc: Association, state: AssociationState, message: Any
+    ) -> None:
+        command = message.command_set
+        retrieval = state.retrievals.pop(command.MessageIDBeingRespondedTo, None)
+        if retrieval is None:
+            return
+        counts = ev.SubOperationCounts(
+            remaining=command.get("NumberOfRemainingSuboperations"),
+            completed=command.get("NumberOfCompletedSuboperations") or 0,
+            failed=command.get("NumberOfFailedSuboperations") or 0,
+            warning=command.get("NumberOfWarningSuboperations") or 0,
+        )
+        data = {
+            **retrieval.data,
+            "counts": counts,
+            "error_comment": command.get("ErrorComment"),
+            "failed_sop_instance_uids": _failed_uids(assoc, message),
+        }
+        self.emit(
+            capture.retrieve_completed_event(retrieval.model, data, command.Status, self.stamp())
+        )
+
+
+def set_tcp_nodelay(event: evt.Event) -> None:
+    """Disable Nagle on the association's socket: each C-STORE would wait 40 ms for an ACK."""
+    transport = event.assoc.dul.socket
+    sock = transport.socket if transport is not None else None
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _reference(assoc: Association) -> ev.AssociationRef:
+    local, peer = (
+        (assoc.requestor, assoc.acceptor)
+        if assoc.is_requestor
+        else (assoc.acceptor, assoc.requestor)
+    )
+    return ev.AssociationRef(
+        id=_association_id(assoc),
+        role="requestor" if assoc.is_requestor else "acceptor",
+        local_ae_title=str(local.ae_title).strip() or "UNKNOWN",
+        peer_ae_title=str(peer.ae_title).strip() or "UNKNOWN",
+        peer_host=str(peer.address) or "unknown",
+        peer_port=int(peer.port or 0),
+    )
+
+
+def _association_id(assoc: Association) -> Any:
+    """The node's id for ``assoc``: one per association, kept on the object itself."""
+    if not hasattr(assoc, "dimsebus_id"):
+        assoc.dimsebus_id = new_id()  # type: ignore[attr-defined]
+    return assoc.dimsebus_id  # type: ignore[attr-defined]
+
+
+def _failed_uids(assoc: Association, message: Any) -> tuple[str, ...]:
+    if message.data_set is None or not message.data_set.getvalue():
+        return ()
+    context = next(cx for cx in assoc.accepted_contexts if cx.context_id == message.context_id)
+    syntax = context.transfer_syntax[0]
+    message.data_set.seek(0)
+    identifier = decode(
+        message.data_set, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+    )
+    message.data_set.seek(0)
+    uids = identifier.get("FailedSOPInstanceUIDList") or []
+    return tuple(str(uid) for uid in ([uids] if isinstance(uids, str) else uids) if uid)
+
+
+Handler = Callable[..., Any]

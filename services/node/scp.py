@@ -1,0 +1,212 @@
+"""The node's SCP roles over its archive: Storage, Find, Move and Get (PS3.4 B, C).
+
+Each handler is a thin pynetdicom generator or function; the matching is
+``services.node.query`` and the capture is ``services.node.dimse``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import evt
+
+from schemas import events as ev
+from services.clock import new_id, utc_now
+from services.node import capture
+from services.node.archive import Archive, StoredInstance
+from services.node.config import NodeSettings
+from services.node.contexts import storage_contexts
+from services.node.dimse import Capture, Job, Retrieval
+from services.node.query import QueryError, build_query
+
+log = logging.getLogger(__name__)
+
+
+class ArchiveSCP:
+    """Storage, Find, Move and Get service over one archive."""
+
+    def __init__(self, settings: NodeSettings, archive: Archive, capture_: Capture) -> None:
+        self.settings = settings
+        self.archive = archive
+        self.capture = capture_
+
+    def handlers(self) -> list[tuple[Any, ...]]:
+        """The service handlers to bind on accepted associations."""
+        return [
+            (evt.EVT_C_STORE, self.on_c_store),
+            (evt.EVT_C_FIND, self.on_c_find),
+            (evt.EVT_C_MOVE, self.on_c_move),
+            (evt.EVT_C_GET, self.on_c_get),
+            (evt.EVT_C_ECHO, lambda event: 0x0000),
+        ]
+
+    def on_c_store(self, event: evt.Event) -> int | Dataset:
+        """Store into the archive; out of space is 0xA700, anything else 0xC000 with a comment."""
+        try:
+            dataset = event.dataset
+            dataset.file_meta = event.file_meta
+            self.archive.store(dataset)
+        except OSError as exc:
+            log.error("archive write failed: %s", exc)
+            return _status(0xA700, f"archive write failed: {exc}")
+        except Exception as exc:
+            log.exception("cannot store instance")
+            return _status(0xC000, f"cannot store: {exc}")
+        return 0x0000
+
+    def on_c_find(self, event: evt.Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
+        """Yield one pending response per match at the requested level."""
+        identifier = event.identifier
+        try:
+            query = build_query(str(identifier.get("QueryRetrieveLevel", "")), _keys(identifier))
+            matches = self.archive.find(query)
+        except QueryError as exc:
+            yield _status(0xA900, str(exc)), None
+            return
+        for match in matches:
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            answer = Dataset()
+            answer.QueryRetrieveLevel = query.level
+            for keyword in _keys(identifier):
+                setattr(answer, keyword, match.get(keyword, ""))
+            yield 0xFF00, answer
+
+    def on_c_move(self, event: evt.Event) -> Iterator[Any]:
+        """Resolve the destination, then yield the matching instances for sub-operations."""
+        request: Any = event.request
+        assoc = event.assoc
+        destination_ae = str(request.MoveDestination).strip()
+        destination = self.settings.destinations.get(destination_ae)
+        instances = self._resolve(event)
+        operation = ev.Operation(kind="move", id=new_id())
+        data = self._requested(event, operation)
+        self.capture.emit(
+            capture.retrieve_requested_event(
+                ev.MoveRequested, {**data, "move_destination": destination_ae}, self.capture.stamp()
+            )
+        )
+        state = self.capture.state(assoc)
+        state.retrievals[request.MessageID] = Retrieval(
+            ev.MoveCompleted, {**_completed_base(data), "move_destination": destination_ae}
+        )
+        if destination is None or instances is None:
+            log.warning("C-MOVE to unknown destination %r", destination_ae)
+            yield None, None
+            return
+        originator = ev.MoveOriginator(
+            ae_title=state.ref.peer_ae_title, message_id=request.MessageID
+        )
+        job = Job(operation, originator, labels=dict(self.settings.labels))
+        handlers = [
+            *self.capture.handlers(job),
+            (evt.EVT_ESTABLISHED, fix_move_originator, [originator]),
+        ]
+        yield (
+            destination.host,
+            destination.port,
+            {
+                "contexts": storage_contexts(
+                    (i.sop_class_uid, i.transfer_syntax_uid) for i in instances
+                ),
+                "evt_handlers": handlers,
+            },
+        )
+        yield len(instances)
+        yield from _pending_datasets(event, instances)
+
+    def on_c_get(self, event: evt.Event) -> Iterator[Any]:
+        """Yield the matching instances; pynetdicom sends them on the requestor's association."""
+        request: Any = event.request
+        instances = self._resolve(event)
+        operation = ev.Operation(kind="get", id=new_id())
+        data = self._requested(event, operation)
+        self.capture.emit(
+            capture.retrieve_requested_event(ev.GetRequested, data, self.capture.stamp())
+        )
+        state = self.capture.state(event.assoc)
+        state.retrievals[request.MessageID] = Retrieval(ev.GetCompleted, _completed_base(data))
+        state.job = Job(operation, None, labels=dict(self.settings.labels))
+        if instances is None:
+            yield 0
+            return
+        yield len(instances)
+        yield from _pending_datasets(event, instances)
+
+    def _resolve(self, event: evt.Event) -> list[StoredInstance] | None:
+        identifier = event.identifier
+        try:
+            query = build_query(str(identifier.get("QueryRetrieveLevel", "")), _keys(identifier))
+        except QueryError as exc:
+            log.warning("cannot resolve retrieve identifier: %s", exc)
+            return None
+        return self.archive.instances(query)
+
+    def _requested(self, event: evt.Event, operation: ev.Operation) -> dict[str, Any]:
+        request: Any = event.request
+        identifier = event.identifier
+        return {
+            "association": self.capture.state(event.assoc).ref,
+            "message_id": request.MessageID,
+            "operation": operation,
+            "affected_sop_class_uid": str(request.AffectedSOPClassUID),
+            "query_level": str(identifier.get("QueryRetrieveLevel", "STUDY")),
+            "keys": {k: v for k, v in _keys(identifier).items() if v},
+            "priority": int(request.Priority or 0),
+            "requested_at": utc_now(),
+        }
+
+
+def fix_move_originator(event: evt.Event, originator: ev.MoveOriginator) -> None:
+    """Make the Move SCP's C-STORE-RQs carry the C-MOVE requestor's AE title (PS3.7 C.4.2).
+
+    pynetdicom's Move SCP passes its own AE title as Move Originator AE Title;
+    PS3.7 9.1.1.1 says it is the AE that invoked the C-MOVE. The sub-association
+    is ours, so its ``send_c_store`` is wrapped to pass the right one.
+    """
+    assoc: Any = event.assoc
+    send = assoc.send_c_store
+
+    def send_c_store(dataset: Any, msg_id: int = 1, priority: int = 2, **kwargs: Any) -> Any:
+        kwargs["originator_aet"] = originator.ae_title
+        kwargs["originator_id"] = originator.message_id
+        return send(dataset, msg_id=msg_id, priority=priority, **kwargs)
+
+    assoc.send_c_store = send_c_store
+
+
+def _pending_datasets(
+    event: evt.Event, instances: list[StoredInstance]
+) -> Iterator[tuple[int, Any]]:
+    for instance in instances:
+        if event.is_cancelled:
+            yield 0xFE00, None
+            return
+        try:
+            yield 0xFF00, instance.read()
+        except Exception as exc:
+            log.error("cannot read %s: %s", instance.path, exc)
+            yield 0xFF00, None
+
+
+def _completed_base(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: data[k] for k in ("association", "message_id", "operation")}
+
+
+def _keys(identifier: Dataset) -> dict[str, str]:
+    return {
+        element.keyword: "" if element.value is None else str(element.value)
+        for element in identifier
+        if element.keyword and element.keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet")
+    }
+
+
+def _status(code: int, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]
+    return status

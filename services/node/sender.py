@@ -1,0 +1,155 @@
+"""The Storage SCU job of ``dimsebus send``: C-STORE files to a peer, capturing every response."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pynetdicom import AE
+
+from schemas import events as ev
+from schemas.status import Service, describe_status
+from services.clock import new_id
+from services.errors import DimsebusError
+from services.node.config import NodeSettings
+from services.node.contexts import storage_contexts
+from services.node.dimse import Capture, Job
+
+log = logging.getLogger(__name__)
+
+
+class SendError(DimsebusError):
+    """The peer could not be reached or refused the association."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A peer Storage SCP: ``AE@HOST:PORT``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        """Parse ``AE@HOST:PORT``, or raise naming what is wrong."""
+        ae_title, at, address = text.partition("@")
+        host, colon, port = address.rpartition(":")
+        if (
+            not at
+            or not colon
+            or not ae_title
+            or not host
+            or not port.isdigit()
+            or not 0 < int(port) < 65536
+        ):
+            raise SendError(f"--to: {text!r} is not AE@HOST:PORT (e.g. STORESCP@127.0.0.1:11112)")
+        return cls(ae_title, host, int(port))
+
+
+@dataclass
+class SendSummary:
+    """What a send job did, by outcome."""
+
+    operation: ev.Operation
+    sent: int = 0
+    by_category: dict[str, int] = field(default_factory=dict)
+    by_status: dict[int, int] = field(default_factory=dict)
+    unreadable: list[str] = field(default_factory=list)
+    no_response: int = 0
+
+
+def dicom_files(paths: Iterable[Path]) -> list[Path]:
+    """Files named by ``paths``, folders walked recursively, in a stable order."""
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.is_file())
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise SendError(f"{path}: no such file or folder")
+    return found
+
+
+def send_files(
+    settings: NodeSettings,
+    capture: Capture,
+    target: Target,
+    files: list[Path],
+    *,
+    labels: dict[str, str] | None = None,
+    on_progress: Callable[[Path, int | None], None] = lambda path, status: None,
+) -> SendSummary:
+    """C-STORE ``files`` on one association; every response becomes an event via ``capture``."""
+    operation = ev.Operation(kind="store", id=new_id())
+    summary = SendSummary(operation)
+    headers = list(_headers(files, summary, on_progress))
+    if not headers:
+        return summary
+    ae = AE(ae_title=settings.ae_title)
+    ae.dimse_timeout, ae.acse_timeout = settings.dimse_timeout, settings.acse_timeout
+    ae.network_timeout, ae.maximum_pdu_size = settings.network_timeout, settings.max_pdu
+    job = Job(operation, labels=dict(labels or {}))
+    assoc = ae.associate(
+        target.host,
+        target.port,
+        contexts=storage_contexts(meta for _, meta in headers),
+        ae_title=target.ae_title,
+        evt_handlers=capture.handlers(job),
+    )
+    if not assoc.is_established:
+        raise SendError(
+            f"{target.ae_title}@{target.host}:{target.port} did not accept an association"
+        )
+    try:
+        for number, (path, _) in enumerate(headers):
+            status = _store_one(assoc, path, message_id(number))
+            _count(summary, status)
+            on_progress(path, status)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return summary
+
+
+def message_id(number: int) -> int:
+    """The Message ID of the ``number``-th request (from 0): 1..65535, then wraps (PS3.7 E.1).
+
+    pynetdicom sends every request with Message ID 1 unless told otherwise; an
+    association's ids must tell its requests apart for the (association, id) join.
+    """
+    return number % 0xFFFF + 1
+
+
+def _store_one(assoc: object, path: Path, msg_id: int) -> int | None:
+    dataset = dcmread(path)
+    response: Dataset = assoc.send_c_store(dataset, msg_id=msg_id)  # type: ignore[attr-defined]
+    return int(response.Status) if "Status" in response else None
+
+
+def _count(summary: SendSummary, status: int | None) -> None:
+    summary.sent += 1
+    if status is None:
+        summary.no_response += 1
+        return
+    category = describe_status(status, Service.STORAGE).category.value
+    summary.by_category[category] = summary.by_category.get(category, 0) + 1
+    summary.by_status[status] = summary.by_status.get(status, 0) + 1
+
+
+def _headers(
+    files: list[Path], summary: SendSummary, on_progress: Callable[[Path, int | None], None]
+) -> Iterator[tuple[Path, tuple[str, str]]]:
+    for path in files:
+        try:
+            meta = dcmread(path, stop_before_pixels=True)
+            yield path, (str(meta.SOPClassUID), str(meta.file_meta.TransferSyntaxUID))
+        except (InvalidDicomError, AttributeError, OSError, ValueError) as exc:
+            summary.unreadable.append(f"{path}: {exc}")
+            on_progress(path, None)

@@ -1,0 +1,116 @@
+"""Fixtures for node tests: a running node with a synthetic archive, and reading its events."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiormq.exceptions import AMQPError
+
+from schemas.envelope import CloudEvent
+from services.bus.connection import connect
+from services.bus.log import LogReader
+from services.node.app import Node
+from services.node.archive import Archive
+from services.node.config import Destination, NodeSettings
+from services.node.synthetic import write_study
+from tests.integration.peers import free_port, wait_for_port
+
+
+@dataclass
+class RunningNode:
+    """A node serving on loopback, and the study in its archive."""
+
+    settings: NodeSettings
+    node: Node
+    study_uid: str
+    instance_uids: list[str]
+
+    @property
+    def source(self) -> str:
+        """The ``source`` of the node's events."""
+        return f"dimsebus://node/{self.settings.node_id}"
+
+
+StartNode = Callable[..., "asyncio.Future[RunningNode]"]
+
+
+@pytest.fixture
+async def start_node(tmp_path: Path, amqp_url: str) -> AsyncIterator[Callable[..., object]]:
+    """Start nodes (``await start_node(instances=50, destinations={...})``); stopped afterwards."""
+    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+    async def start(
+        instances: int = 50, destinations: dict[str, int] | None = None, **settings: object
+    ) -> RunningNode:
+        node_id = f"test-{uuid.uuid4().hex[:8]}"
+        root = tmp_path / node_id
+        config = NodeSettings(
+            node_id=node_id,
+            amqp_url=amqp_url,
+            port=free_port(),
+            host="127.0.0.1",
+            archive_path=root / "archive",
+            outbox_path=root / "outbox.sqlite",
+            destinations={
+                ae: Destination(host="127.0.0.1", port=port)
+                for ae, port in (destinations or {}).items()
+            },
+            **settings,  # type: ignore[arg-type]
+        )
+        paths = write_study(root / "study", instances, patient_id=node_id[-8:], seed=node_id)
+        archive = Archive(config.archive_path)
+        stored = [archive.import_file(path) for path in paths]
+        archive.close()
+        node = Node.open(config)
+        stop, ready = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(node.serve(stop, ready))
+        running.append((stop, task))
+        await asyncio.wait_for(ready.wait(), 10)
+        await asyncio.to_thread(wait_for_port, config.port)
+        study_uid = str(stored[0].read().StudyInstanceUID)
+        return RunningNode(config, node, study_uid, [s.sop_instance_uid for s in stored])
+
+    yield start
+    for stop, task in running:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def read_events(
+    amqp_url: str, source: str, done: Callable[[list[CloudEvent]], bool], within: float = 60.0
+) -> list[CloudEvent]:
+    """Events from ``source`` on the log (from ``first``), as soon as ``done`` says so."""
+    found: list[CloudEvent] = []
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                found = []
+                try:
+                    await _read(amqp_url, source, done, found)
+                    return found
+                except (AMQPError, OSError):  # the broker is still starting: read again
+                    await asyncio.sleep(1)
+    except TimeoutError:
+        return found  # the caller's assertions say what is missing
+
+
+async def _read(
+    amqp_url: str, source: str, done: Callable[[list[CloudEvent]], bool], found: list[CloudEvent]
+) -> None:
+    connection = await connect(amqp_url, "dimsebus-test-reader")
+    async with connection, LogReader(await connection.channel(), "first") as log:
+        async for entry in log:
+            if entry.event is not None and entry.event.source == source:
+                found.append(entry.event)
+                if done(found):
+                    return
+
+
+def of_type(events: list[CloudEvent], event_type: str) -> list[CloudEvent]:
+    """The events of one type."""
+    return [event for event in events if event.type == event_type]

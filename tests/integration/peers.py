@@ -1,0 +1,105 @@
+"""Real DICOM peers for the tests: dcmtk's tools (from /usr/bin, not pynetdicom's namesakes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+DCMTK = Path("/usr/bin")
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def dcmtk(tool: str) -> str:
+    """The path of a dcmtk tool; fails clearly when dcmtk is not installed."""
+    path = DCMTK / tool
+    assert path.exists(), f"{path} missing: install Debian's dcmtk (make system)"
+    return str(path)
+
+
+@dataclass
+class StoreSCP:
+    """A running dcmtk storescp."""
+
+    ae_title: str
+    port: int
+    folder: Path
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def files(self) -> list[Path]:
+        """The instances it stored."""
+        return sorted(p for p in self.folder.rglob("*") if p.is_file())
+
+
+@contextlib.contextmanager
+def storescp(folder: Path, *options: str, ae_title: str = "STORESCP") -> Iterator[StoreSCP]:
+    """Run ``storescp -d`` (debug: logs every command set) until the block ends."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = folder.parent / f"storescp-{port}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [dcmtk("storescp"), "-d", "-aet", ae_title, "-od", str(folder), *options, str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=ENV,
+        )
+    try:
+        wait_for_port(port)
+        yield StoreSCP(ae_title, port, folder, log, process)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def wait_for_port(port: int, within: float = 10.0) -> None:
+    """Block until something accepts connections on ``port``."""
+    import time
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError),
+            socket.create_connection(("127.0.0.1", port), timeout=0.5),
+        ):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+async def run_tool(*argv: str, within: float = 120.0) -> str:
+    """Run a dcmtk tool to completion without blocking the event loop; returns its output."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=ENV
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), within)
+    return output.decode(errors="replace")
+
+
+@contextlib.contextmanager
+def small_filesystem(folder: Path, files: int) -> Iterator[Path]:
+    """A tmpfs on ``folder`` with room for ``files`` files (needs root, as in CI).
+
+    The limit is on inodes, not bytes: a full tmpfs still lets storescp create
+    empty files without an error, but a file that cannot be created is refused.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    options = f"size=8m,nr_inodes={files + 1}"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -1,0 +1,257 @@
+"""The node against real dcmtk peers: every C-STORE-RSP becomes exactly one event on the log."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas import events as ev
+from schemas.envelope import CloudEvent
+from services.node.synthetic import write_study
+from tests.broker import Broker
+from tests.integration.conftest import RunningNode, of_type, read_events
+from tests.integration.peers import dcmtk, run_tool, small_filesystem, storescp
+
+pytestmark = pytest.mark.integration
+RECEIVED, MISSING = "dicom.cstore.response.received", "dicom.cstore.response.missing"
+
+
+def has(count: int, *types: str) -> Callable[[list[CloudEvent]], bool]:
+    """Done once ``count`` response events and one of each of ``types`` arrived."""
+
+    def done(events: list[CloudEvent]) -> bool:
+        responses = len(of_type(events, RECEIVED)) + len(of_type(events, MISSING))
+        return responses >= count and all(of_type(events, t) for t in types)
+
+    return done
+
+
+async def movescu(node: RunningNode, destination: str, *extra: str) -> str:
+    return await run_tool(
+        dcmtk("movescu"),
+        "-v",
+        "-S",
+        "-aet",
+        "MOVESCU",
+        "-aec",
+        node.settings.ae_title,
+        "-aem",
+        destination,
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={node.study_uid}",
+        *extra,
+        "127.0.0.1",
+        str(node.settings.port),
+    )
+
+
+async def test_send_to_storescp(tmp_path: Path, amqp_url: str) -> None:
+    # given 50 files and dcmtk's storescp
+    files = write_study(tmp_path / "study", 50, seed="send")
+    node_id = f"send-{os.getpid()}-{tmp_path.name[-6:]}"
+    with storescp(tmp_path / "received") as peer:
+        # when `dimsebus send` stores them
+        output = await _send(tmp_path, peer.port, node_id, amqp_url)
+        assert len(peer.files()) == 50, output
+    # then the log holds 50 response events with the right UIDs, statuses and labels
+    events = await read_events(
+        amqp_url, f"dimsebus://node/{node_id}", has(50, "dicom.association.released")
+    )
+    received = of_type(events, RECEIVED)
+    assert len(received) == 50
+    uids = {e.data.affected_sop_instance_uid for e in received}  # type: ignore[attr-defined]
+    assert uids == {_uid(path) for path in files}
+    for event in received:
+        data = event.data
+        assert isinstance(data, ev.CStoreResponseReceivedData)
+        assert (data.status, data.status_category, data.operation.kind) == (0, "success", "store")
+        assert data.labels == {"site": "ward-7"}
+        assert data.association.peer_ae_title == "STORESCP"
+        assert data.presentation_context_id % 2 == 1
+        assert data.move_originator is None
+    assert len({(e.data.association.id, e.data.message_id) for e in received}) == 50  # type: ignore[attr-defined]
+
+
+async def _send(tmp_path: Path, port: int, node_id: str, amqp_url: str) -> str:
+    env = {**os.environ, "DIMSEBUS_AMQP_URL": amqp_url, "DIMSEBUS_NODE_ID": node_id}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services",
+        "send",
+        "--to",
+        f"STORESCP@127.0.0.1:{port}",
+        "--label",
+        "site=ward-7",
+        "--outbox",
+        str(tmp_path / "outbox.sqlite"),
+        str(tmp_path / "study"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0, output.decode()
+    return output.decode()
+
+
+def _uid(path: Path) -> str:
+    from pydicom import dcmread
+
+    return str(dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+async def test_movescu_through_the_node_to_storescp(
+    tmp_path: Path, amqp_url: str, start_node: Any
+) -> None:
+    # given a node with a 50-instance study that knows storescp as STORESCP
+    with storescp(tmp_path / "received") as peer:
+        node: RunningNode = await start_node(instances=50, destinations={"STORESCP": peer.port})
+        # when dcmtk's movescu (AE MOVESCU) asks the node to move the study there
+        output = await movescu(node, "STORESCP")
+        assert len(peer.files()) == 50, output
+        wire = peer.log.read_text(errors="replace")
+    events = await read_events(amqp_url, node.source, has(50, "dicom.move.completed"))
+    # then one move.requested / move.completed pair frames 50 successful responses
+    (requested,) = of_type(events, "dicom.move.requested")
+    (completed,) = of_type(events, "dicom.move.completed")
+    assert isinstance(requested.data, ev.MoveRequestedData)
+    assert isinstance(completed.data, ev.MoveCompletedData)
+    assert requested.data.move_destination == "STORESCP"
+    assert requested.data.association.peer_ae_title == "MOVESCU"
+    assert completed.data.status == 0
+    assert completed.data.counts.completed == 50
+    received = of_type(events, RECEIVED)
+    assert len(received) == 50
+    originator = ev.MoveOriginator(ae_title="MOVESCU", message_id=requested.data.message_id)
+    for event in received:
+        data = event.data
+        assert isinstance(data, ev.CStoreResponseReceivedData)
+        assert data.move_originator == originator
+        assert data.operation == requested.data.operation
+        assert data.status == 0
+    assert {e.data.affected_sop_instance_uid for e in received} == set(node.instance_uids)  # type: ignore[attr-defined]
+    # and on the wire storescp saw the requestor, not the node, as Move Originator (PS3.7 C.4.2)
+    originators = [line for line in wire.splitlines() if "Move Originator" in line]
+    assert originators.count("D: Move Originator AE Title      : MOVESCU") == 50, originators[:4]
+    assert (
+        originators.count(f"D: Move Originator ID            : {requested.data.message_id}") == 50
+    )
+
+
+async def test_getscu_against_the_node(tmp_path: Path, amqp_url: str, start_node: Any) -> None:
+    # given a node with a 20-instance study
+    node: RunningNode = await start_node(instances=20)
+    (tmp_path / "got").mkdir()
+    # when dcmtk's getscu retrieves it
+    output = await run_tool(
+        dcmtk("getscu"),
+        "-v",
+        "-S",
+        "-aet",
+        "GETSCU",
+        "-aec",
+        node.settings.ae_title,
+        "-od",
+        str(tmp_path / "got"),
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={node.study_uid}",
+        "127.0.0.1",
+        str(node.settings.port),
+    )
+    assert len(list((tmp_path / "got").glob("*"))) == 20, output
+    events = await read_events(amqp_url, node.source, has(20, "dicom.get.completed"))
+    # then the C-STOREs on the requestor's own association are captured, framed by the get pair
+    (requested,) = of_type(events, "dicom.get.requested")
+    (completed,) = of_type(events, "dicom.get.completed")
+    received = of_type(events, RECEIVED)
+    assert len(received) == 20
+    for event in received:
+        data = event.data
+        assert isinstance(data, ev.CStoreResponseReceivedData)
+        assert data.association.role == "acceptor"
+        assert data.association.peer_ae_title == "GETSCU"
+        assert data.operation == requested.data.operation  # type: ignore[attr-defined]
+        assert data.move_originator is None
+    assert completed.data.counts.completed == 20  # type: ignore[attr-defined]
+
+
+async def test_destination_that_aborts(tmp_path: Path, amqp_url: str, start_node: Any) -> None:
+    # given a destination that aborts the association on the first C-STORE-RQ
+    with storescp(tmp_path / "received", "--abort-after") as peer:
+        node: RunningNode = await start_node(
+            instances=10, destinations={"STORESCP": peer.port}, dimse_timeout=5.0
+        )
+        # when a move sends the study there
+        await movescu(node, "STORESCP")
+    events = await read_events(
+        amqp_url, node.source, has(1, "dicom.move.completed", "dicom.association.aborted")
+    )
+    # then the unanswered request is a missing-response event (pynetdicom may get one more
+    # request onto the dying association before it notices the abort: that one is missing too)
+    missing = of_type(events, MISSING)
+    assert 1 <= len(missing) <= 2
+    first = missing[0]
+    assert isinstance(first.data, ev.CStoreResponseMissingData)
+    assert first.data.reason == "aborted"
+    assert first.routing_key == "dicom.cstore.response.missing.failure"
+    # and the move completes reporting every failed sub-operation
+    (completed,) = of_type(events, "dicom.move.completed")
+    assert isinstance(completed.data, ev.MoveCompletedData)
+    assert completed.data.counts.failed == 10
+    assert completed.data.status_category == "failure"
+    for event in missing:
+        assert event.data.affected_sop_instance_uid in completed.data.failed_sop_instance_uids  # type: ignore[attr-defined]
+
+
+async def test_destination_out_of_space(tmp_path: Path, amqp_url: str, start_node: Any) -> None:
+    # given storescp writing into a filesystem with room for a few instances only
+    with small_filesystem(tmp_path / "full", files=10) as folder, storescp(folder) as peer:
+        node: RunningNode = await start_node(instances=30, destinations={"STORESCP": peer.port})
+        await movescu(node, "STORESCP")
+        stored = len(peer.files())
+    events = await read_events(amqp_url, node.source, has(30, "dicom.move.completed"))
+    # then the refused sub-operations are failure events carrying 0xA700
+    failures = [e for e in of_type(events, RECEIVED) if e.data.status != 0]  # type: ignore[attr-defined]
+    assert len(failures) == 20
+    assert {e.data.status for e in failures} == {0xA700}  # type: ignore[attr-defined]
+    assert all(e.routing_key == "dicom.cstore.response.received.failure" for e in failures)
+    assert len(of_type(events, RECEIVED)) == 30
+    assert stored == 10
+
+
+async def test_broker_outage_during_a_move_loses_nothing(
+    tmp_path: Path, amqp_url: str, broker: Broker, start_node: Any
+) -> None:
+    # given a node moving 200 instances
+    assert broker.ctl is not None, "this test stops the broker: it needs rabbitmqctl"
+    with storescp(tmp_path / "received", "--sleep-after", "0") as peer:
+        node: RunningNode = await start_node(instances=200, destinations={"STORESCP": peer.port})
+        move = asyncio.create_task(movescu(node, "STORESCP"))
+        await asyncio.sleep(0.3)
+        # when the broker stops in the middle of it, and comes back after the move
+        await asyncio.to_thread(broker.ctl, ["rabbitmqctl", "stop_app"])
+        try:
+            await asyncio.wait_for(move, 120)
+            assert len(peer.files()) == 200
+            assert node.node.outbox.depth() > 0, "the move finished before the broker stopped"
+        finally:
+            await asyncio.to_thread(broker.ctl, ["rabbitmqctl", "start_app"])
+    # then the outbox drains, and the log holds each of the 200 responses exactly once by id
+    await read_events(amqp_url, node.source, has(200, "dicom.move.completed"), within=120)
+    events = await read_events(amqp_url, node.source, lambda _: False, within=5)
+    received = of_type(events, RECEIVED)
+    assert len({e.id for e in received}) == 200
+    assert {e.data.affected_sop_instance_uid for e in received} == set(node.instance_uids)  # type: ignore[attr-defined]
+    assert len(received) == 200, f"{len(received) - 200} duplicates by id"
+    assert node.node.outbox.depth() == 0
