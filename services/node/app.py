@@ -53,6 +53,7 @@ class Node:
     outbox: Outbox
     archive: Archive
     capture: Capture
+    ae: AE | None = None
 
     @classmethod
     def open(cls, settings: NodeSettings) -> Node:
@@ -62,7 +63,7 @@ class Node:
             settings,
             outbox,
             Archive(settings.archive_path),
-            Capture(settings.node_id, outbox, dict(settings.labels)),
+            Capture.for_node(settings, outbox),
         )
 
     async def serve(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
@@ -76,7 +77,7 @@ class Node:
         relay_stop = asyncio.Event()
         relay_task = asyncio.create_task(relay.run(relay_stop))
         scp = ArchiveSCP(self.settings, self.archive, self.capture)
-        ae = build_ae(self.settings)
+        ae = self.ae = build_ae(self.settings)
         server = ae.start_server(
             (self.settings.host, self.settings.port),
             block=False,

@@ -152,3 +152,16 @@ def retrieve_completed_event(
         "completed_at": stamp.time,
     }
     return _envelope(model, payload, str(operation.id), stamp)
+
+
+def missing_reason(abort_source: str | None, waited: float, dimse_timeout: float) -> str:
+    """Why a request got no response: ``abort_source`` is local, peer, network, or None.
+
+    pynetdicom answers a DIMSE timeout by aborting the association itself, so a
+    local abort after waiting that long is the timeout, not a decision to abort.
+    """
+    if abort_source is None:
+        return "connection_lost"
+    if abort_source == "local" and waited >= dimse_timeout * 0.95:
+        return "dimse_timeout"
+    return "aborted"

@@ -139,7 +139,7 @@ async def _send(
     )
     stop = asyncio.Event()
     relay_task = asyncio.create_task(relay.run(stop))
-    capture = Capture(settings.node_id, box, dict(settings.labels))
+    capture = Capture.for_node(settings, box)
     try:
         with _progress() as progress:
             task = progress.add_task(f"C-STORE to {target.ae_title}", total=len(files))

@@ -26,6 +26,7 @@ from services.bus.outbox import Outbox
 from services.clock import new_id, utc_now
 from services.node import capture
 from services.node.capture import SentStore, Stamp, StoreResponse
+from services.node.config import NodeSettings
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,17 @@ class AssociationState:
 class Capture:
     """Turns every DIMSE message the node exchanges into events in the outbox."""
 
-    def __init__(self, node_id: str, outbox: Outbox, labels: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        outbox: Outbox,
+        labels: dict[str, str] | None = None,
+        dimse_timeout: float = 30.0,
+    ) -> None:
         self.source = f"dimsebus://node/{node_id}"
         self.node_id = node_id
         self.labels = labels or {}
+        self.dimse_timeout = dimse_timeout
         self._outbox = outbox
         self._states: weakref.WeakKeyDictionary[Association, AssociationState] = (
             weakref.WeakKeyDictionary()
@@ -93,6 +101,11 @@ class Capture:
         ):
             bound.append((event, handler, [job]))
         return bound
+
+    @classmethod
+    def for_node(cls, settings: NodeSettings, outbox: Outbox) -> Capture:
+        """The capture of a node or send job configured by ``settings``."""
+        return cls(settings.node_id, outbox, dict(settings.labels), settings.dimse_timeout)
 
     # -- state --------------------------------------------------------------------------
 
@@ -184,23 +197,15 @@ class Capture:
     def on_released(self, event: evt.Event, job: Job | None) -> None:
         """``dicom.association.released``; any request still unanswered is missing."""
         state = self.state(event.assoc, job)
-        self._missing(state, "released", "association released before the response")
+        self._missing(state, None, "association released before the response", "released")
         self.emit(capture.association_event("released", state.ref, self.stamp()))
 
     def on_aborted(self, event: evt.Event, job: Job | None) -> None:
         """``dicom.association.aborted``; requests still unanswered are missing."""
-        assoc, state = event.assoc, self.state(event.assoc, job)
-        source = (
-            "local"
-            if assoc._sent_abort
-            else ("network" if assoc.acse.is_aborted("a-p-abort") else "peer")
-        )
-        reason = {
-            "local": "A-ABORT sent by the node",
-            "peer": "A-ABORT from the peer",
-            "network": "A-P-ABORT",
-        }[source]
-        self._missing(state, "aborted", reason)
+        state = self.state(event.assoc, job)
+        source = _abort_source(event.assoc) or "peer"
+        reason = _ABORT_TEXT[source]
+        self._missing(state, source, reason)
         self.emit(
             capture.association_event(
                 "aborted", state.ref, self.stamp(), source=source, reason=reason
@@ -213,11 +218,9 @@ class Capture:
         The close may be seen before the association thread reports an A-ABORT
         that arrived just before it, so the DUL is asked whether one did.
         """
-        assoc = event.assoc
-        if assoc._sent_abort or assoc.acse.is_aborted():
-            self._missing(self.state(assoc, job), "aborted", "association aborted")
-        else:
-            self._missing(self.state(assoc, job), "connection_lost", "TCP connection closed")
+        source = _abort_source(event.assoc)
+        detail = _ABORT_TEXT[source] if source else "TCP connection closed"
+        self._missing(self.state(event.assoc, job), source, detail)
 
     # -- helpers of the handlers ----------------------------------------------------------
 
@@ -246,15 +249,27 @@ class Capture:
             requested_at=utc_now(),
         )
 
-    def _missing(self, state: AssociationState, reason: str, detail: str) -> None:
+    def _missing(
+        self, state: AssociationState, source: str | None, detail: str, reason: str | None = None
+    ) -> None:
         pending, state.pending = state.pending, {}
-        if pending:
-            self.emit(
-                *(
-                    capture.missing_event(sent, reason, detail, self.stamp())
-                    for sent in pending.values()
+        if not pending:
+            return
+        now = utc_now()
+        self.emit(
+            *(
+                capture.missing_event(
+                    sent,
+                    reason
+                    or capture.missing_reason(
+                        source, (now - sent.requested_at).total_seconds(), self.dimse_timeout
+                    ),
+                    detail,
+                    self.stamp(),
                 )
+                for sent in pending.values()
             )
+        )
 
     def _retrieval_completed(
         self, assoc: Association, state: AssociationState, message: Any
@@ -278,6 +293,22 @@ class Capture:
         self.emit(
             capture.retrieve_completed_event(retrieval.model, data, command.Status, self.stamp())
         )
+
+
+_ABORT_TEXT = {
+    "local": "A-ABORT sent by the node",
+    "peer": "A-ABORT from the peer",
+    "network": "A-P-ABORT",
+}
+
+
+def _abort_source(assoc: Association) -> str | None:
+    """Who aborted ``assoc``: local, peer, network (A-P-ABORT), or None if nobody did."""
+    if assoc._sent_abort:
+        return "local"
+    if assoc.acse.is_aborted("a-p-abort"):
+        return "network"
+    return "peer" if assoc.acse.is_aborted() else None
 
 
 def set_tcp_nodelay(event: evt.Event) -> None:

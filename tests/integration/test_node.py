@@ -255,3 +255,53 @@ async def test_broker_outage_during_a_move_loses_nothing(
     assert {e.data.affected_sop_instance_uid for e in received} == set(node.instance_uids)  # type: ignore[attr-defined]
     assert len(received) == 200, f"{len(received) - 200} duplicates by id"
     assert node.node.outbox.depth() == 0
+
+
+async def test_peer_that_never_answers_is_a_dimse_timeout(
+    tmp_path: Path, amqp_url: str, start_node: Any
+) -> None:
+    # given a destination that takes 4 s to answer, and a node that waits 1 s
+    with storescp(tmp_path / "received", "--sleep-after", "4") as peer:
+        node: RunningNode = await start_node(
+            instances=3, destinations={"STORESCP": peer.port}, dimse_timeout=1.0
+        )
+        await movescu(node, "STORESCP")
+    events = await read_events(amqp_url, node.source, has(1, "dicom.move.completed"))
+    # then the unanswered request is missing because of the DIMSE timeout
+    missing = of_type(events, MISSING)
+    assert missing
+    assert missing[0].data.reason == "dimse_timeout"  # type: ignore[attr-defined]
+    assert of_type(events, "dicom.association.aborted")[0].data.source == "local"  # type: ignore[attr-defined]
+
+
+async def test_node_sets_tcp_nodelay_on_both_sides(start_node: Any) -> None:
+    # given a node, and an association from an SCU that binds the node's own handler
+    import socket
+
+    from pynetdicom import AE, evt
+
+    from services.node.dimse import set_tcp_nodelay
+
+    node: RunningNode = await start_node(instances=1)
+    seen: list[int] = []
+
+    def record(event: evt.Event) -> None:
+        transport = event.assoc.dul.socket
+        assert transport is not None
+        assert transport.socket is not None
+        seen.append(transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    ae = AE(ae_title="PROBE")
+    ae.add_requested_context("1.2.840.10008.1.1")
+    handlers: list[Any] = [(evt.EVT_CONN_OPEN, set_tcp_nodelay), (evt.EVT_ESTABLISHED, record)]
+    assoc = await asyncio.to_thread(
+        ae.associate, "127.0.0.1", node.settings.port, ae_title="DIMSEBUS", evt_handlers=handlers
+    )
+    assert assoc.is_established
+    assert node.node.ae is not None
+    (accepted,) = [a for a in node.node.ae.active_associations if a.is_established]
+    accepted_socket: Any = accepted.dul.socket.socket  # type: ignore[union-attr]
+    seen.append(accepted_socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+    assoc.release()
+    # then both the requestor's and the node's accepted socket have Nagle off
+    assert seen == [1, 1]
