@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from pathlib import Path
 from typing import Annotated, Any
@@ -65,17 +66,28 @@ def node(
 
 
 @node_app.command("status")
-def node_status(ctx: typer.Context) -> None:
+def node_status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
+) -> None:
     """Show the outbox depth (events not yet confirmed by the broker) and the archive size."""
     settings = node_settings(ctx.obj)
+    archive = Archive(settings.archive_path)
+    status = {
+        "node_id": settings.node_id,
+        "outbox_depth": read_depth(settings.outbox_path),
+        "outbox_path": str(settings.outbox_path),
+        "archive_instances": archive.count(),
+    }
+    archive.close()
+    if as_json:
+        print(json.dumps(status))
+        return
     table = Table(title=f"node {settings.node_id}")
     table.add_column("what")
     table.add_column("value", justify="right")
-    table.add_row("outbox depth", str(read_depth(settings.outbox_path)))
-    table.add_row("outbox file", str(settings.outbox_path))
-    archive = Archive(settings.archive_path)
-    table.add_row("archive instances", str(archive.count()))
-    archive.close()
+    for name, value in status.items():
+        table.add_row(name.replace("_", " "), str(value))
     console.print(table)
 
 
