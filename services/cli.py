@@ -19,7 +19,7 @@ from services.bus.topology import declare_topology
 from services.demo import DemoResult, run_demo
 from services.errors import DimsebusError
 from services.logs import configure_logging
-from services.node.commands import archive_app, node_app, send
+from services.node.commands import archive_app, node_app, outbox_app, send
 from services.settings import ServiceSettings, load_settings
 
 app = typer.Typer(help="DICOM C-STORE responses as events on RabbitMQ.", no_args_is_help=True)
@@ -31,6 +31,7 @@ app.add_typer(events_app, name="events")
 app.add_typer(topology_app, name="topology")
 app.add_typer(node_app, name="node")
 app.add_typer(archive_app, name="archive")
+app.add_typer(outbox_app, name="outbox")
 app.command("send")(send)
 T = TypeVar("T")
 console = Console()

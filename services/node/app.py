@@ -1,4 +1,4 @@
-"""The node process: one pynetdicom AE serving its archive, the capture, and the outbox relay."""
+"""The node process: a pynetdicom AE serving its archive and capturing; a relay child publishes."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, sop_class
 
-from services.bus.outbox import Outbox, OutboxRelay
+from services.bus.outbox import Outbox
+from services.bus.relay import RelayProcess
 from services.node.archive import Archive
 from services.node.config import NodeSettings
 from services.node.dimse import Capture
@@ -47,7 +48,7 @@ def build_ae(settings: NodeSettings) -> AE:
 
 @dataclass
 class Node:
-    """A running node: the AE's server thread plus the relay task on the event loop."""
+    """A running node: the AE's server threads, and the relay process beside it."""
 
     settings: NodeSettings
     outbox: Outbox
@@ -68,14 +69,12 @@ class Node:
 
     async def serve(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         """Serve DICOM and relay events until ``stop`` is set."""
-        relay = OutboxRelay(
-            self.outbox,
+        relay = RelayProcess(
+            self.settings.outbox_path,
             self.settings.amqp_url,
             name=f"dimsebus-node-{self.settings.node_id}",
             window=self.settings.publish_window,
         )
-        relay_stop = asyncio.Event()
-        relay_task = asyncio.create_task(relay.run(relay_stop))
         scp = ArchiveSCP(self.settings, self.archive, self.capture)
         ae = self.ae = build_ae(self.settings)
         server = ae.start_server(
@@ -100,13 +99,12 @@ class Node:
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=30)
                 except TimeoutError:
-                    log.info("outbox depth %d, published %d", self.outbox.depth(), relay.published)
+                    log.info("outbox depth %d", self.outbox.depth())
         finally:
             server.shutdown()
             ae.shutdown()
-            await relay.flush(within=5.0)
-            relay_stop.set()
-            await relay_task
+            await asyncio.to_thread(relay.wait_empty, 5.0)
+            relay.stop()
             self.outbox.close()
             self.archive.close()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 from pathlib import Path
@@ -14,7 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from schemas.status import Service, describe_status
-from services.bus.outbox import Outbox, OutboxRelay, read_depth
+from services.bus.outbox import Outbox, read_depth
+from services.bus.relay import RelayProcess, run_relay
 from services.errors import DimsebusError
 from services.logs import configure_logging
 from services.node.app import run_node
@@ -28,6 +28,7 @@ console = Console()
 err = Console(stderr=True)
 node_app = typer.Typer(help="Run the DICOM node, or look at it.", invoke_without_command=True)
 archive_app = typer.Typer(help="The node's archive.", no_args_is_help=True)
+outbox_app = typer.Typer(help="The durable outbox of a node or send job.", no_args_is_help=True)
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file")]
 
@@ -138,19 +139,20 @@ def send(
         files = dicom_files(paths)
     except DimsebusError as exc:
         fail(str(exc))
-    summary, depth = asyncio.run(_send(settings, target, files, labels))
+    summary, depth = _send(settings, target, files, labels)
     _show_summary(summary, target, depth, settings.outbox_path)
 
 
-async def _send(
+def _send(
     settings: NodeSettings, target: Target, files: list[Path], labels: dict[str, str]
 ) -> tuple[SendSummary, int]:
     box = Outbox(settings.outbox_path)
-    relay = OutboxRelay(
-        box, settings.amqp_url, name="dimsebus-send", window=settings.publish_window
+    relay = RelayProcess(
+        settings.outbox_path,
+        settings.amqp_url,
+        name="dimsebus-send",
+        window=settings.publish_window,
     )
-    stop = asyncio.Event()
-    relay_task = asyncio.create_task(relay.run(stop))
     capture = Capture.for_node(settings, box)
     try:
         with _progress() as progress:
@@ -161,15 +163,14 @@ async def _send(
                 with lock:
                     progress.advance(task)
 
-            summary = await asyncio.to_thread(
-                send_files, settings, capture, target, files, labels=labels, on_progress=advance
+            summary = send_files(
+                settings, capture, target, files, labels=labels, on_progress=advance
             )
-        await relay.flush(within=30.0)
+        relay.wait_empty(within=30.0)
     except DimsebusError as exc:
         fail(str(exc))
     finally:
-        stop.set()
-        await relay_task
+        relay.stop()
     depth = box.depth()
     box.close()
     return summary, depth
@@ -205,7 +206,7 @@ def _show_summary(summary: SendSummary, target: Target, depth: int, outbox: Path
     if depth:
         err.print(
             f"{depth} events wait in {outbox}; "
-            "the next `dimsebus send` with this outbox publishes them"
+            f"`dimsebus outbox relay --outbox {outbox}` publishes them"
         )
 
 
@@ -217,3 +218,18 @@ def _progress() -> Progress:
         TimeRemainingColumn(),
         console=console,
     )
+
+
+@outbox_app.command("relay")
+def outbox_relay(
+    outbox: Annotated[Path, typer.Option(help="the outbox file to publish")],
+    name: Annotated[str, typer.Option(help="connection name shown by RabbitMQ")] = "dimsebus-relay",
+    window: Annotated[int, typer.Option(min=1, help="unconfirmed publishes in flight")] = 256,
+    amqp_url: Annotated[str | None, typer.Option(help="RabbitMQ URL")] = None,
+) -> None:
+    """Publish an outbox's events with confirms until stopped (nodes run one of these)."""
+    configure_logging()
+    settings = node_settings(None, amqp_url=amqp_url)
+    if not outbox.exists():
+        fail(f"--outbox: {str(outbox)!r} does not exist")
+    run_relay(outbox, settings.amqp_url, name, window)

@@ -10,7 +10,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE
+from pynetdicom import AE, evt
 
 from schemas import events as ev
 from schemas.status import Service, describe_status
@@ -18,7 +18,7 @@ from services.clock import new_id
 from services.errors import DimsebusError
 from services.node.config import NodeSettings
 from services.node.contexts import storage_contexts
-from services.node.dimse import Capture, Job
+from services.node.dimse import Capture, Job, set_tcp_nodelay
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +79,17 @@ def dicom_files(paths: Iterable[Path]) -> list[Path]:
 
 def send_files(
     settings: NodeSettings,
-    capture: Capture,
+    capture: Capture | None,
     target: Target,
     files: list[Path],
     *,
     labels: dict[str, str] | None = None,
     on_progress: Callable[[Path, int | None], None] = lambda path, status: None,
 ) -> SendSummary:
-    """C-STORE ``files`` on one association; every response becomes an event via ``capture``."""
+    """C-STORE ``files`` on one association; every response becomes an event via ``capture``.
+
+    Without a capture (the benchmark's baseline) only TCP_NODELAY is set.
+    """
     operation = ev.Operation(kind="store", id=new_id())
     summary = SendSummary(operation)
     headers = list(_headers(files, summary, on_progress))
@@ -101,7 +104,7 @@ def send_files(
         target.port,
         contexts=storage_contexts(meta for _, meta in headers),
         ae_title=target.ae_title,
-        evt_handlers=capture.handlers(job),
+        evt_handlers=capture.handlers(job) if capture else [(evt.EVT_CONN_OPEN, set_tcp_nodelay)],
     )
     if not assoc.is_established:
         raise SendError(

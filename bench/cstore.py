@@ -1,0 +1,167 @@
+"""C-STORE throughput on one association to dcmtk's storescp, four ways, in one run.
+
+  plain pynetdicom   AE() defaults, send_c_store per file (no TCP_NODELAY)
+  node, no events    dimsebus' sender: TCP_NODELAY, message ids, no capture
+  node, events       the same with the capture, the SQLite outbox and the relay
+                     publishing every response to RabbitMQ with confirms
+  dcmtk storescu     TCP_NODELAY=1 storescu with the same files
+
+storescp runs with --ignore (receives, does not write) so the SCU side is what
+is measured. Rounds alternate the order. Rates are instances/s, median of rounds.
+
+    python -m bench.cstore [--files 500] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pydicom import dcmread
+from pynetdicom import AE
+from rich.console import Console
+from rich.table import Table
+
+from services.bus.outbox import Outbox
+from services.bus.relay import RelayProcess
+from services.node.config import NodeSettings
+from services.node.dimse import Capture
+from services.node.sender import Target, send_files
+from services.node.synthetic import write_study
+from tests.broker import LOCAL_URL, local_rabbitmqctl, private_vhost
+from tests.integration.peers import ENV, dcmtk, free_port, wait_for_port
+
+Runner = Callable[[list[Path], int], float]
+
+
+def plain_pynetdicom(files: list[Path], port: int) -> float:
+    ae = AE()
+    ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])
+    started = time.perf_counter()
+    assoc = ae.associate("127.0.0.1", port, ae_title="STORESCP")
+    for path in files:
+        assoc.send_c_store(dcmread(path))
+    assoc.release()
+    return time.perf_counter() - started
+
+
+def node_without_events(files: list[Path], port: int) -> float:
+    settings = NodeSettings(node_id="bench")
+    started = time.perf_counter()
+    send_files(settings, None, Target("STORESCP", "127.0.0.1", port), files)
+    return time.perf_counter() - started
+
+
+def node_with_events(url: str, publish_times: list[float]) -> Runner:
+    def run(files: list[Path], port: int) -> float:
+        with tempfile.TemporaryDirectory() as folder:
+            settings = NodeSettings(
+                node_id="bench", amqp_url=url, outbox_path=Path(folder) / "outbox.sqlite"
+            )
+            outbox = Outbox(settings.outbox_path)
+            relay = RelayProcess(settings.outbox_path, url, name="dimsebus-bench")
+            capture = Capture.for_node(settings, outbox)
+            started = time.perf_counter()
+            send_files(settings, capture, Target("STORESCP", "127.0.0.1", port), files)
+            stored = time.perf_counter() - started
+            assert relay.wait_empty(within=120), "events were not all confirmed"
+            publish_times.append(time.perf_counter() - started)
+            relay.stop()
+            outbox.close()
+        return stored
+
+    return run
+
+
+def dcmtk_storescu(files: list[Path], port: int) -> float:
+    started = time.perf_counter()
+    subprocess.run(
+        [dcmtk("storescu"), "-aec", "STORESCP", "127.0.0.1", str(port), *map(str, files)],
+        check=True,
+        env=ENV,
+        capture_output=True,
+    )
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--files", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        private_vhost(os.environ.get("AMQP_URL", LOCAL_URL), local_rabbitmqctl()) as url,
+    ):
+        files = write_study(Path(folder) / "study", args.files, seed="bench")
+        port = free_port()
+        scp = subprocess.Popen(
+            [dcmtk("storescp"), "--ignore", "-aet", "STORESCP", str(port)],
+            env=ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for_port(port)
+            publish_times: list[float] = []
+            runners: dict[str, Runner] = {
+                PLAIN: plain_pynetdicom,
+                NO_EVENTS: node_without_events,
+                EVENTS: node_with_events(url, publish_times),
+                STORESCU: dcmtk_storescu,
+            }
+            times: dict[str, list[float]] = {name: [] for name in runners}
+            for round_number in range(args.rounds):
+                order = list(runners) if round_number % 2 == 0 else list(reversed(runners))
+                for name in order:
+                    times[name].append(runners[name](files, port))
+        finally:
+            scp.terminate()
+            scp.wait()
+    show(times, publish_times, args.files)
+
+
+PLAIN, NO_EVENTS, EVENTS, STORESCU = (
+    "plain pynetdicom (defaults)",
+    "node, capture and publishing off",
+    "node, capture and publishing on",
+    "dcmtk storescu (TCP_NODELAY=1)",
+)
+
+
+def show(times: dict[str, list[float]], publish_times: list[float], count: int) -> None:
+    rate = {name: count / statistics.median(values) for name, values in times.items()}
+    rounds = len(times[PLAIN])
+    table = Table(title=f"C-STORE of {count} CT instances, one association, median of {rounds}")
+    for column in ("path", "instances/s", "ms/instance"):
+        table.add_column(column, justify="left" if column == "path" else "right")
+    for name, value in rate.items():
+        table.add_row(name, f"{value:,.0f}", f"{1000 / value:.2f}")
+    Console().print(table)
+    ratios = Table(title="ratios")
+    for column in ("ratio", "value", "target"):
+        ratios.add_column(column, justify="left" if column == "ratio" else "right")
+    ratios.add_row(
+        "node with events / plain pynetdicom", f"{rate[EVENTS] / rate[PLAIN]:.1f}x", ">= 8x"
+    )
+    ratios.add_row(
+        "node with events / node without", f"{rate[EVENTS] / rate[NO_EVENTS]:.2f}", ">= 0.95"
+    )
+    ratios.add_row(
+        "node with events / dcmtk storescu", f"{rate[EVENTS] / rate[STORESCU]:.2f}", "reported"
+    )
+    confirmed = count / statistics.median(publish_times)
+    ratios.add_row("instances/s until every event is confirmed", f"{confirmed:,.0f}", "reported")
+    Console().print(ratios)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The outbox relay: publishes spooled events with confirms, in a process of its own.
+
+The relay runs beside the DICOM process, not inside it: publishing costs CPU
+(aio-pika, confirms) that would otherwise contend with pynetdicom for the GIL
+and slow C-STORE traffic, which DESIGN.md rule 4 forbids. The DICOM side only
+appends to the SQLite outbox; the relay polls it, publishes the oldest rows and
+deletes each one after its confirm. One relay per outbox (a file lock), and a
+relay whose parent dies stops, so a restarted node does not race an orphan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import fcntl
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from aio_pika.abc import AbstractRobustConnection
+
+from services.bus.codec import build_message
+from services.bus.connection import confirming_channel, connect
+from services.bus.outbox import Outbox, OutboxRow, read_depth
+from services.bus.publisher import Publisher
+from services.bus.topology import EVENTS_EXCHANGE, declare_topology
+
+log = logging.getLogger(__name__)
+
+
+class OutboxRelay:
+    """Publishes an outbox to ``dimsebus.events`` with confirms, through outages."""
+
+    def __init__(
+        self, outbox: Outbox, amqp_url: str, *, name: str, window: int = 256, poll: float = 0.005
+    ) -> None:
+        self._outbox = outbox
+        self._url = amqp_url
+        self._name = name
+        self._window = window
+        self._poll = poll
+        self.published = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Publish until ``stop`` is set, reconnecting as long as it takes."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                connection = await connect(self._url, self._name)
+            except Exception as exc:
+                log.warning("broker unreachable (%r); outbox depth %d", exc, self._outbox.depth())
+                await _sleep_unless(stop, delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            async with connection:
+                try:
+                    await self._drain_forever(connection, stop)
+                    delay = 0.5
+                except Exception as exc:  # a broker that is still starting, a closed channel
+                    log.warning(
+                        "relay interrupted (%r); outbox depth %d", exc, self._outbox.depth()
+                    )
+                    await _sleep_unless(stop, delay)
+                    delay = min(delay * 2, 10.0)
+
+    async def _drain_forever(
+        self, connection: AbstractRobustConnection, stop: asyncio.Event
+    ) -> None:
+        # Declare on a channel of its own: a robust channel re-declares what it declared
+        # when it reconnects, and a stream that is still starting would close it again.
+        setup = await connection.channel()
+        await declare_topology(setup)
+        await setup.close()
+        channel = await confirming_channel(connection)
+        publisher = Publisher(channel, window=self._window, retry_for=5.0)
+        while not stop.is_set():
+            if channel.is_closed:
+                return  # reconnect from scratch
+            if not await self.drain_once(publisher):
+                await _sleep_unless(stop, self._poll)
+
+    async def drain_once(self, publisher: Publisher) -> int:
+        """Publish the oldest rows; delete those confirmed. Returns how many were confirmed."""
+        rows = self._outbox.peek(self._window * 4)
+        if not rows:
+            return 0
+        results = await asyncio.gather(
+            *(self._publish(publisher, row) for row in rows), return_exceptions=True
+        )
+        confirmed = [row.seq for row, result in zip(rows, results, strict=True) if result is None]
+        self._outbox.remove(confirmed)
+        self.published += len(confirmed)
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            log.warning(
+                "%d of %d events not confirmed (%r); outbox depth %d",
+                len(failures),
+                len(rows),
+                failures[0],
+                self._outbox.depth(),
+            )
+            await asyncio.sleep(1.0)
+        return len(confirmed)
+
+    @staticmethod
+    async def _publish(publisher: Publisher, row: OutboxRow) -> None:
+        message = build_message(
+            row.body,
+            row.event_id,
+            row.type,
+            dt.datetime.fromisoformat(row.time),
+            row.correlation_id,
+        )
+        await publisher.send(message, EVENTS_EXCHANGE, row.routing_key)
+
+
+def run_relay(outbox_path: Path, amqp_url: str, name: str, window: int) -> None:
+    """The relay process: publish ``outbox_path`` until SIGTERM, or until the parent dies."""
+    lock = (outbox_path.parent / f"{outbox_path.name}.relay.lock").open("w")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # one relay per outbox: a second one waits its turn
+    parent = os.getppid()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        outbox = Outbox(outbox_path)
+        relay = OutboxRelay(outbox, amqp_url, name=name, window=window)
+        watch = asyncio.create_task(_stop_when_orphaned(parent, stop))
+        await relay.run(stop)
+        watch.cancel()
+        outbox.close()
+
+    asyncio.run(main())
+
+
+async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
+    while os.getppid() == parent:  # noqa: ASYNC110 - no event tells a process its parent died
+        await asyncio.sleep(0.2)
+    log.warning("parent process %d is gone; relay stops", parent)
+    stop.set()
+
+
+class RelayProcess:
+    """A relay child process for one outbox, started and stopped by its DICOM process."""
+
+    def __init__(self, outbox_path: Path, amqp_url: str, *, name: str, window: int = 256) -> None:
+        self.outbox_path = outbox_path
+        argv = [
+            sys.executable,
+            "-m",
+            "services",
+            "outbox",
+            "relay",
+            "--outbox",
+            str(outbox_path),
+            "--name",
+            name,
+            "--window",
+            str(window),
+        ]
+        env = {**os.environ, "DIMSEBUS_AMQP_URL": amqp_url}
+        self._process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+
+    def wait_empty(self, within: float) -> bool:
+        """Block until the outbox is empty (True) or ``within`` seconds passed (False)."""
+        deadline = time.monotonic() + within
+        while read_depth(self.outbox_path):
+            if time.monotonic() > deadline or self._process.poll() is not None:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def stop(self) -> None:
+        """Stop the relay; rows it did not publish stay in the outbox for the next one."""
+        if self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(15)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

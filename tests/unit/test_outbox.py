@@ -1,0 +1,58 @@
+"""The outbox spools durably, in order, once per event id, from many threads."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from pathlib import Path
+
+from schemas.examples import move_story, sequential_ids
+from services.bus.outbox import Outbox, read_depth
+
+EVENTS = move_story(
+    node_id="n1", start=dt.datetime(2026, 11, 26, tzinfo=dt.UTC), ids=sequential_ids()
+)
+
+
+def test_rows_come_back_oldest_first_and_survive_reopening(tmp_path: Path) -> None:
+    # given events appended to an outbox that is then closed
+    box = Outbox(tmp_path / "outbox.sqlite")
+    box.append(EVENTS[:5])
+    box.close()
+    # when it is opened again
+    reopened = Outbox(tmp_path / "outbox.sqlite")
+    rows = reopened.peek(10)
+    # then the same events are there, in order, ready to publish as they were
+    assert [row.event_id for row in rows] == [str(e.id) for e in EVENTS[:5]]
+    assert [row.routing_key for row in rows] == [e.routing_key for e in EVENTS[:5]]
+    assert rows[0].body == EVENTS[0].model_dump_json().encode()
+    assert read_depth(tmp_path / "outbox.sqlite") == 5
+
+
+def test_an_event_id_is_spooled_once(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.sqlite")
+    box.append(EVENTS[:3])
+    box.append(EVENTS[:3])
+    assert box.depth() == 3
+
+
+def test_remove_forgets_only_confirmed_rows(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.sqlite")
+    box.append(EVENTS[:4])
+    rows = box.peek(4)
+    box.remove([rows[0].seq, rows[2].seq])
+    assert [row.event_id for row in box.peek(4)] == [str(EVENTS[1].id), str(EVENTS[3].id)]
+
+
+def test_appends_from_many_threads_all_land(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.sqlite")
+    threads = [threading.Thread(target=box.append, args=([event],)) for event in EVENTS]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert box.depth() == len(EVENTS)
+
+
+def test_depth_of_a_missing_file_is_zero(tmp_path: Path) -> None:
+    assert read_depth(tmp_path / "nothing.sqlite") == 0
