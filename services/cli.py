@@ -21,6 +21,7 @@ from services.errors import DimsebusError
 from services.logs import configure_logging
 from services.node.commands import archive_app, node_app, outbox_app, send
 from services.settings import ServiceSettings, load_settings
+from services.tracker.commands import moves_app, tracker
 
 app = typer.Typer(help="DICOM C-STORE responses as events on RabbitMQ.", no_args_is_help=True)
 schemas_app = typer.Typer(help="The event contract as files.", no_args_is_help=True)
@@ -33,6 +34,8 @@ app.add_typer(node_app, name="node")
 app.add_typer(archive_app, name="archive")
 app.add_typer(outbox_app, name="outbox")
 app.command("send")(send)
+app.command("tracker")(tracker)
+app.add_typer(moves_app, name="moves")
 T = TypeVar("T")
 console = Console()
 err = Console(stderr=True)

@@ -1,0 +1,198 @@
+"""The tracker's shell: read the log from the checkpoint, fold, save, publish derived events.
+
+Each batch is folded in memory, its derived events are spooled to the
+tracker's outbox (ids derived from the move and its state, so a replay
+re-derives the same ids), then the moves and the batch's last offset are
+committed together. A relay process publishes the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import uuid
+from pathlib import Path
+
+from aio_pika.abc import AbstractRobustConnection
+from pydantic import Field
+
+from schemas import events as ev
+from schemas.envelope import CloudEvent
+from services.bus.connection import connect
+from services.bus.log import LogEntry, LogReader
+from services.bus.outbox import Outbox
+from services.bus.relay import RelayProcess
+from services.bus.topology import declare_topology
+from services.clock import utc_now
+from services.settings import ServiceSettings
+from services.tracker.progress import MoveKey, MoveState, apply, move_key, outcome, progress_data
+from services.tracker.store import TrackerStore, open_store
+
+log = logging.getLogger(__name__)
+DERIVED_IDS = uuid.UUID("5f1c3f43-8f0e-4a53-9a43-2c1a4f7d0a11")
+TERMINAL = frozenset({"completed", "completed_with_failures", "failed", "cancelled"})
+
+
+class TrackerSettings(ServiceSettings):
+    """``dimsebus tracker`` and ``dimsebus moves``."""
+
+    db: str = Field("var/tracker.sqlite", description="SQLite file, or a postgresql:// URL")
+    tracker_id: str = Field("tracker", pattern=r"^[A-Za-z0-9_.-]+$")
+    outbox_path: Path = Path("var/tracker-outbox.sqlite")
+    stall_after: float = Field(
+        300.0, gt=0, description="seconds without events before a move is stalled"
+    )
+    progress_interval: float = Field(
+        0.5, ge=0, description="seconds between progress events of a move"
+    )
+    live_window: float = Field(
+        60.0, ge=0, description="events older than this (a replay) emit no progress"
+    )
+    batch_size: int = Field(500, ge=1)
+
+
+class Tracker:
+    """Folds batches of log entries into the store, deriving progress and outcome events."""
+
+    def __init__(self, settings: TrackerSettings, store: TrackerStore, outbox: Outbox) -> None:
+        self.settings = settings
+        self.store = store
+        self.outbox = outbox
+        self.source = f"dimsebus://tracker/{settings.tracker_id}"
+        self._moves: dict[MoveKey, MoveState] = {}
+        self._last_progress: dict[MoveKey, float] = {}
+        self.applied = 0
+
+    def handle(self, entries: list[LogEntry], now: dt.datetime) -> list[CloudEvent]:
+        """Apply a batch, spool what it derives, commit moves and checkpoint together."""
+        changed: dict[MoveKey, MoveState] = {}
+        derived: list[CloudEvent] = []
+        for entry in entries:
+            if entry.event is None or (key := move_key(entry.event)) is None:
+                continue
+            before = changed.get(key) or self._moves.get(key) or self.store.load(key)
+            after = apply(before, entry.event)
+            if after is None or after is before:
+                continue
+            changed[key] = after
+            derived += self._derive(before, after, entry.event, now)
+        if derived:
+            self.outbox.append(derived)
+        if entries:
+            self.store.save(changed.values(), entries[-1].offset)
+        self._moves.update(changed)
+        self.applied += len(entries)
+        return derived
+
+    def _derive(
+        self, before: MoveState | None, after: MoveState, event: CloudEvent, now: dt.datetime
+    ) -> list[CloudEvent]:
+        stall = dt.timedelta(seconds=self.settings.stall_after)
+        was = outcome(before, now, stall) if before else "in_progress"
+        data = progress_data(after, now, stall)
+        if data.outcome in TERMINAL and data.outcome != was:
+            return [self._event(ev.MoveFinished, after, data, "finished")]
+        live = (now - event.time).total_seconds() <= self.settings.live_window
+        key = (after.source, after.move_id)
+        clock = now.timestamp()
+        if live and clock - self._last_progress.get(key, 0.0) >= self.settings.progress_interval:
+            self._last_progress[key] = clock
+            return [self._event(ev.MoveProgressed, after, data, "progressed")]
+        return []
+
+    def _event(
+        self, model: type[CloudEvent], move: MoveState, data: ev.MoveProgressData, kind: str
+    ) -> CloudEvent:
+        name = f"{move.source}|{move.move_id}|{kind}|{data.outcome}|{len(move.seen)}"
+        return model.model_validate(
+            {
+                "id": uuid.uuid5(DERIVED_IDS, name),
+                "source": self.source,
+                "time": data.at,
+                "subject": str(move.move_id),
+                "data": data,
+            }
+        )
+
+
+async def run_tracker(
+    settings: TrackerSettings, stop: asyncio.Event, ready: asyncio.Event | None = None
+) -> None:
+    """Follow the log from the checkpoint until ``stop``; reconnects through outages."""
+    store = open_store(settings.db)
+    outbox = Outbox(settings.outbox_path)
+    relay = RelayProcess(
+        settings.outbox_path, settings.amqp_url, name=f"dimsebus-{settings.tracker_id}-relay"
+    )
+    tracker = Tracker(settings, store, outbox)
+    try:
+        while not stop.is_set():
+            try:
+                await _follow(tracker, settings, stop, ready)
+            except Exception as exc:
+                log.warning("tracker lost the log (%r); reading again from the checkpoint", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 2.0)
+    finally:
+        await asyncio.to_thread(relay.wait_empty, 5.0)
+        relay.stop()
+        outbox.close()
+        store.close()
+
+
+async def _follow(
+    tracker: Tracker, settings: TrackerSettings, stop: asyncio.Event, ready: asyncio.Event | None
+) -> None:
+    checkpoint = tracker.store.checkpoint()
+    start: str | int = "first" if checkpoint is None else checkpoint + 1
+    log.info("tracker reading dimsebus.log from %s", start)
+    connection = await connect(settings.amqp_url, f"dimsebus-{settings.tracker_id}")
+    async with connection:
+        setup = await connection.channel()
+        await declare_topology(setup, settings.retention)
+        await setup.close()
+        await _read(tracker, settings, connection, start, stop, ready)
+
+
+async def _read(
+    tracker: Tracker,
+    settings: TrackerSettings,
+    connection: AbstractRobustConnection,
+    start: str | int,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None,
+) -> None:
+    async with LogReader(await connection.channel(), start, prefetch=2000) as reader:
+        queue: asyncio.Queue[LogEntry] = asyncio.Queue(maxsize=5000)
+        pump = asyncio.create_task(_pump(reader, queue))
+        if ready is not None:
+            ready.set()
+        try:
+            while not stop.is_set():
+                batch = await _batch(queue, settings.batch_size, pump)
+                if batch:
+                    await asyncio.to_thread(tracker.handle, batch, utc_now())
+        finally:
+            pump.cancel()
+
+
+async def _pump(reader: LogReader, queue: asyncio.Queue[LogEntry]) -> None:
+    async for entry in reader:
+        await queue.put(entry)
+
+
+async def _batch(
+    queue: asyncio.Queue[LogEntry], size: int, pump: asyncio.Task[None]
+) -> list[LogEntry]:
+    if pump.done():
+        pump.result()  # re-raise why the log stopped
+    try:
+        first = await asyncio.wait_for(queue.get(), 0.2)
+    except TimeoutError:
+        return []
+    batch = [first]
+    while len(batch) < size and not queue.empty():
+        batch.append(queue.get_nowait())
+    return batch

@@ -1,0 +1,205 @@
+"""``dimsebus tracker`` and ``dimsebus moves list|show|watch``."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from services.clock import utc_now
+from services.errors import DimsebusError
+from services.logs import configure_logging
+from services.settings import load_settings
+from services.tracker.app import TrackerSettings, run_tracker
+from services.tracker.progress import MoveState
+from services.tracker.store import open_store
+from services.tracker.views import move_view
+
+console = Console()
+err = Console(stderr=True)
+moves_app = typer.Typer(
+    help="C-MOVEs as the tracker folded them from the log.", no_args_is_help=True
+)
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file")]
+DbOption = Annotated[str | None, typer.Option("--db", help="SQLite file or postgresql:// URL")]
+
+
+def _settings(config: Path | None, **flags: Any) -> TrackerSettings:
+    try:
+        return load_settings(TrackerSettings, config, **flags)
+    except DimsebusError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def tracker(
+    config: ConfigOption = None,
+    db: DbOption = None,
+    amqp_url: Annotated[str | None, typer.Option(help="RabbitMQ URL")] = None,
+) -> None:
+    """Fold the event log into C-MOVE progress, from the checkpoint on; publish progress events."""
+    configure_logging()
+    settings = _settings(config, db=db, amqp_url=amqp_url)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run_tracker(settings, stop)
+
+    try:
+        asyncio.run(main())
+    except DimsebusError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _views(settings: TrackerSettings) -> list[dict[str, Any]]:
+    try:
+        store = open_store(settings.db)
+    except DimsebusError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    moves: list[MoveState] = store.all_moves()
+    store.close()
+    stall = dt.timedelta(seconds=settings.stall_after)
+    now = utc_now()
+    return [move_view(move, now, stall) for move in moves]
+
+
+@moves_app.command("list")
+def moves_list(
+    status: Annotated[str | None, typer.Option(help="only moves with this outcome")] = None,
+    ae: Annotated[str | None, typer.Option(help="only moves from or to this AE title")] = None,
+    since: Annotated[
+        dt.datetime | None, typer.Option(help="only moves started at or after (UTC)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="a JSON array")] = False,
+    config: ConfigOption = None,
+    db: DbOption = None,
+) -> None:
+    """Moves, oldest first, filtered by outcome, AE title and start time."""
+    views = _views(_settings(config, db=db))
+    if status:
+        views = [v for v in views if v["outcome"] == status]
+    if ae:
+        views = [v for v in views if ae in (v["requestor_ae_title"], v["destination_ae_title"])]
+    if since:
+        limit = since if since.tzinfo else since.replace(tzinfo=dt.UTC)
+        views = [
+            v
+            for v in views
+            if v["started_at"] and dt.datetime.fromisoformat(v["started_at"]) >= limit
+        ]
+    if as_json:
+        print(json.dumps(views, indent=2))
+        return
+    table = Table(title=f"{len(views)} moves")
+    for column in ("move", "from", "to", "outcome", "done", "failed", "expected", "started"):
+        table.add_column(column)
+    for v in views:
+        c = v["counts"]
+        table.add_row(
+            v["move_id"][:13],
+            v["requestor_ae_title"] or "?",
+            v["destination_ae_title"] or "?",
+            v["outcome"],
+            str(c["completed"] + c["warning"]),
+            str(c["failed"]),
+            str(v["expected"] or "?"),
+            (v["started_at"] or "")[:19],
+        )
+    console.print(table)
+
+
+@moves_app.command("show")
+def moves_show(
+    move_id: Annotated[str, typer.Argument(help="a move id, or a unique prefix of one")],
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
+    config: ConfigOption = None,
+    db: DbOption = None,
+) -> None:
+    """One move: counts, outcome, failed instances with their statuses, and its timeline."""
+    matches = [
+        v for v in _views(_settings(config, db=db)) if v["move_id"].startswith(move_id.lower())
+    ]
+    if len(matches) != 1:
+        err.print(
+            f"[red]error:[/red] move id {move_id!r} matches {len(matches)} moves", highlight=False
+        )
+        raise typer.Exit(2)
+    view = matches[0]
+    if as_json:
+        print(json.dumps(view, indent=2))
+        return
+    c = view["counts"]
+    console.print(
+        f"move {view['move_id']}  {view['requestor_ae_title']} -> {view['destination_ae_title']}  "
+        f"[bold]{view['outcome']}[/bold]\n"
+        f"expected {view['expected']}, completed {c['completed']}, warning {c['warning']}, "
+        f"failed {c['failed']}, remaining {c['remaining']}"
+    )
+    if view["failed_instances"]:
+        table = Table(title="failed instances")
+        for column in ("SOP instance", "status", "attempts", "reason"):
+            table.add_column(column)
+        for f in view["failed_instances"]:
+            table.add_row(
+                f["sop_instance_uid"], f["status"] or "-", str(f["attempts"]), f["reason"]
+            )
+        console.print(table)
+    timeline = Table(title="timeline")
+    timeline.add_column("at")
+    timeline.add_column("what")
+    for entry in view["timeline"]:
+        timeline.add_row(entry["at"], entry["what"])
+    console.print(timeline)
+
+
+@moves_app.command("watch")
+def moves_watch(
+    interval: Annotated[float, typer.Option(help="seconds between refreshes", min=0.1)] = 0.5,
+    config: ConfigOption = None,
+    db: DbOption = None,
+) -> None:
+    """Live progress bars, one per move that is not finished (Ctrl-C to stop)."""
+    settings = _settings(config, db=db)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[state]}"),
+    )
+    tasks: dict[str, Any] = {}
+    with Live(progress, console=console, refresh_per_second=4):
+        try:
+            while True:
+                for view in _views(settings):
+                    c = view["counts"]
+                    done = c["completed"] + c["warning"] + c["failed"]
+                    total = view["expected"] or max(done, 1)
+                    if view["move_id"] not in tasks:
+                        if view["outcome"] not in ("in_progress", "stalled"):
+                            continue
+                        peers = f"{view['requestor_ae_title']}->{view['destination_ae_title']}"
+                        label = f"{view['move_id'][:8]} {peers}"
+                        tasks[view["move_id"]] = progress.add_task(label, total=total, state="")
+                    state = f"{view['outcome']} ({c['failed']} failed)"
+                    progress.update(
+                        tasks[view["move_id"]], completed=done, total=total, state=state
+                    )
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            return

@@ -1,0 +1,176 @@
+"""Where the tracker keeps its state: moves and the log offset, committed together.
+
+A batch of events is applied and saved in one transaction with the offset of
+its last event, so a crash never applies an event twice nor skips one: on
+restart the tracker reads the log from the offset after the saved one.
+SQLite by default; PostgreSQL with a ``postgresql://`` URL. Both implement
+the same small port and pass the same contract tests.
+"""
+
+from __future__ import annotations
+
+import abc
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from services.errors import ConfigError
+from services.tracker.progress import MoveKey, MoveState
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS tracker_moves (
+    source TEXT NOT NULL,
+    move_id TEXT NOT NULL,
+    started_at TEXT,
+    state TEXT NOT NULL,
+    PRIMARY KEY (source, move_id)
+);
+CREATE TABLE IF NOT EXISTS tracker_checkpoint (
+    name TEXT PRIMARY KEY,
+    log_offset BIGINT NOT NULL
+);
+"""
+
+
+class TrackerStore(abc.ABC):
+    """The tracker's durable state."""
+
+    @abc.abstractmethod
+    def checkpoint(self) -> int | None:
+        """The offset of the last event applied, or None before the first."""
+
+    @abc.abstractmethod
+    def load(self, key: MoveKey) -> MoveState | None:
+        """One move's state."""
+
+    @abc.abstractmethod
+    def save(self, moves: Iterable[MoveState], offset: int) -> None:
+        """Store changed moves and the new checkpoint in one transaction."""
+
+    @abc.abstractmethod
+    def all_moves(self) -> list[MoveState]:
+        """Every move, oldest first."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the connection."""
+
+    def find(self, move_id: str) -> MoveState | None:
+        """The move whose id starts with ``move_id`` (ids are long; prefixes are handy)."""
+        matches = [m for m in self.all_moves() if str(m.move_id).startswith(move_id.lower())]
+        return matches[0] if len(matches) == 1 else None
+
+
+class SqliteStore(TrackerStore):
+    """The default store: one SQLite file (WAL)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_TABLES)
+
+    def checkpoint(self) -> int | None:
+        row = self._db.execute(
+            "SELECT log_offset FROM tracker_checkpoint WHERE name = 'log'"
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    def load(self, key: MoveKey) -> MoveState | None:
+        row = self._db.execute(
+            "SELECT state FROM tracker_moves WHERE source = ? AND move_id = ?",
+            (key[0], str(key[1])),
+        ).fetchone()
+        return MoveState.model_validate_json(row[0]) if row else None
+
+    def save(self, moves: Iterable[MoveState], offset: int) -> None:
+        rows = [_row(move) for move in moves]
+        self._db.execute("BEGIN")
+        try:
+            self._db.executemany(
+                "INSERT INTO tracker_moves (source, move_id, started_at, state) "
+                "VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (source, move_id) DO UPDATE SET started_at = excluded.started_at, "
+                "state = excluded.state",
+                rows,
+            )
+            self._db.execute(
+                "INSERT INTO tracker_checkpoint (name, log_offset) VALUES ('log', ?) "
+                "ON CONFLICT (name) DO UPDATE SET log_offset = excluded.log_offset",
+                (offset,),
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def all_moves(self) -> list[MoveState]:
+        rows = self._db.execute("SELECT state FROM tracker_moves ORDER BY started_at, move_id")
+        return [MoveState.model_validate_json(row[0]) for row in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class PostgresStore(TrackerStore):
+    """The same store in PostgreSQL, for trackers that share a database server."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self._db = psycopg.connect(url, autocommit=True)
+        for statement in _TABLES.split(";"):
+            if statement.strip():
+                self._db.execute(statement)
+
+    def checkpoint(self) -> int | None:
+        row = self._db.execute(
+            "SELECT log_offset FROM tracker_checkpoint WHERE name = 'log'"
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    def load(self, key: MoveKey) -> MoveState | None:
+        row = self._db.execute(
+            "SELECT state FROM tracker_moves WHERE source = %s AND move_id = %s",
+            (key[0], str(key[1])),
+        ).fetchone()
+        return MoveState.model_validate_json(row[0]) if row else None
+
+    def save(self, moves: Iterable[MoveState], offset: int) -> None:
+        rows = [_row(move) for move in moves]
+        with self._db.transaction(), self._db.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO tracker_moves (source, move_id, started_at, state) "
+                "VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (source, move_id) DO UPDATE SET started_at = excluded.started_at, "
+                "state = excluded.state",
+                rows,
+            )
+            cursor.execute(
+                "INSERT INTO tracker_checkpoint (name, log_offset) VALUES ('log', %s) "
+                "ON CONFLICT (name) DO UPDATE SET log_offset = excluded.log_offset",
+                (offset,),
+            )
+
+    def all_moves(self) -> list[MoveState]:
+        rows = self._db.execute("SELECT state FROM tracker_moves ORDER BY started_at, move_id")
+        return [MoveState.model_validate_json(row[0]) for row in rows]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def open_store(db: str) -> TrackerStore:
+    """``postgresql://...`` opens PostgreSQL; anything else is an SQLite file path."""
+    if db.startswith(("postgresql://", "postgres://")):
+        try:
+            return PostgresStore(db)
+        except Exception as exc:
+            raise ConfigError(f"--db: cannot open {db!r}: {exc}") from exc
+    return SqliteStore(Path(db))
+
+
+def _row(move: MoveState) -> tuple[Any, ...]:
+    started = move.started_at.isoformat() if move.started_at else None
+    return (move.source, str(move.move_id), started, move.model_dump_json())

@@ -1,0 +1,48 @@
+"""How a move reads to an operator or a script: the JSON of `dimsebus moves show --json`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from services.tracker.progress import MoveState, counts, failed_instances, outcome
+
+
+def move_view(move: MoveState, now: dt.datetime, stall_after: dt.timedelta) -> dict[str, Any]:
+    """Counts, outcome, failed instances and timeline of one move, as plain JSON data."""
+    tally = counts(move)
+    return {
+        "move_id": str(move.move_id),
+        "node_id": move.node_id,
+        "requestor_ae_title": move.requestor_ae_title,
+        "destination_ae_title": move.destination_ae_title,
+        "c_move": {"association_id": _text(move.association_id), "message_id": move.message_id},
+        "query_level": move.query_level,
+        "keys": move.keys,
+        "outcome": outcome(move, now, stall_after),
+        "expected": move.expected,
+        "counts": tally.model_dump(),
+        "final_status": None if move.final_status is None else f"0x{move.final_status:04X}",
+        "failed_instances": [
+            {
+                "sop_instance_uid": failed.sop_instance_uid,
+                "status": None if failed.status is None else f"0x{failed.status:04X}",
+                "reason": failed.reason,
+                "attempts": failed.attempts,
+            }
+            for failed in failed_instances(move)
+        ],
+        "started_at": _text(move.started_at),
+        "last_event_at": _text(move.last_event_at),
+        "completed_at": _text(move.completed_at),
+        "events": len(move.seen),
+        "timeline": [{"at": _text(e.at), "what": e.what} for e in move.timeline],
+    }
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return str(value)
