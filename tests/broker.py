@@ -22,7 +22,7 @@ Exec = Callable[[list[str]], str]
 def docker_answers() -> bool:
     """True when a Docker engine answers a ping within two seconds."""
     try:
-        import docker  # type: ignore[import-untyped]
+        import docker
 
         client = docker.from_env(timeout=2)
         return bool(client.ping())

@@ -98,24 +98,18 @@ async def test_a_100_instance_move_is_completed(
         await movescu(node)
     # then `moves show --json` reports 100 completed, outcome completed
     move = await settled(settings.db, node, "completed")
-    shown = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "services",
-            "moves",
-            "show",
-            move["move_id"][:12],
-            "--json",
-            "--db",
-            settings.db,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
+    shown = await run_tool(
+        sys.executable,
+        "-m",
+        "services",
+        "moves",
+        "show",
+        move["move_id"][:24],
+        "--json",
+        "--db",
+        settings.db,
     )
-    view = json.loads(shown.stdout)
+    view = json.loads(shown)
     assert view["counts"] == {"remaining": 0, "completed": 100, "failed": 0, "warning": 0}
     assert (view["expected"], view["requestor_ae_title"], view["destination_ae_title"]) == (
         100,
@@ -174,8 +168,7 @@ async def test_deleting_the_database_and_restarting_rebuilds_identical_state(
             process.wait(30)
     state_before = _all_states(str(db))
     # when its database is deleted and it starts again
-    for path in tmp_path.glob("tracker.sqlite*"):
-        path.unlink()
+    _delete_database(tmp_path)
     process = _tracker_process(tmp_path, db, amqp_url)
     try:
         after = await settled(str(db), node, "completed")
@@ -226,6 +219,11 @@ def _tracker_process(tmp_path: Path, db: Path, amqp_url: str) -> subprocess.Pope
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def _delete_database(folder: Path) -> None:
+    for path in folder.glob("tracker.sqlite*"):
+        path.unlink()
 
 
 def _all_states(db: str) -> dict[str, str]:
