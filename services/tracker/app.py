@@ -130,7 +130,7 @@ async def run_tracker(
     try:
         while not stop.is_set():
             try:
-                await _follow(tracker, settings, stop, ready)
+                await follow(tracker, settings, stop, ready)
             except Exception as exc:
                 log.warning("tracker lost the log (%r); reading again from the checkpoint", exc)
                 with contextlib.suppress(TimeoutError):
@@ -142,9 +142,10 @@ async def run_tracker(
         store.close()
 
 
-async def _follow(
+async def follow(
     tracker: Tracker, settings: TrackerSettings, stop: asyncio.Event, ready: asyncio.Event | None
 ) -> None:
+    """Read the log from after the checkpoint into ``tracker`` until ``stop`` (one connection)."""
     checkpoint = tracker.store.checkpoint()
     start: str | int = "first" if checkpoint is None else checkpoint + 1
     log.info("tracker reading dimsebus.log from %s", start)

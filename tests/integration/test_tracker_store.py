@@ -1,0 +1,84 @@
+"""One contract, every store: SQLite and PostgreSQL keep moves and checkpoint together."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from schemas.examples import move_story, sequential_ids
+from services.tracker.progress import MoveState, apply, move_key
+from services.tracker.store import PostgresStore, SqliteStore, TrackerStore, open_store
+
+POSTGRES = os.environ.get("DIMSEBUS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+STORY = move_story(
+    node_id="n1", start=dt.datetime(2026, 11, 26, tzinfo=dt.UTC), ids=sequential_ids()
+)
+
+
+def folded() -> MoveState:
+    state: MoveState | None = None
+    for event in STORY:
+        state = apply(state, event)
+    assert state is not None
+    return state
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TrackerStore]:
+    if request.param == "sqlite":
+        found: TrackerStore = SqliteStore(tmp_path / "tracker.sqlite")
+        yield found
+        found.close()
+        return
+    import psycopg
+
+    schema = f"tracker_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = psycopg.connect(POSTGRES, autocommit=True)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {POSTGRES} does not answer: {exc}")
+        pytest.skip(f"no PostgreSQL at {POSTGRES} (set DIMSEBUS_TEST_POSTGRES): {exc}")
+    admin.execute(f"CREATE SCHEMA {schema}")
+    found = open_store(f"{POSTGRES}?options=-csearch_path%3D{schema}")
+    assert isinstance(found, PostgresStore)
+    yield found
+    found.close()
+    admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    admin.close()
+
+
+class TestTrackerStore:
+    """Given any store."""
+
+    def test_starts_without_a_checkpoint(self, store: TrackerStore) -> None:
+        assert store.checkpoint() is None
+        assert store.all_moves() == []
+
+    def test_saves_moves_and_checkpoint_together(self, store: TrackerStore) -> None:
+        move = folded()
+        store.save([move], offset=41)
+        assert store.checkpoint() == 41
+        assert store.load((move.source, move.move_id)) == move
+        assert store.all_moves() == [move]
+
+    def test_a_second_save_replaces_the_move_and_moves_the_checkpoint(
+        self, store: TrackerStore
+    ) -> None:
+        first = apply(None, next(e for e in STORY if move_key(e)))
+        assert first is not None
+        store.save([first], offset=1)
+        store.save([folded()], offset=99)
+        assert store.all_moves() == [folded()]
+        assert store.checkpoint() == 99
+
+    def test_find_by_prefix(self, store: TrackerStore) -> None:
+        move = folded()
+        store.save([move], offset=1)
+        assert store.find(str(move.move_id)[:20]) == move
+        assert store.find("ffffffff") is None
