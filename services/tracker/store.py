@@ -10,8 +10,9 @@ the same small port and pass the same contract tests.
 from __future__ import annotations
 
 import abc
+import contextlib
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +63,29 @@ class TrackerStore(abc.ABC):
         return matches[0] if len(matches) == 1 else None
 
 
-class SqliteStore(TrackerStore):
-    """The default store: one SQLite file (WAL)."""
+_UPSERT_MOVE = (
+    "INSERT INTO tracker_moves (source, move_id, started_at, state) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (source, move_id) DO UPDATE SET started_at = excluded.started_at, "
+    "state = excluded.state"
+)
+_UPSERT_CHECKPOINT = (
+    "INSERT INTO tracker_checkpoint (name, log_offset) VALUES ('log', ?) "
+    "ON CONFLICT (name) DO UPDATE SET log_offset = excluded.log_offset"
+)
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_TABLES)
+
+class SqlStore(TrackerStore):
+    """The store over any DB-API connection; subclasses say how a transaction runs."""
+
+    placeholder = "?"
+    _db: Any
+
+    def _sql(self, text: str) -> str:
+        return text.replace("?", self.placeholder)
+
+    @abc.abstractmethod
+    def _transaction(self) -> contextlib.AbstractContextManager[Any]:
+        """A cursor whose statements commit together, or not at all."""
 
     def checkpoint(self) -> int | None:
         row = self._db.execute(
@@ -79,31 +95,16 @@ class SqliteStore(TrackerStore):
 
     def load(self, key: MoveKey) -> MoveState | None:
         row = self._db.execute(
-            "SELECT state FROM tracker_moves WHERE source = ? AND move_id = ?",
+            self._sql("SELECT state FROM tracker_moves WHERE source = ? AND move_id = ?"),
             (key[0], str(key[1])),
         ).fetchone()
         return MoveState.model_validate_json(row[0]) if row else None
 
     def save(self, moves: Iterable[MoveState], offset: int) -> None:
         rows = [_row(move) for move in moves]
-        self._db.execute("BEGIN")
-        try:
-            self._db.executemany(
-                "INSERT INTO tracker_moves (source, move_id, started_at, state) "
-                "VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (source, move_id) DO UPDATE SET started_at = excluded.started_at, "
-                "state = excluded.state",
-                rows,
-            )
-            self._db.execute(
-                "INSERT INTO tracker_checkpoint (name, log_offset) VALUES ('log', ?) "
-                "ON CONFLICT (name) DO UPDATE SET log_offset = excluded.log_offset",
-                (offset,),
-            )
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
+        with self._transaction() as cursor:
+            cursor.executemany(self._sql(_UPSERT_MOVE), rows)
+            cursor.execute(self._sql(_UPSERT_CHECKPOINT), (offset,))
 
     def all_moves(self) -> list[MoveState]:
         rows = self._db.execute("SELECT state FROM tracker_moves ORDER BY started_at, move_id")
@@ -113,8 +114,30 @@ class SqliteStore(TrackerStore):
         self._db.close()
 
 
-class PostgresStore(TrackerStore):
+class SqliteStore(SqlStore):
+    """The default store: one SQLite file (WAL)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_TABLES)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        self._db.execute("BEGIN")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+
+class PostgresStore(SqlStore):
     """The same store in PostgreSQL, for trackers that share a database server."""
+
+    placeholder = "%s"
 
     def __init__(self, url: str) -> None:
         import psycopg
@@ -124,41 +147,10 @@ class PostgresStore(TrackerStore):
             if statement.strip():
                 self._db.execute(statement)
 
-    def checkpoint(self) -> int | None:
-        row = self._db.execute(
-            "SELECT log_offset FROM tracker_checkpoint WHERE name = 'log'"
-        ).fetchone()
-        return int(row[0]) if row else None
-
-    def load(self, key: MoveKey) -> MoveState | None:
-        row = self._db.execute(
-            "SELECT state FROM tracker_moves WHERE source = %s AND move_id = %s",
-            (key[0], str(key[1])),
-        ).fetchone()
-        return MoveState.model_validate_json(row[0]) if row else None
-
-    def save(self, moves: Iterable[MoveState], offset: int) -> None:
-        rows = [_row(move) for move in moves]
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
         with self._db.transaction(), self._db.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO tracker_moves (source, move_id, started_at, state) "
-                "VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (source, move_id) DO UPDATE SET started_at = excluded.started_at, "
-                "state = excluded.state",
-                rows,
-            )
-            cursor.execute(
-                "INSERT INTO tracker_checkpoint (name, log_offset) VALUES ('log', %s) "
-                "ON CONFLICT (name) DO UPDATE SET log_offset = excluded.log_offset",
-                (offset,),
-            )
-
-    def all_moves(self) -> list[MoveState]:
-        rows = self._db.execute("SELECT state FROM tracker_moves ORDER BY started_at, move_id")
-        return [MoveState.model_validate_json(row[0]) for row in rows]
-
-    def close(self) -> None:
-        self._db.close()
+            yield cursor
 
 
 def open_store(db: str) -> TrackerStore:

@@ -18,7 +18,7 @@ from services.node.app import Node
 from services.node.archive import Archive
 from services.node.config import Destination, NodeSettings
 from services.node.synthetic import write_study
-from tests.integration.peers import free_port, wait_for_port
+from tests.integration.peers import dcmtk, free_port, run_tool, wait_for_port
 
 
 @dataclass
@@ -79,6 +79,28 @@ async def start_node(tmp_path: Path, amqp_url: str) -> AsyncIterator[Callable[..
     for stop, task in running:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+async def movescu(node: RunningNode, destination: str, *extra: str) -> str:
+    """dcmtk's movescu, as AE MOVESCU, asks ``node`` to move its study to ``destination``."""
+    return await run_tool(
+        dcmtk("movescu"),
+        "-v",
+        "-S",
+        "-aet",
+        "MOVESCU",
+        "-aec",
+        node.settings.ae_title,
+        "-aem",
+        destination,
+        "-k",
+        "QueryRetrieveLevel=STUDY",
+        "-k",
+        f"StudyInstanceUID={node.study_uid}",
+        *extra,
+        "127.0.0.1",
+        str(node.settings.port),
+    )
 
 
 async def read_events(

@@ -15,7 +15,7 @@ from schemas import events as ev
 from schemas.envelope import CloudEvent
 from services.node.synthetic import write_study
 from tests.broker import Broker
-from tests.integration.conftest import RunningNode, of_type, read_events
+from tests.integration.conftest import RunningNode, movescu, of_type, read_events
 from tests.integration.peers import dcmtk, run_tool, small_filesystem, storescp
 
 pytestmark = pytest.mark.integration
@@ -30,27 +30,6 @@ def has(count: int, *types: str) -> Callable[[list[CloudEvent]], bool]:
         return responses >= count and all(of_type(events, t) for t in types)
 
     return done
-
-
-async def movescu(node: RunningNode, destination: str, *extra: str) -> str:
-    return await run_tool(
-        dcmtk("movescu"),
-        "-v",
-        "-S",
-        "-aet",
-        "MOVESCU",
-        "-aec",
-        node.settings.ae_title,
-        "-aem",
-        destination,
-        "-k",
-        "QueryRetrieveLevel=STUDY",
-        "-k",
-        f"StudyInstanceUID={node.study_uid}",
-        *extra,
-        "127.0.0.1",
-        str(node.settings.port),
-    )
 
 
 async def test_send_to_storescp(tmp_path: Path, amqp_url: str) -> None:

@@ -16,8 +16,8 @@ import pytest
 
 from services.tracker.app import TrackerSettings, run_tracker
 from services.tracker.store import open_store
-from tests.integration.conftest import RunningNode, of_type, read_events
-from tests.integration.peers import dcmtk, run_tool, storescp
+from tests.integration.conftest import RunningNode, movescu, of_type, read_events
+from tests.integration.peers import run_tool, storescp
 
 pytestmark = pytest.mark.integration
 TrackerFactory = Callable[..., Any]
@@ -44,25 +44,6 @@ async def start_tracker(tmp_path: Path, amqp_url: str) -> AsyncIterator[TrackerF
     for stop, task in running:
         stop.set()
         await asyncio.wait_for(task, 30)
-
-
-async def movescu(node: RunningNode) -> str:
-    return await run_tool(
-        dcmtk("movescu"),
-        "-S",
-        "-aet",
-        "MOVESCU",
-        "-aec",
-        node.settings.ae_title,
-        "-aem",
-        "STORESCP",
-        "-k",
-        "QueryRetrieveLevel=STUDY",
-        "-k",
-        f"StudyInstanceUID={node.study_uid}",
-        "127.0.0.1",
-        str(node.settings.port),
-    )
 
 
 def moves_of(db: str, node: RunningNode) -> list[dict[str, Any]]:
@@ -95,7 +76,7 @@ async def test_a_100_instance_move_is_completed(
     with storescp(tmp_path / "received") as peer:
         node: RunningNode = await start_node(instances=100, destinations={"STORESCP": peer.port})
         # when movescu moves a 100-instance study through the node
-        await movescu(node)
+        await movescu(node, "STORESCP")
     # then `moves show --json` reports 100 completed, outcome completed
     move = await settled(settings.db, node, "completed")
     shown = await run_tool(
@@ -140,7 +121,7 @@ async def test_abort_gives_completed_with_failures_and_a_replay_rebuilds_it(
         node: RunningNode = await start_node(
             instances=12, destinations={"STORESCP": peer.port}, dimse_timeout=5.0
         )
-        await movescu(node)
+        await movescu(node, "STORESCP")
     # then the tracker reports the failures
     move = await settled(settings.db, node, "completed_with_failures")
     assert move["counts"]["failed"] == 12
@@ -161,7 +142,7 @@ async def test_deleting_the_database_and_restarting_rebuilds_identical_state(
         node: RunningNode = await start_node(instances=30, destinations={"STORESCP": peer.port})
         process = _tracker_process(tmp_path, db, amqp_url)
         try:
-            await movescu(node)
+            await movescu(node, "STORESCP")
             before = await settled(str(db), node, "completed")
         finally:
             process.terminate()
@@ -189,7 +170,7 @@ async def test_kill_9_mid_move_then_restart_ends_with_exact_counts(
     with storescp(tmp_path / "received") as peer:
         node: RunningNode = await start_node(instances=300, destinations={"STORESCP": peer.port})
         process = _tracker_process(tmp_path, db, amqp_url)
-        move = asyncio.create_task(movescu(node))
+        move = asyncio.create_task(movescu(node, "STORESCP"))
         # when the tracker is killed while the move's events arrive
         await asyncio.sleep(1.5)
         process.send_signal(signal.SIGKILL)
