@@ -11,7 +11,6 @@ import logging
 import socket
 import threading
 import weakref
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -354,6 +353,3 @@ def _failed_uids(assoc: Association, message: Any) -> tuple[str, ...]:
     message.data_set.seek(0)
     uids = identifier.get("FailedSOPInstanceUIDList") or []
     return tuple(str(uid) for uid in ([uids] if isinstance(uids, str) else uids) if uid)
-
-
-Handler = Callable[..., Any]
