@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from aiormq.exceptions import AMQPConnectionError
@@ -16,11 +16,12 @@ from schemas.export import render
 from services.bus.connection import connect
 from services.bus.log import LogEntry, LogReader, parse_offset
 from services.bus.topology import declare_topology
+from services.console import ConfigOption, console, err, fail, settings_or_exit
 from services.demo import DemoResult, run_demo
 from services.errors import DimsebusError
 from services.logs import configure_logging
 from services.node.commands import archive_app, node_app, outbox_app, send
-from services.settings import ServiceSettings, load_settings
+from services.settings import ServiceSettings
 from services.tracker.commands import moves_app, tracker
 
 app = typer.Typer(help="DICOM C-STORE responses as events on RabbitMQ.", no_args_is_help=True)
@@ -37,23 +38,11 @@ app.command("send")(send)
 app.command("tracker")(tracker)
 app.add_typer(moves_app, name="moves")
 T = TypeVar("T")
-console = Console()
-err = Console(stderr=True)
-
-ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file")]
 AmqpOption = Annotated[str | None, typer.Option("--amqp-url", help="RabbitMQ URL")]
 
 
 def _settings(config: Path | None, amqp_url: str | None) -> ServiceSettings:
-    try:
-        return load_settings(ServiceSettings, config, amqp_url=amqp_url)
-    except DimsebusError as exc:
-        _fail(str(exc))
-
-
-def _fail(message: str) -> NoReturn:
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(2)
+    return settings_or_exit(ServiceSettings, config, amqp_url=amqp_url)
 
 
 @schemas_app.command("export")
@@ -94,7 +83,7 @@ def events_tail(
     try:
         offset = parse_offset(start)
     except DimsebusError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
     async def tail() -> None:
         async with (
@@ -139,7 +128,7 @@ def demo(
     result = _run(run_demo(settings, instances=instances))
     _show_demo(result, Console(no_color=non_interactive, width=160 if non_interactive else None))
     if not result.all_returned_equal:
-        _fail("some events did not come back from dimsebus.log unchanged")
+        fail("some events did not come back from dimsebus.log unchanged")
 
 
 def _show_demo(result: DemoResult, out: Console) -> None:
@@ -165,8 +154,8 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coroutine)
     except DimsebusError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except (OSError, AMQPConnectionError) as exc:
-        _fail(f"cannot reach RabbitMQ ({exc}); start it or pass --amqp-url")
+        fail(f"cannot reach RabbitMQ ({exc}); start it or pass --amqp-url")
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

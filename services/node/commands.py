@@ -8,13 +8,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from schemas.status import Service, describe_status
 from services.bus.outbox import Outbox, read_depth
 from services.bus.relay import RelayProcess, run_relay
+from services.console import ConfigOption, console, err, fail, settings_or_exit
 from services.errors import DimsebusError
 from services.logs import configure_logging
 from services.node.app import run_node
@@ -22,29 +22,15 @@ from services.node.archive import Archive, ArchiveError
 from services.node.config import NodeSettings
 from services.node.dimse import Capture
 from services.node.sender import SendSummary, Target, dicom_files, send_files
-from services.settings import load_settings
 
-console = Console()
-err = Console(stderr=True)
 node_app = typer.Typer(help="Run the DICOM node, or look at it.", invoke_without_command=True)
 archive_app = typer.Typer(help="The node's archive.", no_args_is_help=True)
 outbox_app = typer.Typer(help="The durable outbox of a node or send job.", no_args_is_help=True)
 
-ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file")]
-
-
-def fail(message: str) -> Any:
-    """Print one clear line and exit 2."""
-    err.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(2)
-
 
 def node_settings(config: Path | None, **flags: Any) -> NodeSettings:
     """Node settings from file, environment and flags, or a clear exit."""
-    try:
-        return load_settings(NodeSettings, config, **flags)
-    except DimsebusError as exc:
-        return fail(str(exc))  # type: ignore[no-any-return]
+    return settings_or_exit(NodeSettings, config, **flags)
 
 
 @node_app.callback()

@@ -11,36 +11,28 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from services.clock import utc_now
+from services.console import ConfigOption, console, fail, settings_or_exit
 from services.errors import DimsebusError
 from services.logs import configure_logging
-from services.settings import load_settings
 from services.tracker.app import TrackerSettings, run_tracker
 from services.tracker.progress import MoveState
 from services.tracker.store import open_store
 from services.tracker.views import move_view
 
-console = Console()
-err = Console(stderr=True)
 moves_app = typer.Typer(
     help="C-MOVEs as the tracker folded them from the log.", no_args_is_help=True
 )
 
-ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file")]
 DbOption = Annotated[str | None, typer.Option("--db", help="SQLite file or postgresql:// URL")]
 
 
 def _settings(config: Path | None, **flags: Any) -> TrackerSettings:
-    try:
-        return load_settings(TrackerSettings, config, **flags)
-    except DimsebusError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    return settings_or_exit(TrackerSettings, config, **flags)
 
 
 def tracker(
@@ -62,16 +54,14 @@ def tracker(
     try:
         asyncio.run(main())
     except DimsebusError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        fail(str(exc))
 
 
 def _views(settings: TrackerSettings) -> list[dict[str, Any]]:
     try:
         store = open_store(settings.db)
     except DimsebusError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+        fail(str(exc))
     moves: list[MoveState] = store.all_moves()
     store.close()
     stall = dt.timedelta(seconds=settings.stall_after)
@@ -136,10 +126,7 @@ def moves_show(
         v for v in _views(_settings(config, db=db)) if v["move_id"].startswith(move_id.lower())
     ]
     if len(matches) != 1:
-        err.print(
-            f"[red]error:[/red] move id {move_id!r} matches {len(matches)} moves", highlight=False
-        )
-        raise typer.Exit(2)
+        fail(f"move id {move_id!r} matches {len(matches)} moves")
     view = matches[0]
     if as_json:
         print(json.dumps(view, indent=2))

@@ -1,0 +1,32 @@
+"""What every ``dimsebus`` sub-command shares: its consoles, and one way to stop on bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from services.errors import DimsebusError
+from services.settings import ServiceSettings, load_settings
+
+console = Console()
+err = Console(stderr=True)
+S = TypeVar("S", bound=ServiceSettings)
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file")]
+
+
+def fail(message: str) -> NoReturn:
+    """Print one clear line naming the problem, and exit 2."""
+    err.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def settings_or_exit(cls: type[S], config: Path | None, **flags: Any) -> S:
+    """Settings from file, environment and flags; a bad value is one line and exit 2."""
+    try:
+        return load_settings(cls, config, **flags)
+    except DimsebusError as exc:
+        fail(str(exc))
