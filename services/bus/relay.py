@@ -11,7 +11,6 @@ relay whose parent dies stops, so a restarted node does not race an orphan.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import fcntl
 import logging
@@ -29,6 +28,7 @@ from services.bus.connection import confirming_channel, connect
 from services.bus.outbox import Outbox, OutboxRow, read_depth
 from services.bus.publisher import Publisher
 from services.bus.topology import EVENTS_EXCHANGE, declare_topology
+from services.clock import sleep_unless
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,6 @@ class OutboxRelay:
         self._name = name
         self._window = window
         self._poll = poll
-        self.published = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop`` is set, reconnecting as long as it takes."""
@@ -54,7 +53,7 @@ class OutboxRelay:
                 connection = await connect(self._url, self._name)
             except Exception as exc:
                 log.warning("broker unreachable (%r); outbox depth %d", exc, self._outbox.depth())
-                await _sleep_unless(stop, delay)
+                await sleep_unless(stop, delay)
                 delay = min(delay * 2, 10.0)
                 continue
             async with connection:
@@ -65,7 +64,7 @@ class OutboxRelay:
                     log.warning(
                         "relay interrupted (%r); outbox depth %d", exc, self._outbox.depth()
                     )
-                    await _sleep_unless(stop, delay)
+                    await sleep_unless(stop, delay)
                     delay = min(delay * 2, 10.0)
 
     async def _drain_forever(
@@ -82,7 +81,7 @@ class OutboxRelay:
             if channel.is_closed:
                 return  # reconnect from scratch
             if not await self.drain_once(publisher):
-                await _sleep_unless(stop, self._poll)
+                await sleep_unless(stop, self._poll)
 
     async def drain_once(self, publisher: Publisher) -> int:
         """Publish the oldest rows; delete those confirmed. Returns how many were confirmed."""
@@ -94,7 +93,6 @@ class OutboxRelay:
         )
         confirmed = [row.seq for row, result in zip(rows, results, strict=True) if result is None]
         self._outbox.remove(confirmed)
-        self.published += len(confirmed)
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             log.warning(
@@ -186,8 +184,3 @@ class RelayProcess:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)

@@ -11,6 +11,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, s
 
 from services.bus.outbox import Outbox
 from services.bus.relay import RelayProcess
+from services.clock import sleep_unless
 from services.node.archive import Archive
 from services.node.config import NodeSettings
 from services.node.dimse import Capture
@@ -95,11 +96,8 @@ class Node:
         if ready is not None:
             ready.set()
         try:
-            while not stop.is_set():
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=30)
-                except TimeoutError:
-                    log.info("outbox depth %d", self.outbox.depth())
+            while not await sleep_unless(stop, 30):
+                log.info("outbox depth %d", self.outbox.depth())
         finally:
             server.shutdown()
             ae.shutdown()

@@ -14,6 +14,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dsutils import decode
@@ -233,11 +234,10 @@ class Capture:
                 ae_title=str(command.MoveOriginatorApplicationEntityTitle).strip(),
                 message_id=command.MoveOriginatorMessageID,
             )
-        context = next(cx for cx in assoc.accepted_contexts if cx.context_id == message.context_id)
         return SentStore(
             association=state.ref,
             presentation_context_id=message.context_id,
-            transfer_syntax_uid=str(context.transfer_syntax[0]),
+            transfer_syntax_uid=str(_transfer_syntax(assoc, message.context_id)),
             message_id=command.MessageID,
             affected_sop_class_uid=str(command.AffectedSOPClassUID),
             affected_sop_instance_uid=uid,
@@ -341,11 +341,16 @@ def _association_id(assoc: Association) -> Any:
     return assoc.dimsebus_id  # type: ignore[attr-defined]
 
 
+def _transfer_syntax(assoc: Association, context_id: int) -> UID:
+    """The transfer syntax accepted for presentation context ``context_id``."""
+    context = next(cx for cx in assoc.accepted_contexts if cx.context_id == context_id)
+    return context.transfer_syntax[0]
+
+
 def _failed_uids(assoc: Association, message: Any) -> tuple[str, ...]:
     if message.data_set is None or not message.data_set.getvalue():
         return ()
-    context = next(cx for cx in assoc.accepted_contexts if cx.context_id == message.context_id)
-    syntax = context.transfer_syntax[0]
+    syntax = _transfer_syntax(assoc, message.context_id)
     message.data_set.seek(0)
     identifier = decode(
         message.data_set, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated

@@ -9,7 +9,6 @@ committed together. A relay process publishes the outbox.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import uuid
@@ -25,7 +24,7 @@ from services.bus.log import LogEntry, LogReader
 from services.bus.outbox import Outbox
 from services.bus.relay import RelayProcess
 from services.bus.topology import declare_topology
-from services.clock import utc_now
+from services.clock import sleep_unless, utc_now
 from services.settings import ServiceSettings
 from services.tracker.progress import MoveKey, MoveState, apply, move_key, outcome, progress_data
 from services.tracker.store import TrackerStore, open_store
@@ -133,8 +132,7 @@ async def run_tracker(
                 await follow(tracker, settings, stop, ready)
             except Exception as exc:
                 log.warning("tracker lost the log (%r); reading again from the checkpoint", exc)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 2.0)
+                await sleep_unless(stop, 2.0)
     finally:
         await asyncio.to_thread(relay.wait_empty, 5.0)
         relay.stop()
