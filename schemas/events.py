@@ -20,10 +20,20 @@ OperationKind = Literal["store", "move", "get"]
 ResponseCategory = Literal["success", "warning", "failure", "cancel"]
 QueryLevel = Literal["PATIENT", "STUDY", "SERIES", "IMAGE"]
 MoveOutcome = Literal[
-    "in_progress", "completed", "completed_with_failures", "failed", "cancelled", "stalled"
+    "in_progress",
+    "completed",
+    "completed_with_failures",
+    "failed",
+    "cancelled",
+    "stalled",
+    "retrying",
 ]
 MissingReason = Literal[
     "aborted", "dimse_timeout", "connection_lost", "released", "send_failed", "invalid_response"
+]
+
+UnsentReason = Literal[
+    "unreachable", "rejected_transient", "rejected_permanent", "unknown_destination", "not_found"
 ]
 
 LabelKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-/]{1,63}$")]
@@ -32,6 +42,7 @@ Host = Annotated[str, Field(min_length=1, max_length=253)]
 Count = Annotated[int, Field(ge=0)]
 Attempt = Annotated[int, Field(ge=1)]
 Comment = Annotated[str, Field(max_length=1024)]
+NodeId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
 
 
 def _check_category(status: int, category: str, service: Service) -> None:
@@ -96,6 +107,8 @@ class FailedInstance(Model):
     status: StatusCode | None
     reason: str
     attempts: Attempt
+    next_attempt_at: UtcDatetime | None = None
+    gave_up: str | None = None
 
 
 # -- C-STORE ---------------------------------------------------------------------------
@@ -155,6 +168,32 @@ class CStoreResponseMissing(CloudEvent):
     @property
     def routing_key(self) -> str:
         """A missing response is a failure of the sub-operation."""
+        return f"{self.type}.{StatusCategory.FAILURE.value}"
+
+
+class CStoreUnsentData(Model):
+    """C-STORE sub-operations the node could not even request: no association to send on."""
+
+    operation: Operation
+    destination_ae_title: AETitle
+    sop_instance_uids: Annotated[tuple[UID, ...], Field(min_length=1)]
+    attempt: Attempt = 1
+    move_originator: MoveOriginator | None = None
+    labels: Labels = Field(default_factory=dict)
+    reason: UnsentReason
+    detail: Comment
+    at: UtcDatetime
+
+
+class CStoreUnsent(CloudEvent):
+    """The node could not send C-STORE-RQs: destination unreachable, rejected or unknown."""
+
+    type: Literal["dicom.cstore.unsent"] = "dicom.cstore.unsent"
+    data: CStoreUnsentData
+
+    @property
+    def routing_key(self) -> str:
+        """Unsent sub-operations are failures."""
         return f"{self.type}.{StatusCategory.FAILURE.value}"
 
 
@@ -338,6 +377,8 @@ class RetryData(Model):
     attempt: Attempt
     reason: str
     retry_at: UtcDatetime | None = None
+    status: StatusCode | None = None
+    destination_ae_title: AETitle | None = None
 
 
 class RetryScheduled(CloudEvent):
@@ -361,11 +402,12 @@ class ResendData(Model):
     """Which instances the node must send again, and where."""
 
     operation: Operation
-    node_id: str
+    node_id: NodeId
     sop_instance_uids: Annotated[tuple[UID, ...], Field(min_length=1)]
     destination_ae_title: AETitle
     move_originator: MoveOriginator | None
     attempt: Attempt
+    labels: Labels = Field(default_factory=dict)
 
 
 class ResendSubOperations(CloudEvent):
@@ -374,10 +416,16 @@ class ResendSubOperations(CloudEvent):
     type: Literal["dimsebus.command.resend"] = "dimsebus.command.resend"
     data: ResendData
 
+    @property
+    def routing_key(self) -> str:
+        """Commands are routed by node id (DESIGN.md, ``dimsebus.commands``)."""
+        return f"{self.type}.{self.data.node_id}"
+
 
 EVENT_MODELS: tuple[type[CloudEvent], ...] = (
     CStoreResponseReceived,
     CStoreResponseMissing,
+    CStoreUnsent,
     AssociationEstablished,
     AssociationRejected,
     AssociationReleased,
@@ -396,6 +444,7 @@ COMMAND_MODELS: tuple[type[CloudEvent], ...] = (ResendSubOperations,)
 Event = Annotated[
     CStoreResponseReceived
     | CStoreResponseMissing
+    | CStoreUnsent
     | AssociationEstablished
     | AssociationRejected
     | AssociationReleased

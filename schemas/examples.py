@@ -209,6 +209,20 @@ def _derived(
         str(move.id),
         {**progress, "outcome": "completed_with_failures", "at": story.tick()},
     )
+    send = ev.Operation(kind="store", id=next(story.ids))
+    story.add(
+        ev.CStoreUnsent,
+        str(send.id),
+        {
+            "operation": send,
+            "destination_ae_title": "PACS",
+            "sop_instance_uids": failed[:1],
+            "attempt": 2,
+            "reason": "unreachable",
+            "detail": "connection refused by 127.0.0.1:11113",
+            "at": story.tick(),
+        },
+    )
     retry: dict[str, Any] = {"operation": move, "node_id": story.node_id, "attempt": 2}
     story.add(
         ev.RetryScheduled,
@@ -235,9 +249,8 @@ def _derived(
         str(move.id),
         {
             **retry,
-            "attempt": 5,
-            "sop_instance_uids": failed[:1],
-            "reason": "5 attempts failed with 0xA700",
+            "sop_instance_uids": failed,
+            "reason": "2 of 2 attempts failed; last: 0xA700 Refused: Out of Resources",
         },
     )
 

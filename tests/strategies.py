@@ -155,6 +155,8 @@ retries = st.builds(
     attempt=st.integers(1, 20),
     reason=words,
     retry_at=st.none() | times,
+    status=st.none() | st.integers(0, 0xFFFF),
+    destination_ae_title=st.none() | ae_titles,
 )
 _ended = st.builds(ev.AssociationEndedData, association=associations, at=times)
 
@@ -195,10 +197,23 @@ DATA: dict[type[CloudEvent], st.SearchStrategy[Any]] = {
     ev.MoveFinished: progress,
     ev.RetryScheduled: retries,
     ev.RetryExhausted: retries,
+    ev.CStoreUnsent: st.builds(
+        ev.CStoreUnsentData,
+        operation=operations,
+        destination_ae_title=ae_titles,
+        sop_instance_uids=st.lists(uids, min_size=1, max_size=3).map(tuple),
+        attempt=st.integers(1, 20),
+        move_originator=originators,
+        labels=labels,
+        reason=st.sampled_from(get_args(ev.UnsentReason)),
+        detail=words,
+        at=times,
+    ),
     ev.ResendSubOperations: st.builds(
         ev.ResendData,
         operation=operations,
-        node_id=words,
+        node_id=st.from_regex(r"\A[A-Za-z0-9_.\-]{1,64}\Z"),
+        labels=labels,
         sop_instance_uids=st.lists(uids, min_size=1, max_size=3).map(tuple),
         destination_ae_title=ae_titles,
         move_originator=originators,

@@ -18,7 +18,10 @@ EVENTS_EXCHANGE = "dimsebus.events"
 LOG_STREAM = "dimsebus.log"
 DEAD_LETTER_EXCHANGE = "dimsebus.dlx"
 COMMANDS_EXCHANGE = "dimsebus.commands"
+DELAYS_EXCHANGE = "dimsebus.delays"
+DELAY_HEADER = "x-dimsebus-delay-ms"
 PARKING_SUFFIX = ".dead"
+RESEND_COMMAND = "dimsebus.command.resend"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +40,7 @@ class WorkQueue:
     name: str
     bindings: tuple[str, ...] = ("#",)
     delivery_limit: int = 5
+    exchange: str = EVENTS_EXCHANGE
 
     @property
     def parking(self) -> str:
@@ -67,6 +71,35 @@ def work_queue_arguments(queue: WorkQueue) -> dict[str, str | int]:
 PARKING_ARGUMENTS: dict[str, str | int] = {"x-queue-type": "quorum"}
 
 
+def node_commands(node_id: str) -> WorkQueue:
+    """The queue of commands to one node, bound by its id on ``dimsebus.commands``."""
+    return WorkQueue(
+        f"dimsebus.node.{node_id}",
+        bindings=(f"{RESEND_COMMAND}.{node_id}",),
+        exchange=COMMANDS_EXCHANGE,
+    )
+
+
+def delay_queue(delay_ms: int) -> str:
+    """The name of the queue that holds retries for one delay step."""
+    return f"dimsebus.delay.{delay_ms}ms"
+
+
+def delay_queue_arguments() -> dict[str, str | int]:
+    """A delay step's queue: expired messages dead-letter to the commands exchange.
+
+    Each message carries its own (jittered) expiration; it keeps its routing key,
+    so ``dimsebus.commands`` routes it to the node it names. Quorum queues
+    dead-letter at-least-once, so a retry is not lost between the two queues.
+    """
+    return {
+        "x-queue-type": "quorum",
+        "x-dead-letter-exchange": COMMANDS_EXCHANGE,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",
+    }
+
+
 async def declare_topology(
     channel: AbstractChannel, retention: StreamRetention = StreamRetention()
 ) -> None:
@@ -76,20 +109,30 @@ async def declare_topology(
     )
     await channel.declare_exchange(DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
     await channel.declare_exchange(COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+    await channel.declare_exchange(DELAYS_EXCHANGE, aio_pika.ExchangeType.HEADERS, durable=True)
     log = await _declare_queue(channel, LOG_STREAM, stream_arguments(retention))
     await log.bind(events, "#")
 
 
 async def declare_work_queue(channel: AbstractChannel, queue: WorkQueue) -> AbstractQueue:
     """Declare ``queue`` and its parking queue, bound as the contract says."""
-    events = await channel.get_exchange(EVENTS_EXCHANGE, ensure=False)
+    source = await channel.get_exchange(queue.exchange, ensure=False)
     dlx = await channel.get_exchange(DEAD_LETTER_EXCHANGE, ensure=False)
     parking = await _declare_queue(channel, queue.parking, PARKING_ARGUMENTS)
     await parking.bind(dlx, queue.name)
     work = await _declare_queue(channel, queue.name, work_queue_arguments(queue))
     for key in queue.bindings:
-        await work.bind(events, key)
+        await work.bind(source, key)
     return work
+
+
+async def declare_delay_queue(channel: AbstractChannel, delay_ms: int) -> str:
+    """Declare the queue of one delay step, bound on ``dimsebus.delays`` by its header."""
+    delays = await channel.get_exchange(DELAYS_EXCHANGE, ensure=False)
+    name = delay_queue(delay_ms)
+    queue = await _declare_queue(channel, name, delay_queue_arguments())
+    await queue.bind(delays, "", arguments={"x-match": "all", DELAY_HEADER: delay_ms})
+    return name
 
 
 async def _declare_queue(

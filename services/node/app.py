@@ -15,6 +15,7 @@ from services.clock import sleep_unless
 from services.node.archive import Archive
 from services.node.config import NodeSettings
 from services.node.dimse import Capture
+from services.node.resend import Resender, serve_commands
 from services.node.scp import ArchiveSCP
 
 log = logging.getLogger(__name__)
@@ -93,12 +94,17 @@ class Node:
             self.archive.count(),
             self.outbox.depth(),
         )
+        commands = asyncio.create_task(
+            serve_commands(Resender(self.settings, self.archive, self.capture), stop)
+        )
         if ready is not None:
             ready.set()
         try:
             while not await sleep_unless(stop, 30):
                 log.info("outbox depth %d", self.outbox.depth())
         finally:
+            stop.set()
+            await commands
             server.shutdown()
             ae.shutdown()
             await asyncio.to_thread(relay.wait_empty, 5.0)

@@ -25,6 +25,23 @@ CREATE TABLE IF NOT EXISTS instances (
 CREATE INDEX IF NOT EXISTS by_patient ON instances (patient_id);
 CREATE INDEX IF NOT EXISTS by_study ON instances (study_instance_uid);
 CREATE INDEX IF NOT EXISTS by_series ON instances (series_instance_uid);
+CREATE TABLE IF NOT EXISTS send_jobs (
+    operation_id TEXT PRIMARY KEY,
+    ae_title TEXT NOT NULL,
+    host TEXT NOT NULL,
+    port INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS send_files (
+    operation_id TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    PRIMARY KEY (operation_id, sop_instance_uid)
+);
+CREATE TABLE IF NOT EXISTS commands (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    received_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
+);
 """
 
 
@@ -139,6 +156,56 @@ class Archive:
                 uids,
             ).fetchall()
         return (StoredInstance(c, i, t, Path(p)) for c, i, t, p in rows)
+
+    # -- what `dimsebus send` sent, so that a resend can send the same files ---------------
+
+    def record_send(
+        self, operation_id: str, target: tuple[str, str, int], files: list[tuple[str, Path]]
+    ) -> None:
+        """Remember a send job's peer and the file of each instance it sends."""
+        with self._lock, self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO send_jobs VALUES (?, ?, ?, ?)", (operation_id, *target)
+            )
+            self._db.executemany(
+                "INSERT OR REPLACE INTO send_files VALUES (?, ?, ?)",
+                [(operation_id, uid, str(path)) for uid, path in files],
+            )
+
+    def send_job(self, operation_id: str) -> tuple[tuple[str, str, int], dict[str, Path]] | None:
+        """A send job's peer (AE, host, port) and its files by SOP instance UID."""
+        with self._lock:
+            target = self._db.execute(
+                "SELECT ae_title, host, port FROM send_jobs WHERE operation_id = ?",
+                (operation_id,),
+            ).fetchone()
+            files = self._db.execute(
+                "SELECT sop_instance_uid, path FROM send_files WHERE operation_id = ?",
+                (operation_id,),
+            ).fetchall()
+        if target is None:
+            return None
+        return (target[0], target[1], int(target[2])), {uid: Path(p) for uid, p in files}
+
+    # -- commands the node has executed, so that a redelivered one is not run twice --------
+
+    def claim_command(self, command_id: str) -> bool:
+        """Record a command as started; False if it was already done."""
+        with self._lock, self._db:
+            row = self._db.execute(
+                "SELECT state FROM commands WHERE id = ?", (command_id,)
+            ).fetchone()
+            if row is not None and row[0] == "done":
+                return False
+            self._db.execute(
+                "INSERT OR REPLACE INTO commands (id, state) VALUES (?, 'started')", (command_id,)
+            )
+        return True
+
+    def command_done(self, command_id: str) -> None:
+        """A command's effects are in the outbox: a redelivery of it is skipped."""
+        with self._lock, self._db:
+            self._db.execute("UPDATE commands SET state = 'done' WHERE id = ?", (command_id,))
 
     def count(self) -> int:
         """How many instances the archive holds."""

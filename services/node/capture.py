@@ -103,6 +103,32 @@ def missing_event(sent: SentStore, reason: str, detail: str, stamp: Stamp) -> Cl
     return _envelope(ev.CStoreResponseMissing, data, sent.affected_sop_instance_uid, stamp)
 
 
+def unsent_event(
+    operation: ev.Operation,
+    destination_ae_title: str,
+    uids: list[str],
+    attempt: int,
+    originator: ev.MoveOriginator | None,
+    labels: dict[str, str],
+    reason: ev.UnsentReason,
+    detail: str,
+    stamp: Stamp,
+) -> CloudEvent:
+    """``dicom.cstore.unsent``: sub-operations that got no association to be sent on."""
+    data = ev.CStoreUnsentData(
+        operation=operation,
+        destination_ae_title=destination_ae_title,
+        sop_instance_uids=tuple(uids),
+        attempt=attempt,
+        move_originator=originator,
+        labels=labels,
+        reason=reason,
+        detail=detail[:1024],
+        at=stamp.time,
+    )
+    return _envelope(ev.CStoreUnsent, data, str(operation.id), stamp)
+
+
 def _envelope(model: type[CloudEvent], data: object, subject: str, stamp: Stamp) -> CloudEvent:
     return model.model_validate(
         {

@@ -140,6 +140,7 @@ def _send(
         window=settings.publish_window,
     )
     capture = Capture.for_node(settings, box)
+    archive = Archive(settings.archive_path)
     try:
         with _progress() as progress:
             task = progress.add_task(f"C-STORE to {target.ae_title}", total=len(files))
@@ -150,13 +151,20 @@ def _send(
                     progress.advance(task)
 
             summary = send_files(
-                settings, capture, target, files, labels=labels, on_progress=advance
+                settings,
+                capture,
+                target,
+                files,
+                labels=labels,
+                on_progress=advance,
+                archive=archive,
             )
         relay.wait_empty(within=30.0)
     except DimsebusError as exc:
         fail(str(exc))
     finally:
         relay.stop()
+        archive.close()
     depth = box.depth()
     box.close()
     return summary, depth

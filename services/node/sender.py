@@ -6,16 +6,19 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, evt
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from schemas import events as ev
 from schemas.status import Service, describe_status
 from services.clock import new_id
 from services.errors import DimsebusError
+from services.node.archive import Archive
 from services.node.config import NodeSettings
 from services.node.contexts import storage_contexts
 from services.node.dimse import Capture, Job, set_tcp_nodelay
@@ -25,6 +28,10 @@ log = logging.getLogger(__name__)
 
 class SendError(DimsebusError):
     """The peer could not be reached or refused the association."""
+
+    def __init__(self, message: str, reason: ev.UnsentReason = "unreachable") -> None:
+        super().__init__(message)
+        self.reason: ev.UnsentReason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,40 +92,78 @@ def send_files(
     *,
     labels: dict[str, str] | None = None,
     on_progress: Callable[[Path, int | None], None] = lambda path, status: None,
+    job: Job | None = None,
+    archive: Archive | None = None,
 ) -> SendSummary:
     """C-STORE ``files`` on one association; every response becomes an event via ``capture``.
 
-    Without a capture (the benchmark's baseline) only TCP_NODELAY is set.
+    ``job`` is a new send job unless given (a resend passes the original
+    operation, its move originator and each instance's attempt). With an
+    ``archive``, the job's peer and files are recorded so that a resend
+    command can send the same files again. Without a capture (the
+    benchmark's baseline) only TCP_NODELAY is set.
     """
-    operation = ev.Operation(kind="store", id=new_id())
-    summary = SendSummary(operation)
+    job = job or Job(ev.Operation(kind="store", id=new_id()), labels=dict(labels or {}))
+    summary = SendSummary(job.operation)
     headers = list(_headers(files, summary, on_progress))
     if not headers:
         return summary
+    if archive is not None:
+        archive.record_send(
+            str(job.operation.id),
+            (target.ae_title, target.host, target.port),
+            [(uid, path) for path, _, uid in headers],
+        )
     ae = AE(ae_title=settings.ae_title)
     ae.dimse_timeout, ae.acse_timeout = settings.dimse_timeout, settings.acse_timeout
     ae.network_timeout, ae.maximum_pdu_size = settings.network_timeout, settings.max_pdu
-    job = Job(operation, labels=dict(labels or {}))
+    rejection = Rejection()
+    handlers = capture.handlers(job) if capture else [(evt.EVT_CONN_OPEN, set_tcp_nodelay)]
     assoc = ae.associate(
         target.host,
         target.port,
-        contexts=storage_contexts(meta for _, meta in headers),
+        contexts=storage_contexts(meta for _, meta, _ in headers),
         ae_title=target.ae_title,
-        evt_handlers=capture.handlers(job) if capture else [(evt.EVT_CONN_OPEN, set_tcp_nodelay)],
+        evt_handlers=[*handlers, (evt.EVT_ACSE_RECV, rejection.on_acse_recv)],
     )
     if not assoc.is_established:
-        raise SendError(
-            f"{target.ae_title}@{target.host}:{target.port} did not accept an association"
+        what = (
+            f"rejected the association ({rejection.result})"
+            if rejection.result
+            else "did not accept an association"
         )
+        raise SendError(f"{target.ae_title}@{target.host}:{target.port} {what}", rejection.reason)
+    originator = job.move_originator
     try:
-        for number, (path, _) in enumerate(headers):
-            status = _store_one(assoc, path, message_id(number))
+        for number, (path, _, _) in enumerate(headers):
+            status = _store_one(assoc, path, message_id(number), originator)
             _count(summary, status)
             on_progress(path, status)
     finally:
         if assoc.is_established:
             assoc.release()
     return summary
+
+
+class Rejection:
+    """Remembers an A-ASSOCIATE-RJ's result, for the reason of an unsent job."""
+
+    def __init__(self) -> None:
+        self.result: str | None = None
+
+    def on_acse_recv(self, event: evt.Event) -> None:
+        """Note a rejection (result 1 permanent, 2 transient; PS3.8 9.3.4)."""
+        primitive = getattr(event, "primitive", None)
+        result = getattr(primitive, "result", None)
+        if isinstance(primitive, A_ASSOCIATE) and result in (1, 2):
+            self.result = "permanent" if result == 1 else "transient"
+
+    @property
+    def reason(self) -> ev.UnsentReason:
+        """Why nothing was sent."""
+        if self.result == "permanent":
+            return "rejected_permanent"
+        return "rejected_transient" if self.result == "transient" else "unreachable"
 
 
 def message_id(number: int) -> int:
@@ -130,9 +175,19 @@ def message_id(number: int) -> int:
     return number % 0xFFFF + 1
 
 
-def _store_one(assoc: object, path: Path, msg_id: int) -> int | None:
+def _store_one(
+    assoc: Any, path: Path, msg_id: int, originator: ev.MoveOriginator | None
+) -> int | None:
     dataset = dcmread(path)
-    response: Dataset = assoc.send_c_store(dataset, msg_id=msg_id)  # type: ignore[attr-defined]
+    if originator is None:
+        response: Dataset = assoc.send_c_store(dataset, msg_id=msg_id)
+    else:
+        response = assoc.send_c_store(
+            dataset,
+            msg_id=msg_id,
+            originator_aet=originator.ae_title,
+            originator_id=originator.message_id,
+        )
     return int(response.Status) if "Status" in response else None
 
 
@@ -148,11 +203,15 @@ def _count(summary: SendSummary, status: int | None) -> None:
 
 def _headers(
     files: list[Path], summary: SendSummary, on_progress: Callable[[Path, int | None], None]
-) -> Iterator[tuple[Path, tuple[str, str]]]:
+) -> Iterator[tuple[Path, tuple[str, str], str]]:
     for path in files:
         try:
             meta = dcmread(path, stop_before_pixels=True)
-            yield path, (str(meta.SOPClassUID), str(meta.file_meta.TransferSyntaxUID))
+            yield (
+                path,
+                (str(meta.SOPClassUID), str(meta.file_meta.TransferSyntaxUID)),
+                str(meta.SOPInstanceUID),
+            )
         except (InvalidDicomError, AttributeError, OSError, ValueError) as exc:
             summary.unreadable.append(f"{path}: {exc}")
             on_progress(path, None)

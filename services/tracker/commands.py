@@ -140,11 +140,18 @@ def moves_show(
     )
     if view["failed_instances"]:
         table = Table(title="failed instances")
-        for column in ("SOP instance", "status", "attempts", "reason"):
+        for column in ("SOP instance", "status", "attempts", "reason", "retry"):
             table.add_column(column)
         for f in view["failed_instances"]:
+            retry = (
+                f"gave up: {f['gave_up']}"
+                if f.get("gave_up")
+                else f"next at {f['next_attempt_at'][11:19]}"
+                if f.get("next_attempt_at")
+                else "-"
+            )
             table.add_row(
-                f["sop_instance_uid"], f["status"] or "-", str(f["attempts"]), f["reason"]
+                f["sop_instance_uid"], f["status"] or "-", str(f["attempts"]), f["reason"], retry
             )
         console.print(table)
     timeline = Table(title="timeline")
@@ -178,7 +185,7 @@ def moves_watch(
                     done = c["completed"] + c["warning"] + c["failed"]
                     total = view["expected"] or max(done, 1)
                     if view["move_id"] not in tasks:
-                        if view["outcome"] not in ("in_progress", "stalled"):
+                        if view["outcome"] not in ("in_progress", "retrying", "stalled"):
                             continue
                         peers = f"{view['requestor_ae_title']}->{view['destination_ae_title']}"
                         label = f"{view['move_id'][:8]} {peers}"

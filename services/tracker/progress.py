@@ -20,9 +20,9 @@ from schemas import events as ev
 from schemas.envelope import CloudEvent, Model
 from schemas.status import Service, describe_status
 
-Category = Literal["success", "warning", "failure", "cancel", "missing"]
+Category = Literal["success", "warning", "failure", "cancel", "missing", "unsent"]
 MoveKey = tuple[str, UUID]
-FAILED: frozenset[str] = frozenset({"failure", "cancel", "missing"})
+FAILED: frozenset[str] = frozenset({"failure", "cancel", "missing", "unsent"})
 
 
 class InstanceOutcome(Model):
@@ -40,6 +40,19 @@ class InstanceOutcome(Model):
     def rank(self) -> tuple[int, dt.datetime, str]:
         """Later attempts win; within one, the later response (event id breaks ties)."""
         return (self.attempt, self.at, str(self.event_id))
+
+
+class RetryMark(Model):
+    """The retrier's latest decision about one instance: the next attempt, or giving up."""
+
+    attempt: int
+    retry_at: dt.datetime | None = None
+    gave_up: str | None = None
+
+    @property
+    def rank(self) -> tuple[int, bool, str]:
+        """Later attempts win; for one attempt, giving up wins over a schedule."""
+        return (self.attempt, self.gave_up is not None, self.gave_up or "")
 
 
 class TimelineEntry(Model):
@@ -66,6 +79,7 @@ class MoveState(Model):
     final_category: str | None = None
     reported_failed: tuple[str, ...] = ()
     instances: dict[str, InstanceOutcome] = Field(default_factory=dict)
+    retries: dict[str, RetryMark] = Field(default_factory=dict)
     seen: frozenset[UUID] = frozenset()
     started_at: dt.datetime | None = None
     last_event_at: dt.datetime | None = None
@@ -78,16 +92,30 @@ class MoveState(Model):
         return self.source.rsplit("/", 1)[-1]
 
 
-# What the node reports about a move; the tracker's own derived events are not folded back.
-TRACKED = (ev.MoveRequested, ev.MoveCompleted, ev.CStoreResponseReceived, ev.CStoreResponseMissing)
+# What the node and the retrier report about a move; the tracker's own events are not folded.
+NODE_EVENTS = (
+    ev.MoveRequested,
+    ev.MoveCompleted,
+    ev.CStoreResponseReceived,
+    ev.CStoreResponseMissing,
+    ev.CStoreUnsent,
+)
+RETRY_EVENTS = (ev.RetryScheduled, ev.RetryExhausted)
 
 
 def move_key(event: CloudEvent) -> MoveKey | None:
-    """The move an event belongs to, or None for events that are not about a C-MOVE."""
-    if not isinstance(event, TRACKED):
+    """The move an event belongs to, or None for events that are not about a C-MOVE.
+
+    The node's events name it by their source; the retrier's by the node id they carry.
+    """
+    if isinstance(event, NODE_EVENTS):
+        source = event.source
+    elif isinstance(event, RETRY_EVENTS):
+        source = f"dimsebus://node/{event.data.node_id}"
+    else:
         return None
     operation = event.data.operation
-    return (event.source, operation.id) if operation.kind == "move" else None
+    return (source, operation.id) if operation.kind == "move" else None
 
 
 def apply(state: MoveState | None, event: CloudEvent) -> MoveState | None:
@@ -106,6 +134,10 @@ def apply(state: MoveState | None, event: CloudEvent) -> MoveState | None:
             return _completed(move, event)
         case ev.CStoreResponseReceived() | ev.CStoreResponseMissing():
             return _response(move, event)
+        case ev.CStoreUnsent():
+            return _unsent(move, event)
+        case ev.RetryScheduled() | ev.RetryExhausted():
+            return _retry(move, event)
     return move
 
 
@@ -169,15 +201,69 @@ def _response(
     move: MoveState, event: ev.CStoreResponseReceived | ev.CStoreResponseMissing
 ) -> MoveState:
     outcome = _outcome_of(event)
-    current = move.instances.get(outcome.sop_instance_uid)
-    update: dict[str, object] = {}
-    if current is None or outcome.rank > current.rank:
-        update["instances"] = {**move.instances, outcome.sop_instance_uid: outcome}
+    move = _with_outcomes(move, [outcome])
     if outcome.category != "success":
-        update["timeline"] = _with_entry(
-            move, event, f"{outcome.sop_instance_uid} attempt {outcome.attempt}: {outcome.reason}"
+        move = move.model_copy(
+            update={
+                "timeline": _with_entry(
+                    move,
+                    event,
+                    f"{outcome.sop_instance_uid} attempt {outcome.attempt}: {outcome.reason}",
+                )
+            }
         )
-    return move.model_copy(update=update) if update else move
+    return move
+
+
+def _unsent(move: MoveState, event: ev.CStoreUnsent) -> MoveState:
+    data = event.data
+    reason = f"not sent: {data.reason} ({data.detail})"
+    outcomes = [
+        InstanceOutcome(
+            sop_instance_uid=uid,
+            category="unsent",
+            status=None,
+            reason=reason,
+            attempt=data.attempt,
+            at=event.time,
+            event_id=event.id,
+        )
+        for uid in data.sop_instance_uids
+    ]
+    move = _with_outcomes(move, outcomes)
+    what = f"{len(outcomes)} instance(s) attempt {data.attempt}: {reason}"
+    return move.model_copy(update={"timeline": _with_entry(move, event, what)})
+
+
+def _with_outcomes(move: MoveState, outcomes: list[InstanceOutcome]) -> MoveState:
+    newer = {
+        o.sop_instance_uid: o
+        for o in outcomes
+        if (current := move.instances.get(o.sop_instance_uid)) is None or o.rank > current.rank
+    }
+    return move.model_copy(update={"instances": {**move.instances, **newer}}) if newer else move
+
+
+def _retry(move: MoveState, event: ev.RetryScheduled | ev.RetryExhausted) -> MoveState:
+    data = event.data
+    if isinstance(event, ev.RetryScheduled):
+        mark = RetryMark(attempt=data.attempt, retry_at=data.retry_at)
+        what = f"retry attempt {data.attempt} at {data.retry_at:%H:%M:%S}" if data.retry_at else ""
+    else:
+        mark = RetryMark(attempt=data.attempt, gave_up=data.reason)
+        what = f"gave up after attempt {data.attempt}: {data.reason}"
+    marks = {
+        uid: mark
+        for uid in data.sop_instance_uids
+        if (current := move.retries.get(uid)) is None or mark.rank > current.rank
+    }
+    count = len(data.sop_instance_uids)
+    return move.model_copy(
+        update={
+            "retries": {**move.retries, **marks},
+            "timeline": _with_entry(move, event, f"{count} instance(s): {what or data.reason}"),
+        }
+    )
 
 
 def _outcome_of(event: ev.CStoreResponseReceived | ev.CStoreResponseMissing) -> InstanceOutcome:
@@ -220,13 +306,15 @@ def counts(move: MoveState) -> ev.SubOperationCounts:
 
 
 def outcome(move: MoveState, now: dt.datetime, stall_after: dt.timedelta) -> ev.MoveOutcome:
-    """in_progress, completed, completed_with_failures, failed, cancelled or stalled.
+    """in_progress, retrying, completed, completed_with_failures, failed, cancelled or stalled.
 
     A move is finished once its final C-MOVE-RSP arrived and every sub-operation it
     counted is accounted for; a later retry can still turn failures into successes.
     ``failed`` is a move that could not run its sub-operations at all (unknown
     destination, unable to process); one whose sub-operations ran and failed,
-    even all of them, is ``completed_with_failures``, with the failures listed.
+    even all of them, is ``completed_with_failures``, with the failures listed,
+    unless the retrier has scheduled another attempt for one of them: then it is
+    ``retrying``.
     """
     tally = counts(move)
     if move.final_category == "cancel":
@@ -235,35 +323,54 @@ def outcome(move: MoveState, now: dt.datetime, stall_after: dt.timedelta) -> ev.
         attempted = tally.completed + tally.warning + tally.failed
         if move.final_category == "failure" and attempted == 0:
             return "failed"
-        return "completed" if tally.failed == 0 else "completed_with_failures"
+        if tally.failed == 0:
+            return "completed"
+        return "retrying" if _retry_pending(move) else "completed_with_failures"
     if move.last_event_at is not None and now - move.last_event_at > stall_after:
         return "stalled"
     return "in_progress"
 
 
+def _retry_pending(move: MoveState) -> bool:
+    """Whether the retrier scheduled an attempt that has not reported back yet."""
+    return any(f.next_attempt_at is not None for f in failed_instances(move))
+
+
 def failed_instances(move: MoveState) -> tuple[ev.FailedInstance, ...]:
-    """Every instance whose latest attempt failed, with its last status and attempts."""
+    """Every instance whose latest attempt failed: last status, attempts, what the retrier does."""
     found = [
-        ev.FailedInstance(
-            sop_instance_uid=o.sop_instance_uid,
-            status=o.status,
-            reason=o.reason,
-            attempts=o.attempt,
-        )
+        (o.sop_instance_uid, o.status, o.reason, o.attempt)
         for o in move.instances.values()
         if o.category in FAILED
     ]
     found += [
-        ev.FailedInstance(
-            sop_instance_uid=uid,
-            status=None,
-            reason="listed failed by the final C-MOVE-RSP",
-            attempts=1,
-        )
+        (uid, None, "listed failed by the final C-MOVE-RSP", 1)
         for uid in move.reported_failed
         if uid not in move.instances
     ]
-    return tuple(sorted(found, key=lambda f: f.sop_instance_uid))
+    return tuple(
+        ev.FailedInstance(
+            sop_instance_uid=uid,
+            status=status,
+            reason=reason,
+            attempts=attempts,
+            next_attempt_at=_next_attempt_at(move.retries.get(uid), attempts),
+            gave_up=_gave_up(move.retries.get(uid), attempts),
+        )
+        for uid, status, reason, attempts in sorted(found)
+    )
+
+
+def _next_attempt_at(mark: RetryMark | None, attempts: int) -> dt.datetime | None:
+    if mark is None or mark.gave_up is not None or mark.attempt <= attempts:
+        return None
+    return mark.retry_at
+
+
+def _gave_up(mark: RetryMark | None, attempts: int) -> str | None:
+    if mark is None or mark.attempt < attempts:
+        return None
+    return mark.gave_up
 
 
 def progress_data(

@@ -29,6 +29,8 @@ def move_view(move: MoveState, now: dt.datetime, stall_after: dt.timedelta) -> d
                 "status": None if failed.status is None else f"0x{failed.status:04X}",
                 "reason": failed.reason,
                 "attempts": failed.attempts,
+                "next_attempt_at": _text(failed.next_attempt_at),
+                "gave_up": failed.gave_up,
             }
             for failed in failed_instances(move)
         ],

@@ -1,0 +1,1 @@
+"""The retrier: policy, decisions and broker-held delays for failed sub-operations."""

@@ -1,0 +1,206 @@
+"""The retrier's shell: failure events in, decisions out, delays held by RabbitMQ.
+
+It consumes the node's own failure events from the quorum queue
+``dimsebus.retrier`` (not the tracker's derived events): each one carries
+everything a resend needs, the decision does not wait for the tracker, and
+``dimsebus send`` jobs, which the tracker does not follow, are retried too.
+
+A retry is a ``dimsebus.command.resend`` published to ``dimsebus.delays``;
+the delay step's quorum queue holds it until its expiration, then
+dead-letters it to ``dimsebus.commands``, which routes it to the node's
+queue. Nothing sleeps in this process, so waiting retries survive restarts
+of the retrier and of the node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from aio_pika.abc import AbstractRobustChannel
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from schemas import events as ev
+from services.bus.codec import to_message
+from services.bus.connection import confirming_channel, connect
+from services.bus.consumer import Consumer
+from services.bus.publisher import Publisher
+from services.bus.topology import (
+    COMMANDS_EXCHANGE,
+    DELAY_HEADER,
+    DELAYS_EXCHANGE,
+    WorkQueue,
+    declare_delay_queue,
+    declare_topology,
+    declare_work_queue,
+    node_commands,
+)
+from services.clock import utc_now
+from services.retrier.decisions import decision_event, record, requeued
+from services.retrier.policy import RetryPolicy, decide, decision_id, failure_of
+from services.retrier.store import RetryItem, RetryStore
+from services.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+RETRIER_QUEUE = WorkQueue(
+    "dimsebus.retrier",
+    bindings=(
+        "dicom.cstore.response.received.failure",
+        "dicom.cstore.response.received.warning",
+        "dicom.cstore.response.missing.#",
+        "dicom.cstore.unsent.#",
+    ),
+)
+
+
+class RetrierSettings(ServiceSettings):
+    """``dimsebus retrier`` and ``dimsebus retries``: TOML ``[policy]``, DIMSEBUS_POLICY__*."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DIMSEBUS_", extra="forbid", env_nested_delimiter="__"
+    )
+
+    db: Path = Field(Path("var/retrier.sqlite"), description="the retrier's decisions")
+    retrier_id: str = Field("retrier", pattern=r"^[A-Za-z0-9_.-]+$")
+    policy: RetryPolicy = Field(default_factory=RetryPolicy)
+
+
+class Retrier:
+    """Decides once per failure, then publishes the decision and schedules the resend."""
+
+    def __init__(
+        self,
+        settings: RetrierSettings,
+        store: RetryStore,
+        channel: AbstractRobustChannel,
+        draw: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.source = f"dimsebus://retrier/{settings.retrier_id}"
+        self._channel = channel
+        self._publisher = Publisher(channel, window=settings.publish_window)
+        self._draw = draw
+        self._node_queues: set[str] = set()
+        self._delay_queues: set[int] = set()
+
+    async def handle(self, event: ev.Event) -> None:
+        """Decide about a failure event; a decision already published is not repeated."""
+        failure = failure_of(event, self.settings.policy)
+        if failure is None:
+            return
+        item_id = decision_id(failure)
+        item = self.store.get(item_id)
+        if item is None:
+            now = utc_now()
+            decision = decide(failure, failure.attempt, self.settings.policy, now, self._draw())
+            item = self.store.add(record(failure, decision, item_id, self.source, now))
+        if item.published:
+            log.info(
+                "decision %s was already published; event %s changes nothing", item.id, event.id
+            )
+            return
+        await self.publish(item)
+        self.store.mark_published(item.id)
+        log.info(
+            "%s %d instance(s) of %s %s: %s",
+            "retry" if item.state == "scheduled" else "gave up on",
+            len(item.data.sop_instance_uids),
+            item.data.operation.kind,
+            item.data.operation.id,
+            f"attempt {item.data.attempt} at {item.retry_at}"
+            if item.state == "scheduled"
+            else item.reason,
+        )
+
+    async def publish(self, item: RetryItem) -> None:
+        """The decision's event, then (for a retry) the delayed command."""
+        await self.ensure_node_queue(item.data.node_id)
+        await self._publisher.publish(decision_event(item, self.source))
+        if item.state == "scheduled":
+            await self._schedule(item)
+
+    async def ensure_node_queue(self, node_id: str) -> None:
+        """Declare the node's command queue, so a command waits there while the node is down."""
+        if node_id not in self._node_queues:
+            await declare_work_queue(self._channel, node_commands(node_id))
+            self._node_queues.add(node_id)
+
+    async def _schedule(self, item: RetryItem) -> None:
+        assert item.retry_at is not None
+        assert item.step_ms is not None
+        if item.step_ms not in self._delay_queues:
+            await declare_delay_queue(self._channel, item.step_ms)
+            self._delay_queues.add(item.step_ms)
+        message = to_message(item.command)
+        message.headers = {DELAY_HEADER: item.step_ms}
+        remaining = max((item.retry_at - utc_now()).total_seconds(), 0.0)
+        message.expiration = dt.timedelta(seconds=remaining)
+        await self._publisher.send(message, DELAYS_EXCHANGE, item.command.routing_key)
+
+
+async def run_retrier(
+    settings: RetrierSettings, stop: asyncio.Event, ready: asyncio.Event | None = None
+) -> None:
+    """Consume failure events until ``stop``; the robust connection rides out outages."""
+    store = RetryStore(settings.db)
+    connection = await connect(settings.amqp_url, f"dimsebus-{settings.retrier_id}")
+    try:
+        async with connection:
+            channel = await confirming_channel(connection)
+            await declare_topology(channel, settings.retention)
+            retrier = Retrier(settings, store, channel)
+            consumer = Consumer(channel, RETRIER_QUEUE, retrier.handle, prefetch=settings.prefetch)
+            await consumer.start()
+            log.info(
+                "retrier %s consuming %s; policy %s",
+                settings.retrier_id,
+                RETRIER_QUEUE.name,
+                settings.policy.model_dump(),
+            )
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+    finally:
+        store.close()
+
+
+async def requeue(settings: RetrierSettings, store: RetryStore, items: list[RetryItem]) -> int:
+    """Send parked decisions' commands now, as an operator asked; how many were sent."""
+    source = f"dimsebus://retrier/{settings.retrier_id}"
+    commands = [requeued(item, source, utc_now()) for item in items]
+    await send_commands(settings, commands)
+    for item in items:
+        store.set_state(item.id, "requeued")
+    return len(commands)
+
+
+async def send_commands(settings: ServiceSettings, commands: list[ev.ResendSubOperations]) -> None:
+    """Publish resend commands to their nodes at once, with confirms."""
+    connection = await connect(settings.amqp_url, "dimsebus-cli-commands")
+    async with connection:
+        channel = await confirming_channel(connection)
+        await declare_topology(channel, settings.retention)
+        for node_id in {command.data.node_id for command in commands}:
+            await declare_work_queue(channel, node_commands(node_id))
+        await Publisher(channel).publish_all(commands, COMMANDS_EXCHANGE)
+
+
+async def purge_delays(settings: RetrierSettings, steps: set[int]) -> int:
+    """Drop every waiting retry from the delay queues of ``steps``; how many were dropped."""
+    connection = await connect(settings.amqp_url, "dimsebus-retries-cli")
+    dropped = 0
+    async with connection:
+        channel = await connection.channel()
+        for step in sorted(steps):
+            queue_name = await declare_delay_queue(channel, step)
+            queue = await channel.get_queue(queue_name, ensure=False)
+            result = await queue.purge()
+            dropped += int(getattr(result, "message_count", 0) or 0)
+    return dropped
