@@ -33,7 +33,12 @@ MissingReason = Literal[
 ]
 
 UnsentReason = Literal[
-    "unreachable", "rejected_transient", "rejected_permanent", "unknown_destination", "not_found"
+    "unreachable",
+    "rejected_transient",
+    "rejected_permanent",
+    "association_lost",
+    "unknown_destination",
+    "not_found",
 ]
 
 LabelKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-/]{1,63}$")]

@@ -21,6 +21,7 @@ from services.demo import DemoResult, run_demo
 from services.errors import DimsebusError
 from services.logs import configure_logging
 from services.node.commands import archive_app, node_app, outbox_app, send
+from services.retrier.commands import retrier, retries_app
 from services.settings import ServiceSettings
 from services.tracker.commands import moves_app, tracker
 
@@ -37,6 +38,8 @@ app.add_typer(outbox_app, name="outbox")
 app.command("send")(send)
 app.command("tracker")(tracker)
 app.add_typer(moves_app, name="moves")
+app.command("retrier")(retrier)
+app.add_typer(retries_app, name="retries")
 T = TypeVar("T")
 AmqpOption = Annotated[str | None, typer.Option("--amqp-url", help="RabbitMQ URL")]
 

@@ -129,6 +129,21 @@ def unsent_event(
     return _envelope(ev.CStoreUnsent, data, str(operation.id), stamp)
 
 
+def unsent_reason(
+    destination_known: bool, rejection: str | None, any_sent: bool, destination: str
+) -> tuple[ev.UnsentReason, str]:
+    """Why a C-MOVE's sub-operations were never requested, and the words for it."""
+    if not destination_known:
+        return "unknown_destination", f"{destination!r} is not among the node's destinations"
+    if rejection == "rejected_permanent":
+        return "rejected_permanent", f"{destination} rejected the association (permanent)"
+    if rejection == "rejected_transient":
+        return "rejected_transient", f"{destination} rejected the association (transient)"
+    if any_sent:
+        return "association_lost", "the sub-association ended before they were sent"
+    return "unreachable", f"no association with {destination}"
+
+
 def _envelope(model: type[CloudEvent], data: object, subject: str, stamp: Stamp) -> CloudEvent:
     return model.model_validate(
         {

@@ -50,10 +50,26 @@ class Job:
 
 @dataclass
 class Retrieval:
-    """A C-MOVE or C-GET the node is serving, until its final response."""
+    """A C-MOVE or C-GET the node is serving, until its final response.
+
+    For a C-MOVE, ``uids`` are the instances it matched: those the final
+    response reports failed without a C-STORE-RQ ever sent are reported as
+    ``dicom.cstore.unsent``, so that they can be retried one by one.
+    """
 
     model: type[CloudEvent]
     data: dict[str, Any]
+    uids: tuple[str, ...] = ()
+    destination_known: bool = True
+    originator: ev.MoveOriginator | None = None
+
+
+@dataclass
+class SubAssociations:
+    """What the sub-associations of one C-MOVE did: instances requested, a rejection."""
+
+    sent: set[str] = field(default_factory=set)
+    rejection: str | None = None
 
 
 @dataclass
@@ -85,6 +101,7 @@ class Capture:
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
+        self._moves: dict[Any, SubAssociations] = {}
 
     def handlers(self, job: Job | None = None) -> list[tuple[Any, ...]]:
         """The pynetdicom handlers to bind on an association; ``job`` for the ones we open."""
@@ -153,6 +170,10 @@ class Capture:
             return
         state = self.state(event.assoc, job)
         state.ref = _reference(event.assoc)
+        if job is not None and job.operation.kind == "move":
+            self._sub_associations(job.operation.id).rejection = (
+                "rejected_permanent" if primitive.result == 1 else "rejected_transient"
+            )
         details = {
             "result": "permanent" if primitive.result == 1 else "transient",
             "source": _REJECT_SOURCES.get(primitive.result_source or 1, "service_user"),
@@ -228,6 +249,8 @@ class Capture:
         command = message.command_set
         job = state.job or Job(ev.Operation(kind="store", id=state.ref.id))
         uid = str(command.AffectedSOPInstanceUID)
+        if job.operation.kind == "move":
+            self._sub_associations(job.operation.id).sent.add(uid)
         originator = None
         if command.get("MoveOriginatorApplicationEntityTitle"):
             originator = ev.MoveOriginator(
@@ -291,6 +314,40 @@ class Capture:
         }
         self.emit(
             capture.retrieve_completed_event(retrieval.model, data, command.Status, self.stamp())
+        )
+        if retrieval.model is ev.MoveCompleted:
+            self._unsent_by_move(retrieval, data["failed_sop_instance_uids"], command.Status)
+
+    def _sub_associations(self, operation_id: Any) -> SubAssociations:
+        with self._lock:
+            return self._moves.setdefault(operation_id, SubAssociations())
+
+    def _unsent_by_move(self, retrieval: Retrieval, failed: tuple[str, ...], status: int) -> None:
+        """``dicom.cstore.unsent`` for a move's instances that never got a C-STORE-RQ."""
+        operation: ev.Operation = retrieval.data["operation"]
+        with self._lock:
+            subs = self._moves.pop(operation.id, SubAssociations())
+        # pynetdicom answers an unreachable destination with 0xA801 and no UID list.
+        candidates = failed or (retrieval.uids if status == 0xA801 and not subs.sent else ())
+        unsent = [uid for uid in candidates if uid not in subs.sent]
+        if not unsent or retrieval.originator is None:
+            return
+        destination = retrieval.data["move_destination"]
+        reason, detail = capture.unsent_reason(
+            retrieval.destination_known, subs.rejection, bool(subs.sent), destination
+        )
+        self.emit(
+            capture.unsent_event(
+                operation,
+                destination,
+                unsent,
+                1,
+                retrieval.originator,
+                {**self.labels},
+                reason,
+                detail,
+                self.stamp(),
+            )
         )
 
 

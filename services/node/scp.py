@@ -92,15 +92,20 @@ class ArchiveSCP:
         )
         state = self.capture.state(assoc)
         state.retrievals[request.MessageID] = Retrieval(
-            ev.MoveCompleted, {**_completed_base(data), "move_destination": destination_ae}
+            ev.MoveCompleted,
+            {**_completed_base(data), "move_destination": destination_ae},
+            uids=tuple(i.sop_instance_uid for i in instances or ()),
+            destination_known=destination is not None,
+            originator=ev.MoveOriginator(
+                ae_title=state.ref.peer_ae_title, message_id=request.MessageID
+            ),
         )
         if destination is None or instances is None:
             log.warning("C-MOVE to unknown destination %r", destination_ae)
             yield None, None
             return
-        originator = ev.MoveOriginator(
-            ae_title=state.ref.peer_ae_title, message_id=request.MessageID
-        )
+        originator = state.retrievals[request.MessageID].originator
+        assert originator is not None
         job = Job(operation, originator, labels=dict(self.settings.labels))
         handlers = [
             *self.capture.handlers(job),

@@ -26,7 +26,9 @@ FailureCategory = Literal["failure", "warning", "missing", "unsent"]
 TRANSIENT_MISSING: frozenset[str] = frozenset(
     {"aborted", "dimse_timeout", "connection_lost", "released", "invalid_response"}
 )
-TRANSIENT_UNSENT: frozenset[str] = frozenset({"unreachable", "rejected_transient"})
+TRANSIENT_UNSENT: frozenset[str] = frozenset(
+    {"unreachable", "rejected_transient", "association_lost"}
+)
 
 
 class RetryPolicy(BaseModel):

@@ -15,12 +15,13 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from services.clock import utc_now
+from services.clock import new_id, utc_now
 from services.console import ConfigOption, console, fail, settings_or_exit
 from services.errors import DimsebusError
 from services.logs import configure_logging
+from services.retrier.app import send_commands
 from services.tracker.app import TrackerSettings, run_tracker
-from services.tracker.progress import MoveState
+from services.tracker.progress import MoveState, retry_commands
 from services.tracker.store import open_store
 from services.tracker.views import move_view
 
@@ -154,12 +155,51 @@ def moves_show(
                 f["sop_instance_uid"], f["status"] or "-", str(f["attempts"]), f["reason"], retry
             )
         console.print(table)
+    if view["retried_instances"]:
+        retried = Table(title="retried instances")
+        for column in ("SOP instance", "attempts", "latest result"):
+            retried.add_column(column)
+        for r in view["retried_instances"]:
+            retried.add_row(r["sop_instance_uid"], str(r["attempts"]), r["reason"])
+        console.print(retried)
     timeline = Table(title="timeline")
     timeline.add_column("at")
     timeline.add_column("what")
     for entry in view["timeline"]:
         timeline.add_row(entry["at"], entry["what"])
     console.print(timeline)
+
+
+@moves_app.command("retry")
+def moves_retry(
+    move_id: Annotated[str, typer.Argument(help="a move id, or a unique prefix of one")],
+    config: ConfigOption = None,
+    db: DbOption = None,
+    amqp_url: Annotated[str | None, typer.Option(help="RabbitMQ URL")] = None,
+) -> None:
+    """Re-send a move's failed instances now: the node that served it sends them again."""
+    settings = _settings(config, db=db, amqp_url=amqp_url)
+    try:
+        store = open_store(settings.db)
+        move = store.find(move_id)
+        store.close()
+    except DimsebusError as exc:
+        fail(str(exc))
+    if move is None:
+        fail(f"move id {move_id!r} matches no move, or more than one")
+    commands = retry_commands(
+        move, f"dimsebus://cli/{settings.tracker_id}", utc_now(), iter(new_id, None)
+    )
+    if not commands:
+        fail(f"move {move.move_id} has no failed instances to retry")
+    try:
+        asyncio.run(send_commands(settings, commands))
+    except DimsebusError as exc:
+        fail(str(exc))
+    count = sum(len(c.data.sop_instance_uids) for c in commands)
+    console.print(
+        f"asked node {move.node_id} to re-send {count} instance(s) of move {move.move_id}"
+    )
 
 
 @moves_app.command("watch")

@@ -11,6 +11,7 @@ Time comes in as arguments; nothing here reads a clock.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from typing import Literal
 from uuid import UUID
 
@@ -331,6 +332,16 @@ def outcome(move: MoveState, now: dt.datetime, stall_after: dt.timedelta) -> ev.
     return "in_progress"
 
 
+def retried_instances(move: MoveState) -> tuple[InstanceOutcome, ...]:
+    """Instances that needed more than one attempt, with their latest result."""
+    return tuple(
+        sorted(
+            (o for o in move.instances.values() if o.attempt > 1),
+            key=lambda o: o.sop_instance_uid,
+        )
+    )
+
+
 def _retry_pending(move: MoveState) -> bool:
     """Whether the retrier scheduled an attempt that has not reported back yet."""
     return any(f.next_attempt_at is not None for f in failed_instances(move))
@@ -388,3 +399,38 @@ def progress_data(
         failed_instances=failed_instances(move),
         at=now,
     )
+
+
+def retry_commands(
+    move: MoveState, source: str, now: dt.datetime, ids: Iterator[UUID]
+) -> list[ev.ResendSubOperations]:
+    """An operator's manual retry: resend every failed instance, one more attempt each."""
+    if move.destination_ae_title is None:
+        return []
+    originator = (
+        ev.MoveOriginator(ae_title=move.requestor_ae_title, message_id=move.message_id)
+        if move.requestor_ae_title is not None and move.message_id is not None
+        else None
+    )
+    by_attempt: dict[int, list[str]] = {}
+    for failed in failed_instances(move):
+        by_attempt.setdefault(failed.attempts + 1, []).append(failed.sop_instance_uid)
+    return [
+        ev.ResendSubOperations.model_validate(
+            {
+                "id": next(ids),
+                "source": source,
+                "time": now,
+                "subject": str(move.move_id),
+                "data": ev.ResendData(
+                    operation=ev.Operation(kind="move", id=move.move_id),
+                    node_id=move.node_id,
+                    sop_instance_uids=tuple(uids),
+                    destination_ae_title=move.destination_ae_title,
+                    move_originator=originator,
+                    attempt=attempt,
+                ),
+            }
+        )
+        for attempt, uids in sorted(by_attempt.items())
+    ]

@@ -5,7 +5,13 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from services.tracker.progress import MoveState, counts, failed_instances, outcome
+from services.tracker.progress import (
+    MoveState,
+    counts,
+    failed_instances,
+    outcome,
+    retried_instances,
+)
 
 
 def move_view(move: MoveState, now: dt.datetime, stall_after: dt.timedelta) -> dict[str, Any]:
@@ -33,6 +39,15 @@ def move_view(move: MoveState, now: dt.datetime, stall_after: dt.timedelta) -> d
                 "gave_up": failed.gave_up,
             }
             for failed in failed_instances(move)
+        ],
+        "retried_instances": [
+            {
+                "sop_instance_uid": retried.sop_instance_uid,
+                "attempts": retried.attempt,
+                "result": retried.category,
+                "reason": retried.reason,
+            }
+            for retried in retried_instances(move)
         ],
         "started_at": _text(move.started_at),
         "last_event_at": _text(move.last_event_at),

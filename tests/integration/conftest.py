@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiormq.exceptions import AMQPError
@@ -18,6 +22,7 @@ from services.node.app import Node
 from services.node.archive import Archive
 from services.node.config import Destination, NodeSettings
 from services.node.synthetic import write_study
+from services.tracker.app import TrackerSettings, run_tracker
 from tests.integration.peers import dcmtk, free_port, run_tool, wait_for_port
 
 
@@ -29,6 +34,13 @@ class RunningNode:
     node: Node
     study_uid: str
     instance_uids: list[str]
+    stopped: asyncio.Event
+    task: asyncio.Task[None]
+
+    async def stop(self) -> None:
+        """Stop serving, as SIGTERM would."""
+        self.stopped.set()
+        await asyncio.wait_for(self.task, 30)
 
     @property
     def source(self) -> str:
@@ -45,35 +57,77 @@ async def start_node(tmp_path: Path, amqp_url: str) -> AsyncIterator[Callable[..
     running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
 
     async def start(
-        instances: int = 50, destinations: dict[str, int] | None = None, **settings: object
+        instances: int = 50,
+        destinations: dict[str, int] | None = None,
+        again: RunningNode | None = None,
+        **settings: object,
     ) -> RunningNode:
-        node_id = f"test-{uuid.uuid4().hex[:8]}"
-        root = tmp_path / node_id
-        config = NodeSettings(
-            node_id=node_id,
-            amqp_url=amqp_url,
-            port=free_port(),
-            host="127.0.0.1",
-            archive_path=root / "archive",
-            outbox_path=root / "outbox.sqlite",
-            destinations={
-                ae: Destination(host="127.0.0.1", port=port)
-                for ae, port in (destinations or {}).items()
-            },
-            **settings,  # type: ignore[arg-type]
-        )
-        paths = write_study(root / "study", instances, patient_id=node_id[-8:], seed=node_id)
-        archive = Archive(config.archive_path)
-        stored = [archive.import_file(path) for path in paths]
-        archive.close()
+        if again is not None:  # the same node, archive and outbox, started anew
+            config, study_uid, uids = again.settings, again.study_uid, again.instance_uids
+        else:
+            config, study_uid, uids = _new_node(
+                tmp_path, amqp_url, instances, destinations, settings
+            )
         node = Node.open(config)
         stop, ready = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(node.serve(stop, ready))
         running.append((stop, task))
         await asyncio.wait_for(ready.wait(), 10)
         await asyncio.to_thread(wait_for_port, config.port)
-        study_uid = str(stored[0].read().StudyInstanceUID)
-        return RunningNode(config, node, study_uid, [s.sop_instance_uid for s in stored])
+        return RunningNode(config, node, study_uid, uids, stop, task)
+
+    yield start
+    for stop, task in running:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def _new_node(
+    tmp_path: Path,
+    amqp_url: str,
+    instances: int,
+    destinations: dict[str, int] | None,
+    settings: dict[str, object],
+) -> tuple[NodeSettings, str, list[str]]:
+    node_id = f"test-{uuid.uuid4().hex[:8]}"
+    root = tmp_path / node_id
+    config = NodeSettings(
+        node_id=node_id,
+        amqp_url=amqp_url,
+        port=free_port(),
+        host="127.0.0.1",
+        archive_path=root / "archive",
+        outbox_path=root / "outbox.sqlite",
+        destinations={
+            ae: Destination(host="127.0.0.1", port=port)
+            for ae, port in (destinations or {}).items()
+        },
+        **settings,  # type: ignore[arg-type]
+    )
+    paths = write_study(root / "study", instances, patient_id=node_id[-8:], seed=node_id)
+    archive = Archive(config.archive_path)
+    stored = [archive.import_file(path) for path in paths]
+    archive.close()
+    study_uid = str(stored[0].read().StudyInstanceUID)
+    return config, study_uid, [s.sop_instance_uid for s in stored]
+
+
+@pytest.fixture
+async def start_tracker(tmp_path: Path, amqp_url: str) -> AsyncIterator[Callable[..., Any]]:
+    """Run in-process trackers (``await start_tracker(db=...)``); stopped afterwards."""
+    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+    async def start(db: Path | str | None = None, name: str = "t1") -> TrackerSettings:
+        settings = TrackerSettings(
+            amqp_url=amqp_url,
+            db=str(db or tmp_path / f"{name}.sqlite"),
+            outbox_path=tmp_path / f"{name}-outbox.sqlite",
+            tracker_id=name,
+        )
+        stop, ready = asyncio.Event(), asyncio.Event()
+        running.append((stop, asyncio.create_task(run_tracker(settings, stop, ready))))
+        await asyncio.wait_for(ready.wait(), 20)
+        return settings
 
     yield start
     for stop, task in running:
@@ -136,3 +190,25 @@ async def _read(
 def of_type(events: list[CloudEvent], event_type: str) -> list[CloudEvent]:
     """The events of one type."""
     return [event for event in events if event.type == event_type]
+
+
+def moves_of(db: str, node: RunningNode) -> list[dict[str, Any]]:
+    """What `dimsebus moves list --json` prints, for this node's moves."""
+    result = subprocess.run(
+        [sys.executable, "-m", "services", "moves", "list", "--json", "--db", db],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return [m for m in json.loads(result.stdout) if m["node_id"] == node.settings.node_id]
+
+
+async def settled(db: str, node: RunningNode, outcome: str, within: float = 60) -> dict[str, Any]:
+    """The node's one move once the tracker reports ``outcome`` for it."""
+    async with asyncio.timeout(within):
+        while True:
+            moves = await asyncio.to_thread(moves_of, db, node)
+            if moves and moves[0]["outcome"] == outcome:
+                return moves[0]
+            await asyncio.sleep(0.5)

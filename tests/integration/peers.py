@@ -7,9 +7,10 @@ import contextlib
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DCMTK = Path("/usr/bin")
 ENV = {**os.environ, "TCP_NODELAY": "1"}
@@ -45,12 +46,14 @@ class StoreSCP:
 
 
 @contextlib.contextmanager
-def storescp(folder: Path, *options: str, ae_title: str = "STORESCP") -> Iterator[StoreSCP]:
+def storescp(
+    folder: Path, *options: str, ae_title: str = "STORESCP", port: int | None = None
+) -> Iterator[StoreSCP]:
     """Run ``storescp -d`` (debug: logs every command set) until the block ends."""
     folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     log = folder.parent / f"storescp-{port}.log"
-    with log.open("wb") as out:
+    with log.open("ab") as out:
         process = subprocess.Popen(
             [dcmtk("storescp"), "-d", "-aet", ae_title, "-od", str(folder), *options, str(port)],
             stdout=out,
@@ -103,3 +106,33 @@ def small_filesystem(folder: Path, files: int) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def make_room(folder: Path, files: int = 100_000) -> None:
+    """Give a ``small_filesystem`` room for ``files`` more files, as freeing space would."""
+    subprocess.run(["mount", "-o", f"remount,nr_inodes={files}", str(folder)], check=True)
+
+
+@contextlib.contextmanager
+def answering_scp(status_for: Callable[[str], int], ae_title: str = "ODDSCP") -> Iterator[int]:
+    """A pynetdicom Storage SCP that answers each C-STORE with ``status_for(sop_instance_uid)``.
+
+    For statuses dcmtk's storescp cannot be made to send; yields its port.
+    """
+    from pynetdicom import AE, AllStoragePresentationContexts, evt
+
+    ae = AE(ae_title=ae_title)
+    ae.supported_contexts = AllStoragePresentationContexts
+    port = free_port()
+
+    def on_store(event: Any) -> int:
+        return status_for(str(event.request.AffectedSOPInstanceUID))
+
+    server = ae.start_server(
+        ("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
+    try:
+        yield port
+    finally:
+        assert server is not None
+        server.shutdown()

@@ -8,64 +8,18 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from services.tracker.app import TrackerSettings, run_tracker
 from services.tracker.store import open_store
-from tests.integration.conftest import RunningNode, movescu, of_type, read_events
+from tests.integration.conftest import RunningNode, movescu, of_type, read_events, settled
 from tests.integration.peers import run_tool, storescp
 
 pytestmark = pytest.mark.integration
 TrackerFactory = Callable[..., Any]
-
-
-@pytest.fixture
-async def start_tracker(tmp_path: Path, amqp_url: str) -> AsyncIterator[TrackerFactory]:
-    """Run in-process trackers (``await start_tracker(db=...)``); stopped afterwards."""
-    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
-
-    async def start(db: Path | str | None = None, name: str = "t1") -> TrackerSettings:
-        settings = TrackerSettings(
-            amqp_url=amqp_url,
-            db=str(db or tmp_path / f"{name}.sqlite"),
-            outbox_path=tmp_path / f"{name}-outbox.sqlite",
-            tracker_id=name,
-        )
-        stop, ready = asyncio.Event(), asyncio.Event()
-        running.append((stop, asyncio.create_task(run_tracker(settings, stop, ready))))
-        await asyncio.wait_for(ready.wait(), 20)
-        return settings
-
-    yield start
-    for stop, task in running:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
-def moves_of(db: str, node: RunningNode) -> list[dict[str, Any]]:
-    """What `dimsebus moves list --json` prints, for this node's moves."""
-    result = subprocess.run(
-        [sys.executable, "-m", "services", "moves", "list", "--json", "--db", db],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return [m for m in json.loads(result.stdout) if m["node_id"] == node.settings.node_id]
-
-
-async def settled(db: str, node: RunningNode, outcome: str, within: float = 60) -> dict[str, Any]:
-    """The node's one move once the tracker reports ``outcome`` for it."""
-    async with asyncio.timeout(within):
-        while True:
-            moves = await asyncio.to_thread(moves_of, db, node)
-            if moves and moves[0]["outcome"] == outcome:
-                return moves[0]
-            await asyncio.sleep(0.5)
 
 
 async def test_a_100_instance_move_is_completed(

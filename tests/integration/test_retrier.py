@@ -1,0 +1,231 @@
+"""Retries end to end: dcmtk destinations that fail, the node, the tracker and the retrier.
+
+The retrier runs with short delays (seconds) so that the scenarios finish
+quickly; the delays are still held by RabbitMQ's delay queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from schemas import events as ev
+from services.bus.connection import confirming_channel, connect
+from services.bus.publisher import Publisher
+from services.bus.topology import COMMANDS_EXCHANGE
+from services.retrier.app import RetrierSettings, run_retrier
+from services.retrier.policy import RetryPolicy
+from services.retrier.store import RetryStore
+from tests.integration.conftest import RunningNode, movescu, of_type, read_events, settled
+from tests.integration.peers import (
+    answering_scp,
+    free_port,
+    make_room,
+    small_filesystem,
+    storescp,
+)
+
+pytestmark = pytest.mark.integration
+RECEIVED = "dicom.cstore.response.received"
+RetrierFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def start_retrier(tmp_path: Path, amqp_url: str) -> AsyncIterator[RetrierFactory]:
+    """Run in-process retriers with a fast policy; ``stop()`` of the returned handle ends one."""
+    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+    async def start(name: str = "r1", **policy: Any) -> tuple[RetrierSettings, asyncio.Event]:
+        settings = RetrierSettings(
+            amqp_url=amqp_url,
+            db=tmp_path / f"{name}.sqlite",
+            retrier_id=name,
+            policy=RetryPolicy(
+                **{"max_attempts": 4, "initial_delay": 3.0, "multiplier": 1.0, "jitter": 0.0}
+                | policy
+            ),
+        )
+        stop, ready = asyncio.Event(), asyncio.Event()
+        running.append((stop, asyncio.create_task(run_retrier(settings, stop, ready))))
+        await asyncio.wait_for(ready.wait(), 20)
+        return settings, stop
+
+    yield start
+    for stop, task in running:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+def retries(settings: RetrierSettings, *options: str) -> list[dict[str, Any]]:
+    """What `dimsebus retries list --json` prints."""
+    import json
+
+    result = subprocess.run(
+        [sys.executable, "-m", "services", "retries", "list", "--json", "--db", str(settings.db)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return list(json.loads(result.stdout))
+
+
+async def test_full_destination_is_retried_once_space_is_freed(
+    tmp_path: Path, start_node: Any, start_tracker: Any, start_retrier: RetrierFactory
+) -> None:
+    # given storescp writing into a filesystem with room for 10 instances, and a 30-instance move
+    tracker = await start_tracker()
+    await start_retrier()
+    with small_filesystem(tmp_path / "full", files=10) as folder, storescp(folder) as peer:
+        node: RunningNode = await start_node(instances=30, destinations={"STORESCP": peer.port})
+        await movescu(node, "STORESCP")
+        # when the move has left 20 instances refused with 0xA700, and the space is freed
+        retrying = await settled(tracker.db, node, "retrying")
+        await asyncio.to_thread(make_room, folder)
+        # then the retries complete the move
+        move = await settled(tracker.db, node, "completed", within=90)
+        stored = len(peer.files())
+    assert retrying["counts"]["failed"] == 20
+    assert {f["status"] for f in retrying["failed_instances"]} == {"0xA700"}
+    assert move["counts"] == {"remaining": 0, "completed": 30, "warning": 0, "failed": 0}
+    assert len(move["retried_instances"]) == 20
+    assert {r["attempts"] for r in move["retried_instances"]} == {2}
+    assert stored == 30
+
+
+async def test_aborting_destination_is_retried_and_completes(
+    tmp_path: Path, start_node: Any, start_tracker: Any, start_retrier: RetrierFactory
+) -> None:
+    # given a destination that aborts on the first C-STORE-RQ
+    tracker = await start_tracker()
+    await start_retrier(initial_delay=4.0)
+    port = free_port()
+    with storescp(tmp_path / "aborting", "--abort-after", port=port):
+        node: RunningNode = await start_node(
+            instances=10, destinations={"STORESCP": port}, dimse_timeout=5.0
+        )
+        await movescu(node, "STORESCP")
+        retrying = await settled(tracker.db, node, "retrying")
+    # when the destination comes back without the fault before the retry is due
+    with storescp(tmp_path / "received", port=port) as peer:
+        move = await settled(tracker.db, node, "completed", within=90)
+        stored = len(peer.files())
+    # then the aborted instance and the nine never sent were all retried
+    reasons = {f["reason"].split(":")[0] for f in retrying["failed_instances"]}
+    assert reasons == {"no response", "not sent"}
+    assert move["counts"]["completed"] == 10
+    assert {r["attempts"] for r in move["retried_instances"]} == {2}
+    assert stored == 10
+
+
+async def test_permanent_failure_status_is_not_retried(
+    tmp_path: Path, start_node: Any, start_tracker: Any, start_retrier: RetrierFactory
+) -> None:
+    # given a destination that answers 0xA900 (data set does not match) for three instances
+    tracker = await start_tracker()
+    retrier, _ = await start_retrier()
+    refused: set[str] = set()
+    with answering_scp(lambda uid: 0xA900 if uid in refused else 0x0000) as port:
+        node: RunningNode = await start_node(instances=10, destinations={"ODDSCP": port})
+        refused.update(node.instance_uids[:3])
+        # when the move runs
+        await movescu(node, "ODDSCP")
+        move = await settled(tracker.db, node, "completed_with_failures")
+    # then the three are given up at once, with the reason, and parked
+    failed = move["failed_instances"]
+    assert {f["sop_instance_uid"] for f in failed} == set(node.instance_uids[:3])
+    assert all(f["attempts"] == 1 and f["status"] == "0xA900" for f in failed)
+    assert all(f["gave_up"].startswith("permanent failure, not retried: 0xA900") for f in failed)
+    parked = retries(retrier)
+    assert [p["state"] for p in parked] == ["parked"] * 3
+    assert all("Data Set does not match" in p["reason"] for p in parked)
+
+
+async def test_permanent_association_rejection_is_not_retried(
+    tmp_path: Path, start_node: Any, start_tracker: Any, start_retrier: RetrierFactory
+) -> None:
+    # given a dcmtk destination that refuses every association
+    tracker = await start_tracker()
+    await start_retrier()
+    with storescp(tmp_path / "refusing", "--refuse") as peer:
+        node: RunningNode = await start_node(instances=5, destinations={"STORESCP": peer.port})
+        await movescu(node, "STORESCP")
+        move = await settled(tracker.db, node, "completed_with_failures")
+    # then every instance is reported not sent, and given up without a retry
+    assert move["counts"]["failed"] == 5
+    assert all(
+        f["reason"].startswith("not sent: rejected_permanent") for f in move["failed_instances"]
+    )
+    assert all(f["gave_up"] for f in move["failed_instances"])
+
+
+async def test_retries_fire_after_the_retrier_and_the_node_restart(
+    tmp_path: Path, start_node: Any, start_tracker: Any, start_retrier: RetrierFactory
+) -> None:
+    # given a destination that is not listening yet, and retries due in 8 s
+    tracker = await start_tracker()
+    retrier, stop_retrier = await start_retrier(initial_delay=8.0)
+    port = free_port()
+    node: RunningNode = await start_node(instances=10, destinations={"STORESCP": port})
+    await movescu(node, "STORESCP")
+    await settled(tracker.db, node, "retrying")
+    # when both the retrier and the node stop while the retry waits, then start again
+    stop_retrier.set()
+    await node.stop()
+    await asyncio.sleep(1)
+    await start_retrier()
+    again = await start_node(again=node)
+    # then the retry, held by RabbitMQ meanwhile, completes the move
+    with storescp(tmp_path / "received", port=port) as peer:
+        move = await settled(tracker.db, again, "completed", within=90)
+        stored = len(peer.files())
+    assert stored == 10
+    assert {f["attempts"] for f in move["retried_instances"]} == {2}
+    assert retries(retrier) == [] or all(r["state"] == "sent" for r in retries(retrier))
+
+
+async def test_a_failure_delivered_twice_is_resent_once(
+    tmp_path: Path,
+    amqp_url: str,
+    start_node: Any,
+    start_tracker: Any,
+    start_retrier: RetrierFactory,
+) -> None:
+    # given a move whose 5 refused instances were retried and completed
+    tracker = await start_tracker()
+    retrier, _ = await start_retrier()
+    with small_filesystem(tmp_path / "full", files=5) as folder, storescp(folder) as peer:
+        node: RunningNode = await start_node(instances=10, destinations={"STORESCP": peer.port})
+        await movescu(node, "STORESCP")
+        await settled(tracker.db, node, "retrying")
+        await asyncio.to_thread(make_room, folder)
+        await settled(tracker.db, node, "completed", within=90)
+        # when a failure event and the resend command it caused are both delivered again
+        events = await read_events(amqp_url, node.source, lambda found: False, within=5)
+        failure = next(e for e in of_type(events, RECEIVED) if e.data.status == 0xA700)  # type: ignore[attr-defined]
+        store = RetryStore(retrier.db)
+        command = store.items(("scheduled",))[0].command
+        store.close()
+        connection = await connect(amqp_url, "dimsebus-test-duplicates")
+        async with connection:
+            publisher = Publisher(await confirming_channel(connection))
+            await publisher.publish(failure)
+            await publisher.publish_all([command, command], COMMANDS_EXCHANGE)
+        await asyncio.sleep(6)  # longer than the retry delay
+        events = await read_events(amqp_url, node.source, lambda found: False, within=5)
+    # then every instance was sent at most twice: the first attempt and one retry
+    # (the log holds the re-delivered failure event twice: same id, counted once)
+    attempts: dict[str, list[int]] = {}
+    for event in {e.id: e for e in of_type(events, RECEIVED)}.values():
+        data: Any = event.data
+        attempts.setdefault(data.affected_sop_instance_uid, []).append(data.attempt)
+    assert sorted(len(a) for a in attempts.values()) == [1] * 5 + [2] * 5
+    assert all(sorted(a) == [1, 2] for a in attempts.values() if len(a) == 2)
+    assert not of_type(events, "dicom.cstore.unsent")
+    assert isinstance(command, ev.ResendSubOperations)
