@@ -312,17 +312,25 @@ class Capture:
             "error_comment": command.get("ErrorComment"),
             "failed_sop_instance_uids": _failed_uids(assoc, message),
         }
-        self.emit(
-            capture.retrieve_completed_event(retrieval.model, data, command.Status, self.stamp())
-        )
-        if retrieval.model is ev.MoveCompleted:
+        # Never-sent instances go first, in the same outbox write: whoever sees the
+        # move completed has seen why its never-sent sub-operations failed.
+        unsent = (
             self._unsent_by_move(retrieval, data["failed_sop_instance_uids"], command.Status)
+            if retrieval.model is ev.MoveCompleted
+            else []
+        )
+        self.emit(
+            *unsent,
+            capture.retrieve_completed_event(retrieval.model, data, command.Status, self.stamp()),
+        )
 
     def _sub_associations(self, operation_id: Any) -> SubAssociations:
         with self._lock:
             return self._moves.setdefault(operation_id, SubAssociations())
 
-    def _unsent_by_move(self, retrieval: Retrieval, failed: tuple[str, ...], status: int) -> None:
+    def _unsent_by_move(
+        self, retrieval: Retrieval, failed: tuple[str, ...], status: int
+    ) -> list[CloudEvent]:
         """``dicom.cstore.unsent`` for a move's instances that never got a C-STORE-RQ."""
         operation: ev.Operation = retrieval.data["operation"]
         with self._lock:
@@ -331,12 +339,12 @@ class Capture:
         candidates = failed or (retrieval.uids if status == 0xA801 and not subs.sent else ())
         unsent = [uid for uid in candidates if uid not in subs.sent]
         if not unsent or retrieval.originator is None:
-            return
+            return []
         destination = retrieval.data["move_destination"]
         reason, detail = capture.unsent_reason(
             retrieval.destination_known, subs.rejection, bool(subs.sent), destination
         )
-        self.emit(
+        return [
             capture.unsent_event(
                 operation,
                 destination,
@@ -348,7 +356,7 @@ class Capture:
                 detail,
                 self.stamp(),
             )
-        )
+        ]
 
 
 _ABORT_TEXT = {

@@ -19,6 +19,7 @@ from schemas import events as ev
 from services.bus.connection import confirming_channel, connect
 from services.bus.publisher import Publisher
 from services.bus.topology import COMMANDS_EXCHANGE
+from services.node.synthetic import write_study
 from services.retrier.app import RetrierSettings, run_retrier
 from services.retrier.policy import RetryPolicy
 from services.retrier.store import RetryStore
@@ -27,6 +28,7 @@ from tests.integration.peers import (
     answering_scp,
     free_port,
     make_room,
+    run_tool,
     small_filesystem,
     storescp,
 )
@@ -62,6 +64,29 @@ async def start_retrier(tmp_path: Path, amqp_url: str) -> AsyncIterator[RetrierF
         await asyncio.wait_for(task, 30)
 
 
+def responses(events: list[Any], attempt: int) -> list[Any]:
+    """The distinct response events of one attempt."""
+    found: list[Any] = list({e.id: e for e in of_type(events, RECEIVED)}.values())
+    return [e for e in found if e.data.attempt == attempt]
+
+
+async def scheduled(settings: RetrierSettings, count: int, within: float = 30.0) -> None:
+    """Wait until the retrier has scheduled ``count`` retries."""
+
+    def enough() -> bool:
+        store = RetryStore(settings.db)
+        try:
+            return len(store.items(("scheduled",))) >= count
+        finally:
+            store.close()
+
+    async with asyncio.timeout(within):
+        while True:
+            if await asyncio.to_thread(enough):
+                return
+            await asyncio.sleep(0.2)
+
+
 def retries(settings: RetrierSettings, *options: str) -> list[dict[str, Any]]:
     """What `dimsebus retries list --json` prints."""
     import json
@@ -81,18 +106,18 @@ async def test_full_destination_is_retried_once_space_is_freed(
 ) -> None:
     # given storescp writing into a filesystem with room for 10 instances, and a 30-instance move
     tracker = await start_tracker()
-    await start_retrier()
+    retrier, _ = await start_retrier()
     with small_filesystem(tmp_path / "full", files=10) as folder, storescp(folder) as peer:
         node: RunningNode = await start_node(instances=30, destinations={"STORESCP": peer.port})
         await movescu(node, "STORESCP")
         # when the move has left 20 instances refused with 0xA700, and the space is freed
-        retrying = await settled(tracker.db, node, "retrying")
+        await scheduled(retrier, 20)
         await asyncio.to_thread(make_room, folder)
         # then the retries complete the move
         move = await settled(tracker.db, node, "completed", within=90)
         stored = len(peer.files())
-    assert retrying["counts"]["failed"] == 20
-    assert {f["status"] for f in retrying["failed_instances"]} == {"0xA700"}
+    first_failures = [e["what"] for e in move["timeline"] if "attempt 1: 0xA700" in e["what"]]
+    assert len(first_failures) == 20
     assert move["counts"] == {"remaining": 0, "completed": 30, "warning": 0, "failed": 0}
     assert len(move["retried_instances"]) == 20
     assert {r["attempts"] for r in move["retried_instances"]} == {2}
@@ -104,21 +129,22 @@ async def test_aborting_destination_is_retried_and_completes(
 ) -> None:
     # given a destination that aborts on the first C-STORE-RQ
     tracker = await start_tracker()
-    await start_retrier(initial_delay=4.0)
+    retrier, _ = await start_retrier(initial_delay=4.0)
     port = free_port()
     with storescp(tmp_path / "aborting", "--abort-after", port=port):
         node: RunningNode = await start_node(
             instances=10, destinations={"STORESCP": port}, dimse_timeout=5.0
         )
         await movescu(node, "STORESCP")
-        retrying = await settled(tracker.db, node, "retrying")
+        await scheduled(retrier, 2)  # the aborted instance, and the nine never sent
     # when the destination comes back without the fault before the retry is due
     with storescp(tmp_path / "received", port=port) as peer:
         move = await settled(tracker.db, node, "completed", within=90)
         stored = len(peer.files())
     # then the aborted instance and the nine never sent were all retried
-    reasons = {f["reason"].split(":")[0] for f in retrying["failed_instances"]}
-    assert reasons == {"no response", "not sent"}
+    timeline = " ".join(e["what"] for e in move["timeline"])
+    assert "attempt 1: no response: aborted" in timeline
+    assert "9 instance(s) attempt 1: not sent: association_lost" in timeline
     assert move["counts"]["completed"] == 10
     assert {r["attempts"] for r in move["retried_instances"]} == {2}
     assert stored == 10
@@ -174,7 +200,7 @@ async def test_retries_fire_after_the_retrier_and_the_node_restart(
     port = free_port()
     node: RunningNode = await start_node(instances=10, destinations={"STORESCP": port})
     await movescu(node, "STORESCP")
-    await settled(tracker.db, node, "retrying")
+    await scheduled(retrier, 1)
     # when both the retrier and the node stop while the retry waits, then start again
     stop_retrier.set()
     await node.stop()
@@ -203,7 +229,7 @@ async def test_a_failure_delivered_twice_is_resent_once(
     with small_filesystem(tmp_path / "full", files=5) as folder, storescp(folder) as peer:
         node: RunningNode = await start_node(instances=10, destinations={"STORESCP": peer.port})
         await movescu(node, "STORESCP")
-        await settled(tracker.db, node, "retrying")
+        await scheduled(retrier, 5)
         await asyncio.to_thread(make_room, folder)
         await settled(tracker.db, node, "completed", within=90)
         # when a failure event and the resend command it caused are both delivered again
@@ -229,3 +255,45 @@ async def test_a_failure_delivered_twice_is_resent_once(
     assert all(sorted(a) == [1, 2] for a in attempts.values() if len(a) == 2)
     assert not of_type(events, "dicom.cstore.unsent")
     assert isinstance(command, ev.ResendSubOperations)
+
+
+async def test_a_send_job_is_retried_from_the_same_files(
+    tmp_path: Path, amqp_url: str, start_node: Any, start_retrier: RetrierFactory
+) -> None:
+    # given a node, and `dimsebus send` run with the node's id and archive
+    await start_retrier()
+    node: RunningNode = await start_node(instances=1)
+    config = tmp_path / "send.toml"
+    config.write_text(
+        f'node_id = "{node.settings.node_id}"\narchive_path = "{node.settings.archive_path}"\n'
+    )
+    files = write_study(tmp_path / "to-send", 12, seed="send-retry")
+    with small_filesystem(tmp_path / "full", files=4) as folder, storescp(folder) as peer:
+        # when it sends 12 files to a destination with room for 4, and room is made later
+        await run_tool(
+            sys.executable,
+            "-m",
+            "services",
+            "send",
+            "--to",
+            f"STORESCP@127.0.0.1:{peer.port}",
+            "--config",
+            str(config),
+            "--outbox",
+            str(tmp_path / "send-outbox.sqlite"),
+            "--amqp-url",
+            amqp_url,
+            str(tmp_path / "to-send"),
+        )
+        await asyncio.to_thread(make_room, folder)
+
+        events = await read_events(
+            amqp_url, node.source, lambda found: len(responses(found, 2)) == 8, within=60
+        )
+        stored = len(peer.files())
+    # then the node sent the 8 refused files again, as attempt 2 of the same operation
+    first, second = responses(events, 1), responses(events, 2)
+    assert len(first) == 12
+    assert sorted(e.data.status for e in second) == [0] * 8
+    assert {e.data.operation for e in second} == {first[0].data.operation}
+    assert stored == len(files)

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from services.cli import app
 from services.errors import ConfigError
+from services.retrier.app import RetrierSettings
 from services.settings import ServiceSettings, load_settings, masked
 
 
@@ -79,3 +80,22 @@ def test_cli_reports_one_clear_line() -> None:
     result = CliRunner().invoke(app, ["demo", "--amqp-url", "http://x"])
     assert result.exit_code == 2
     assert "is not an AMQP URL" in result.output
+
+
+def test_retry_policy_layers_merge_field_by_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    # given the example file, one policy field from the environment and one from a flag
+    monkeypatch.setenv("DIMSEBUS_POLICY__MULTIPLIER", "3")
+    settings = load_settings(
+        RetrierSettings, Path("examples/retrier.toml"), policy={"max_attempts": 2}
+    )
+    # then each layer sets only its own field of the nested policy
+    assert settings.policy.max_attempts == 2
+    assert settings.policy.multiplier == 3.0
+    assert settings.policy.initial_delay == 30.0
+
+
+def test_bad_retrier_flag_is_one_line() -> None:
+    result = CliRunner().invoke(app, ["retrier", "--initial-delay", "100", "--max-delay", "5"])
+    assert result.exit_code == 2
+    text = " ".join(result.output.split())  # rich wraps at the test terminal's width
+    assert "policy: Value error, max_delay (5.0 s) is shorter than initial_delay (100.0 s)" in text
