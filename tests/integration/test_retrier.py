@@ -297,3 +297,52 @@ async def test_a_send_job_is_retried_from_the_same_files(
     assert sorted(e.data.status for e in second) == [0] * 8
     assert {e.data.operation for e in second} == {first[0].data.operation}
     assert stored == len(files)
+
+
+async def cli(*argv: str) -> str:
+    """Run `dimsebus ARGV...` to completion; its output."""
+    return await run_tool(sys.executable, "-m", "services", *argv)
+
+
+@pytest.mark.parametrize("how", ["moves retry", "retries requeue"])
+async def test_operator_retries_what_was_given_up(
+    how: str,
+    tmp_path: Path,
+    amqp_url: str,
+    start_node: Any,
+    start_tracker: Any,
+    start_retrier: RetrierFactory,
+) -> None:
+    # given a move given up on because its destination refused the association
+    tracker = await start_tracker()
+    retrier, _ = await start_retrier()
+    port = free_port()
+    with storescp(tmp_path / "refusing", "--refuse", port=port):
+        node: RunningNode = await start_node(instances=5, destinations={"STORESCP": port})
+        await movescu(node, "STORESCP")
+        given_up = await settled(tracker.db, node, "completed_with_failures")
+    assert len(retries(retrier)) == 1
+    # when the destination accepts again and an operator retries
+    with storescp(tmp_path / "received", port=port) as peer:
+        if how == "moves retry":
+            await cli(
+                "moves",
+                "retry",
+                given_up["move_id"][:13],
+                "--db",
+                tracker.db,
+                "--amqp-url",
+                amqp_url,
+            )
+        else:
+            await cli(
+                "retries", "requeue", "--all", "--db", str(retrier.db), "--amqp-url", amqp_url
+            )
+        move = await settled(tracker.db, node, "completed", within=60)
+        stored = len(peer.files())
+    # then every instance arrives, as attempt 2 of the same move
+    assert stored == 5
+    assert {r["attempts"] for r in move["retried_instances"]} == {2}
+    if how == "retries requeue":
+        assert retries(retrier) == []  # requeued items leave the list
+        await cli("retries", "purge", "--db", str(retrier.db), "--amqp-url", amqp_url)
