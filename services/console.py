@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -28,5 +31,24 @@ def settings_or_exit(cls: type[S], config: Path | None, **flags: Any) -> S:
     """Settings from file, environment and flags; a bad value is one line and exit 2."""
     try:
         return load_settings(cls, config, **flags)
+    except DimsebusError as exc:
+        fail(str(exc))
+
+
+def run_service(service: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run a long-running service until SIGINT or SIGTERM sets its stop event.
+
+    A ``DimsebusError`` that ends it (bad topology, bad settings) is one line, exit 2.
+    """
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await service(stop)
+
+    try:
+        asyncio.run(main())
     except DimsebusError as exc:
         fail(str(exc))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from dataclasses import dataclass
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, sop_class
@@ -12,6 +11,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, s
 from services.bus.outbox import Outbox
 from services.bus.relay import RelayProcess
 from services.clock import sleep_unless
+from services.console import run_service
 from services.node.archive import Archive
 from services.node.config import NodeSettings
 from services.node.dimse import Capture
@@ -115,12 +115,4 @@ class Node:
 
 def run_node(settings: NodeSettings) -> None:
     """Run the node in the foreground until SIGINT or SIGTERM."""
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await Node.open(settings).serve(stop)
-
-    asyncio.run(main())
+    run_service(lambda stop: Node.open(settings).serve(stop))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +11,7 @@ import typer
 from rich.table import Table
 
 from services.clock import utc_now
-from services.console import ConfigOption, console, fail, settings_or_exit
+from services.console import ConfigOption, console, fail, run_service, settings_or_exit
 from services.errors import DimsebusError
 from services.logs import configure_logging
 from services.retrier.app import RetrierSettings, purge_delays, requeue, run_retrier
@@ -62,17 +61,7 @@ def retrier(
         },
     )
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await run_retrier(settings, stop)
-
-    try:
-        asyncio.run(main())
-    except DimsebusError as exc:
-        fail(str(exc))
+    run_service(lambda stop: run_retrier(settings, stop))
 
 
 def _view(item: RetryItem) -> dict[str, Any]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from services.clock import new_id, utc_now
-from services.console import ConfigOption, console, fail, settings_or_exit
+from services.console import ConfigOption, console, fail, run_service, settings_or_exit
 from services.errors import DimsebusError
 from services.logs import configure_logging
 from services.retrier.app import send_commands
@@ -45,17 +44,7 @@ def tracker(
     configure_logging()
     settings = _settings(config, db=db, amqp_url=amqp_url)
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        await run_tracker(settings, stop)
-
-    try:
-        asyncio.run(main())
-    except DimsebusError as exc:
-        fail(str(exc))
+    run_service(lambda stop: run_tracker(settings, stop))
 
 
 def _views(settings: TrackerSettings) -> list[dict[str, Any]]:
