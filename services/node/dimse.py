@@ -27,6 +27,7 @@ from services.clock import new_id, utc_now
 from services.node import capture
 from services.node.capture import SentStore, Stamp, StoreResponse
 from services.node.config import NodeSettings
+from services.node.reactor import install_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +106,10 @@ class Capture:
 
     def handlers(self, job: Job | None = None) -> list[tuple[Any, ...]]:
         """The pynetdicom handlers to bind on an association; ``job`` for the ones we open."""
-        bound: list[tuple[Any, ...]] = [(evt.EVT_CONN_OPEN, set_tcp_nodelay)]
+        bound: list[tuple[Any, ...]] = [
+            (evt.EVT_CONN_OPEN, set_tcp_nodelay),
+            (evt.EVT_CONN_OPEN, install_checkpoint),
+        ]
         for event, handler in (
             (evt.EVT_ESTABLISHED, self.on_established),
             (evt.EVT_ACSE_SENT, self.on_acse),

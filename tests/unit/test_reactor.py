@@ -1,0 +1,68 @@
+"""The reactor checkpoint: a pause returns only once the reactor is really paused."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from services.node.reactor import ReactorCheckpoint
+
+
+def test_clear_waits_for_the_reactor_to_reach_its_checkpoint() -> None:
+    # given a reactor thread in the middle of an iteration (past wait(), not back yet)
+    checkpoint = ReactorCheckpoint()
+    inside, leave, stop = threading.Event(), threading.Event(), threading.Event()
+    iterations: list[float] = []
+
+    def reactor() -> None:
+        while not stop.is_set():
+            checkpoint.wait()
+            inside.set()
+            leave.wait()
+            iterations.append(time.monotonic())
+
+    thread = threading.Thread(target=reactor, daemon=True)
+    thread.start()
+    assert inside.wait(5)
+    # when a sender pauses it
+    paused_at: list[float] = []
+
+    def pause() -> None:
+        checkpoint.clear()
+        paused_at.append(time.monotonic())
+
+    sender = threading.Thread(target=pause)
+    sender.start()
+    time.sleep(0.1)
+    # then the pause has not returned while the reactor is still inside its iteration
+    assert not paused_at
+    leave.set()
+    sender.join(5)
+    # and returns once the iteration ended, with the reactor blocked at the checkpoint
+    assert paused_at
+    assert paused_at[0] >= iterations[0]
+    count = len(iterations)
+    time.sleep(0.05)
+    assert len(iterations) == count
+    stop.set()
+    checkpoint.set()
+    thread.join(5)
+
+
+def test_the_reactor_itself_and_an_ended_reactor_never_block_a_pause() -> None:
+    checkpoint = ReactorCheckpoint()
+    done = threading.Event()
+
+    def reactor() -> None:
+        checkpoint.wait()
+        checkpoint.clear()  # a handler on the reactor thread sending on its own association
+        done.set()
+
+    thread = threading.Thread(target=reactor)
+    thread.start()
+    thread.join(5)
+    assert done.is_set()
+    checkpoint.set()
+    started = time.monotonic()
+    checkpoint.clear()  # the reactor thread has ended
+    assert time.monotonic() - started < 1
