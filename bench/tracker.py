@@ -39,7 +39,7 @@ from services.bus.topology import declare_topology
 from services.clock import new_id, utc_now
 from services.tracker.app import Tracker, TrackerSettings, follow, run_tracker
 from services.tracker.progress import move_key
-from services.tracker.store import SqliteStore
+from services.tracker.store import open_store
 from tests.broker import LOCAL_URL, local_rabbitmqctl, private_vhost
 
 
@@ -68,7 +68,7 @@ async def replay(url: str, count: int, folder: Path) -> tuple[int, float]:
     stop = asyncio.Event()
     started = time.perf_counter()
     task = asyncio.create_task(run_tracker(settings, stop))
-    store = SqliteStore(folder / "replay.sqlite")
+    store = open_store(str(folder / "replay.sqlite"))
     while (store.checkpoint() or 0) < len(events) - 1:  # noqa: ASYNC110 - polling another process's file
         await asyncio.sleep(0.05)
     elapsed = time.perf_counter() - started
@@ -99,7 +99,7 @@ async def live(url: str, rate: float, seconds: float, folder: Path) -> list[floa
     node_outbox = Outbox(folder / "node-outbox.sqlite")
     relay = RelayProcess(folder / "node-outbox.sqlite", url, name="dimsebus-bench-node")
     tracker = TimedTracker(
-        settings, SqliteStore(folder / "live.sqlite"), Outbox(settings.outbox_path)
+        settings, open_store(str(folder / "live.sqlite")), Outbox(settings.outbox_path)
     )
     tracker.latencies = []
     stop = asyncio.Event()

@@ -10,13 +10,10 @@ the same small port and pass the same contract tests.
 from __future__ import annotations
 
 import abc
-import contextlib
-import sqlite3
-from collections.abc import Iterable, Iterator
-from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
-from services.errors import ConfigError
+from services.sql import Database, open_database
 from services.tracker.progress import MoveKey, MoveState
 
 _TABLES = """
@@ -75,92 +72,41 @@ _UPSERT_CHECKPOINT = (
 
 
 class SqlStore(TrackerStore):
-    """The store over any DB-API connection; subclasses say how a transaction runs."""
+    """The store in an SQLite file or a PostgreSQL database."""
 
-    placeholder = "?"
-    _db: Any
-
-    def _sql(self, text: str) -> str:
-        return text.replace("?", self.placeholder)
-
-    @abc.abstractmethod
-    def _transaction(self) -> contextlib.AbstractContextManager[Any]:
-        """A cursor whose statements commit together, or not at all."""
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def checkpoint(self) -> int | None:
-        row = self._db.execute(
+        row = self.db.execute(
             "SELECT log_offset FROM tracker_checkpoint WHERE name = 'log'"
         ).fetchone()
         return int(row[0]) if row else None
 
     def load(self, key: MoveKey) -> MoveState | None:
-        row = self._db.execute(
-            self._sql("SELECT state FROM tracker_moves WHERE source = ? AND move_id = ?"),
+        row = self.db.execute(
+            "SELECT state FROM tracker_moves WHERE source = ? AND move_id = ?",
             (key[0], str(key[1])),
         ).fetchone()
         return MoveState.model_validate_json(row[0]) if row else None
 
     def save(self, moves: Iterable[MoveState], offset: int) -> None:
         rows = [_row(move) for move in moves]
-        with self._transaction() as cursor:
-            cursor.executemany(self._sql(_UPSERT_MOVE), rows)
-            cursor.execute(self._sql(_UPSERT_CHECKPOINT), (offset,))
+        with self.db.transaction() as cursor:
+            cursor.executemany(self.db.sql(_UPSERT_MOVE), rows)
+            cursor.execute(self.db.sql(_UPSERT_CHECKPOINT), (offset,))
 
     def all_moves(self) -> list[MoveState]:
-        rows = self._db.execute("SELECT state FROM tracker_moves ORDER BY started_at, move_id")
+        rows = self.db.execute("SELECT state FROM tracker_moves ORDER BY started_at, move_id")
         return [MoveState.model_validate_json(row[0]) for row in rows]
 
     def close(self) -> None:
-        self._db.close()
-
-
-class SqliteStore(SqlStore):
-    """The default store: one SQLite file (WAL)."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_TABLES)
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        self._db.execute("BEGIN")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
-
-class PostgresStore(SqlStore):
-    """The same store in PostgreSQL, for trackers that share a database server."""
-
-    placeholder = "%s"
-
-    def __init__(self, url: str) -> None:
-        import psycopg
-
-        self._db = psycopg.connect(url, autocommit=True)
-        for statement in _TABLES.split(";"):
-            if statement.strip():
-                self._db.execute(statement)
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[Any]:
-        with self._db.transaction(), self._db.cursor() as cursor:
-            yield cursor
+        self.db.close()
 
 
 def open_store(db: str) -> TrackerStore:
     """``postgresql://...`` opens PostgreSQL; anything else is an SQLite file path."""
-    if db.startswith(("postgresql://", "postgres://")):
-        try:
-            return PostgresStore(db)
-        except Exception as exc:
-            raise ConfigError(f"--db: cannot open {db!r}: {exc}") from exc
-    return SqliteStore(Path(db))
+    return SqlStore(open_database(db, _TABLES))
 
 
 def _row(move: MoveState) -> tuple[Any, ...]:

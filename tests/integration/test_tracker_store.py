@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from schemas.examples import move_story, sequential_ids
+from services.sql import PostgresDatabase
 from services.tracker.progress import MoveState, apply, move_key
-from services.tracker.store import PostgresStore, SqliteStore, TrackerStore, open_store
+from services.tracker.store import SqlStore, TrackerStore, open_store
 
 POSTGRES = os.environ.get("DIMSEBUS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 STORY = move_story(
@@ -31,7 +32,7 @@ def folded() -> MoveState:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TrackerStore]:
     if request.param == "sqlite":
-        found: TrackerStore = SqliteStore(tmp_path / "tracker.sqlite")
+        found: TrackerStore = open_store(str(tmp_path / "tracker.sqlite"))
         yield found
         found.close()
         return
@@ -46,7 +47,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TrackerSto
         pytest.skip(f"no PostgreSQL at {POSTGRES} (set DIMSEBUS_TEST_POSTGRES): {exc}")
     admin.execute(f"CREATE SCHEMA {schema}")
     found = open_store(f"{POSTGRES}?options=-csearch_path%3D{schema}")
-    assert isinstance(found, PostgresStore)
+    assert isinstance(found, SqlStore)
+    assert isinstance(found.db, PostgresDatabase)
     yield found
     found.close()
     admin.execute(f"DROP SCHEMA {schema} CASCADE")

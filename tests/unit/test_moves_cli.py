@@ -17,7 +17,7 @@ from schemas.envelope import CloudEvent
 from schemas.examples import move_story, sequential_ids
 from services.cli import app
 from services.tracker.progress import MoveState, apply, move_key
-from services.tracker.store import SqliteStore
+from services.tracker.store import open_store
 
 T0 = dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC)
 
@@ -43,7 +43,7 @@ def db(tmp_path: Path) -> str:
         for e in move_story(node_id="n2", start=T0, ids=sequential_ids(500), instances=5)
         if move_key(e)
     ]
-    store = SqliteStore(tmp_path / "tracker.sqlite")
+    store = open_store(str(tmp_path / "tracker.sqlite"))
     store.save(
         [fold(story), fold([e for e in running if not isinstance(e, ev.MoveCompleted)])], offset=7
     )
