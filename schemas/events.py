@@ -47,6 +47,7 @@ Host = Annotated[str, Field(min_length=1, max_length=253)]
 Count = Annotated[int, Field(ge=0)]
 Attempt = Annotated[int, Field(ge=1)]
 Comment = Annotated[str, Field(max_length=1024)]
+PatientId = Annotated[str, Field(min_length=1, max_length=128)]
 NodeId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
 
 
@@ -133,6 +134,12 @@ class CStoreRequestFacts(Model):
     attempt: Attempt = 1
     labels: Labels = Field(default_factory=dict)
     requested_at: UtcDatetime
+    study_instance_uid: UID | None = None
+    patient_id: PatientId | None = Field(
+        None,
+        description="as the node's PHI policy lets it leave: absent (omit), "
+        "'hmac-sha256:...' (hash, the default) or the Patient ID itself (keep)",
+    )
 
 
 class CStoreResponseReceivedData(CStoreRequestFacts):

@@ -57,6 +57,8 @@ class StoredInstance:
     sop_instance_uid: str
     transfer_syntax_uid: str
     path: Path
+    study_instance_uid: str | None = None
+    patient_id: str | None = None
 
     def read(self) -> Dataset:
         """The instance as stored, with its file meta."""
@@ -117,6 +119,8 @@ class Archive:
             str(dataset.SOPInstanceUID),
             str(values["transfer_syntax_uid"]),
             path,
+            values.get("study_instance_uid"),
+            values.get("patient_id"),
         )
 
     def find(self, query: Query) -> list[dict[str, str]]:
@@ -139,23 +143,23 @@ class Archive:
     def instances(self, query: Query) -> list[StoredInstance]:
         """Every archived instance under the query's matches, in a stable order."""
         sql = (
-            "SELECT sop_class_uid, sop_instance_uid, transfer_syntax_uid, path FROM instances "
+            f"SELECT {_INSTANCE_COLUMNS} FROM instances "
             f"WHERE {query.where} ORDER BY study_instance_uid, series_instance_uid, "
             "CAST(instance_number AS INTEGER), sop_instance_uid"
         )
         with self._lock:
             rows = self._db.execute(sql, query.params).fetchall()
-        return [StoredInstance(c, i, t, Path(p)) for c, i, t, p in rows]
+        return [_instance(row) for row in rows]
 
     def by_uids(self, uids: list[str]) -> Iterator[StoredInstance]:
         """The archived instances among ``uids``."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT sop_class_uid, sop_instance_uid, transfer_syntax_uid, path FROM instances "
+                f"SELECT {_INSTANCE_COLUMNS} FROM instances "
                 f"WHERE sop_instance_uid IN ({', '.join('?' * len(uids))})",
                 uids,
             ).fetchall()
-        return (StoredInstance(c, i, t, Path(p)) for c, i, t, p in rows)
+        return (_instance(row) for row in rows)
 
     # -- what `dimsebus send` sent, so that a resend can send the same files ---------------
 
@@ -211,6 +215,16 @@ class Archive:
         """How many instances the archive holds."""
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+
+
+_INSTANCE_COLUMNS = (
+    "sop_class_uid, sop_instance_uid, transfer_syntax_uid, path, study_instance_uid, patient_id"
+)
+
+
+def _instance(row: tuple[str, ...]) -> StoredInstance:
+    sop_class, sop_instance, syntax, path, study, patient = row
+    return StoredInstance(sop_class, sop_instance, syntax, Path(path), study, patient)
 
 
 def _text(value: object) -> str | None:

@@ -9,7 +9,10 @@ source: ids and times come in as arguments.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 from dataclasses import dataclass
+from typing import Literal
 from uuid import UUID
 
 from schemas import events as ev
@@ -41,6 +44,8 @@ class SentStore:
     attempt: int
     labels: dict[str, str]
     requested_at: dt.datetime
+    study_instance_uid: str | None = None
+    patient_id: str | None = None
 
     def facts(self) -> dict[str, object]:
         """The request's fields, as both response events carry them."""
@@ -56,6 +61,8 @@ class SentStore:
             "attempt": self.attempt,
             "labels": self.labels,
             "requested_at": self.requested_at,
+            "study_instance_uid": self.study_instance_uid,
+            "patient_id": self.patient_id,
         }
 
 
@@ -66,6 +73,22 @@ class StoreResponse:
     status: int | None
     error_comment: str | None = None
     affected_sop_instance_uid: str | None = None
+
+
+PatientIdPolicy = Literal["omit", "hash", "keep"]
+
+
+def protect_patient_id(raw: str | None, policy: PatientIdPolicy, key: bytes) -> str | None:
+    """The Patient ID as the PHI policy lets it leave the node.
+
+    ``hash`` is an HMAC-SHA256 under the node's key (truncated to 128 bits): the
+    same patient gets the same value, which cannot be reversed without the key.
+    """
+    if not raw or policy == "omit":
+        return None
+    if policy == "keep":
+        return raw[:128]
+    return "hmac-sha256:" + hmac.new(key, raw.encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def response_event(sent: SentStore, response: StoreResponse, stamp: Stamp) -> CloudEvent:

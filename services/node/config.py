@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from schemas.dicom import AETitle, Port
 from services.settings import ServiceSettings
@@ -37,3 +38,9 @@ class NodeSettings(ServiceSettings):
     acse_timeout: float = Field(30.0, gt=0)
     network_timeout: float = Field(60.0, gt=0)
     max_pdu: int = Field(0, ge=0, description="maximum PDU size offered; 0 = unlimited")
+    patient_id_policy: Literal["omit", "hash", "keep"] = Field(
+        "hash", description="what of the Patient ID leaves the node in events"
+    )
+    patient_id_key: SecretStr = Field(
+        SecretStr(""), description="HMAC key of the 'hash' policy; set one per site"
+    )

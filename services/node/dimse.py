@@ -11,6 +11,7 @@ import logging
 import socket
 import threading
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,15 @@ class Job:
     move_originator: ev.MoveOriginator | None = None
     labels: dict[str, str] = field(default_factory=dict)
     attempts: dict[str, int] = field(default_factory=dict)
+    subjects: dict[str, Subject] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """The study of an instance, and its Patient ID as the PHI policy lets it leave."""
+
+    study_instance_uid: str | None
+    patient_id: str | None
 
 
 @dataclass
@@ -92,8 +102,12 @@ class Capture:
         outbox: Outbox,
         labels: dict[str, str] | None = None,
         dimse_timeout: float = 30.0,
+        patient_id_policy: capture.PatientIdPolicy = "hash",
+        patient_id_key: bytes = b"",
     ) -> None:
         self.source = f"dimsebus://node/{node_id}"
+        self.patient_id_policy: capture.PatientIdPolicy = patient_id_policy
+        self.patient_id_key = patient_id_key
         self.node_id = node_id
         self.labels = labels or {}
         self.dimse_timeout = dimse_timeout
@@ -126,7 +140,29 @@ class Capture:
     @classmethod
     def for_node(cls, settings: NodeSettings, outbox: Outbox) -> Capture:
         """The capture of a node or send job configured by ``settings``."""
-        return cls(settings.node_id, outbox, dict(settings.labels), settings.dimse_timeout)
+        return cls(
+            settings.node_id,
+            outbox,
+            dict(settings.labels),
+            settings.dimse_timeout,
+            settings.patient_id_policy,
+            settings.patient_id_key.get_secret_value().encode(),
+        )
+
+    def subjects(
+        self, instances: Iterable[tuple[str, str | None, str | None]]
+    ) -> dict[str, Subject]:
+        """Study and protected Patient ID by SOP Instance UID, for a job's events.
+
+        Computed when the job is set up, not per C-STORE on the DIMSE thread.
+        """
+        return {
+            uid: Subject(
+                study,
+                capture.protect_patient_id(patient, self.patient_id_policy, self.patient_id_key),
+            )
+            for uid, study, patient in instances
+        }
 
     # -- state --------------------------------------------------------------------------
 
@@ -261,6 +297,7 @@ class Capture:
                 ae_title=str(command.MoveOriginatorApplicationEntityTitle).strip(),
                 message_id=command.MoveOriginatorMessageID,
             )
+        subject = job.subjects.get(uid)
         return SentStore(
             association=state.ref,
             presentation_context_id=message.context_id,
@@ -273,6 +310,8 @@ class Capture:
             attempt=job.attempts.get(uid, 1),
             labels={**self.labels, **job.labels},
             requested_at=utc_now(),
+            study_instance_uid=subject.study_instance_uid if subject else None,
+            patient_id=subject.patient_id if subject else None,
         )
 
     def _missing(

@@ -106,7 +106,12 @@ class ArchiveSCP:
             return
         originator = state.retrievals[request.MessageID].originator
         assert originator is not None
-        job = Job(operation, originator, labels=dict(self.settings.labels))
+        job = Job(
+            operation,
+            originator,
+            labels=dict(self.settings.labels),
+            subjects=self.capture.subjects(_subjects(instances)),
+        )
         handlers = [
             *self.capture.handlers(job),
             (evt.EVT_ESTABLISHED, fix_move_originator, [originator]),
@@ -135,7 +140,12 @@ class ArchiveSCP:
         )
         state = self.capture.state(event.assoc)
         state.retrievals[request.MessageID] = Retrieval(ev.GetCompleted, _completed_base(data))
-        state.job = Job(operation, None, labels=dict(self.settings.labels))
+        state.job = Job(
+            operation,
+            None,
+            labels=dict(self.settings.labels),
+            subjects=self.capture.subjects(_subjects(instances or [])),
+        )
         if instances is None:
             yield 0
             return
@@ -196,6 +206,10 @@ def _pending_datasets(
         except Exception as exc:
             log.error("cannot read %s: %s", instance.path, exc)
             yield 0xFF00, None
+
+
+def _subjects(instances: list[StoredInstance]) -> Iterator[tuple[str, str | None, str | None]]:
+    return ((i.sop_instance_uid, i.study_instance_uid, i.patient_id) for i in instances)
 
 
 def _completed_base(data: dict[str, Any]) -> dict[str, Any]:

@@ -108,11 +108,15 @@ def send_files(
     headers = list(_headers(files, summary, on_progress))
     if not headers:
         return summary
+    if capture is not None:
+        job.subjects = capture.subjects(
+            (uid, study, patient) for _, _, uid, study, patient in headers
+        )
     if archive is not None:
         archive.record_send(
             str(job.operation.id),
             (target.ae_title, target.host, target.port),
-            [(uid, path) for path, _, uid in headers],
+            [(uid, path) for path, _, uid, _, _ in headers],
         )
     ae = AE(ae_title=settings.ae_title)
     ae.dimse_timeout, ae.acse_timeout = settings.dimse_timeout, settings.acse_timeout
@@ -122,7 +126,7 @@ def send_files(
     assoc = ae.associate(
         target.host,
         target.port,
-        contexts=storage_contexts(meta for _, meta, _ in headers),
+        contexts=storage_contexts(meta for _, meta, *_ in headers),
         ae_title=target.ae_title,
         evt_handlers=[*handlers, (evt.EVT_ACSE_RECV, rejection.on_acse_recv)],
     )
@@ -135,7 +139,7 @@ def send_files(
         raise SendError(f"{target.ae_title}@{target.host}:{target.port} {what}", rejection.reason)
     originator = job.move_originator
     try:
-        for number, (path, _, _) in enumerate(headers):
+        for number, (path, *_) in enumerate(headers):
             status = _store_one(assoc, path, message_id(number), originator)
             _count(summary, status)
             on_progress(path, status)
@@ -201,9 +205,17 @@ def _count(summary: SendSummary, status: int | None) -> None:
     summary.by_status[status] = summary.by_status.get(status, 0) + 1
 
 
+# path, (SOP class, transfer syntax), SOP instance, study, Patient ID
+Header = tuple[Path, tuple[str, str], str, str | None, str | None]
+
+
+def _text(value: object) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
 def _headers(
     files: list[Path], summary: SendSummary, on_progress: Callable[[Path, int | None], None]
-) -> Iterator[tuple[Path, tuple[str, str], str]]:
+) -> Iterator[Header]:
     for path in files:
         try:
             meta = dcmread(path, stop_before_pixels=True)
@@ -211,6 +223,8 @@ def _headers(
                 path,
                 (str(meta.SOPClassUID), str(meta.file_meta.TransferSyntaxUID)),
                 str(meta.SOPInstanceUID),
+                _text(meta.get("StudyInstanceUID")),
+                _text(meta.get("PatientID")),
             )
         except (InvalidDicomError, AttributeError, OSError, ValueError) as exc:
             summary.unreadable.append(f"{path}: {exc}")

@@ -117,6 +117,9 @@ async def test_movescu_through_the_node_to_storescp(
         assert data.move_originator == originator
         assert data.operation == requested.data.operation
         assert data.status == 0
+        # with the study, and the Patient ID hashed by the default PHI policy
+        assert data.study_instance_uid == node.study_uid
+        assert (data.patient_id or "").startswith("hmac-sha256:")
     assert {e.data.affected_sop_instance_uid for e in received} == set(node.instance_uids)  # type: ignore[attr-defined]
     # and on the wire storescp saw the requestor, not the node, as Move Originator (PS3.7 C.4.2)
     originators = [line for line in wire.splitlines() if "Move Originator" in line]

@@ -16,6 +16,7 @@ from services.node.capture import (
     StoreResponse,
     missing_event,
     missing_reason,
+    protect_patient_id,
     response_event,
 )
 
@@ -112,3 +113,16 @@ def test_missing_response() -> None:
 def test_missing_reason(source: str | None, waited: float, reason: str) -> None:
     # a local abort after the DIMSE timeout is pynetdicom giving up on the response
     assert missing_reason(source, waited, dimse_timeout=30.0) == reason
+
+
+def test_patient_id_leaves_the_node_as_the_policy_says() -> None:
+    key = b"site-secret"
+    hashed = protect_patient_id("MRN-0042", "hash", key)
+    assert hashed is not None
+    assert hashed.startswith("hmac-sha256:")
+    assert "MRN-0042" not in hashed
+    assert hashed == protect_patient_id("MRN-0042", "hash", key)  # the same patient, one value
+    assert hashed != protect_patient_id("MRN-0042", "hash", b"other-site")
+    assert protect_patient_id("MRN-0042", "omit", key) is None
+    assert protect_patient_id("MRN-0042", "keep", key) == "MRN-0042"
+    assert protect_patient_id(None, "keep", key) is None
