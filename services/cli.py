@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas.export import render
+from services.audit.commands import audit_app
 from services.bus.connection import connect
 from services.bus.log import LogEntry, LogReader, parse_offset
 from services.bus.topology import declare_topology
@@ -40,6 +41,7 @@ app.command("tracker")(tracker)
 app.add_typer(moves_app, name="moves")
 app.command("retrier")(retrier)
 app.add_typer(retries_app, name="retries")
+app.add_typer(audit_app, name="audit")
 T = TypeVar("T")
 AmqpOption = Annotated[str | None, typer.Option("--amqp-url", help="RabbitMQ URL")]
 

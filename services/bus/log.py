@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aio_pika.abc import AbstractChannel, AbstractQueueIterator
@@ -64,6 +66,14 @@ class LogReader:
 
     def __aiter__(self) -> LogReader:
         return self
+
+    async def until_idle(self, idle: float = 2.0) -> AsyncIterator[LogEntry]:
+        """Entries until none arrives for ``idle`` seconds: the end of the log, for a replay."""
+        while True:
+            try:
+                yield await asyncio.wait_for(self.__anext__(), idle)
+            except TimeoutError:
+                return
 
     async def __anext__(self) -> LogEntry:
         assert self._messages is not None, "enter the reader with `async with` first"

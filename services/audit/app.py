@@ -1,0 +1,230 @@
+"""The audit service's shell: every event into the chained store, audit messages to syslog.
+
+``dimsebus audit`` consumes its own quorum queue ``dimsebus.audit`` (bound to
+``#`` on ``dimsebus.events``), one event at a time in queue order, so the
+chain follows the order the events were published in. Each event is
+appended (skipped if its id is known), then the DICOM audit messages it
+completes are built and spooled in the same store; a sender task delivers
+the spool to the Audit Record Repository over TCP, or TLS (RFC 5425), and
+keeps what the collector could not take for the next attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import socket
+import ssl
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from schemas import events as ev
+from schemas.envelope import CloudEvent
+from services.audit.messages import (
+    AuditMessage,
+    PatientPolicy,
+    Sent,
+    begin_transferring,
+    by_study,
+    instances_transferred,
+    security_alert,
+    syslog_frame,
+)
+from services.audit.store import AuditStore
+from services.bus.connection import confirming_channel, connect
+from services.bus.consumer import Consumer
+from services.bus.log import LogReader
+from services.bus.topology import WorkQueue, declare_topology
+from services.clock import sleep_unless, utc_now
+from services.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+AUDIT_QUEUE = WorkQueue("dimsebus.audit", bindings=("#",))
+
+
+class AuditSettings(ServiceSettings):
+    """``dimsebus audit``: the store, and the Audit Record Repository (syslog collector)."""
+
+    db: str = Field("var/audit.sqlite", description="SQLite file, or a postgresql:// URL")
+    audit_source: str = Field("dimsebus", description="AuditSourceID of the messages")
+    syslog_host: str | None = Field(None, description="the collector; none: messages stay spooled")
+    syslog_port: int = Field(6514, ge=1, le=65535)
+    syslog_tls: bool = Field(False, description="RFC 5425 syslog over TLS")
+    syslog_ca_file: Path | None = Field(None, description="CA bundle that signed the collector")
+    syslog_cert_file: Path | None = Field(None, description="client certificate (mutual TLS)")
+    syslog_key_file: Path | None = None
+    patient_id: PatientPolicy = Field(
+        "keep", description="put the Patient ID the node let out (hashed by default) in messages"
+    )
+    retry_after: float = Field(5.0, gt=0, description="seconds between delivery attempts")
+
+    @model_validator(mode="after")
+    def _tls_files_exist(self) -> AuditSettings:
+        for name in ("syslog_ca_file", "syslog_cert_file", "syslog_key_file"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: {str(path)!r} is not a readable file")
+        return self
+
+
+class Auditor:
+    """Appends events and spools the audit messages they complete."""
+
+    def __init__(self, settings: AuditSettings, store: AuditStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.hostname = socket.gethostname()
+        self._lock = asyncio.Lock()
+
+    async def handle(self, event: ev.Event) -> None:
+        """Record one event (idempotently), then spool its audit messages."""
+        async with self._lock:  # the chain is linear: one event at a time, in arrival order
+            await asyncio.to_thread(self.record, [event])
+
+    def record(self, events: list[CloudEvent]) -> int:
+        """Append events and spool their messages; how many records were new."""
+        added = self.store.append(events)
+        messages = [message for event in events for message in self.messages_for(event)]
+        if messages:
+            self.store.spool(
+                [(str(m.id), m.kind, m.time, syslog_frame(m, self.hostname)) for m in messages]
+            )
+        return len(added)
+
+    def messages_for(self, event: CloudEvent) -> list[AuditMessage]:
+        """The audit messages that ``event`` completes (built again on a replay: same ids)."""
+        source, policy = self.settings.audit_source, self.settings.patient_id
+        match event:
+            case ev.AssociationRejected():
+                return [security_alert(event, source)]
+            case ev.CStoreResponseReceived() | ev.CStoreResponseMissing():
+                this = Sent.of(event)
+                first = this and self.store.first_of(str(this.association.id), this.study_uid)
+                if this is None or first != str(event.id):
+                    return []
+                return [begin_transferring(this, source, policy)]
+            case ev.AssociationReleased() | ev.AssociationAborted():
+                groups = by_study(self._association_sent(str(event.data.association.id)))
+                return [instances_transferred(g, event.data.at, source, policy) for g in groups]
+        return []
+
+    def _association_sent(self, association_id: str) -> list[Sent]:
+        found = []
+        for body in self.store.association_events(association_id):
+            event = ev.MESSAGE_ADAPTER.validate_python(body)
+            if isinstance(event, ev.CStoreResponseReceived | ev.CStoreResponseMissing):
+                sent = Sent.of(event)
+                if sent is not None:
+                    found.append(sent)
+        return found
+
+
+async def run_audit(
+    settings: AuditSettings, stop: asyncio.Event, ready: asyncio.Event | None = None
+) -> None:
+    """Consume every event until ``stop``, delivering audit messages as the collector allows."""
+    store = await asyncio.to_thread(AuditStore.open, settings.db)
+    auditor = Auditor(settings, store)
+    sender = asyncio.create_task(deliver(settings, store, stop))
+    try:
+        connection = await connect(settings.amqp_url, "dimsebus-audit")
+        async with connection:
+            channel = await confirming_channel(connection)
+            await declare_topology(channel, settings.retention)
+            await Consumer(channel, AUDIT_QUEUE, auditor.handle, prefetch=settings.prefetch).start()
+            log.info("audit consuming %s into %s", AUDIT_QUEUE.name, settings.db)
+            if ready is not None:
+                ready.set()
+            await stop.wait()
+    finally:
+        stop.set()
+        await sender
+        store.close()
+
+
+async def deliver(settings: AuditSettings, store: AuditStore, stop: asyncio.Event) -> None:
+    """Send the spool to the collector until ``stop``; what fails stays for the next try."""
+    if settings.syslog_host is None:
+        return
+    while not stop.is_set():
+        pending = await asyncio.to_thread(store.pending)
+        if not pending:
+            await sleep_unless(stop, 0.5)
+            continue
+        try:
+            await _send(settings, pending)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning(
+                "syslog collector %s:%d unreachable (%r); %d message(s) stay spooled",
+                settings.syslog_host,
+                settings.syslog_port,
+                exc,
+                await asyncio.to_thread(store.spool_depth),
+            )
+            await sleep_unless(stop, settings.retry_after)
+            continue
+        await asyncio.to_thread(store.mark_sent, [mid for mid, _ in pending], utc_now())
+
+
+async def _send(settings: AuditSettings, pending: list[tuple[str, bytes]]) -> None:
+    """One connection, every frame, then a clean close (the collector has read them all)."""
+    assert settings.syslog_host is not None
+    context = _tls_context(settings) if settings.syslog_tls else None
+    reader, writer = await asyncio.wait_for(
+        asyncio.open_connection(settings.syslog_host, settings.syslog_port, ssl=context), 10
+    )
+    try:
+        for _, frame in pending:
+            writer.write(frame)
+        await asyncio.wait_for(writer.drain(), 10)
+        if context is None:
+            # Half-close: the collector closes its side once it has read every frame.
+            writer.write_eof()
+            await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def _tls_context(settings: AuditSettings) -> ssl.SSLContext:
+    context = ssl.create_default_context(
+        cafile=str(settings.syslog_ca_file) if settings.syslog_ca_file else None
+    )
+    if settings.syslog_cert_file is not None:
+        context.load_cert_chain(
+            str(settings.syslog_cert_file),
+            str(settings.syslog_key_file) if settings.syslog_key_file else None,
+        )
+    return context
+
+
+async def replay(settings: AuditSettings, start: str | int = "first") -> tuple[int, int]:
+    """Append every event of the log from ``start`` that the trail lacks: (read, added)."""
+    store = await asyncio.to_thread(AuditStore.open, settings.db)
+    auditor = Auditor(settings, store)
+    read = added = 0
+    connection = await connect(settings.amqp_url, "dimsebus-audit-replay")
+    try:
+        async with connection, LogReader(await connection.channel(), start) as reader:
+            batch: list[Any] = []
+            async for entry in reader.until_idle():
+                read += 1
+                if entry.event is not None:
+                    batch.append(entry.event)
+                if len(batch) >= 500:
+                    added += await asyncio.to_thread(auditor.record, batch)
+                    batch = []
+            if batch:
+                added += await asyncio.to_thread(auditor.record, batch)
+    finally:
+        store.close()
+    return read, added
+
+
+def parse_time(text: str) -> dt.datetime:
+    """A --since/--until value: ISO 8601; without a zone it is UTC."""
+    value = dt.datetime.fromisoformat(text)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)

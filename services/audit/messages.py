@@ -1,0 +1,253 @@
+"""Pure: DICOM audit messages (PS3.15 A.5) from events, and their RFC 5424 syslog frames.
+
+Transfers are aggregated as IHE ATNA expects: one "Begin Transferring DICOM
+Instances" and one "DICOM Instances Transferred" per (association, study),
+with the SOP classes and their instance counts, not one message per
+instance. A rejected association is a "Security Alert". Message ids are
+derived from what they describe, so building them again (a replay, a
+redelivery) spools nothing new.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+from uuid import NAMESPACE_URL, UUID, uuid5
+from xml.etree import ElementTree as ET
+
+from schemas import events as ev
+
+PatientPolicy = Literal["keep", "omit"]
+BEGIN = ("110102", "Begin Transferring DICOM Instances")
+TRANSFERRED = ("110104", "DICOM Instances Transferred")
+SECURITY_ALERT = ("110113", "Security Alert")
+SYSLOG_PRI = 10 * 8 + 5  # facility 10 (security/authorization), severity 5 (notice)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditMessage:
+    """One audit message, ready to spool."""
+
+    id: UUID
+    time: dt.datetime
+    kind: str
+    xml: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """One C-STORE sub-operation as the audit trail recorded it."""
+
+    association: ev.AssociationRef
+    study_uid: str
+    sop_class_uid: str
+    patient_id: str | None
+    succeeded: bool
+    move_originator: ev.MoveOriginator | None
+    operation: ev.Operation
+    at: dt.datetime
+
+    @classmethod
+    def of(cls, event: ev.CStoreResponseReceived | ev.CStoreResponseMissing) -> Sent | None:
+        """The transfer an event reports, or None without a study to aggregate it under."""
+        data = event.data
+        if data.study_instance_uid is None:
+            return None
+        succeeded = isinstance(data, ev.CStoreResponseReceivedData) and data.status_category in (
+            "success",
+            "warning",
+        )
+        return cls(
+            data.association,
+            data.study_instance_uid,
+            data.affected_sop_class_uid,
+            data.patient_id,
+            succeeded,
+            data.move_originator,
+            data.operation,
+            event.time,
+        )
+
+
+def begin_transferring(
+    first: Sent, audit_source: str, policy: PatientPolicy = "keep"
+) -> AuditMessage:
+    """Begin Transferring DICOM Instances, at the first sub-operation of (association, study)."""
+    root = _message(BEGIN, "E", first.at, 0)
+    _participants(root, first)
+    _source(root, audit_source)
+    _study(root, first.study_uid, {})
+    _patient(root, first.patient_id, policy)
+    return _done(root, _id("begin", first), first.at, "begin")
+
+
+def instances_transferred(
+    sent: list[Sent], ended_at: dt.datetime, audit_source: str, policy: PatientPolicy = "keep"
+) -> AuditMessage:
+    """DICOM Instances Transferred, for all sub-operations of one (association, study)."""
+    first = sent[0]
+    failed = sum(not s.succeeded for s in sent)
+    outcome = 0 if failed == 0 else 8 if failed == len(sent) else 4
+    root = _message(TRANSFERRED, "R", ended_at, outcome)
+    if failed:
+        ET.SubElement(
+            root[0], "EventOutcomeDescription"
+        ).text = f"{failed} of {len(sent)} instances not transferred"
+    _participants(root, first)
+    _source(root, audit_source)
+    _study(root, first.study_uid, Counter(s.sop_class_uid for s in sent if s.succeeded))
+    _patient(root, first.patient_id, policy)
+    return _done(root, _id("transferred", first), ended_at, "transferred")
+
+
+def by_study(sent: Iterable[Sent]) -> list[list[Sent]]:
+    """Sub-operations of one association grouped by study, in a stable order."""
+    groups: dict[str, list[Sent]] = {}
+    for item in sent:
+        groups.setdefault(item.study_uid, []).append(item)
+    return [groups[study] for study in sorted(groups)]
+
+
+def security_alert(event: ev.AssociationRejected, audit_source: str) -> AuditMessage:
+    """Security Alert, for an association the node rejected or was rejected by."""
+    data = event.data
+    peer = data.association
+    root = _message(SECURITY_ALERT, "E", data.at, 4)
+    ET.SubElement(
+        root[0],
+        "EventTypeCode",
+        {"csd-code": "110126", "codeSystemName": "DCM", "originalText": "Node Authentication"},
+    )
+    ET.SubElement(
+        root[0], "EventOutcomeDescription"
+    ).text = f"association {data.result}ly rejected by {data.source}: {data.reason_text}"
+    reporter = _participant(root, peer.local_ae_title, None, requestor=False)
+    _code(reporter, "RoleIDCode", "110150", "DCM", "Application")
+    performer = _participant(root, peer.peer_ae_title, peer.peer_host, requestor=True)
+    _code(performer, "RoleIDCode", "110151", "DCM", "Application Launcher")
+    _source(root, audit_source)
+    alert = ET.SubElement(
+        root,
+        "ParticipantObjectIdentification",
+        {
+            "ParticipantObjectID": f"dicom://{peer.peer_ae_title}@{peer.peer_host}:{peer.peer_port}",
+            "ParticipantObjectTypeCode": "2",
+            "ParticipantObjectTypeCodeRole": "13",
+        },
+    )
+    _code(alert, "ParticipantObjectIDTypeCode", "12", "RFC-3881", "URI")
+    ET.SubElement(
+        alert, "ParticipantObjectDescription"
+    ).text = f"A-ASSOCIATE-RJ reason {data.reason}: {data.reason_text}"
+    return _done(root, uuid5(NAMESPACE_URL, f"dimsebus:audit:alert:{event.id}"), data.at, "alert")
+
+
+def syslog_frame(message: AuditMessage, hostname: str, app_name: str = "dimsebus") -> bytes:
+    """RFC 5424 message with the XML as MSG, octet-counted as RFC 5425 and RFC 6587 frame it."""
+    stamp = (
+        message.time.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+    header = f"<{SYSLOG_PRI}>1 {stamp} {hostname or '-'} {app_name} - IHE+RFC-3881 - "
+    payload = header.encode() + b"\xef\xbb\xbf" + message.xml
+    return f"{len(payload)} ".encode() + payload
+
+
+# -- building blocks ------------------------------------------------------------------------
+
+
+def _message(event: tuple[str, str], action: str, at: dt.datetime, outcome: int) -> ET.Element:
+    root = ET.Element("AuditMessage")
+    identification = ET.SubElement(
+        root,
+        "EventIdentification",
+        {
+            "EventActionCode": action,
+            "EventDateTime": at.astimezone(dt.UTC).isoformat(),
+            "EventOutcomeIndicator": str(outcome),
+        },
+    )
+    _code(identification, "EventID", event[0], "DCM", event[1])
+    return root
+
+
+def _participants(root: ET.Element, sent: Sent) -> None:
+    """Source (the node), destination (the peer), and the C-MOVE's requestor if any."""
+    peer = sent.association
+    move = sent.move_originator
+    kind = sent.operation.kind
+    source = _participant(root, peer.local_ae_title, None, requestor=kind == "store", ae_title=True)
+    _code(source, "RoleIDCode", "110153", "DCM", "Source Role ID")
+    destination = _participant(
+        root, peer.peer_ae_title, peer.peer_host, requestor=kind == "get", ae_title=True
+    )
+    _code(destination, "RoleIDCode", "110152", "DCM", "Destination Role ID")
+    if move is not None:
+        _participant(root, move.ae_title, None, requestor=True, ae_title=True)
+
+
+def _participant(
+    root: ET.Element, user: str, host: str | None, *, requestor: bool, ae_title: bool = False
+) -> ET.Element:
+    attributes = {"UserID": user, "UserIsRequestor": "true" if requestor else "false"}
+    if host:
+        attributes |= {"NetworkAccessPointID": host, "NetworkAccessPointTypeCode": "2"}
+    element = ET.SubElement(root, "ActiveParticipant", attributes)
+    if ae_title:
+        _code(element, "UserIDTypeCode", "110119", "DCM", "Station AE Title")
+    return element
+
+
+def _source(root: ET.Element, audit_source: str) -> None:
+    source = ET.SubElement(root, "AuditSourceIdentification", {"AuditSourceID": audit_source})
+    ET.SubElement(source, "AuditSourceTypeCode", {"csd-code": "4"})
+
+
+def _study(root: ET.Element, study_uid: str, sop_classes: Counter[str] | dict[str, int]) -> None:
+    study = ET.SubElement(
+        root,
+        "ParticipantObjectIdentification",
+        {
+            "ParticipantObjectID": study_uid,
+            "ParticipantObjectTypeCode": "2",
+            "ParticipantObjectTypeCodeRole": "3",
+        },
+    )
+    _code(study, "ParticipantObjectIDTypeCode", "110180", "DCM", "Study Instance UID")
+    if sop_classes:
+        description = ET.SubElement(study, "ParticipantObjectDescription")
+        for uid, count in sorted(sop_classes.items()):
+            ET.SubElement(description, "SOPClass", {"UID": uid, "NumberOfInstances": str(count)})
+
+
+def _patient(root: ET.Element, patient_id: str | None, policy: PatientPolicy) -> None:
+    """The patient, identified as the node's PHI policy let the ID leave (hashed by default)."""
+    if patient_id is None or policy == "omit":
+        return
+    patient = ET.SubElement(
+        root,
+        "ParticipantObjectIdentification",
+        {
+            "ParticipantObjectID": patient_id,
+            "ParticipantObjectTypeCode": "1",
+            "ParticipantObjectTypeCodeRole": "1",
+        },
+    )
+    _code(patient, "ParticipantObjectIDTypeCode", "2", "RFC-3881", "Patient Number")
+
+
+def _code(parent: ET.Element, tag: str, code: str, system: str, text: str) -> ET.Element:
+    return ET.SubElement(
+        parent, tag, {"csd-code": code, "codeSystemName": system, "originalText": text}
+    )
+
+
+def _id(kind: str, sent: Sent) -> UUID:
+    return uuid5(NAMESPACE_URL, f"dimsebus:audit:{kind}:{sent.association.id}:{sent.study_uid}")
+
+
+def _done(root: ET.Element, message_id: UUID, at: dt.datetime, kind: str) -> AuditMessage:
+    xml = ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return AuditMessage(message_id, at, kind, xml.replace(b"\n", b""))
