@@ -73,3 +73,29 @@ async def connection(amqp_url: str) -> AsyncIterator[AbstractRobustConnection]:
 async def channel(connection: AbstractRobustConnection) -> AbstractRobustChannel:
     """A confirming channel on the test connection."""
     return await confirming_channel(connection)
+
+
+POSTGRES = os.environ.get("DIMSEBUS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped afterwards.
+
+    With CI set, no PostgreSQL is a failure; on a developer's machine, a skip.
+    """
+    import uuid
+
+    import psycopg
+
+    schema = f"dimsebus_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = psycopg.connect(POSTGRES, autocommit=True)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {POSTGRES} does not answer: {exc}")
+        pytest.skip(f"no PostgreSQL at {POSTGRES} (set DIMSEBUS_TEST_POSTGRES): {exc}")
+    admin.execute(f"CREATE SCHEMA {schema}")
+    yield f"{POSTGRES}?options=-csearch_path%3D{schema}"
+    admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    admin.close()

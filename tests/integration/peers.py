@@ -136,3 +136,47 @@ def answering_scp(status_for: Callable[[str], int], ae_title: str = "ODDSCP") ->
     finally:
         assert server is not None
         server.shutdown()
+
+
+@dataclass
+class Rsyslog:
+    """A running rsyslogd that takes syslog over TCP on loopback and writes what it got."""
+
+    port: int
+    received: Path
+    process: subprocess.Popen[bytes]
+
+    def messages(self) -> list[bytes]:
+        """Each message as received (the syslog header, then the XML), one per line."""
+        if not self.received.exists():
+            return []
+        return [line for line in self.received.read_bytes().splitlines() if line]
+
+
+@contextlib.contextmanager
+def rsyslog(folder: Path, port: int | None = None) -> Iterator[Rsyslog]:
+    """Debian's rsyslogd in the foreground, listening with imtcp on 127.0.0.1:``port``."""
+    daemon = Path("/usr/sbin/rsyslogd")
+    assert daemon.exists(), f"{daemon} missing: install Debian's rsyslog (make system)"
+    folder.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    config = folder / f"rsyslog-{port}.conf"
+    received = folder / "received.log"
+    config.write_text(
+        f'global(workDirectory="{folder}" maxMessageSize="256k")\n'
+        'module(load="imtcp")\n'
+        f'input(type="imtcp" address="127.0.0.1" port="{port}")\n'
+        'template(name="raw" type="string" string="%rawmsg%\\n")\n'
+        f'*.* action(type="omfile" file="{received}" template="raw")\n'
+    )
+    process = subprocess.Popen(
+        [str(daemon), "-n", "-f", str(config), "-i", str(folder / f"rsyslog-{port}.pid")],
+        stdout=subprocess.DEVNULL,
+        stderr=(folder / f"rsyslog-{port}.err").open("ab"),
+    )
+    try:
+        wait_for_port(port)
+        yield Rsyslog(port, received, process)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

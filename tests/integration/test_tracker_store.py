@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +13,6 @@ from services.sql import PostgresDatabase
 from services.tracker.progress import MoveState, apply, move_key
 from services.tracker.store import SqlStore, TrackerStore, open_store
 
-POSTGRES = os.environ.get("DIMSEBUS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 STORY = move_story(
     node_id="n1", start=dt.datetime(2026, 11, 26, tzinfo=dt.UTC), ids=sequential_ids()
 )
@@ -32,27 +29,13 @@ def folded() -> MoveState:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TrackerStore]:
     if request.param == "sqlite":
-        found: TrackerStore = open_store(str(tmp_path / "tracker.sqlite"))
-        yield found
-        found.close()
-        return
-    import psycopg
-
-    schema = f"tracker_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = psycopg.connect(POSTGRES, autocommit=True)
-    except psycopg.OperationalError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"PostgreSQL at {POSTGRES} does not answer: {exc}")
-        pytest.skip(f"no PostgreSQL at {POSTGRES} (set DIMSEBUS_TEST_POSTGRES): {exc}")
-    admin.execute(f"CREATE SCHEMA {schema}")
-    found = open_store(f"{POSTGRES}?options=-csearch_path%3D{schema}")
-    assert isinstance(found, SqlStore)
-    assert isinstance(found.db, PostgresDatabase)
+        found = open_store(str(tmp_path / "tracker.sqlite"))
+    else:
+        found = open_store(request.getfixturevalue("postgres_url"))
+        assert isinstance(found, SqlStore)
+        assert isinstance(found.db, PostgresDatabase)
     yield found
     found.close()
-    admin.execute(f"DROP SCHEMA {schema} CASCADE")
-    admin.close()
 
 
 class TestTrackerStore:
