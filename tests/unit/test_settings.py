@@ -99,3 +99,20 @@ def test_bad_retrier_flag_is_one_line() -> None:
     assert result.exit_code == 2
     text = " ".join(result.output.split())  # rich wraps at the test terminal's width
     assert "policy: Value error, max_delay (5.0 s) is shorter than initial_delay (100.0 s)" in text
+
+
+def test_audit_settings_name_a_missing_tls_file() -> None:
+    result = CliRunner().invoke(
+        app,
+        ["audit", "--syslog-host", "arr.example", "--syslog-tls", "--db", "x.sqlite"],
+        env={"DIMSEBUS_SYSLOG_CA_FILE": "/nonexistent/ca.pem"},
+    )
+    text = " ".join(result.output.split())
+    assert result.exit_code == 2
+    assert "syslog_ca_file: '/nonexistent/ca.pem' is not a readable file" in text
+
+
+def test_audit_query_names_a_bad_time() -> None:
+    result = CliRunner().invoke(app, ["audit", "query", "--since", "yesterday"])
+    assert result.exit_code == 2
+    assert "--since/--until" in result.output
