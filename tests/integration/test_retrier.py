@@ -380,9 +380,11 @@ async def test_operator_retries_what_was_given_up(
             )
         move = await settled(tracker.db, node, "completed", within=60)
         stored = len(peer.files())
-    # then every instance arrives, as attempt 2 of the same move
+    # then every instance arrives, as a later attempt of the same move (usually the second;
+    # a refusal can first look like a lost connection, which is retried once before parking)
     assert stored == 5
-    assert_retried(move)
+    assert len(move["retried_instances"]) == 5
+    assert min(r["attempts"] for r in move["retried_instances"]) >= 2
     if how == "retries requeue":
         assert "parked" not in {r["state"] for r in retries(retrier, node)}  # all requeued
         await cli("retries", "purge", "--db", str(retrier.db), "--amqp-url", amqp_url)
