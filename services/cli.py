@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -18,7 +20,7 @@ from services.bus.connection import connect
 from services.bus.log import LogEntry, LogReader, parse_offset
 from services.bus.topology import declare_topology
 from services.console import ConfigOption, console, err, fail, settings_or_exit
-from services.demo import DemoResult, run_demo
+from services.demo import DemoSummary, progress_bars, run_demo
 from services.errors import DimsebusError
 from services.logs import configure_logging
 from services.node.commands import archive_app, node_app, outbox_app, send
@@ -121,38 +123,70 @@ def _print_entry(entry: LogEntry, as_json: bool) -> None:
 @app.command()
 def demo(
     non_interactive: Annotated[
-        bool, typer.Option("--non-interactive", help="plain output")
+        bool, typer.Option("--non-interactive", help="plain output, no live bars")
     ] = False,
-    instances: Annotated[int, typer.Option(min=1, max=10_000, help="instances in the move")] = 20,
+    instances: Annotated[int, typer.Option(min=10, max=5_000, help="instances in the study")] = 300,
+    workdir: Annotated[
+        Path | None, typer.Option(help="where the demo keeps its state (default var/demo-TIME)")
+    ] = None,
     config: ConfigOption = None,
     amqp_url: AmqpOption = None,
 ) -> None:
-    """Publish a C-MOVE's worth of events through RabbitMQ and read them back from the log."""
+    """The whole product against embedded peers: a C-MOVE whose failures the retries fix."""
     configure_logging("WARNING", json_logs=non_interactive)
+    # The destination misbehaves on purpose; pynetdicom would log each failure it causes.
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
     settings = _settings(config, amqp_url)
-    result = _run(run_demo(settings, instances=instances))
-    _show_demo(result, Console(no_color=non_interactive, width=160 if non_interactive else None))
-    if not result.all_returned_equal:
-        fail("some events did not come back from dimsebus.log unchanged")
+    out = Console(no_color=non_interactive, width=120 if non_interactive else None)
+    folder = workdir or Path("var") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    def say(line: str) -> None:
+        out.print(line, highlight=False)
+
+    if non_interactive:
+        summary = _run(run_demo(settings, folder, instances, None, say))
+    else:
+        with progress_bars(out) as bars:
+            summary = _run(run_demo(settings, folder, instances, bars, say))
+    _show_demo(summary, out)
+    if summary.outcome != "completed" or not summary.audit.ok:
+        fail(f"the demo move ended {summary.outcome}; audit chain ok: {summary.audit.ok}")
 
 
-def _show_demo(result: DemoResult, out: Console) -> None:
-    table = Table(title="events read back from dimsebus.log")
-    for column in ("offset", "routing key", "subject", "detail"):
-        table.add_column(column)
-    for entry in result.read_back:
-        assert entry.event is not None
-        data = entry.event.data
-        detail = f"status 0x{data.status:04X}" if hasattr(data, "status") else ""
-        table.add_row(str(entry.offset), entry.routing_key, entry.event.subject, detail)
+def _show_demo(summary: DemoSummary, out: Console) -> None:
+    table = Table(title=f"demo move {summary.move_id}", show_header=False)
+    rows = [
+        ("sub-operations", f"{summary.instances} instances, DIMSEBUS -> DEMODEST"),
+        (
+            "first attempt",
+            f"{summary.first_attempt_failures} failed: {summary.refused} refused with 0xA700, "
+            f"{'one association aborted' if summary.aborted else 'no abort'}",
+        ),
+        (
+            "retries",
+            f"{summary.retried} instances re-sent, at most {summary.most_attempts} attempts",
+        ),
+        ("final counts", ", ".join(f"{k} {v}" for k, v in summary.counts.items())),
+        ("outcome", summary.outcome),
+        (
+            "audit chain",
+            f"OK, {summary.audit.intact} records intact"
+            if summary.audit.ok
+            else f"BROKEN at record {summary.audit.broken_at}: {summary.audit.problem}",
+        ),
+        ("destination holds", f"{summary.destination_received} instances"),
+        ("took", f"{summary.seconds:.1f} s"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
     out.print(table)
-    rate = len(result.published) / result.publish_seconds if result.publish_seconds else 0.0
     out.print(
-        f"published {len(result.published)} events with confirms ({rate:,.0f}/s), "
-        f"read {len(result.read_back)} back from dimsebus.log, "
-        f"all equal after validation: {result.all_returned_equal}"
+        "look next:\n"
+        f"  dimsebus moves show {summary.move_id[:13]} --db {summary.tracker_db}\n"
+        f"  dimsebus audit query --move {summary.move_id[:13]} --db {summary.audit_db}\n"
+        "  dimsebus events tail --from first --type 'dimsebus.retry.*'",
+        highlight=False,
     )
-    out.print("next: `dimsebus events tail --from first` shows the whole log")
 
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:

@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import uuid
 from pathlib import Path
+from typing import Literal
 
 from aio_pika.abc import AbstractRobustConnection
 from pydantic import Field
@@ -50,6 +51,9 @@ class TrackerSettings(ServiceSettings):
         60.0, ge=0, description="events older than this (a replay) emit no progress"
     )
     batch_size: int = Field(500, ge=1)
+    start_from: Literal["first", "last", "next"] = Field(
+        "first", description="where a tracker without a checkpoint starts reading the log"
+    )
 
 
 class Tracker:
@@ -145,7 +149,7 @@ async def follow(
 ) -> None:
     """Read the log from after the checkpoint into ``tracker`` until ``stop`` (one connection)."""
     checkpoint = tracker.store.checkpoint()
-    start: str | int = "first" if checkpoint is None else checkpoint + 1
+    start: str | int = settings.start_from if checkpoint is None else checkpoint + 1
     log.info("tracker reading dimsebus.log from %s", start)
     connection = await connect(settings.amqp_url, f"dimsebus-{settings.tracker_id}")
     async with connection:
