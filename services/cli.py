@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import fnmatch
+import json
 import logging
 import time
 from collections.abc import Coroutine
@@ -15,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from schemas.export import render
+from services.audit.app import AuditSettings
 from services.audit.commands import audit_app
 from services.bus.connection import connect
 from services.bus.log import LogEntry, LogReader, parse_offset
@@ -24,8 +27,11 @@ from services.demo import DemoSummary, progress_bars, run_demo
 from services.errors import DimsebusError
 from services.logs import configure_logging
 from services.node.commands import archive_app, node_app, outbox_app, send
+from services.node.config import NodeSettings
+from services.retrier.app import RetrierSettings
 from services.retrier.commands import retrier, retries_app
-from services.settings import ServiceSettings
+from services.settings import ServiceSettings, masked
+from services.tracker.app import TrackerSettings
 from services.tracker.commands import moves_app, tracker
 
 app = typer.Typer(help="DICOM C-STORE responses as events on RabbitMQ.", no_args_is_help=True)
@@ -44,6 +50,14 @@ app.add_typer(moves_app, name="moves")
 app.command("retrier")(retrier)
 app.add_typer(retries_app, name="retries")
 app.add_typer(audit_app, name="audit")
+config_app = typer.Typer(help="The effective configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+SERVICES: dict[str, type[ServiceSettings]] = {
+    "node": NodeSettings,
+    "tracker": TrackerSettings,
+    "retrier": RetrierSettings,
+    "audit": AuditSettings,
+}
 T = TypeVar("T")
 AmqpOption = Annotated[str | None, typer.Option("--amqp-url", help="RabbitMQ URL")]
 
@@ -77,11 +91,37 @@ def topology_declare(config: ConfigOption = None, amqp_url: AmqpOption = None) -
     console.print("topology declared")
 
 
+@config_app.command("show")
+def config_show(
+    service: Annotated[str, typer.Argument(help="node, tracker, retrier or audit")] = "node",
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Print a service's settings as file, environment and defaults make them; secrets masked."""
+    model = SERVICES.get(service)
+    if model is None:
+        fail(f"service {service!r} is not one of {', '.join(SERVICES)}")
+    shown = masked(settings_or_exit(model, config))
+    if as_json:
+        print(json.dumps(shown, indent=2, sort_keys=True))
+        return
+    table = Table(title=f"{service} settings" + (f" ({config})" if config else ""))
+    table.add_column("setting")
+    table.add_column("value")
+    for name, value in sorted(shown.items()):
+        table.add_row(name, json.dumps(value) if not isinstance(value, str) else value)
+    console.print(table)
+
+
 @events_app.command("tail")
 def events_tail(
     start: Annotated[str, typer.Option("--from", help="first, last, next or an offset")] = "last",
     as_json: Annotated[bool, typer.Option("--json", help="one CloudEvent JSON per line")] = False,
     limit: Annotated[int | None, typer.Option(help="stop after this many events", min=1)] = None,
+    event_type: Annotated[
+        str | None,
+        typer.Option("--type", help="only types matching this glob, e.g. 'dicom.cstore.*'"),
+    ] = None,
     config: ConfigOption = None,
     amqp_url: AmqpOption = None,
 ) -> None:
@@ -99,12 +139,19 @@ def events_tail(
         ):
             count = 0
             async for entry in log:
+                if event_type and not fnmatch.fnmatchcase(_type_of(entry), event_type):
+                    continue
                 _print_entry(entry, as_json)
                 count += 1
                 if limit is not None and count >= limit:
                     return
 
     _run(tail())
+
+
+def _type_of(entry: LogEntry) -> str:
+    """The event's type; for an invalid body, its routing key."""
+    return entry.event.type if entry.event is not None else entry.routing_key
 
 
 def _print_entry(entry: LogEntry, as_json: bool) -> None:

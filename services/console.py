@@ -19,6 +19,9 @@ err = Console(stderr=True)
 S = TypeVar("S", bound=ServiceSettings)
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file")]
+HttpPortOption = Annotated[
+    int | None, typer.Option("--http-port", help="serve /metrics and /healthz on this port")
+]
 
 
 def fail(message: str) -> NoReturn:

@@ -53,6 +53,10 @@ class ServiceSettings(BaseSettings):
     log_max_length_bytes: int = Field(
         20 * 1024**3, ge=1, description="x-max-length-bytes of the log"
     )
+    http_host: str = Field("127.0.0.1", description="address of /metrics and /healthz")
+    http_port: int | None = Field(
+        None, ge=0, le=65535, description="port of /metrics and /healthz; none: off"
+    )
 
     @property
     def retention(self) -> StreamRetention:
@@ -103,8 +107,13 @@ def describe_config_error(exc: ValidationError, config_file: Path | None) -> str
 
 
 def masked(settings: BaseSettings) -> Mapping[str, Any]:
-    """The settings as a dict, with passwords in URLs replaced by ``***``."""
-    return {
-        name: re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", value) if isinstance(value, str) else value
-        for name, value in settings.model_dump().items()
-    }
+    """The settings as JSON data, with URL passwords as ``***`` and secrets as ``**********``."""
+    return {name: _mask(value) for name, value in settings.model_dump(mode="json").items()}
+
+
+def _mask(value: Any) -> Any:
+    if isinstance(value, str):
+        return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", value)
+    if isinstance(value, dict):
+        return {key: _mask(item) for key, item in value.items()}
+    return value

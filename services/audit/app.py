@@ -39,6 +39,8 @@ from services.bus.consumer import Consumer
 from services.bus.log import LogReader
 from services.bus.topology import WorkQueue, declare_topology
 from services.clock import sleep_unless, utc_now
+from services.http import serving
+from services.metrics import AUDIT_RECORDS, AUDIT_SENT, GaugeCollector
 from services.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,7 @@ class Auditor:
     def record(self, events: list[CloudEvent]) -> int:
         """Append events and spool their messages; how many records were new."""
         added = self.store.append(events)
+        AUDIT_RECORDS.inc(len(added))
         messages = [message for event in events for message in self.messages_for(event)]
         if messages:
             self.store.spool(
@@ -136,9 +139,18 @@ async def run_audit(
             await declare_topology(channel, settings.retention)
             await Consumer(channel, AUDIT_QUEUE, auditor.handle, prefetch=settings.prefetch).start()
             log.info("audit consuming %s into %s", AUDIT_QUEUE.name, settings.db)
-            if ready is not None:
-                ready.set()
-            await stop.wait()
+
+            def health() -> dict[str, Any]:
+                connected = not channel.is_closed
+                return {"ok": connected, "broker_connected": connected}
+
+            spool = GaugeCollector(
+                {"dimsebus_audit_spool_depth": ("Audit messages not yet sent", store.spool_depth)}
+            )
+            async with serving(settings, [spool], health):
+                if ready is not None:
+                    ready.set()
+                await stop.wait()
     finally:
         stop.set()
         await sender
@@ -167,6 +179,7 @@ async def deliver(settings: AuditSettings, store: AuditStore, stop: asyncio.Even
             await sleep_unless(stop, settings.retry_after)
             continue
         await asyncio.to_thread(store.mark_sent, [mid for mid, _ in pending], utc_now())
+        AUDIT_SENT.inc(len(pending))
 
 
 async def _send(settings: AuditSettings, pending: list[tuple[str, bytes]]) -> None:

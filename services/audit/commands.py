@@ -14,7 +14,14 @@ from services.audit.app import AuditSettings, parse_time, replay, run_audit
 from services.audit.chain import AuditRecord, verify
 from services.audit.store import AuditStore, Query
 from services.bus.log import parse_offset
-from services.console import ConfigOption, console, fail, run_service, settings_or_exit
+from services.console import (
+    ConfigOption,
+    HttpPortOption,
+    console,
+    fail,
+    run_service,
+    settings_or_exit,
+)
 from services.errors import DimsebusError
 from services.logs import configure_logging
 
@@ -44,6 +51,7 @@ def audit(
     syslog_host: Annotated[str | None, typer.Option(help="Audit Record Repository host")] = None,
     syslog_port: Annotated[int | None, typer.Option(help="its port")] = None,
     syslog_tls: Annotated[bool | None, typer.Option("--syslog-tls/--no-syslog-tls")] = None,
+    http_port: HttpPortOption = None,
 ) -> None:
     """Record every event in a hash-chained trail; send DICOM audit messages to syslog."""
     flags = {
@@ -52,6 +60,7 @@ def audit(
         "syslog_host": syslog_host,
         "syslog_port": syslog_port,
         "syslog_tls": syslog_tls,
+        "http_port": http_port,
     }
     if ctx.invoked_subcommand is not None:
         ctx.obj = (config, flags)

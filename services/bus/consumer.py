@@ -23,6 +23,7 @@ from services.bus.codec import from_message
 from services.bus.publisher import Publisher
 from services.bus.topology import DEAD_LETTER_EXCHANGE, WorkQueue, declare_work_queue
 from services.errors import InvalidEvent, Unprocessable
+from services.metrics import MESSAGES_PARKED
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ class Consumer:
                     self._queue.name,
                 )
                 await message.ack()
+                MESSAGES_PARKED.labels(self._queue.name).inc()
             case Disposition.REQUEUE:
                 count = int(str((message.headers or {}).get("x-delivery-count") or 0))
                 log.error(

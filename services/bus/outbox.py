@@ -26,8 +26,32 @@ CREATE TABLE IF NOT EXISTS outbox (
     correlation_id TEXT,
     time TEXT NOT NULL,
     body BLOB NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS relay_stats (
+    name TEXT PRIMARY KEY,
+    value REAL NOT NULL
+);
 """
+CONFIRM_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayStats:
+    """What a relay reported into its outbox: published events, and confirm latency."""
+
+    depth: int = 0
+    published: float = 0.0
+    confirm_seconds: float = 0.0
+    buckets: tuple[tuple[float, float], ...] = ()
+
+
+def _bucket_rows(latencies: list[float]) -> list[tuple[str, float]]:
+    """Cumulative histogram increments (Prometheus ``le`` buckets) for ``latencies``."""
+    rows = [
+        (f"le:{le}", float(sum(latency <= le for latency in latencies))) for le in CONFIRM_BUCKETS
+    ]
+    rows.append(("le:+Inf", float(len(latencies))))
+    return rows
 
 
 _INSERT = (
@@ -58,7 +82,7 @@ class Outbox:
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
+        self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -97,19 +121,54 @@ class Outbox:
             ).fetchall()
         return [OutboxRow(*row) for row in rows]
 
-    def remove(self, seqs: list[int]) -> None:
-        """Forget rows whose events the broker confirmed."""
+    def remove(self, seqs: list[int], latencies: list[float] | None = None) -> None:
+        """Forget rows whose events the broker confirmed; count them and their confirm times."""
         if not seqs:
             return
+        latencies = latencies or []
+        increments = [
+            ("published", float(len(seqs))),
+            ("confirm_seconds", sum(latencies)),
+            *_bucket_rows(latencies),
+        ]
         with self._lock:
+            self._db.execute("BEGIN")
             self._db.execute(
                 f"DELETE FROM outbox WHERE seq IN ({', '.join('?' * len(seqs))})", seqs
             )
+            self._db.executemany(
+                "INSERT INTO relay_stats (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                increments,
+            )
+            self._db.execute("COMMIT")
 
     def depth(self) -> int:
         """How many events await their confirm."""
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+
+def read_relay_stats(path: Path) -> RelayStats:
+    """The depth of the outbox at ``path`` and what its relay reported, read-only."""
+    if not path.exists():
+        return RelayStats()
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        depth = int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+        try:
+            values = dict(db.execute("SELECT name, value FROM relay_stats").fetchall())
+        except sqlite3.OperationalError:  # an outbox written before relay_stats existed
+            values = {}
+    buckets = (
+        *((le, float(values.get(f"le:{le}", 0.0))) for le in CONFIRM_BUCKETS),
+        (float("inf"), float(values.get("le:+Inf", 0.0))),
+    )
+    return RelayStats(
+        depth=depth,
+        published=float(values.get("published", 0.0)),
+        confirm_seconds=float(values.get("confirm_seconds", 0.0)),
+        buckets=buckets,
+    )
 
 
 def read_depth(path: Path) -> int:

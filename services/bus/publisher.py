@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractRobustChannel
@@ -22,6 +23,7 @@ from schemas.envelope import CloudEvent
 from services.bus.codec import to_message
 from services.bus.topology import EVENTS_EXCHANGE
 from services.errors import EventNacked, PublishInterrupted, UnroutableEvent
+from services.metrics import observe_publish
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +38,14 @@ class Publisher:
         window: int = 256,
         retry_for: float = 30.0,
         confirm_timeout: float = 30.0,
+        observe: Callable[[float], None] = observe_publish,
     ) -> None:
         self._channel = channel
         self._window = asyncio.Semaphore(window)
         self._retry_for = retry_for
         self._confirm_timeout = confirm_timeout
         self._exchanges: dict[str, AbstractExchange] = {}
+        self._observe = observe
 
     async def publish(self, event: CloudEvent, exchange: str = EVENTS_EXCHANGE) -> None:
         """Publish ``event`` under its routing key and wait for the broker's confirm."""
@@ -55,17 +59,23 @@ class Publisher:
             for event in events:
                 group.create_task(self.publish(event, exchange))
 
-    async def send(self, message: aio_pika.Message, exchange: str, routing_key: str) -> None:
-        """Publish a ready message mandatory and confirmed, retrying lost connections."""
+    async def send(self, message: aio_pika.Message, exchange: str, routing_key: str) -> float:
+        """Publish a ready message mandatory and confirmed, retrying lost connections.
+
+        Returns the seconds the confirm took (of the last, successful try).
+        """
         target = self._exchanges.get(exchange) or await self._exchange(exchange)
         delay, waited = 0.1, 0.0
         async with self._window:
             while True:
                 try:
+                    started = time.monotonic()
                     await target.publish(
                         message, routing_key, mandatory=True, timeout=self._confirm_timeout
                     )
-                    return
+                    took = time.monotonic() - started
+                    self._observe(took)
+                    return took
                 except ReturnedError as exc:
                     raise UnroutableEvent(
                         f"routing key {routing_key!r} on exchange {exchange!r} reaches no queue"

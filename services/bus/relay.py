@@ -91,8 +91,12 @@ class OutboxRelay:
         results = await asyncio.gather(
             *(self._publish(publisher, row) for row in rows), return_exceptions=True
         )
-        confirmed = [row.seq for row, result in zip(rows, results, strict=True) if result is None]
-        self._outbox.remove(confirmed)
+        confirmed = [
+            (row.seq, result)
+            for row, result in zip(rows, results, strict=True)
+            if isinstance(result, float)
+        ]
+        self._outbox.remove([seq for seq, _ in confirmed], [latency for _, latency in confirmed])
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             log.warning(
@@ -106,7 +110,7 @@ class OutboxRelay:
         return len(confirmed)
 
     @staticmethod
-    async def _publish(publisher: Publisher, row: OutboxRow) -> None:
+    async def _publish(publisher: Publisher, row: OutboxRow) -> float:
         message = build_message(
             row.body,
             row.event_id,
@@ -114,7 +118,7 @@ class OutboxRelay:
             dt.datetime.fromisoformat(row.time),
             row.correlation_id,
         )
-        await publisher.send(message, EVENTS_EXCHANGE, row.routing_key)
+        return await publisher.send(message, EVENTS_EXCHANGE, row.routing_key)
 
 
 def run_relay(outbox_path: Path, amqp_url: str, name: str, window: int) -> None:
@@ -165,6 +169,11 @@ class RelayProcess:
         ]
         env = {**os.environ, "DIMSEBUS_AMQP_URL": amqp_url}
         self._process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the relay process is running."""
+        return self._process.poll() is None
 
     def wait_empty(self, within: float) -> bool:
         """Block until the outbox is empty (True) or ``within`` seconds passed (False)."""

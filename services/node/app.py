@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, sop_class
 
@@ -12,6 +13,8 @@ from services.bus.outbox import Outbox
 from services.bus.relay import RelayProcess
 from services.clock import sleep_unless
 from services.console import run_service
+from services.http import serving
+from services.metrics import GaugeCollector, OutboxCollector
 from services.node.archive import Archive
 from services.node.config import NodeSettings
 from services.node.dimse import Capture
@@ -97,11 +100,28 @@ class Node:
         commands = asyncio.create_task(
             serve_commands(Resender(self.settings, self.archive, self.capture), stop)
         )
-        if ready is not None:
-            ready.set()
+
+        def health() -> dict[str, Any]:
+            return {
+                "ok": relay.alive,
+                "relay_running": relay.alive,
+                "outbox_depth": self.outbox.depth(),
+            }
+
+        collectors = [
+            OutboxCollector(self.settings.outbox_path),
+            GaugeCollector(
+                {"dimsebus_archive_instances": ("Instances in the archive", self.archive.count)}
+            ),
+        ]
         try:
-            while not await sleep_unless(stop, 30):
-                log.info("outbox depth %d", self.outbox.depth())
+            async with serving(self.settings, collectors, health) as http_port:
+                if http_port is not None:
+                    log.info("metrics and health on port %d", http_port)
+                if ready is not None:
+                    ready.set()
+                while not await sleep_unless(stop, 30):
+                    log.info("outbox depth %d", self.outbox.depth())
         finally:
             stop.set()
             await commands

@@ -14,7 +14,7 @@ from rich.table import Table
 from schemas.status import Service, describe_status
 from services.bus.outbox import Outbox, read_depth
 from services.bus.relay import RelayProcess, run_relay
-from services.console import ConfigOption, console, err, fail, settings_or_exit
+from services.console import ConfigOption, HttpPortOption, console, err, fail, settings_or_exit
 from services.errors import DimsebusError
 from services.logs import configure_logging
 from services.node.app import run_node
@@ -41,6 +41,7 @@ def node(
     ae_title: Annotated[str | None, typer.Option(help="the node's AE title")] = None,
     node_id: Annotated[str | None, typer.Option(help="the node's id in events")] = None,
     amqp_url: Annotated[str | None, typer.Option(help="RabbitMQ URL")] = None,
+    http_port: HttpPortOption = None,
 ) -> None:
     """Run the node: Storage, Find, Move and Get SCP over its archive, publishing every event."""
     if ctx.invoked_subcommand is not None:
@@ -48,7 +49,14 @@ def node(
         return
     configure_logging()
     run_node(
-        node_settings(config, port=port, ae_title=ae_title, node_id=node_id, amqp_url=amqp_url)
+        node_settings(
+            config,
+            port=port,
+            ae_title=ae_title,
+            node_id=node_id,
+            amqp_url=amqp_url,
+            http_port=http_port,
+        )
     )
 
 

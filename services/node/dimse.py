@@ -25,6 +25,7 @@ from schemas import events as ev
 from schemas.envelope import CloudEvent
 from services.bus.outbox import Outbox
 from services.clock import new_id, utc_now
+from services.metrics import CSTORE_RESPONSES, CSTORE_ROUND_TRIP
 from services.node import capture
 from services.node.capture import SentStore, Stamp, StoreResponse
 from services.node.config import NodeSettings
@@ -253,7 +254,10 @@ class Capture:
             error_comment=command.get("ErrorComment"),
             affected_sop_instance_uid=command.get("AffectedSOPInstanceUID"),
         )
-        self.emit(capture.response_event(sent, response, self.stamp()))
+        answer = capture.response_event(sent, response, self.stamp())
+        self.emit(answer)
+        CSTORE_ROUND_TRIP.observe((answer.time - sent.requested_at).total_seconds())
+        CSTORE_RESPONSES.labels(getattr(answer.data, "status_category", "missing")).inc()
 
     def on_released(self, event: evt.Event, job: Job | None) -> None:
         """``dicom.association.released``; any request still unanswered is missing."""
@@ -321,6 +325,7 @@ class Capture:
         if not pending:
             return
         now = utc_now()
+        CSTORE_RESPONSES.labels("missing").inc(len(pending))
         self.emit(
             *(
                 capture.missing_event(

@@ -26,6 +26,7 @@ from services.bus.consumer import Consumer
 from services.bus.topology import declare_topology, node_commands
 from services.clock import sleep_unless
 from services.errors import Unprocessable
+from services.metrics import RESEND_COMMANDS
 from services.node import capture
 from services.node.archive import Archive
 from services.node.config import NodeSettings
@@ -120,6 +121,7 @@ class Resender:
                 for command_id in group.command_ids:
                     self.archive.command_done(str(command_id))
                     futures[command_id].set_result(None)
+                RESEND_COMMANDS.inc(len(group.command_ids))
 
     def resend(self, group: ResendGroup) -> None:
         """Send one group's instances on one association (blocking: a worker thread)."""

@@ -20,6 +20,7 @@ import logging
 import random
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from aio_pika.abc import AbstractRobustChannel
 from pydantic import Field
@@ -41,6 +42,8 @@ from services.bus.topology import (
     node_commands,
 )
 from services.clock import utc_now
+from services.http import serving
+from services.metrics import RETRIES
 from services.retrier.decisions import decision_event, record, requeued
 from services.retrier.policy import RetryPolicy, decide, decision_id, failure_of
 from services.retrier.store import RetryItem, RetryStore
@@ -108,6 +111,7 @@ class Retrier:
             return
         await self.publish(item)
         self.store.mark_published(item.id)
+        RETRIES.labels("scheduled" if item.state == "scheduled" else "exhausted").inc()
         log.info(
             "%s %d instance(s) of %s %s: %s",
             "retry" if item.state == "scheduled" else "gave up on",
@@ -164,9 +168,15 @@ async def run_retrier(
                 RETRIER_QUEUE.name,
                 settings.policy.model_dump(),
             )
-            if ready is not None:
-                ready.set()
-            await stop.wait()
+
+            def health() -> dict[str, Any]:
+                connected = not channel.is_closed
+                return {"ok": connected, "broker_connected": connected}
+
+            async with serving(settings, [], health):
+                if ready is not None:
+                    ready.set()
+                await stop.wait()
     finally:
         store.close()
 

@@ -11,7 +11,14 @@ import typer
 from rich.table import Table
 
 from services.clock import utc_now
-from services.console import ConfigOption, console, fail, run_service, settings_or_exit
+from services.console import (
+    ConfigOption,
+    HttpPortOption,
+    console,
+    fail,
+    run_service,
+    settings_or_exit,
+)
 from services.errors import DimsebusError
 from services.logs import configure_logging
 from services.retrier.app import RetrierSettings, purge_delays, requeue, run_retrier
@@ -44,6 +51,7 @@ def retrier(
     retry_on_warning: Annotated[
         bool | None, typer.Option("--retry-on-warning/--no-retry-on-warning")
     ] = None,
+    http_port: HttpPortOption = None,
 ) -> None:
     """Decide on every failed sub-operation: retry it later (held by RabbitMQ) or park it."""
     configure_logging()
@@ -51,6 +59,7 @@ def retrier(
         config,
         db=db,
         amqp_url=amqp_url,
+        http_port=http_port,
         policy={
             "max_attempts": max_attempts,
             "initial_delay": initial_delay,

@@ -13,7 +13,7 @@ import datetime as dt
 import logging
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from aio_pika.abc import AbstractRobustConnection
 from pydantic import Field
@@ -26,7 +26,10 @@ from services.bus.outbox import Outbox
 from services.bus.relay import RelayProcess
 from services.bus.topology import declare_topology
 from services.clock import sleep_unless, utc_now
+from services.http import serving
+from services.metrics import TRACKER_APPLIED, GaugeCollector, OutboxCollector
 from services.settings import ServiceSettings
+from services.tracker import api
 from services.tracker.progress import MoveKey, MoveState, apply, move_key, outcome, progress_data
 from services.tracker.store import TrackerStore, open_store
 
@@ -87,6 +90,7 @@ class Tracker:
             self.store.save(changed.values(), entries[-1].offset)
         self._moves.update(changed)
         self.applied += len(entries)
+        TRACKER_APPLIED.inc(len(entries))
         return derived
 
     def _derive(
@@ -130,13 +134,29 @@ async def run_tracker(
         settings.outbox_path, settings.amqp_url, name=f"dimsebus-{settings.tracker_id}-relay"
     )
     tracker = Tracker(settings, store, outbox)
+    collectors = [
+        OutboxCollector(settings.outbox_path, prefix="dimsebus_tracker_outbox"),
+        GaugeCollector(
+            {
+                "dimsebus_moves_in_progress": (
+                    "Moves not finished: in progress, retrying or stalled",
+                    lambda: api.moves_in_progress(settings),
+                )
+            }
+        ),
+    ]
+
+    def health() -> dict[str, Any]:
+        return {"ok": relay.alive, "relay_running": relay.alive, "applied": tracker.applied}
+
     try:
-        while not stop.is_set():
-            try:
-                await follow(tracker, settings, stop, ready)
-            except Exception as exc:
-                log.warning("tracker lost the log (%r); reading again from the checkpoint", exc)
-                await sleep_unless(stop, 2.0)
+        async with serving(settings, collectors, health, api.routes(settings)):
+            while not stop.is_set():
+                try:
+                    await follow(tracker, settings, stop, ready)
+                except Exception as exc:
+                    log.warning("tracker lost the log (%r); reading again from checkpoint", exc)
+                    await sleep_unless(stop, 2.0)
     finally:
         await asyncio.to_thread(relay.wait_empty, 5.0)
         relay.stop()

@@ -15,7 +15,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from services.clock import new_id, utc_now
-from services.console import ConfigOption, console, fail, run_service, settings_or_exit
+from services.console import (
+    ConfigOption,
+    HttpPortOption,
+    console,
+    fail,
+    run_service,
+    settings_or_exit,
+)
 from services.errors import DimsebusError
 from services.logs import configure_logging
 from services.retrier.app import send_commands
@@ -39,10 +46,11 @@ def tracker(
     config: ConfigOption = None,
     db: DbOption = None,
     amqp_url: Annotated[str | None, typer.Option(help="RabbitMQ URL")] = None,
+    http_port: HttpPortOption = None,
 ) -> None:
-    """Fold the event log into C-MOVE progress, from the checkpoint on; publish progress events."""
+    """Fold the log into C-MOVE progress; publish progress events; serve /moves and /metrics."""
     configure_logging()
-    settings = _settings(config, db=db, amqp_url=amqp_url)
+    settings = _settings(config, db=db, amqp_url=amqp_url, http_port=http_port)
 
     run_service(lambda stop: run_tracker(settings, stop))
 

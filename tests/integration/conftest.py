@@ -117,12 +117,15 @@ async def start_tracker(tmp_path: Path, amqp_url: str) -> AsyncIterator[Callable
     """Run in-process trackers (``await start_tracker(db=...)``); stopped afterwards."""
     running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
 
-    async def start(db: Path | str | None = None, name: str = "t1") -> TrackerSettings:
+    async def start(
+        db: Path | str | None = None, name: str = "t1", **extra: Any
+    ) -> TrackerSettings:
         settings = TrackerSettings(
             amqp_url=amqp_url,
             db=str(db or tmp_path / f"{name}.sqlite"),
             outbox_path=tmp_path / f"{name}-outbox.sqlite",
             tracker_id=name,
+            **extra,
         )
         stop, ready = asyncio.Event(), asyncio.Event()
         running.append((stop, asyncio.create_task(run_tracker(settings, stop, ready))))

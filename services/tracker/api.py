@@ -1,0 +1,172 @@
+"""The tracker's read-only HTTP API: ``/moves``, ``/moves/{id}``, and its OpenAPI document.
+
+Each request reads the store through a connection of its own (the tracker
+writes through another), in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from services.clock import utc_now
+from services.tracker.progress import outcome
+from services.tracker.store import open_store
+from services.tracker.views import move_view
+
+if TYPE_CHECKING:  # the app imports this module to serve it
+    from services.tracker.app import TrackerSettings
+
+UNFINISHED = ("in_progress", "retrying", "stalled")
+
+_COUNTS = {
+    "type": "object",
+    "properties": {
+        name: {"type": ["integer", "null"] if name == "remaining" else "integer"}
+        for name in ("remaining", "completed", "warning", "failed")
+    },
+}
+_MOVE = {
+    "type": "object",
+    "required": ["move_id", "node_id", "outcome", "counts", "failed_instances", "timeline"],
+    "properties": {
+        "move_id": {"type": "string", "format": "uuid"},
+        "node_id": {"type": "string"},
+        "requestor_ae_title": {"type": ["string", "null"]},
+        "destination_ae_title": {"type": ["string", "null"]},
+        "c_move": {"type": "object"},
+        "query_level": {"type": ["string", "null"]},
+        "keys": {"type": "object", "additionalProperties": {"type": "string"}},
+        "outcome": {
+            "enum": [
+                "in_progress",
+                "retrying",
+                "completed",
+                "completed_with_failures",
+                "failed",
+                "cancelled",
+                "stalled",
+            ]
+        },
+        "expected": {"type": ["integer", "null"]},
+        "counts": _COUNTS,
+        "final_status": {"type": ["string", "null"]},
+        "failed_instances": {"type": "array", "items": {"type": "object"}},
+        "retried_instances": {"type": "array", "items": {"type": "object"}},
+        "started_at": {"type": ["string", "null"], "format": "date-time"},
+        "last_event_at": {"type": ["string", "null"], "format": "date-time"},
+        "completed_at": {"type": ["string", "null"], "format": "date-time"},
+        "events": {"type": "integer"},
+        "timeline": {"type": "array", "items": {"type": "object"}},
+    },
+}
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "dimsebus tracker",
+        "version": "1",
+        "description": "C-MOVEs as the tracker folded them from the dimsebus.log stream.",
+    },
+    "paths": {
+        "/moves": {
+            "get": {
+                "summary": "Moves, oldest first",
+                "parameters": [
+                    {"name": "outcome", "in": "query", "schema": {"type": "string"}},
+                    {"name": "ae", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the moves",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/Move"},
+                                }
+                            }
+                        },
+                    }
+                },
+            }
+        },
+        "/moves/{move_id}": {
+            "get": {
+                "summary": "One move, by id or a unique prefix of it",
+                "parameters": [
+                    {
+                        "name": "move_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+                "responses": {
+                    "200": {
+                        "description": "the move",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Move"}}
+                        },
+                    },
+                    "404": {"description": "no move, or more than one, has that id or prefix"},
+                },
+            }
+        },
+    },
+    "components": {"schemas": {"Move": _MOVE}},
+}
+
+
+def _views(settings: TrackerSettings) -> list[dict[str, Any]]:
+    store = open_store(settings.db)
+    try:
+        moves = store.all_moves()
+    finally:
+        store.close()
+    now, stall = utc_now(), dt.timedelta(seconds=settings.stall_after)
+    return [move_view(move, now, stall) for move in moves]
+
+
+def moves_in_progress(settings: TrackerSettings) -> float:
+    """How many moves are not finished (in progress, retrying or stalled)."""
+    store = open_store(settings.db)
+    try:
+        moves = store.all_moves()
+    finally:
+        store.close()
+    now, stall = utc_now(), dt.timedelta(seconds=settings.stall_after)
+    return float(sum(outcome(move, now, stall) in UNFINISHED for move in moves))
+
+
+def routes(settings: TrackerSettings) -> list[web.RouteDef]:
+    """The API's routes over the tracker's store."""
+
+    async def list_moves(request: web.Request) -> web.Response:
+        views = await asyncio.to_thread(_views, settings)
+        if wanted := request.query.get("outcome"):
+            views = [v for v in views if v["outcome"] == wanted]
+        if ae := request.query.get("ae"):
+            views = [v for v in views if ae in (v["requestor_ae_title"], v["destination_ae_title"])]
+        return web.json_response(views)
+
+    async def one_move(request: web.Request) -> web.Response:
+        prefix = request.match_info["move_id"].lower()
+        views = await asyncio.to_thread(_views, settings)
+        found = [v for v in views if v["move_id"].startswith(prefix)]
+        if len(found) != 1:
+            return web.json_response(
+                {"error": f"move id {prefix!r} matches {len(found)} moves"}, status=404
+            )
+        return web.json_response(found[0])
+
+    async def openapi(request: web.Request) -> web.Response:
+        return web.json_response(OPENAPI)
+
+    return [
+        web.get("/moves", list_moves),
+        web.get("/moves/{move_id}", one_move),
+        web.get("/openapi.json", openapi),
+    ]
