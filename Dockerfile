@@ -5,7 +5,10 @@ COPY pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY services ./services
 RUN pip install --no-cache-dir .
-RUN useradd --create-home dimsebus
+RUN useradd --create-home dimsebus \
+    && mkdir -p /var/lib/dimsebus /etc/dimsebus \
+    && chown dimsebus /var/lib/dimsebus
 USER dimsebus
+EXPOSE 11112 9100
 ENTRYPOINT ["dimsebus"]
 CMD ["--help"]

@@ -28,3 +28,35 @@ def test_service_command_is_a_real_cli_command(name: str) -> None:
     result = CliRunner().invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
     assert DIMSEBUS_SERVICES[name]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
+
+
+LONG_RUNNING = ("node", "tracker", "retrier", "audit")
+
+
+@pytest.mark.parametrize("name", LONG_RUNNING)
+def test_service_has_health_state_and_settings_that_parse(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.cli import SERVICES
+    from services.settings import load_settings
+
+    service = DIMSEBUS_SERVICES[name]
+    environment = service["environment"]
+    # its healthcheck asks /healthz on the port its settings serve it on
+    check = " ".join(service["healthcheck"]["test"])
+    assert f":{environment['DIMSEBUS_HTTP_PORT']}/healthz" in check
+    # its state lives in a named volume where its settings put it
+    assert any(volume.endswith(":/var/lib/dimsebus") for volume in service["volumes"])
+    # and its environment (and config file, if any) make valid settings of its model
+    for key, value in environment.items():
+        monkeypatch.setenv(key, str(value))
+    command = service["command"]
+    config = None
+    if "--config" in command:
+        mounted = command[command.index("--config") + 1]
+        source = next(v.split(":")[0] for v in service["volumes"] if f":{mounted}" in v)
+        config = ROOT / source
+    settings = load_settings(SERVICES[name], config)
+    assert settings.http_port == 9100
+    paths = [str(v) for k, v in settings.model_dump().items() if k in ("db", "archive_path")]
+    assert all(path.startswith("/var/lib/dimsebus") for path in paths), paths
