@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import sys
 from collections.abc import Callable, Iterator
+from typing import Any
 from uuid import UUID
 
 import aio_pika
@@ -248,3 +250,25 @@ async def test_publisher_survives_a_closed_connection(broker: Broker) -> None:
             )
     assert len(found) == len(events)
     assert LOG_STREAM == "dimsebus.log"
+
+
+async def test_events_tail_filters_by_type(channel: AbstractRobustChannel, amqp_url: str) -> None:
+    # given the example story published to the log
+    events = story()
+    await Publisher(channel).publish_all(events)
+    moves = [e for e in events if e.type.startswith("dicom.move.")]
+    # when `events tail --type 'dicom.move.*'` reads the log from the start
+    process = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "services", "events", "tail", "--from", "first", "--json"),
+        *("--type", "dicom.move.*", "--amqp-url", amqp_url),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    found: list[dict[str, Any]] = []
+    assert process.stdout is not None
+    async with asyncio.timeout(30):
+        while not {str(e.id) for e in moves} <= {f["id"] for f in found}:
+            found.append(json.loads(await process.stdout.readline()))
+    process.terminate()
+    await process.wait()
+    # then only move events are printed
+    assert {f["type"] for f in found} == {"dicom.move.requested", "dicom.move.completed"}

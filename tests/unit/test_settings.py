@@ -116,3 +116,26 @@ def test_audit_query_names_a_bad_time() -> None:
     result = CliRunner().invoke(app, ["audit", "query", "--since", "yesterday"])
     assert result.exit_code == 2
     assert "--since/--until" in result.output
+
+
+def test_config_show_masks_secrets_and_names_unknown_services(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text('amqp_url = "amqp://ops:hunter2@broker:5672/"\npatient_id_key = "site-key"\n')
+    result = CliRunner().invoke(app, ["config", "show", "node", "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    assert "hunter2" not in result.output
+    assert "site-key" not in result.output
+    assert '"amqp_url": "amqp://ops:***@broker:5672/"' in result.output
+    unknown = CliRunner().invoke(app, ["config", "show", "nodes"])
+    assert unknown.exit_code == 2
+    assert "service 'nodes' is not one of node, tracker, retrier, audit" in unknown.output
+
+
+async def test_demo_says_what_to_install_when_there_is_no_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import services.demo as demo
+
+    monkeypatch.setattr("services.demo.shutil.which", lambda name: None)
+    with pytest.raises(demo.DemoError, match=r"install one .*rabbitmq-server.*Docker"):
+        await demo.find_broker("amqp://guest:guest@127.0.0.1:1/", lambda line: None)
