@@ -9,6 +9,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,19 +17,40 @@ from typing import Any
 from services.errors import ConfigError
 
 
+class Rows(list[Any]):
+    """A statement's rows, read while the connection was held."""
+
+    def fetchone(self) -> Any:
+        """The first row, or None."""
+        return self[0] if self else None
+
+    def fetchall(self) -> list[Any]:
+        """Every row."""
+        return list(self)
+
+
 class Database(abc.ABC):
-    """A DB-API connection, its placeholder, and transactions."""
+    """A DB-API connection, its placeholder, and transactions; safe to share across threads.
+
+    One connection serves a whole service (its consumer thread, its HTTP handlers, its
+    sender task), so each statement and each transaction holds it until done.
+    """
 
     placeholder = "?"
     _db: Any
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
 
     def sql(self, text: str) -> str:
         """``text`` with ``?`` placeholders in this database's style."""
         return text.replace("?", self.placeholder)
 
-    def execute(self, text: str, params: tuple[Any, ...] | list[Any] = ()) -> Any:
+    def execute(self, text: str, params: tuple[Any, ...] | list[Any] = ()) -> Rows:
         """Run one statement outside a transaction (reads, and single writes)."""
-        return self._db.execute(self.sql(text), params)
+        with self._lock:
+            cursor = self._db.execute(self.sql(text), params)
+            return Rows(cursor.fetchall() if cursor.description else [])
 
     @abc.abstractmethod
     def transaction(self) -> contextlib.AbstractContextManager[Any]:
@@ -36,13 +58,15 @@ class Database(abc.ABC):
 
     def close(self) -> None:
         """Release the connection."""
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
 
 class SqliteDatabase(Database):
     """One SQLite file (WAL)."""
 
     def __init__(self, path: Path, schema: str) -> None:
+        super().__init__()
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(
             path, isolation_level=None, check_same_thread=False, timeout=30.0
@@ -52,14 +76,15 @@ class SqliteDatabase(Database):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Any]:
-        # IMMEDIATE: a writer takes the lock first, so two writers cannot interleave.
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+        # IMMEDIATE: a writer takes the file's lock first, so two writers cannot interleave.
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
 
 class PostgresDatabase(Database):
@@ -70,6 +95,7 @@ class PostgresDatabase(Database):
     def __init__(self, url: str, schema: str) -> None:
         import psycopg
 
+        super().__init__()
         self._db = psycopg.connect(url, autocommit=True)
         for statement in schema.split(";"):
             if statement.strip():
@@ -77,7 +103,7 @@ class PostgresDatabase(Database):
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Any]:
-        with self._db.transaction(), self._db.cursor() as cursor:
+        with self._lock, self._db.transaction(), self._db.cursor() as cursor:
             yield cursor
 
 
