@@ -19,6 +19,7 @@ err = Console(stderr=True)
 S = TypeVar("S", bound=ServiceSettings)
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file")]
+DbOption = Annotated[str | None, typer.Option("--db", help="SQLite file or postgresql:// URL")]
 HttpPortOption = Annotated[
     int | None, typer.Option("--http-port", help="serve /metrics and /healthz on this port")
 ]

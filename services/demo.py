@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import hashlib
 import shutil
 import socket
@@ -33,7 +32,6 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from services.audit.app import AuditSettings, run_audit
 from services.audit.chain import Verification, verify
 from services.audit.store import AuditStore
-from services.clock import utc_now
 from services.errors import DimsebusError
 from services.node.app import QUERY_RETRIEVE, Node
 from services.node.archive import Archive
@@ -42,9 +40,8 @@ from services.node.synthetic import write_study
 from services.retrier.app import RetrierSettings, run_retrier
 from services.retrier.policy import RetryPolicy
 from services.settings import ServiceSettings
+from services.tracker.api import load_views
 from services.tracker.app import TrackerSettings, run_tracker
-from services.tracker.store import open_store
-from services.tracker.views import move_view
 
 STUDY_ROOT_MOVE = next(uid for uid in QUERY_RETRIEVE if uid.endswith("2.2"))
 FINISHED = ("completed", "completed_with_failures", "failed", "cancelled")
@@ -333,14 +330,8 @@ async def _follow(
 
 
 def _latest_move(tracker: TrackerSettings) -> dict[str, Any] | None:
-    store = open_store(tracker.db)
-    try:
-        moves = store.all_moves()
-    finally:
-        store.close()
-    if not moves:
-        return None
-    return move_view(moves[-1], utc_now(), dt.timedelta(seconds=tracker.stall_after))
+    views = load_views(tracker)
+    return views[-1] if views else None
 
 
 def progress_bars(console: Console) -> Progress:

@@ -16,6 +16,7 @@ from services.audit.store import AuditStore, Query
 from services.bus.log import parse_offset
 from services.console import (
     ConfigOption,
+    DbOption,
     HttpPortOption,
     console,
     fail,
@@ -28,7 +29,6 @@ from services.logs import configure_logging
 audit_app = typer.Typer(
     help="The audit trail: run it, verify its chain, query it.", invoke_without_command=True
 )
-DbOption = Annotated[str | None, typer.Option("--db", help="SQLite file or postgresql:// URL")]
 
 
 def _settings(config: Path | None, **flags: Any) -> AuditSettings:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from services.clock import utc_now
-from services.tracker.progress import outcome
+from services.tracker.progress import MoveState, outcome
 from services.tracker.store import open_store
 from services.tracker.views import move_view
 
@@ -120,32 +120,32 @@ OPENAPI: dict[str, Any] = {
 }
 
 
-def _views(settings: TrackerSettings) -> list[dict[str, Any]]:
+def load_moves(settings: TrackerSettings) -> list[MoveState]:
+    """Every move in the tracker's store, read through a connection of its own."""
     store = open_store(settings.db)
     try:
-        moves = store.all_moves()
+        return store.all_moves()
     finally:
         store.close()
+
+
+def load_views(settings: TrackerSettings) -> list[dict[str, Any]]:
+    """Every move as `moves show --json` and the API print it, oldest first."""
     now, stall = utc_now(), dt.timedelta(seconds=settings.stall_after)
-    return [move_view(move, now, stall) for move in moves]
+    return [move_view(move, now, stall) for move in load_moves(settings)]
 
 
 def moves_in_progress(settings: TrackerSettings) -> float:
     """How many moves are not finished (in progress, retrying or stalled)."""
-    store = open_store(settings.db)
-    try:
-        moves = store.all_moves()
-    finally:
-        store.close()
     now, stall = utc_now(), dt.timedelta(seconds=settings.stall_after)
-    return float(sum(outcome(move, now, stall) in UNFINISHED for move in moves))
+    return float(sum(outcome(m, now, stall) in UNFINISHED for m in load_moves(settings)))
 
 
 def routes(settings: TrackerSettings) -> list[web.RouteDef]:
     """The API's routes over the tracker's store."""
 
     async def list_moves(request: web.Request) -> web.Response:
-        views = await asyncio.to_thread(_views, settings)
+        views = await asyncio.to_thread(load_views, settings)
         if wanted := request.query.get("outcome"):
             views = [v for v in views if v["outcome"] == wanted]
         if ae := request.query.get("ae"):
@@ -154,7 +154,7 @@ def routes(settings: TrackerSettings) -> list[web.RouteDef]:
 
     async def one_move(request: web.Request) -> web.Response:
         prefix = request.match_info["move_id"].lower()
-        views = await asyncio.to_thread(_views, settings)
+        views = await asyncio.to_thread(load_views, settings)
         found = [v for v in views if v["move_id"].startswith(prefix)]
         if len(found) != 1:
             return web.json_response(

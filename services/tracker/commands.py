@@ -17,6 +17,7 @@ from rich.table import Table
 from services.clock import new_id, utc_now
 from services.console import (
     ConfigOption,
+    DbOption,
     HttpPortOption,
     console,
     fail,
@@ -26,16 +27,14 @@ from services.console import (
 from services.errors import DimsebusError
 from services.logs import configure_logging
 from services.retrier.app import send_commands
+from services.tracker.api import load_views
 from services.tracker.app import TrackerSettings, run_tracker
-from services.tracker.progress import MoveState, retry_commands
+from services.tracker.progress import retry_commands
 from services.tracker.store import open_store
-from services.tracker.views import move_view
 
 moves_app = typer.Typer(
     help="C-MOVEs as the tracker folded them from the log.", no_args_is_help=True
 )
-
-DbOption = Annotated[str | None, typer.Option("--db", help="SQLite file or postgresql:// URL")]
 
 
 def _settings(config: Path | None, **flags: Any) -> TrackerSettings:
@@ -57,14 +56,9 @@ def tracker(
 
 def _views(settings: TrackerSettings) -> list[dict[str, Any]]:
     try:
-        store = open_store(settings.db)
+        return load_views(settings)
     except DimsebusError as exc:
         fail(str(exc))
-    moves: list[MoveState] = store.all_moves()
-    store.close()
-    stall = dt.timedelta(seconds=settings.stall_after)
-    now = utc_now()
-    return [move_view(move, now, stall) for move in moves]
 
 
 @moves_app.command("list")
