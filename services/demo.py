@@ -45,6 +45,7 @@ from services.tracker.app import TrackerSettings, run_tracker
 
 STUDY_ROOT_MOVE = next(uid for uid in QUERY_RETRIEVE if uid.endswith("2.2"))
 FINISHED = ("completed", "completed_with_failures", "failed", "cancelled")
+SETTLE_SECONDS = 8.0
 
 
 class DemoError(DimsebusError):
@@ -313,6 +314,7 @@ async def _follow(
     task = progress.add_task("sub-operations done", total=expected, state="") if progress else None
     deadline = time.monotonic() + within
     view: dict[str, Any] | None = None
+    ended_since: float | None = None
     while time.monotonic() < deadline:
         view = await asyncio.to_thread(_latest_move, tracker)
         if view is not None:
@@ -323,8 +325,16 @@ async def _follow(
                 progress.update(
                     task, completed=done, total=view["expected"] or expected, state=state
                 )
-            if view["outcome"] in FINISHED:
+            # Failures are final only once the retrier has had its say: until its decisions
+            # reach the tracker, a move with failures looks finished for a moment.
+            if view["outcome"] == "completed":
                 return view
+            if view["outcome"] in FINISHED:
+                ended_since = ended_since or time.monotonic()
+                if time.monotonic() - ended_since >= SETTLE_SECONDS:
+                    return view
+            else:
+                ended_since = None
         await asyncio.sleep(0.3)
     raise DemoError(f"the move did not finish within {within:.0f} s (last seen: {view})")
 

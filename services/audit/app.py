@@ -137,7 +137,8 @@ async def run_audit(
         async with connection:
             channel = await confirming_channel(connection)
             await declare_topology(channel, settings.retention)
-            await Consumer(channel, AUDIT_QUEUE, auditor.handle, prefetch=settings.prefetch).start()
+            consumer = Consumer(channel, AUDIT_QUEUE, auditor.handle, prefetch=settings.prefetch)
+            await consumer.start()
             log.info("audit consuming %s into %s", AUDIT_QUEUE.name, settings.db)
 
             def health() -> dict[str, Any]:
@@ -151,6 +152,7 @@ async def run_audit(
                 if ready is not None:
                     ready.set()
                 await stop.wait()
+            await consumer.stop()
     finally:
         stop.set()
         await sender

@@ -11,12 +11,14 @@ dead-letters it if it keeps failing, so nothing loops forever.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelInvalidStateError
 
 from schemas.events import Event
 from services.bus.codec import from_message
@@ -96,21 +98,52 @@ class Consumer:
         self._handler = handler
         self._prefetch = prefetch
         self._parker = Publisher(channel)
+        self._consuming: tuple[AbstractQueue, str] | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def start(self) -> None:
         """Declare the queue and start consuming; returns once the consumer is registered."""
         await self._channel.set_qos(prefetch_count=self._prefetch)
         queue = await declare_work_queue(self._channel, self._queue)
-        await queue.consume(self.on_message)
+        self._consuming = (queue, await queue.consume(self.on_message))
+
+    async def stop(self, within: float = 10.0) -> None:
+        """Take no more deliveries, and let those being handled settle (up to ``within`` s).
+
+        What is still unsettled when the channel closes goes back to the queue.
+        """
+        if self._consuming is not None and not self._channel.is_closed:
+            queue, tag = self._consuming
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS, ChannelInvalidStateError):
+                await queue.cancel(tag)
+        self._consuming = None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), within)
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         """Decode, handle, then settle the delivery by the outcome."""
-        error: Exception | None = None
+        self._in_flight += 1
+        self._idle.clear()
         try:
-            await self._handler(from_message(message))
-        except Exception as exc:
-            error = exc
-        await self._settle(message, error)
+            error: Exception | None = None
+            try:
+                await self._handler(from_message(message))
+            except Exception as exc:
+                error = exc
+            try:
+                await self._settle(message, error)
+            except (*CONNECTION_EXCEPTIONS, ChannelInvalidStateError) as exc:
+                log.warning(
+                    "cannot settle message %s (%r); the broker will deliver it again",
+                    message.message_id,
+                    exc,
+                )
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
 
     async def _settle(self, message: AbstractIncomingMessage, error: Exception | None) -> None:
         match disposition_for(error):

@@ -218,8 +218,10 @@ async def serve_commands(resender: Resender, stop: asyncio.Event) -> None:
                 channel = await confirming_channel(connection)
                 await declare_topology(channel, settings.retention)
                 queue = node_commands(settings.node_id)
-                await Consumer(channel, queue, resender.handle, prefetch=settings.prefetch).start()
+                consumer = Consumer(channel, queue, resender.handle, prefetch=settings.prefetch)
+                await consumer.start()
                 log.info("node %s takes commands from %s", settings.node_id, queue.name)
                 await stop.wait()
+                await consumer.stop()
     finally:
         await worker

@@ -177,6 +177,7 @@ async def run_retrier(
                 if ready is not None:
                     ready.set()
                 await stop.wait()
+            await consumer.stop()
     finally:
         store.close()
 
