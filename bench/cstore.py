@@ -28,8 +28,10 @@ from pynetdicom import AE
 from rich.console import Console
 from rich.table import Table
 
+from schemas.examples import move_story
 from services.bus.outbox import Outbox
 from services.bus.relay import RelayProcess
+from services.clock import new_id, utc_now
 from services.node.config import NodeSettings
 from services.node.dimse import Capture
 from services.node.sender import Target, send_files
@@ -64,8 +66,13 @@ def node_with_events(url: str, publish_times: list[float]) -> Runner:
             settings = NodeSettings(
                 node_id="bench", amqp_url=url, outbox_path=Path(folder) / "outbox.sqlite"
             )
-            outbox = Outbox(settings.outbox_path)
+            outbox = Outbox(settings.outbox_path, checkpoints=False)
             relay = RelayProcess(settings.outbox_path, url, name="dimsebus-bench")
+            # A node's relay runs before its first association: start it, and see one
+            # event through, before the clock starts.
+            warmup = move_story(node_id="bench", start=utc_now(), ids=iter(new_id, None))
+            outbox.append(warmup[:1])
+            assert relay.wait_empty(within=60), "the relay did not start"
             capture = Capture.for_node(settings, outbox)
             started = time.perf_counter()
             send_files(settings, capture, Target("STORESCP", "127.0.0.1", port), files)

@@ -76,12 +76,20 @@ class OutboxRow:
 class Outbox:
     """A thread-safe SQLite spool of encoded events, oldest first."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, checkpoints: bool = True) -> None:
+        """Open (or create) the outbox at ``path``.
+
+        ``checkpoints=False`` is for the writer on the DICOM path: it leaves copying the
+        WAL into the database (and that copy's fsync) to the relay's connection, which
+        runs SQLite's automatic checkpoints after its deletes.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        if not checkpoints:
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
 
@@ -142,6 +150,11 @@ class Outbox:
                 increments,
             )
             self._db.execute("COMMIT")
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database now, without waiting for readers (PASSIVE)."""
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     def depth(self) -> int:
         """How many events await their confirm."""

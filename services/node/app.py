@@ -64,7 +64,7 @@ class Node:
     @classmethod
     def open(cls, settings: NodeSettings) -> Node:
         """Open the outbox and the archive; nothing listens yet."""
-        outbox = Outbox(settings.outbox_path)
+        outbox = Outbox(settings.outbox_path, checkpoints=False)
         return cls(
             settings,
             outbox,
@@ -122,6 +122,9 @@ class Node:
                     ready.set()
                 while not await sleep_unless(stop, 30):
                     log.info("outbox depth %d", self.outbox.depth())
+                    # The relay checkpoints after its deletes; while it cannot publish,
+                    # keep the WAL from growing without end, off the DICOM threads.
+                    await asyncio.to_thread(self.outbox.checkpoint)
         finally:
             stop.set()
             await commands

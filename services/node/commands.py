@@ -140,7 +140,7 @@ def send(
 def _send(
     settings: NodeSettings, target: Target, files: list[Path], labels: dict[str, str]
 ) -> tuple[SendSummary, int]:
-    box = Outbox(settings.outbox_path)
+    box = Outbox(settings.outbox_path, checkpoints=False)
     relay = RelayProcess(
         settings.outbox_path,
         settings.amqp_url,
