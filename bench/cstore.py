@@ -64,7 +64,10 @@ def node_with_events(url: str, publish_times: list[float]) -> Runner:
     def run(files: list[Path], port: int) -> float:
         with tempfile.TemporaryDirectory() as folder:
             settings = NodeSettings(
-                node_id="bench", amqp_url=url, outbox_path=Path(folder) / "outbox.sqlite"
+                node_id="bench",
+                amqp_url=url,
+                outbox_path=Path(folder) / "outbox.sqlite",
+                archive_path=Path(folder) / "archive",
             )
             outbox = Outbox(settings.outbox_path, checkpoints=False)
             relay = RelayProcess(settings.outbox_path, url, name="dimsebus-bench")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import secrets
 import socket
 from pathlib import Path
 from typing import Literal
@@ -42,5 +45,26 @@ class NodeSettings(ServiceSettings):
         "hash", description="what of the Patient ID leaves the node in events"
     )
     patient_id_key: SecretStr = Field(
-        SecretStr(""), description="HMAC key of the 'hash' policy; set one per site"
+        SecretStr(""),
+        description="HMAC key of the 'hash' policy; empty: a random key kept in the archive",
     )
+
+    def patient_key(self) -> bytes:
+        """The HMAC key for Patient IDs: the configured one, else this archive's own.
+
+        A site that wants the same patient to hash alike on several nodes sets one key
+        for all of them; otherwise each archive gets a random key on first use
+        (``patient-id.key``, readable by its owner only), so hashes cannot be reversed
+        by hashing candidate IDs without it.
+        """
+        configured = self.patient_id_key.get_secret_value()
+        if configured:
+            return configured.encode()
+        path = self.archive_path / "patient-id.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(descriptor, "w") as key_file:
+                    key_file.write(secrets.token_hex(32))
+        return path.read_text().strip().encode()

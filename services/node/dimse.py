@@ -147,7 +147,7 @@ class Capture:
             dict(settings.labels),
             settings.dimse_timeout,
             settings.patient_id_policy,
-            settings.patient_id_key.get_secret_value().encode(),
+            settings.patient_key() if settings.patient_id_policy == "hash" else b"",
         )
 
     def subjects(

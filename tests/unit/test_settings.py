@@ -139,3 +139,16 @@ async def test_demo_says_what_to_install_when_there_is_no_broker(
     monkeypatch.setattr("services.demo.shutil.which", lambda name: None)
     with pytest.raises(demo.DemoError, match=r"install one .*rabbitmq-server.*Docker"):
         await demo.find_broker("amqp://guest:guest@127.0.0.1:1/", lambda line: None)
+
+
+def test_each_archive_gets_its_own_patient_id_key_unless_one_is_set(tmp_path: Path) -> None:
+    from services.node.config import NodeSettings
+
+    first = NodeSettings(archive_path=tmp_path / "a")
+    key = first.patient_key()
+    assert len(key) == 64
+    assert first.patient_key() == key  # kept in the archive, the same on every start
+    assert oct((tmp_path / "a" / "patient-id.key").stat().st_mode)[-3:] == "600"
+    assert NodeSettings(archive_path=tmp_path / "b").patient_key() != key
+    shared = NodeSettings(archive_path=tmp_path / "c", patient_id_key="site-key")
+    assert shared.patient_key() == b"site-key"
