@@ -142,6 +142,8 @@ async def test_demo_says_what_to_install_when_there_is_no_broker(
 
 
 def test_each_archive_gets_its_own_patient_id_key_unless_one_is_set(tmp_path: Path) -> None:
+    from pydantic import SecretStr
+
     from services.node.config import NodeSettings
 
     first = NodeSettings(archive_path=tmp_path / "a")
@@ -150,5 +152,5 @@ def test_each_archive_gets_its_own_patient_id_key_unless_one_is_set(tmp_path: Pa
     assert first.patient_key() == key  # kept in the archive, the same on every start
     assert oct((tmp_path / "a" / "patient-id.key").stat().st_mode)[-3:] == "600"
     assert NodeSettings(archive_path=tmp_path / "b").patient_key() != key
-    shared = NodeSettings(archive_path=tmp_path / "c", patient_id_key="site-key")
+    shared = NodeSettings(archive_path=tmp_path / "c", patient_id_key=SecretStr("site-key"))
     assert shared.patient_key() == b"site-key"
