@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -44,7 +45,11 @@ class LogReader:
     """
 
     def __init__(
-        self, channel: AbstractChannel, offset: str | int = "first", *, prefetch: int = 1000
+        self,
+        channel: AbstractChannel,
+        offset: str | int | dt.datetime = "first",
+        *,
+        prefetch: int = 1000,
     ) -> None:
         self._channel = channel
         self._offset = offset

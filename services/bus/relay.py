@@ -25,10 +25,12 @@ from aio_pika.abc import AbstractRobustConnection
 
 from services.bus.codec import build_message
 from services.bus.connection import confirming_channel, connect
+from services.bus.log import LogReader
 from services.bus.outbox import Outbox, OutboxRow, read_depth
 from services.bus.publisher import Publisher
 from services.bus.topology import EVENTS_EXCHANGE, declare_topology
 from services.clock import sleep_unless
+from services.errors import PublishInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,10 @@ class OutboxRelay:
         self._name = name
         self._window = window
         self._poll = poll
+        # Rows whose publish was cut off by a lost connection: the broker may have stored
+        # them. Before they are sent again, the log is searched for them (no duplicates).
+        self._ambiguous: dict[int, str] = {}
+        self._ambiguous_since: dt.datetime | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Publish until ``stop`` is set, reconnecting as long as it takes."""
@@ -76,18 +82,45 @@ class OutboxRelay:
         await declare_topology(setup)
         await setup.close()
         channel = await confirming_channel(connection)
-        publisher = Publisher(channel, window=self._window, retry_for=5.0)
+        # No retries inside the publisher: a publish cut off by the connection is settled
+        # here, by looking for it on the log, rather than sent twice.
+        publisher = Publisher(channel, window=self._window, retry_for=0.0)
         while not stop.is_set():
             if channel.is_closed:
                 return  # reconnect from scratch
+            if self._ambiguous:
+                await self._settle_ambiguous(connection)
             if not await self.drain_once(publisher):
                 await sleep_unless(stop, self._poll)
+
+    async def _settle_ambiguous(self, connection: AbstractRobustConnection) -> None:
+        """Drop from the outbox the cut-off rows that the log already holds."""
+        assert self._ambiguous_since is not None
+        since = self._ambiguous_since - dt.timedelta(seconds=5)
+        wanted = {event_id: seq for seq, event_id in self._ambiguous.items()}
+        found: list[int] = []
+        async with LogReader(await connection.channel(), since) as reader:
+            async for entry in reader.until_idle(1.5):
+                event_id = str(entry.event.id) if entry.event is not None else None
+                if event_id in wanted:
+                    found.append(wanted.pop(event_id))
+                    if not wanted:
+                        break
+        self._outbox.remove(found)
+        log.info(
+            "%d of %d cut-off events were already on the log; %d will be sent again",
+            len(found),
+            len(self._ambiguous),
+            len(wanted),
+        )
+        self._ambiguous, self._ambiguous_since = {}, None
 
     async def drain_once(self, publisher: Publisher) -> int:
         """Publish the oldest rows; delete those confirmed. Returns how many were confirmed."""
         rows = self._outbox.peek(self._window * 4)
         if not rows:
             return 0
+        started = dt.datetime.now(dt.UTC)
         results = await asyncio.gather(
             *(self._publish(publisher, row) for row in rows), return_exceptions=True
         )
@@ -97,6 +130,14 @@ class OutboxRelay:
             if isinstance(result, float)
         ]
         self._outbox.remove([seq for seq, _ in confirmed], [latency for _, latency in confirmed])
+        cut_off = {
+            row.seq: row.event_id
+            for row, result in zip(rows, results, strict=True)
+            if isinstance(result, PublishInterrupted)
+        }
+        if cut_off:
+            self._ambiguous.update(cut_off)
+            self._ambiguous_since = self._ambiguous_since or started
         failures = [r for r in results if isinstance(r, BaseException)]
         if failures:
             log.warning(
