@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from services.errors import DimsebusError
 from services.settings import ServiceSettings, load_settings
@@ -56,3 +58,23 @@ def run_service(service: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         asyncio.run(main())
     except DimsebusError as exc:
         fail(str(exc))
+
+
+def show_rows(
+    views: list[dict[str, Any]],
+    *,
+    as_json: bool,
+    title: str,
+    columns: Sequence[str],
+    row: Callable[[dict[str, Any]], Sequence[str]],
+) -> None:
+    """A listing: the views as one JSON array, or a table with one ``row(view)`` each."""
+    if as_json:
+        print(json.dumps(views, indent=2))
+        return
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for view in views:
+        table.add_row(*row(view))
+    console.print(table)

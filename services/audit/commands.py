@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from services.audit.app import AuditSettings, parse_time, replay, run_audit
 from services.audit.chain import AuditRecord, verify
@@ -22,6 +21,7 @@ from services.console import (
     fail,
     run_service,
     settings_or_exit,
+    show_rows,
 )
 from services.errors import DimsebusError
 from services.logs import configure_logging
@@ -126,14 +126,12 @@ def audit_query(
         for view in records:
             print(json.dumps(view))
         return
-    if as_json:
-        print(json.dumps(records, indent=2))
-        return
-    table = Table(title=f"{len(records)} audit records")
-    for column in ("seq", "time", "type", "peer", "study", "instance", "status", "operation"):
-        table.add_column(column)
-    for v in records:
-        table.add_row(
+    show_rows(
+        records,
+        as_json=as_json,
+        title=f"{len(records)} audit records",
+        columns=("seq", "time", "type", "peer", "study", "instance", "status", "operation"),
+        row=lambda v: (
             str(v["seq"]),
             v["event_time"][:23],
             v["event_type"],
@@ -142,8 +140,8 @@ def audit_query(
             (v["sop_instance_uid"] or "")[-16:],
             "" if v["status"] is None else f"0x{v['status']:04X}",
             (v["operation_id"] or "")[:13],
-        )
-    console.print(table)
+        ),
+    )
 
 
 @audit_app.command("replay")

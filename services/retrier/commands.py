@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from services.clock import utc_now
 from services.console import (
@@ -18,6 +16,7 @@ from services.console import (
     fail,
     run_service,
     settings_or_exit,
+    show_rows,
 )
 from services.errors import DimsebusError
 from services.logs import configure_logging
@@ -104,14 +103,12 @@ def retries_list(
     items = store.items(("parked",) if parked else ("scheduled", "parked"))
     store.close()
     views = [_view(item) for item in items]
-    if as_json:
-        print(json.dumps(views, indent=2))
-        return
-    table = Table(title=f"{len(views)} retries")
-    for column in ("id", "state", "operation", "to", "instances", "attempt", "at", "reason"):
-        table.add_column(column)
-    for v in views:
-        table.add_row(
+    show_rows(
+        views,
+        as_json=as_json,
+        title=f"{len(views)} retries",
+        columns=("id", "state", "operation", "to", "instances", "attempt", "at", "reason"),
+        row=lambda v: (
             v["id"][:13],
             v["state"],
             f"{v['operation']['kind']} {v['operation']['id'][:13]}",
@@ -120,8 +117,8 @@ def retries_list(
             f"{v['failed_attempt']} -> {v['next_attempt']}",
             (v["retry_at"] or "")[11:19],
             v["reason"],
-        )
-    console.print(table)
+        ),
+    )
 
 
 @retries_app.command("requeue")

@@ -23,6 +23,7 @@ from services.console import (
     fail,
     run_service,
     settings_or_exit,
+    show_rows,
 )
 from services.errors import DimsebusError
 from services.logs import configure_logging
@@ -85,25 +86,22 @@ def moves_list(
             for v in views
             if v["started_at"] and dt.datetime.fromisoformat(v["started_at"]) >= limit
         ]
-    if as_json:
-        print(json.dumps(views, indent=2))
-        return
-    table = Table(title=f"{len(views)} moves")
-    for column in ("move", "from", "to", "outcome", "done", "failed", "expected", "started"):
-        table.add_column(column)
-    for v in views:
-        c = v["counts"]
-        table.add_row(
+    show_rows(
+        views,
+        as_json=as_json,
+        title=f"{len(views)} moves",
+        columns=("move", "from", "to", "outcome", "done", "failed", "expected", "started"),
+        row=lambda v: (
             v["move_id"][:13],
             v["requestor_ae_title"] or "?",
             v["destination_ae_title"] or "?",
             v["outcome"],
-            str(c["completed"] + c["warning"]),
-            str(c["failed"]),
+            str(v["counts"]["completed"] + v["counts"]["warning"]),
+            str(v["counts"]["failed"]),
             str(v["expected"] or "?"),
             (v["started_at"] or "")[:19],
-        )
-    console.print(table)
+        ),
+    )
 
 
 @moves_app.command("show")
