@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,10 +112,42 @@ def _new_node(
     return config, study_uid, [s.sop_instance_uid for s in stored]
 
 
+ServiceRun = Callable[[Any, asyncio.Event, asyncio.Event], Coroutine[Any, Any, None]]
+
+
+class Services:
+    """Long-running services (``run_tracker``, ``run_retrier``, ``run_audit``) in-process."""
+
+    def __init__(self) -> None:
+        self._running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+    async def start(self, run: ServiceRun, settings: Any) -> asyncio.Event:
+        """Start ``run(settings, stop, ready)``; returns once ready, with its stop event."""
+        stop, ready = asyncio.Event(), asyncio.Event()
+        self._running.append((stop, asyncio.create_task(run(settings, stop, ready))))
+        await asyncio.wait_for(ready.wait(), 20)
+        return stop
+
+    async def stop_all(self) -> None:
+        """Stop every service started, and wait for each to end."""
+        for stop, task in self._running:
+            stop.set()
+            await asyncio.wait_for(task, 30)
+
+
 @pytest.fixture
-async def start_tracker(tmp_path: Path, amqp_url: str) -> AsyncIterator[Callable[..., Any]]:
+async def services() -> AsyncIterator[Services]:
+    """Start services in-process; all are stopped after the test."""
+    running = Services()
+    yield running
+    await running.stop_all()
+
+
+@pytest.fixture
+def start_tracker(
+    tmp_path: Path, amqp_url: str, services: Services
+) -> Callable[..., Awaitable[TrackerSettings]]:
     """Run in-process trackers (``await start_tracker(db=...)``); stopped afterwards."""
-    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
 
     async def start(
         db: Path | str | None = None, name: str = "t1", **extra: Any
@@ -127,15 +159,10 @@ async def start_tracker(tmp_path: Path, amqp_url: str) -> AsyncIterator[Callable
             tracker_id=name,
             **extra,
         )
-        stop, ready = asyncio.Event(), asyncio.Event()
-        running.append((stop, asyncio.create_task(run_tracker(settings, stop, ready))))
-        await asyncio.wait_for(ready.wait(), 20)
+        await services.start(run_tracker, settings)
         return settings
 
-    yield start
-    for stop, task in running:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    return start
 
 
 async def movescu(node: RunningNode, destination: str, *extra: str) -> str:

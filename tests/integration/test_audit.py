@@ -9,7 +9,7 @@ import sqlite3
 import ssl
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
@@ -22,7 +22,7 @@ from services.audit.chain import verify
 from services.audit.store import AuditStore
 from services.bus.connection import confirming_channel, connect
 from services.bus.publisher import Publisher
-from tests.integration.conftest import RunningNode, movescu, of_type, read_events
+from tests.integration.conftest import RunningNode, Services, movescu, of_type, read_events
 from tests.integration.peers import free_port, rsyslog, storescp
 
 pytestmark = pytest.mark.integration
@@ -31,9 +31,8 @@ RECEIVED = "dicom.cstore.response.received"
 
 
 @pytest.fixture
-async def start_audit(tmp_path: Path, amqp_url: str) -> AsyncIterator[AuditFactory]:
+def start_audit(tmp_path: Path, amqp_url: str, services: Services) -> AuditFactory:
     """Run in-process audit services (``await start_audit(syslog_port=...)``)."""
-    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
 
     async def start(**settings: Any) -> AuditSettings:
         config = AuditSettings(
@@ -43,15 +42,10 @@ async def start_audit(tmp_path: Path, amqp_url: str) -> AsyncIterator[AuditFacto
             retry_after=0.5,
             **settings,
         )
-        stop, ready = asyncio.Event(), asyncio.Event()
-        running.append((stop, asyncio.create_task(run_audit(config, stop, ready))))
-        await asyncio.wait_for(ready.wait(), 20)
+        await services.start(run_audit, config)
         return config
 
-    yield start
-    for stop, task in running:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    return start
 
 
 async def cli(*argv: str) -> tuple[int, str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +13,16 @@ from prometheus_client.parser import text_string_to_metric_families
 from services.audit.app import AuditSettings, run_audit
 from services.retrier.app import RetrierSettings, run_retrier
 from services.retrier.policy import RetryPolicy
-from tests.integration.conftest import RunningNode, movescu, settled
+from tests.integration.conftest import RunningNode, Services, movescu, settled
 from tests.integration.peers import free_port, make_room, small_filesystem, storescp
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-async def retrier_and_audit(tmp_path: Path, amqp_url: str) -> AsyncIterator[dict[str, int]]:
+async def retrier_and_audit(tmp_path: Path, amqp_url: str, services: Services) -> dict[str, int]:
     """A retrier and an audit service, each with its HTTP port."""
     ports = {"retrier": free_port(), "audit": free_port()}
-    stop = asyncio.Event()
-    readies = [asyncio.Event(), asyncio.Event()]
     retrier = RetrierSettings(
         amqp_url=amqp_url,
         db=tmp_path / "retrier.sqlite",
@@ -35,15 +32,9 @@ async def retrier_and_audit(tmp_path: Path, amqp_url: str) -> AsyncIterator[dict
     audit = AuditSettings(
         amqp_url=amqp_url, db=str(tmp_path / "audit.sqlite"), http_port=ports["audit"]
     )
-    tasks = [
-        asyncio.create_task(run_retrier(retrier, stop, readies[0])),
-        asyncio.create_task(run_audit(audit, stop, readies[1])),
-    ]
-    for ready in readies:
-        await asyncio.wait_for(ready.wait(), 20)
-    yield ports
-    stop.set()
-    await asyncio.gather(*tasks)
+    await services.start(run_retrier, retrier)
+    await services.start(run_audit, audit)
+    return ports
 
 
 async def scrape(session: aiohttp.ClientSession, port: int) -> dict[str, float]:

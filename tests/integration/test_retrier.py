@@ -24,7 +24,7 @@ from services.node.synthetic import write_study
 from services.retrier.app import RetrierSettings, run_retrier
 from services.retrier.policy import RetryPolicy
 from services.retrier.store import RetryStore
-from tests.integration.conftest import RunningNode, movescu, of_type, read_events, settled
+from tests.integration.conftest import RunningNode, Services, movescu, of_type, read_events, settled
 from tests.integration.peers import (
     StoreSCP,
     answering_scp,
@@ -41,9 +41,8 @@ RetrierFactory = Callable[..., Any]
 
 
 @pytest.fixture
-async def start_retrier(tmp_path: Path, amqp_url: str) -> AsyncIterator[RetrierFactory]:
-    """Run in-process retriers with a fast policy; ``stop()`` of the returned handle ends one."""
-    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+def start_retrier(tmp_path: Path, amqp_url: str, services: Services) -> RetrierFactory:
+    """Run in-process retriers with a fast policy; setting the returned event stops one."""
 
     async def start(name: str = "r1", **policy: Any) -> tuple[RetrierSettings, asyncio.Event]:
         settings = RetrierSettings(
@@ -55,15 +54,9 @@ async def start_retrier(tmp_path: Path, amqp_url: str) -> AsyncIterator[RetrierF
                 | policy
             ),
         )
-        stop, ready = asyncio.Event(), asyncio.Event()
-        running.append((stop, asyncio.create_task(run_retrier(settings, stop, ready))))
-        await asyncio.wait_for(ready.wait(), 20)
-        return settings, stop
+        return settings, await services.start(run_retrier, settings)
 
-    yield start
-    for stop, task in running:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    return start
 
 
 def responses(events: list[Any], attempt: int) -> list[Any]:
