@@ -39,6 +39,7 @@ UnsentReason = Literal[
     "association_lost",
     "unknown_destination",
     "not_found",
+    "node_stopped",
 ]
 
 LabelKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-/]{1,63}$")]
@@ -335,6 +336,30 @@ class MoveCompleted(CloudEvent):
     data: MoveCompletedData
 
 
+class MoveInterruptedData(Model):
+    """A C-MOVE the node stopped serving (crash, kill) before its final C-MOVE-RSP.
+
+    Found when the node starts again: ``unanswered`` are the matched instances
+    whose sub-operation got no response event before the stop.
+    """
+
+    association: AssociationRef
+    message_id: MessageID
+    operation: Operation
+    move_destination: AETitle
+    matched: Count
+    unanswered: Count
+    detail: Comment
+    interrupted_at: UtcDatetime
+
+
+class MoveInterrupted(CloudEvent):
+    """The node stopped in the middle of a C-MOVE; it never sent the final C-MOVE-RSP."""
+
+    type: Literal["dicom.move.interrupted"] = "dicom.move.interrupted"
+    data: MoveInterruptedData
+
+
 class GetRequested(CloudEvent):
     """The node, as Get SCP, received a C-GET-RQ."""
 
@@ -444,6 +469,7 @@ EVENT_MODELS: tuple[type[CloudEvent], ...] = (
     AssociationAborted,
     MoveRequested,
     MoveCompleted,
+    MoveInterrupted,
     GetRequested,
     GetCompleted,
     MoveProgressed,
@@ -463,6 +489,7 @@ Event = Annotated[
     | AssociationAborted
     | MoveRequested
     | MoveCompleted
+    | MoveInterrupted
     | GetRequested
     | GetCompleted
     | MoveProgressed

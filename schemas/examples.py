@@ -140,6 +140,14 @@ def move_story(
     return story.events
 
 
+def every_event(node_id: str, start: dt.datetime, ids: Iterator[UUID]) -> list[CloudEvent]:
+    """One example (at least) of every type: ``move_story``, then a move a crash cut off."""
+    events = move_story(node_id=node_id, start=start, ids=ids)
+    story = _Story(node_id, events[-1].time, ids)
+    _interrupted(story)
+    return [*events, *story.events]
+
+
 def _established(association: ev.AssociationRef, at: dt.datetime) -> ev.AssociationEstablishedData:
     context = ev.PresentationContext(
         id=1,
@@ -295,5 +303,26 @@ def _get_and_reject(story: _Story) -> None:
             reason=3,
             reason_text="Calling AE title not recognized",
             at=story.tick(),
+        ),
+    )
+
+
+def _interrupted(story: _Story) -> None:
+    """A second C-MOVE that the node's crash cut off, as reported when it started again."""
+    move = ev.Operation(kind="move", id=next(story.ids))
+    requestor = story.association("acceptor", "MOVESCU", 51500)
+    story.add(
+        ev.MoveInterrupted,
+        str(move.id),
+        ev.MoveInterruptedData(
+            association=requestor,
+            message_id=9,
+            operation=move,
+            move_destination="STORESCP",
+            matched=3,
+            unanswered=1,
+            detail="the node stopped before the final C-MOVE-RSP; 1 of 3 sub-operations "
+            "got no response",
+            interrupted_at=story.tick(),
         ),
     )

@@ -15,7 +15,7 @@ from pydantic.json_schema import models_json_schema
 
 from schemas.envelope import CONTENT_TYPE, CloudEvent, schema_uri
 from schemas.events import COMMAND_MODELS, EVENT_MODELS, TYPES
-from schemas.examples import move_story, sequential_ids
+from schemas.examples import every_event, sequential_ids
 
 EXCHANGE, LOG, DLX, COMMANDS = (
     "dimsebus.events",
@@ -102,7 +102,7 @@ class _NoAliases(yaml.SafeDumper):
 
 
 def _examples() -> dict[str, dict[str, Any]]:
-    story = move_story(
+    story = every_event(
         node_id="node-1", start=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), ids=sequential_ids()
     )
     examples: dict[str, dict[str, Any]] = {}

@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     routing_key TEXT NOT NULL,
     correlation_id TEXT,
     time TEXT NOT NULL,
-    body BLOB NOT NULL
+    body BLOB NOT NULL,
+    subject TEXT
 );
 CREATE TABLE IF NOT EXISTS relay_stats (
     name TEXT PRIMARY KEY,
@@ -55,8 +56,9 @@ def _bucket_rows(latencies: list[float]) -> list[tuple[str, float]]:
 
 
 _INSERT = (
-    "INSERT OR IGNORE INTO outbox (event_id, type, routing_key, correlation_id, time, body) "
-    "VALUES (?, ?, ?, ?, ?, ?)"
+    "INSERT OR IGNORE INTO outbox "
+    "(event_id, type, routing_key, correlation_id, time, body, subject) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 
 
@@ -91,6 +93,9 @@ class Outbox:
         if not checkpoints:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "subject" not in columns:  # an outbox from before subjects were kept
+            self._db.execute("ALTER TABLE outbox ADD COLUMN subject TEXT")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -108,6 +113,7 @@ class Outbox:
                 e.correlation_id,
                 e.time.isoformat(),
                 e.model_dump_json().encode(),
+                e.subject,
             )
             for e in events
         ]

@@ -18,6 +18,8 @@ from services.metrics import GaugeCollector, OutboxCollector
 from services.node.archive import Archive
 from services.node.config import NodeSettings
 from services.node.dimse import Capture
+from services.node.journal import MoveJournal
+from services.node.recovery import interrupted_events
 from services.node.resend import Resender, serve_commands
 from services.node.scp import ArchiveSCP
 
@@ -59,18 +61,32 @@ class Node:
     outbox: Outbox
     archive: Archive
     capture: Capture
+    journal: MoveJournal
     ae: AE | None = None
 
     @classmethod
     def open(cls, settings: NodeSettings) -> Node:
-        """Open the outbox and the archive; nothing listens yet."""
+        """Open the outbox, its move journal and the archive; nothing listens yet."""
         outbox = Outbox(settings.outbox_path, checkpoints=False)
         return cls(
             settings,
             outbox,
             Archive(settings.archive_path),
             Capture.for_node(settings, outbox),
+            MoveJournal(settings.outbox_path),
         )
+
+    def recover(self) -> None:
+        """Account for the C-MOVEs a crash cut off: their unanswered instances and end."""
+        for move in self.journal.open_moves():
+            events = interrupted_events(move, dict(self.settings.labels), self.capture.stamp)
+            log.warning(
+                "C-MOVE %s was cut off by a stop: %d of %d sub-operations unanswered",
+                move.requested.data.operation.id,
+                len(move.unanswered),
+                len(move.matched),
+            )
+            self.capture.emit(*events)
 
     async def serve(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
         """Serve DICOM and relay events until ``stop`` is set."""
@@ -80,7 +96,8 @@ class Node:
             name=f"dimsebus-node-{self.settings.node_id}",
             window=self.settings.publish_window,
         )
-        scp = ArchiveSCP(self.settings, self.archive, self.capture)
+        self.recover()
+        scp = ArchiveSCP(self.settings, self.archive, self.capture, self.journal)
         ae = self.ae = build_ae(self.settings)
         server = ae.start_server(
             (self.settings.host, self.settings.port),
@@ -132,6 +149,7 @@ class Node:
             ae.shutdown()
             await asyncio.to_thread(relay.wait_empty, 5.0)
             relay.stop()
+            self.journal.close()
             self.outbox.close()
             self.archive.close()
 

@@ -20,6 +20,7 @@ from services.node.archive import Archive, StoredInstance
 from services.node.config import NodeSettings
 from services.node.contexts import storage_contexts
 from services.node.dimse import Capture, Job, Retrieval
+from services.node.journal import MoveJournal
 from services.node.query import QueryError, build_query
 
 log = logging.getLogger(__name__)
@@ -28,10 +29,17 @@ log = logging.getLogger(__name__)
 class ArchiveSCP:
     """Storage, Find, Move and Get service over one archive."""
 
-    def __init__(self, settings: NodeSettings, archive: Archive, capture_: Capture) -> None:
+    def __init__(
+        self,
+        settings: NodeSettings,
+        archive: Archive,
+        capture_: Capture,
+        journal: MoveJournal | None = None,
+    ) -> None:
         self.settings = settings
         self.archive = archive
         self.capture = capture_
+        self.journal = journal
 
     def handlers(self) -> list[tuple[Any, ...]]:
         """The service handlers to bind on accepted associations."""
@@ -85,11 +93,13 @@ class ArchiveSCP:
         instances = self._resolve(event)
         operation = ev.Operation(kind="move", id=new_id())
         data = self._requested(event, operation)
-        self.capture.emit(
-            capture.retrieve_requested_event(
-                ev.MoveRequested, {**data, "move_destination": destination_ae}, self.capture.stamp()
-            )
+        requested = capture.retrieve_requested_event(
+            ev.MoveRequested, {**data, "move_destination": destination_ae}, self.capture.stamp()
         )
+        if self.journal is not None and destination is not None and instances:
+            assert isinstance(requested, ev.MoveRequested)
+            self.journal.opened(requested, [i.sop_instance_uid for i in instances])
+        self.capture.emit(requested)
         state = self.capture.state(assoc)
         state.retrievals[request.MessageID] = Retrieval(
             ev.MoveCompleted,

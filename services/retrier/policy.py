@@ -27,7 +27,7 @@ TRANSIENT_MISSING: frozenset[str] = frozenset(
     {"aborted", "dimse_timeout", "connection_lost", "released", "invalid_response"}
 )
 TRANSIENT_UNSENT: frozenset[str] = frozenset(
-    {"unreachable", "rejected_transient", "association_lost"}
+    {"unreachable", "rejected_transient", "association_lost", "node_stopped"}
 )
 
 

@@ -60,6 +60,11 @@ _MOVE = {
         "last_event_at": {"type": ["string", "null"], "format": "date-time"},
         "completed_at": {"type": ["string", "null"], "format": "date-time"},
         "events": {"type": "integer"},
+        "responses": {
+            "type": "object",
+            "description": "distinct response events folded: received and missing",
+            "properties": {"received": {"type": "integer"}, "missing": {"type": "integer"}},
+        },
         "timeline": {"type": "array", "items": {"type": "object"}},
     },
 }

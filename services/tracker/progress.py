@@ -86,6 +86,7 @@ class MoveState(Model):
     last_event_at: dt.datetime | None = None
     completed_at: dt.datetime | None = None
     timeline: tuple[TimelineEntry, ...] = ()
+    responses: dict[str, int] = Field(default_factory=dict)
 
     @property
     def node_id(self) -> str:
@@ -97,6 +98,7 @@ class MoveState(Model):
 NODE_EVENTS = (
     ev.MoveRequested,
     ev.MoveCompleted,
+    ev.MoveInterrupted,
     ev.CStoreResponseReceived,
     ev.CStoreResponseMissing,
     ev.CStoreUnsent,
@@ -133,6 +135,8 @@ def apply(state: MoveState | None, event: CloudEvent) -> MoveState | None:
             return _requested(move, event)
         case ev.MoveCompleted():
             return _completed(move, event)
+        case ev.MoveInterrupted():
+            return _interrupted(move, event)
         case ev.CStoreResponseReceived() | ev.CStoreResponseMissing():
             return _response(move, event)
         case ev.CStoreUnsent():
@@ -198,11 +202,28 @@ def _completed(move: MoveState, event: ev.MoveCompleted) -> MoveState:
     )
 
 
+def _interrupted(move: MoveState, event: ev.MoveInterrupted) -> MoveState:
+    """The node stopped mid-move: no final response will come, so the move ends here."""
+    data = event.data
+    return move.model_copy(
+        update={
+            "destination_ae_title": move.destination_ae_title or data.move_destination,
+            "expected": data.matched,
+            "final_category": "failure",
+            "completed_at": data.interrupted_at,
+            "timeline": _with_entry(move, event, f"interrupted: {data.detail}"),
+        }
+    )
+
+
 def _response(
     move: MoveState, event: ev.CStoreResponseReceived | ev.CStoreResponseMissing
 ) -> MoveState:
     outcome = _outcome_of(event)
-    move = _with_outcomes(move, [outcome])
+    kind = "received" if isinstance(event, ev.CStoreResponseReceived) else "missing"
+    move = _with_outcomes(move, [outcome]).model_copy(
+        update={"responses": {**move.responses, kind: move.responses.get(kind, 0) + 1}}
+    )
     if outcome.category != "success":
         move = move.model_copy(
             update={

@@ -53,6 +53,10 @@ def move_view(move: MoveState, now: dt.datetime, stall_after: dt.timedelta) -> d
         "last_event_at": _text(move.last_event_at),
         "completed_at": _text(move.completed_at),
         "events": len(move.seen),
+        "responses": {
+            "received": move.responses.get("received", 0),
+            "missing": move.responses.get("missing", 0),
+        },
         "timeline": [{"at": _text(e.at), "what": e.what} for e in move.timeline],
     }
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from schemas import events as ev
 from schemas.envelope import CloudEvent, schema_uri
-from schemas.examples import move_story, sequential_ids
+from schemas.examples import every_event, sequential_ids
 from services.bus.codec import decode_body
 from services.errors import InvalidEvent
 from tests.strategies import DATA, envelopes
@@ -41,7 +41,7 @@ def test_routing_key_carries_the_status_category(event: ev.CStoreResponseReceive
     assert event.routing_key == f"dicom.cstore.response.received.{event.data.status_category}"
 
 
-STORY = move_story(
+STORY = every_event(
     node_id="n1", start=dt.datetime(2026, 11, 26, tzinfo=dt.UTC), ids=sequential_ids()
 )
 

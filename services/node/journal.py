@@ -1,0 +1,110 @@
+"""Which C-MOVEs the node is serving, kept in the outbox file so that a crash leaves a trace.
+
+A C-MOVE is opened here (its C-MOVE-RQ event and matched instances) when it
+starts. SQLite triggers on the outbox then note, in the same transaction as
+each response event, which of its instances got an answer, and close the move
+when its ``dicom.move.completed`` (or ``dicom.move.interrupted``) is spooled.
+Nothing more runs on the DIMSE thread per C-STORE than the outbox insert.
+A move still open when the node starts again was cut off by a crash: see
+``services.node.recovery``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from schemas import events as ev
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS move_journal (
+    operation_id TEXT PRIMARY KEY,
+    requested BLOB NOT NULL,
+    matched TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS move_answered (
+    operation_id TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    PRIMARY KEY (operation_id, sop_instance_uid)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS move_journal_answered AFTER INSERT ON outbox
+WHEN NEW.type IN ('dicom.cstore.response.received', 'dicom.cstore.response.missing')
+    AND NEW.correlation_id IN (SELECT operation_id FROM move_journal)
+BEGIN
+    INSERT OR IGNORE INTO move_answered VALUES (NEW.correlation_id, NEW.subject);
+END;
+CREATE TRIGGER IF NOT EXISTS move_journal_closed AFTER INSERT ON outbox
+WHEN NEW.type IN ('dicom.move.completed', 'dicom.move.interrupted')
+BEGIN
+    DELETE FROM move_answered WHERE operation_id = NEW.correlation_id;
+    DELETE FROM move_journal WHERE operation_id = NEW.correlation_id;
+END;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class OpenMove:
+    """A C-MOVE without its final response: what it matched, and what got an answer."""
+
+    requested: ev.MoveRequested
+    matched: tuple[str, ...]
+    answered: frozenset[str]
+
+    @property
+    def unanswered(self) -> list[str]:
+        """Matched instances without a response event, in the order they were matched."""
+        return [uid for uid in self.matched if uid not in self.answered]
+
+
+class MoveJournal:
+    """The open C-MOVEs of one node, in its outbox file (created first: the triggers use it)."""
+
+    def __init__(self, outbox_path: Path) -> None:
+        self._db = sqlite3.connect(outbox_path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def opened(self, requested: ev.MoveRequested, matched: Sequence[str]) -> None:
+        """Note a C-MOVE that starts, before its sub-operations (one commit per C-MOVE)."""
+        row = (
+            str(requested.data.operation.id),
+            requested.model_dump_json().encode(),
+            json.dumps(list(matched)),
+        )
+        with self._lock:
+            self._db.execute("INSERT OR REPLACE INTO move_journal VALUES (?, ?, ?)", row)
+
+    def open_moves(self) -> list[OpenMove]:
+        """The C-MOVEs noted and not closed: after a restart, those the crash cut off."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT operation_id, requested, matched FROM move_journal"
+            ).fetchall()
+            answered = {
+                operation: frozenset(
+                    uid
+                    for (uid,) in self._db.execute(
+                        "SELECT sop_instance_uid FROM move_answered WHERE operation_id = ?",
+                        (operation,),
+                    )
+                )
+                for operation, _, _ in rows
+            }
+        return [
+            OpenMove(
+                ev.MoveRequested.model_validate_json(requested),
+                tuple(json.loads(matched)),
+                answered[operation],
+            )
+            for operation, requested, matched in rows
+        ]
+
+    def close(self) -> None:
+        """Close the connection; the journal stays in the file."""
+        with self._lock:
+            self._db.close()
