@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+from aio_pika.abc import AbstractConnection
 from rich.console import Console
 from rich.table import Table
 
@@ -35,6 +36,7 @@ from services.bus.log import LogEntry
 from services.bus.outbox import Outbox
 from services.bus.publisher import Publisher
 from services.bus.relay import RelayProcess
+from services.bus.session import supervised
 from services.bus.topology import declare_topology
 from services.clock import new_id, utc_now
 from services.tracker.app import Tracker, TrackerSettings, follow, run_tracker
@@ -128,8 +130,11 @@ async def live(url: str, rate: float, seconds: float, folder: Path) -> list[floa
 
 
 async def _follow_live(tracker: Tracker, settings: TrackerSettings, stop: asyncio.Event) -> None:
+    async def session(connection: AbstractConnection, stop: asyncio.Event) -> None:
+        await follow(tracker, settings, connection, stop, None)
+
     with contextlib.suppress(asyncio.CancelledError):
-        await follow(tracker, settings, stop, None)
+        await supervised(settings.amqp_url, "dimsebus-bench-tracker", session, stop)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from services.bus.connection import confirming_channel, connect
 from services.bus.topology import declare_topology
@@ -70,7 +70,7 @@ async def connection(amqp_url: str) -> AsyncIterator[AbstractRobustConnection]:
 
 
 @pytest.fixture
-async def channel(connection: AbstractRobustConnection) -> AbstractRobustChannel:
+async def channel(connection: AbstractRobustConnection) -> AbstractChannel:
     """A confirming channel on the test connection."""
     return await confirming_channel(connection)
 

@@ -19,6 +19,7 @@ import ssl
 from pathlib import Path
 from typing import Any
 
+from aio_pika.abc import AbstractConnection
 from pydantic import Field, model_validator
 
 from schemas import events as ev
@@ -37,6 +38,7 @@ from services.audit.store import AuditStore
 from services.bus.connection import confirming_channel, connect
 from services.bus.consumer import Consumer
 from services.bus.log import LogReader
+from services.bus.session import ready_once, supervised
 from services.bus.topology import WorkQueue, declare_topology
 from services.clock import sleep_unless, utc_now
 from services.http import serving
@@ -132,27 +134,34 @@ async def run_audit(
     store = await asyncio.to_thread(AuditStore.open, settings.db)
     auditor = Auditor(settings, store)
     sender = asyncio.create_task(deliver(settings, store, stop))
-    try:
-        connection = await connect(settings.amqp_url, "dimsebus-audit")
-        async with connection:
-            channel = await confirming_channel(connection)
-            await declare_topology(channel, settings.retention)
-            consumer = Consumer(channel, AUDIT_QUEUE, auditor.handle, prefetch=settings.prefetch)
-            await consumer.start()
-            log.info("audit consuming %s into %s", AUDIT_QUEUE.name, settings.db)
+    connected = asyncio.Event()
 
-            def health() -> dict[str, Any]:
-                connected = not channel.is_closed
-                return {"ok": connected, "broker_connected": connected}
-
-            spool = GaugeCollector(
-                {"dimsebus_audit_spool_depth": ("Audit messages not yet sent", store.spool_depth)}
-            )
-            async with serving(settings, [spool], health):
-                if ready is not None:
-                    ready.set()
-                await stop.wait()
+    async def session(connection: AbstractConnection, stop: asyncio.Event) -> None:
+        channel = await confirming_channel(connection)
+        await declare_topology(channel, settings.retention)
+        consumer = Consumer(channel, AUDIT_QUEUE, auditor.handle, prefetch=settings.prefetch)
+        await consumer.start()
+        log.info("audit consuming %s into %s", AUDIT_QUEUE.name, settings.db)
+        connected.set()
+        try:
+            await stop.wait()
             await consumer.stop()
+        finally:
+            connected.clear()
+
+    def health() -> dict[str, Any]:
+        return {"ok": connected.is_set(), "broker_connected": connected.is_set()}
+
+    spool = GaugeCollector(
+        {"dimsebus_audit_spool_depth": ("Audit messages not yet sent", store.spool_depth)}
+    )
+    try:
+        async with serving(settings, [spool], health):
+            supervisor = asyncio.create_task(
+                supervised(settings.amqp_url, "dimsebus-audit", session, stop)
+            )
+            await ready_once(connected, supervisor, ready)
+            await supervisor
     finally:
         stop.set()
         await sender

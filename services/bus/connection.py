@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import aio_pika
-from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractRobustConnection
 
 
 async def connect(url: str, name: str) -> AbstractRobustConnection:
@@ -11,8 +11,6 @@ async def connect(url: str, name: str) -> AbstractRobustConnection:
     return await aio_pika.connect_robust(url, client_properties={"connection_name": name})
 
 
-async def confirming_channel(connection: AbstractRobustConnection) -> AbstractRobustChannel:
+async def confirming_channel(connection: AbstractConnection) -> AbstractChannel:
     """A channel with publisher confirms on which returned mandatory messages raise."""
-    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
-    assert isinstance(channel, AbstractRobustChannel)
-    return channel
+    return await connection.channel(publisher_confirms=True, on_return_raises=True)

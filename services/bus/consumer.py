@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustChannel
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelInvalidStateError
 
 from schemas.events import Event
@@ -87,7 +87,7 @@ class Consumer:
 
     def __init__(
         self,
-        channel: AbstractRobustChannel,
+        channel: AbstractChannel,
         queue: WorkQueue,
         handler: Handler,
         *,

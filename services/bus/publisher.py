@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 
 import aio_pika
-from aio_pika.abc import AbstractExchange, AbstractRobustChannel
+from aio_pika.abc import AbstractChannel, AbstractExchange
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError
 from aio_pika.exceptions import PublishError as ReturnedError
 
@@ -33,7 +33,7 @@ class Publisher:
 
     def __init__(
         self,
-        channel: AbstractRobustChannel,
+        channel: AbstractChannel,
         *,
         window: int = 256,
         retry_for: float = 30.0,

@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import UUID
 
+from aio_pika.abc import AbstractConnection
+
 from schemas import events as ev
-from services.bus.connection import confirming_channel, connect
+from services.bus.connection import confirming_channel
 from services.bus.consumer import Consumer
+from services.bus.session import supervised
 from services.bus.topology import declare_topology, node_commands
 from services.clock import sleep_unless
 from services.errors import Unprocessable
@@ -204,24 +207,20 @@ async def serve_commands(resender: Resender, stop: asyncio.Event) -> None:
     """Consume the node's command queue until ``stop``; waits for a broker that is down."""
     settings = resender.settings
     worker = asyncio.create_task(resender.run(stop))
+
+    async def session(connection: AbstractConnection, stop: asyncio.Event) -> None:
+        channel = await confirming_channel(connection)
+        await declare_topology(channel, settings.retention)
+        queue = node_commands(settings.node_id)
+        consumer = Consumer(channel, queue, resender.handle, prefetch=settings.prefetch)
+        await consumer.start()
+        log.info("node %s takes commands from %s", settings.node_id, queue.name)
+        await stop.wait()
+        await consumer.stop()
+
     try:
-        while not stop.is_set():
-            try:
-                connection = await connect(
-                    settings.amqp_url, f"dimsebus-node-{settings.node_id}-commands"
-                )
-            except Exception as exc:
-                log.warning("node cannot reach the broker for commands (%r); trying again", exc)
-                await sleep_unless(stop, 5.0)
-                continue
-            async with connection:
-                channel = await confirming_channel(connection)
-                await declare_topology(channel, settings.retention)
-                queue = node_commands(settings.node_id)
-                consumer = Consumer(channel, queue, resender.handle, prefetch=settings.prefetch)
-                await consumer.start()
-                log.info("node %s takes commands from %s", settings.node_id, queue.name)
-                await stop.wait()
-                await consumer.stop()
+        await supervised(
+            settings.amqp_url, f"dimsebus-node-{settings.node_id}-commands", session, stop
+        )
     finally:
         await worker

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aio_pika.abc import AbstractRobustChannel
+from aio_pika.abc import AbstractChannel, AbstractConnection
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -31,6 +31,7 @@ from services.bus.codec import to_message
 from services.bus.connection import confirming_channel, connect
 from services.bus.consumer import Consumer
 from services.bus.publisher import Publisher
+from services.bus.session import ready_once, supervised
 from services.bus.topology import (
     COMMANDS_EXCHANGE,
     DELAY_HEADER,
@@ -81,7 +82,7 @@ class Retrier:
         self,
         settings: RetrierSettings,
         store: RetryStore,
-        channel: AbstractRobustChannel,
+        channel: AbstractChannel,
         draw: Callable[[], float] = random.random,
     ) -> None:
         self.settings = settings
@@ -152,32 +153,39 @@ class Retrier:
 async def run_retrier(
     settings: RetrierSettings, stop: asyncio.Event, ready: asyncio.Event | None = None
 ) -> None:
-    """Consume failure events until ``stop``; the robust connection rides out outages."""
+    """Consume failure events until ``stop``; a lost connection starts the session over."""
     store = RetryStore(settings.db)
-    connection = await connect(settings.amqp_url, f"dimsebus-{settings.retrier_id}")
-    try:
-        async with connection:
-            channel = await confirming_channel(connection)
-            await declare_topology(channel, settings.retention)
-            retrier = Retrier(settings, store, channel)
-            consumer = Consumer(channel, RETRIER_QUEUE, retrier.handle, prefetch=settings.prefetch)
-            await consumer.start()
-            log.info(
-                "retrier %s consuming %s; policy %s",
-                settings.retrier_id,
-                RETRIER_QUEUE.name,
-                settings.policy.model_dump(),
-            )
+    connected = asyncio.Event()
 
-            def health() -> dict[str, Any]:
-                connected = not channel.is_closed
-                return {"ok": connected, "broker_connected": connected}
-
-            async with serving(settings, [], health):
-                if ready is not None:
-                    ready.set()
-                await stop.wait()
+    async def session(connection: AbstractConnection, stop: asyncio.Event) -> None:
+        channel = await confirming_channel(connection)
+        await declare_topology(channel, settings.retention)
+        retrier = Retrier(settings, store, channel)
+        consumer = Consumer(channel, RETRIER_QUEUE, retrier.handle, prefetch=settings.prefetch)
+        await consumer.start()
+        log.info(
+            "retrier %s consuming %s; policy %s",
+            settings.retrier_id,
+            RETRIER_QUEUE.name,
+            settings.policy.model_dump(),
+        )
+        connected.set()
+        try:
+            await stop.wait()
             await consumer.stop()
+        finally:
+            connected.clear()
+
+    def health() -> dict[str, Any]:
+        return {"ok": connected.is_set(), "broker_connected": connected.is_set()}
+
+    try:
+        async with serving(settings, [], health):
+            supervisor = asyncio.create_task(
+                supervised(settings.amqp_url, f"dimsebus-{settings.retrier_id}", session, stop)
+            )
+            await ready_once(connected, supervisor, ready)
+            await supervisor
     finally:
         store.close()
 

@@ -15,17 +15,17 @@ import uuid
 from pathlib import Path
 from typing import Any, Literal
 
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractConnection
 from pydantic import Field
 
 from schemas import events as ev
 from schemas.envelope import CloudEvent
-from services.bus.connection import connect
 from services.bus.log import LogEntry, LogReader
 from services.bus.outbox import Outbox
 from services.bus.relay import RelayProcess
+from services.bus.session import supervised
 from services.bus.topology import declare_topology
-from services.clock import sleep_unless, utc_now
+from services.clock import utc_now
 from services.http import serving
 from services.metrics import TRACKER_APPLIED, GaugeCollector, OutboxCollector
 from services.settings import ServiceSettings
@@ -149,14 +149,12 @@ async def run_tracker(
     def health() -> dict[str, Any]:
         return {"ok": relay.alive, "relay_running": relay.alive, "applied": tracker.applied}
 
+    async def session(connection: AbstractConnection, stop: asyncio.Event) -> None:
+        await follow(tracker, settings, connection, stop, ready)
+
     try:
         async with serving(settings, collectors, health, api.routes(settings)):
-            while not stop.is_set():
-                try:
-                    await follow(tracker, settings, stop, ready)
-                except Exception as exc:
-                    log.warning("tracker lost the log (%r); reading again from checkpoint", exc)
-                    await sleep_unless(stop, 2.0)
+            await supervised(settings.amqp_url, f"dimsebus-{settings.tracker_id}", session, stop)
     finally:
         await asyncio.to_thread(relay.wait_empty, 5.0)
         relay.stop()
@@ -165,24 +163,26 @@ async def run_tracker(
 
 
 async def follow(
-    tracker: Tracker, settings: TrackerSettings, stop: asyncio.Event, ready: asyncio.Event | None
+    tracker: Tracker,
+    settings: TrackerSettings,
+    connection: AbstractConnection,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None,
 ) -> None:
-    """Read the log from after the checkpoint into ``tracker`` until ``stop`` (one connection)."""
+    """Read the log from after the checkpoint into ``tracker`` until ``stop``."""
     checkpoint = tracker.store.checkpoint()
     start: str | int = settings.start_from if checkpoint is None else checkpoint + 1
     log.info("tracker reading dimsebus.log from %s", start)
-    connection = await connect(settings.amqp_url, f"dimsebus-{settings.tracker_id}")
-    async with connection:
-        setup = await connection.channel()
-        await declare_topology(setup, settings.retention)
-        await setup.close()
-        await _read(tracker, settings, connection, start, stop, ready)
+    setup = await connection.channel()
+    await declare_topology(setup, settings.retention)
+    await setup.close()
+    await _read(tracker, settings, connection, start, stop, ready)
 
 
 async def _read(
     tracker: Tracker,
     settings: TrackerSettings,
-    connection: AbstractRobustConnection,
+    connection: AbstractConnection,
     start: str | int,
     stop: asyncio.Event,
     ready: asyncio.Event | None,
@@ -211,6 +211,7 @@ async def _batch(
 ) -> list[LogEntry]:
     if pump.done():
         pump.result()  # re-raise why the log stopped
+        raise ConnectionError("the log stopped delivering (its channel closed)")
     try:
         first = await asyncio.wait_for(queue.get(), 0.2)
     except TimeoutError:

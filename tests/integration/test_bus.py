@@ -12,7 +12,7 @@ from uuid import UUID
 
 import aio_pika
 import pytest
-from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from schemas import events as ev
 from schemas.envelope import CONTENT_TYPE, CloudEvent
@@ -45,7 +45,7 @@ def story(instances: int = 5) -> list[CloudEvent]:
     return [event for event in events if not isinstance(event, ev.COMMAND_MODELS)]
 
 
-async def read_ids(channel: AbstractRobustChannel, wanted: set[UUID]) -> dict[UUID, LogEntry]:
+async def read_ids(channel: AbstractChannel, wanted: set[UUID]) -> dict[UUID, LogEntry]:
     found: dict[UUID, LogEntry] = {}
     async with LogReader(channel, "first") as log:
         async for entry in log:
@@ -57,7 +57,7 @@ async def read_ids(channel: AbstractRobustChannel, wanted: set[UUID]) -> dict[UU
 
 
 async def test_every_event_type_round_trips_through_the_log(
-    connection: AbstractRobustConnection, channel: AbstractRobustChannel
+    connection: AbstractRobustConnection, channel: AbstractChannel
 ) -> None:
     # given one event of every type in the contract
     events = story()
@@ -76,7 +76,7 @@ async def test_every_event_type_round_trips_through_the_log(
 
 
 async def test_amqp_properties_mirror_the_envelope(
-    connection: AbstractRobustConnection, channel: AbstractRobustChannel
+    connection: AbstractRobustConnection, channel: AbstractChannel
 ) -> None:
     # given a C-STORE response event, published
     event = next(e for e in story() if isinstance(e, ev.CStoreResponseReceived))
@@ -107,7 +107,7 @@ async def _get(queue: aio_pika.abc.AbstractQueue) -> aio_pika.abc.AbstractIncomi
 
 
 async def test_topology_declaration_is_idempotent_and_guards_its_arguments(
-    channel: AbstractRobustChannel,
+    channel: AbstractChannel,
 ) -> None:
     # declaring again with the same retention changes nothing
     await declare_topology(channel)
@@ -117,7 +117,7 @@ async def test_topology_declaration_is_idempotent_and_guards_its_arguments(
 
 
 async def test_unroutable_publish_is_an_error(
-    channel: AbstractRobustChannel,
+    channel: AbstractChannel,
 ) -> None:
     # given an exchange that nothing is bound to
     await channel.declare_exchange(
@@ -129,7 +129,7 @@ async def test_unroutable_publish_is_an_error(
 
 
 async def test_window_publishes_many_concurrently(
-    connection: AbstractRobustConnection, channel: AbstractRobustChannel
+    connection: AbstractRobustConnection, channel: AbstractChannel
 ) -> None:
     # given 2000 events and a window of 64 unconfirmed publishes
     events = [event for _ in range(100) for event in story(instances=3)][:2000]
@@ -161,7 +161,7 @@ async def _wait_for(predicate: Callable[[], bool], within: float = 20.0) -> None
 
 
 async def _drain(
-    channel: AbstractRobustChannel, name: str, count: int
+    channel: AbstractChannel, name: str, count: int
 ) -> list[aio_pika.abc.AbstractIncomingMessage]:
     queue = await channel.get_queue(name, ensure=False)
     messages: list[aio_pika.abc.AbstractIncomingMessage] = []
@@ -177,7 +177,7 @@ async def _drain(
 
 
 async def test_invalid_messages_are_parked_with_the_reason_and_consuming_goes_on(
-    connection: AbstractRobustConnection, channel: AbstractRobustChannel
+    connection: AbstractRobustConnection, channel: AbstractChannel
 ) -> None:
     # given a consumer on its own work queue
     queue = WorkQueue("dimsebus.test.parking", bindings=("dicom.association.#",))
@@ -208,7 +208,7 @@ async def test_invalid_messages_are_parked_with_the_reason_and_consuming_goes_on
 
 
 async def test_a_handler_that_keeps_failing_is_dead_lettered_by_the_delivery_limit(
-    connection: AbstractRobustConnection, channel: AbstractRobustChannel
+    connection: AbstractRobustConnection, channel: AbstractChannel
 ) -> None:
     # given a consumer whose handler always fails, on a queue with a delivery limit of 2
     queue = WorkQueue(
@@ -252,7 +252,7 @@ async def test_publisher_survives_a_closed_connection(broker: Broker) -> None:
     assert LOG_STREAM == "dimsebus.log"
 
 
-async def test_events_tail_filters_by_type(channel: AbstractRobustChannel, amqp_url: str) -> None:
+async def test_events_tail_filters_by_type(channel: AbstractChannel, amqp_url: str) -> None:
     # given the example story published to the log
     events = story()
     await Publisher(channel).publish_all(events)

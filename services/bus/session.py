@@ -1,0 +1,96 @@
+"""A consumer's life on the broker: connect, run, and start over whenever the connection dies.
+
+aio-pika's robust connection restores consumers by itself, but a restore that
+fails (a quorum queue or stream still starting after a broker restart answers
+``NOT_FOUND - home node ... is down``) leaves a consumer that never receives
+again, silently. So consumers use a plain connection here, and a lost
+connection ends the session: the supervisor connects again, declares again
+and consumes again, from scratch, with a back-off, until it is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractConnection
+
+from services.clock import sleep_unless
+
+log = logging.getLogger(__name__)
+
+Session = Callable[[AbstractConnection, asyncio.Event], Coroutine[Any, Any, None]]
+
+
+async def supervised(
+    url: str,
+    name: str,
+    session: Session,
+    stop: asyncio.Event,
+    *,
+    first_delay: float = 0.5,
+    max_delay: float = 10.0,
+) -> None:
+    """Run ``session(connection, stop)`` on a fresh connection until ``stop`` is set.
+
+    The session returns when ``stop`` is set; if the connection is lost or the
+    session fails first, it is cancelled, and run again on a new connection.
+    """
+    delay = first_delay
+    while not stop.is_set():
+        try:
+            connection = await aio_pika.connect(url, client_properties={"connection_name": name})
+        except Exception as exc:
+            log.warning("%s cannot reach the broker (%r); trying again in %.1f s", name, exc, delay)
+            await sleep_unless(stop, delay)
+            delay = min(delay * 2, max_delay)
+            continue
+        lost = asyncio.Event()
+        connection.close_callbacks.add(lambda *_, lost=lost: lost.set())
+        try:
+            if await _run_until_lost(connection, session, stop, lost):
+                delay = first_delay  # it ran until it was lost: start over quickly
+        except Exception as exc:
+            log.warning("%s lost its session (%r); starting over in %.1f s", name, exc, delay)
+            await sleep_unless(stop, delay)
+            delay = min(delay * 2, max_delay)
+        finally:
+            with contextlib.suppress(Exception):
+                await connection.close()
+
+
+async def _run_until_lost(
+    connection: AbstractConnection, session: Session, stop: asyncio.Event, lost: asyncio.Event
+) -> bool:
+    """True if the connection was lost while the session ran; False if it ended on ``stop``."""
+    running = asyncio.create_task(session(connection, stop))
+    watch = asyncio.create_task(lost.wait())
+    try:
+        await asyncio.wait({running, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+    if running.done():
+        running.result()  # a session that failed raises here
+        if not stop.is_set():
+            raise ConnectionError("the session ended before it was stopped")
+        return False
+    running.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await running
+    log.warning("connection %s lost; connecting again", connection)
+    return True
+
+
+async def ready_once(
+    connected: asyncio.Event, supervisor: asyncio.Task[None], ready: asyncio.Event | None
+) -> None:
+    """Set ``ready`` once the first session consumes (or the supervisor ended)."""
+    waiting = asyncio.create_task(connected.wait())
+    await asyncio.wait({waiting, supervisor}, return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    if ready is not None:
+        ready.set()
