@@ -1,0 +1,160 @@
+"""Fixtures of the fault scenarios: a vhost and a rig each, the broker's controls, the report."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.broker import Broker, private_vhost
+from tests.faults.ledger import Tally
+from tests.faults.rig import Rig, new_rig
+
+pytestmark = pytest.mark.faults
+REPORT = Path(os.environ.get("DIMSEBUS_FAULTS_REPORT", "var/faults-report.md"))
+_TALLIES: list[Tally] = []
+HEADER = ("scenario", "injected", "expected", "received", "lost", "duplicated", "unexpected")
+
+
+@pytest.fixture
+def vhost_url(broker: Broker) -> Iterator[str]:
+    """A vhost of its own for one scenario: its log holds only this scenario's events."""
+    with private_vhost(broker.url, broker.ctl) as url:
+        yield url
+
+
+@pytest.fixture
+def make_rig(tmp_path: Path, vhost_url: str) -> Iterator[Callable[..., Rig]]:
+    """Build rigs (``make_rig({"STORESCP": port}, dimse_timeout=5)``); stopped afterwards."""
+    rigs: list[Rig] = []
+
+    def make(destinations: dict[str, int], name: str = "rig", **node: Any) -> Rig:
+        rig = new_rig(tmp_path / name, vhost_url, destinations, **node)
+        rigs.append(rig)
+        return rig
+
+    yield make
+    for rig in rigs:
+        rig.stop_all()
+
+
+@pytest.fixture
+def report() -> Callable[[Tally], Tally]:
+    """Record a scenario's tally for the Reliability table, and assert its invariant."""
+
+    def record(tally: Tally) -> Tally:
+        _TALLIES.append(tally)
+        assert tally.exact, f"invariant broken: {tally}"
+        return tally
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the Reliability table (and write it to var/faults-report.md)."""
+    if not _TALLIES:
+        return
+    lines = [
+        "| " + " | ".join((*HEADER, "tracker")) + " |",
+        "|" + "---|" * (len(HEADER) + 1),
+        *("| " + " | ".join(t.row()) + " |" for t in _TALLIES),
+    ]
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text("\n".join(lines) + "\n")
+    terminalreporter.write_sep("=", f"reliability (also in {REPORT})")
+    for line in lines:
+        terminalreporter.write_line(line)
+
+
+class BrokerControl:
+    """The local RabbitMQ's own controls: stop and start the app, kill it, alarms."""
+
+    def __init__(self, broker: Broker) -> None:
+        if shutil.which("rabbitmqctl") is None:
+            pytest.fail("the broker fault scenarios need the local rabbitmqctl (make system)")
+        self.broker = broker
+
+    def ctl(self, *argv: str, timeout: float = 120) -> str:
+        """Run ``rabbitmqctl argv``; its output."""
+        done = subprocess.run(
+            ["rabbitmqctl", *argv], capture_output=True, text=True, timeout=timeout, check=True
+        )
+        return done.stdout
+
+    def stop_app(self) -> None:
+        """``rabbitmqctl stop_app``: the node stays up, the broker application stops."""
+        self.ctl("stop_app")
+
+    def start_app(self) -> None:
+        """``rabbitmqctl start_app``, then wait until it serves."""
+        self.ctl("start_app")
+        self.ctl("await_startup")
+
+    def kill(self) -> None:
+        """``kill -9`` the broker's Erlang VM."""
+        pid = self.ctl("eval", "os:getpid().").strip().strip('"')
+        os.kill(int(pid), 9)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _alive(int(pid)):
+            time.sleep(0.1)
+
+    def start_server(self) -> None:
+        """``rabbitmq-server -detached``, then wait until it serves."""
+        subprocess.run(["rabbitmq-server", "-detached"], check=True, timeout=60)
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                self.ctl("await_startup", timeout=30)
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError("RabbitMQ did not start again within 120 s")
+            time.sleep(1)
+
+    def app_state(self) -> str:
+        """``running``, ``stopped`` (after stop_app) or ``node down``."""
+        try:
+            answer = self.ctl("eval", "rabbit:is_running().", timeout=30).strip()
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            return "node down"
+        return "running" if answer == "true" else "stopped"
+
+    def disk_free_limit(self) -> int:
+        """The disk free limit in bytes."""
+        return int(self.ctl("eval", "rabbit_disk_monitor:get_disk_free_limit().").strip())
+
+    def set_disk_free_limit(self, limit: int | str) -> None:
+        """``rabbitmqctl set_disk_free_limit``."""
+        self.ctl("set_disk_free_limit", str(limit))
+
+    def disk_alarm(self) -> bool:
+        """Whether the disk alarm is set."""
+        return "disk" in self.ctl("eval", "rabbit_alarm:get_alarms().")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def broker_control(broker: Broker) -> Iterator[BrokerControl]:
+    """The broker's controls; the broker is running again after the test, whatever it did."""
+    control = BrokerControl(broker)
+    limit = control.disk_free_limit()
+    yield control
+    state = control.app_state()
+    if state == "node down":
+        control.start_server()
+    elif state == "stopped":
+        control.start_app()
+    control.set_disk_free_limit(limit)

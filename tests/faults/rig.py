@@ -1,0 +1,309 @@
+"""A whole dimsebus deployment as real processes, for breaking things on purpose.
+
+The node, the tracker, the retrier and the audit service each run as
+``python -m services ...`` in its own process group (so ``kill -9`` is real),
+against a vhost of their own on the real broker, with dcmtk peers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schemas import events as ev
+from schemas.envelope import CloudEvent
+from services.bus.connection import connect
+from services.bus.log import LogReader
+from services.node.archive import Archive
+from services.node.synthetic import write_study
+from tests.integration.peers import dcmtk, free_port, run_tool, wait_for_port
+
+PYTHON = [sys.executable, "-m", "services"]
+
+
+@dataclass
+class Process:
+    """One service process: started, killed with any signal, started again."""
+
+    name: str
+    argv: list[str]
+    log: Path
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        """Start (again); output goes to ``log``."""
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
+        return self
+
+    @property
+    def pid(self) -> int:
+        """The process id of the running service."""
+        assert self.process is not None, f"{self.name} was not started"
+        return self.process.pid
+
+    def kill(self) -> None:
+        """``kill -9`` the service process (not its children: they must notice)."""
+        os.kill(self.pid, signal.SIGKILL)
+        assert self.process is not None
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM, as an operator stops it; SIGKILL for the whole group if it hangs."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def tail(self, lines: int = 40) -> str:
+        """The end of its output, for a failing assertion's message."""
+        if not self.log.exists():
+            return ""
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@dataclass
+class Rig:
+    """One deployment: a node with a study in its archive, and its downstream services."""
+
+    root: Path
+    amqp_url: str
+    node_id: str
+    port: int
+    destinations: dict[str, int]
+    node_settings: dict[str, Any] = field(default_factory=dict)
+    processes: dict[str, Process] = field(default_factory=dict)
+    study_uids: dict[str, list[str]] = field(default_factory=dict)
+
+    # -- configuration ------------------------------------------------------------
+
+    def write_configs(self) -> None:
+        """TOML files for the four services, as an operator would write them."""
+        lines = [
+            f'node_id = "{self.node_id}"',
+            f"port = {self.port}",
+            'host = "127.0.0.1"',
+            f'archive_path = "{self.root / "archive"}"',
+            f'outbox_path = "{self.root / "node-outbox.sqlite"}"',
+            f'amqp_url = "{self.amqp_url}"',
+            *(f"{key} = {json.dumps(value)}" for key, value in self.node_settings.items()),
+        ]
+        for ae, port in self.destinations.items():
+            lines += [f"\n[destinations.{ae}]", 'host = "127.0.0.1"', f"port = {port}"]
+        (self.root / "node.toml").write_text("\n".join(lines) + "\n")
+        (self.root / "tracker.toml").write_text(
+            f'amqp_url = "{self.amqp_url}"\ndb = "{self.tracker_db}"\n'
+            f'outbox_path = "{self.root / "tracker-outbox.sqlite"}"\n'
+            "progress_interval = 2.0\nstall_after = 600.0\n"
+        )
+        (self.root / "retrier.toml").write_text(
+            f'amqp_url = "{self.amqp_url}"\ndb = "{self.root / "retrier.sqlite"}"\n\n'
+            "[policy]\nmax_attempts = 6\ninitial_delay = 1.0\nmultiplier = 1.5\n"
+            "max_delay = 5.0\njitter = 0.1\n"
+        )
+        (self.root / "audit.toml").write_text(
+            f'amqp_url = "{self.amqp_url}"\ndb = "{self.audit_db}"\n'
+        )
+
+    @property
+    def tracker_db(self) -> Path:
+        """The tracker's SQLite store."""
+        return self.root / "tracker.sqlite"
+
+    @property
+    def audit_db(self) -> Path:
+        """The audit trail's SQLite store."""
+        return self.root / "audit.sqlite"
+
+    @property
+    def outbox(self) -> Path:
+        """The node's outbox file."""
+        return self.root / "node-outbox.sqlite"
+
+    def add_study(self, instances: int, seed: str) -> str:
+        """A synthetic study of ``instances`` CT images in the node's archive; its UID."""
+        paths = write_study(self.root / f"study-{seed}", instances, patient_id=seed, seed=seed)
+        archive = Archive(self.root / "archive")
+        try:
+            stored = [archive.import_file(path) for path in paths]
+        finally:
+            archive.close()
+        study_uid = str(stored[0].read().StudyInstanceUID)
+        self.study_uids[study_uid] = [s.sop_instance_uid for s in stored]
+        return study_uid
+
+    # -- processes ----------------------------------------------------------------
+
+    def service(self, name: str, *argv: str) -> Process:
+        """Start ``dimsebus <argv>`` as ``name``."""
+        process = Process(name, [*PYTHON, *argv], self.root / f"{name}.log").start()
+        self.processes[name] = process
+        return process
+
+    async def start_node(self) -> Process:
+        """The node, once it listens."""
+        node = self.service("node", "node", "--config", str(self.root / "node.toml"))
+        await asyncio.to_thread(wait_for_port, self.port, 30)
+        return node
+
+    def start_downstream(self, *names: str) -> None:
+        """The tracker, the retrier and the audit service (or those named)."""
+        for name in names or ("tracker", "retrier", "audit"):
+            self.service(name, name, "--config", str(self.root / f"{name}.toml"))
+
+    def stop_all(self) -> None:
+        """SIGTERM every process started."""
+        for process in self.processes.values():
+            process.stop()
+
+    # -- what happened ------------------------------------------------------------
+
+    async def movescu(self, study_uid: str, destination: str, ae_title: str = "MOVESCU") -> str:
+        """dcmtk's movescu asks the node to move ``study_uid`` to ``destination``."""
+        return await run_tool(
+            dcmtk("movescu"),
+            "-S",
+            "-aet",
+            ae_title,
+            "-aec",
+            "DIMSEBUS",
+            "-aem",
+            destination,
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={study_uid}",
+            "127.0.0.1",
+            str(self.port),
+            within=900,
+        )
+
+    async def log(self, idle: float = 3.0) -> list[CloudEvent]:
+        """Every event of this vhost's log, repeats included, until it is idle."""
+        connection = await connect(self.amqp_url, "dimsebus-faults-reader")
+        found: list[CloudEvent] = []
+        async with connection, LogReader(await connection.channel(), "first") as log:
+            async for entry in log.until_idle(idle):
+                if entry.event is not None:
+                    found.append(entry.event)
+        return found
+
+    def moves(self) -> list[dict[str, Any]]:
+        """`dimsebus moves list --json` of this rig's tracker."""
+        views: list[dict[str, Any]] = self.cli_json(
+            "moves", "list", "--json", "--db", str(self.tracker_db)
+        )
+        return views
+
+    def cli_json(self, *argv: str) -> Any:
+        """Run a ``dimsebus`` command and parse its JSON output."""
+        done = subprocess.run(
+            [*PYTHON, *argv], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    async def settled(
+        self, outcomes: tuple[str, ...] = ("completed",), moves: int = 1, within: float = 180
+    ) -> list[dict[str, Any]]:
+        """The tracker's moves once ``moves`` of them have one of ``outcomes``, and stay so."""
+        deadline = time.monotonic() + within
+        stable = 0
+        views: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            views = await asyncio.to_thread(self._moves_or_none)
+            done = [v for v in views if v["outcome"] in outcomes]
+            stable = stable + 1 if len(done) >= moves else 0
+            if stable >= 3:
+                return views
+            await asyncio.sleep(1.0)
+        tracker = self.processes.get("tracker")
+        raise AssertionError(
+            f"moves did not settle on {outcomes}: "
+            f"{[(v['outcome'], v['counts'], v['responses']) for v in views]}\n"
+            f"{tracker.tail() if tracker else ''}"
+        )
+
+    def _moves_or_none(self) -> list[dict[str, Any]]:
+        if not self.tracker_db.exists():
+            return []
+        try:
+            return self.moves()
+        except AssertionError:
+            return []  # the store is being created
+
+    def outbox_depth(self) -> int:
+        """Rows waiting in the node's outbox."""
+        status = self.cli_json("node", "--config", str(self.root / "node.toml"), "status", "--json")
+        return int(status["outbox_depth"])
+
+
+def new_rig(root: Path, amqp_url: str, destinations: dict[str, int], **node: Any) -> Rig:
+    """A rig in ``root`` whose node knows ``destinations`` (AE title -> port)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rig = Rig(
+        root=root,
+        amqp_url=amqp_url,
+        node_id=f"faults-{root.name[-24:]}".replace("_", "-"),
+        port=free_port(),
+        destinations=destinations,
+        node_settings=node,
+    )
+    rig.write_configs()
+    return rig
+
+
+def storescp_answers(log: Path) -> list[str]:
+    """The SOP instance UIDs of the C-STORE-RQs dcmtk's storescp (``-d``) received."""
+    if not log.exists():
+        return []
+    marker = "Affected SOP Instance UID     : "
+    answered: list[str] = []
+    in_store = False
+    for line in log.read_text(errors="replace").splitlines():
+        if line.endswith("Message Type                  : C-STORE RQ"):
+            in_store = True
+        elif in_store and marker in line:
+            answered.append(line.split(marker, 1)[1].strip())
+            in_store = False
+    return answered
+
+
+def unsent_uids(log: list[CloudEvent], reason: str) -> set[str]:
+    """UIDs the node reported unsent for ``reason``."""
+    return {
+        uid
+        for e in log
+        if isinstance(e, ev.CStoreUnsent) and e.data.reason == reason
+        for uid in e.data.sop_instance_uids
+    }
+
+
+def tracked_responses(views: list[dict[str, Any]]) -> int:
+    """Response events the tracker folded, over all moves."""
+    return sum(v["responses"]["received"] for v in views)
+
+
+def id_repeats(log: list[CloudEvent]) -> Counter[str]:
+    """Event ids that appear more than once on the log."""
+    return Counter(str(e.id) for e in log) - Counter({str(e.id): 1 for e in log})

@@ -1,0 +1,149 @@
+"""The broker misbehaves in the middle of a 500-instance C-MOVE; nothing may be lost."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.broker import Broker
+from tests.faults.conftest import BrokerControl
+from tests.faults.ledger import Tally, tally
+from tests.faults.rig import Rig, storescp_answers, tracked_responses
+from tests.integration.peers import StoreSCP, storescp
+
+pytestmark = pytest.mark.faults
+INSTANCES = 500
+
+
+async def until(check: Callable[[], bool], within: float = 120, what: str = "") -> None:
+    """Wait until ``check()`` holds."""
+    deadline = time.monotonic() + within
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        await asyncio.sleep(0.1)
+
+
+async def move_through(
+    rig: Rig, peer: StoreSCP, fault: Callable[[], object], after: int = 100
+) -> asyncio.Task[str]:
+    """Start the deployment and a C-MOVE of the rig's study; inject ``fault`` mid-move."""
+    [study] = rig.study_uids
+    await rig.start_node()
+    rig.start_downstream()
+    move = asyncio.create_task(rig.movescu(study, peer.ae_title))
+    await until(lambda: len(storescp_answers(peer.log)) >= after, what=f"{after} C-STOREs")
+    await asyncio.to_thread(fault)
+    return move
+
+
+async def account(rig: Rig, peer: StoreSCP, scenario: str, injected: str) -> Tally:
+    """The scenario's tally once the tracker has settled on a completed move."""
+    views = await rig.settled()
+    log = await rig.log()
+    assert views[0]["counts"]["completed"] == INSTANCES, views[0]
+    audited = rig.cli_json("audit", "query", "--json", "--db", str(rig.audit_db))
+    assert {r["event_id"] for r in audited} >= {
+        str(e.id) for e in log if e.source.endswith(rig.node_id)
+    }
+    return tally(
+        scenario,
+        injected,
+        storescp_answers(peer.log),
+        log,
+        tracker=tracked_responses(views),
+    )
+
+
+@pytest.mark.parametrize("how", ["stop_app", "kill"])
+async def test_broker_restarted_mid_move(
+    how: str,
+    tmp_path: Path,
+    make_rig: Callable[..., Rig],
+    broker_control: BrokerControl,
+    report: Callable[[Tally], Tally],
+) -> None:
+    with storescp(tmp_path / "received") as peer:
+        rig = make_rig({"STORESCP": peer.port})
+        rig.add_study(INSTANCES, seed=f"broker-{how}")
+        stop = broker_control.stop_app if how == "stop_app" else broker_control.kill
+        move = await move_through(rig, peer, stop)
+        await asyncio.sleep(3)  # the outage: the DICOM side goes on, the outbox holds
+        start = broker_control.start_app if how == "stop_app" else broker_control.start_server
+        await asyncio.to_thread(start)
+        await move
+        injected = (
+            "rabbitmqctl stop_app, 3 s, start_app"
+            if how == "stop_app"
+            else "kill -9 of the broker VM, 3 s, rabbitmq-server -detached"
+        )
+        report(await account(rig, peer, f"broker {how} mid-move", injected))
+
+
+async def test_connections_closed_by_the_broker(
+    tmp_path: Path,
+    make_rig: Callable[..., Rig],
+    broker: Broker,
+    vhost_url: str,
+    report: Callable[[Tally], Tally],
+) -> None:
+    here = Broker(vhost_url, broker.ctl)
+    names = ["dimsebus-tracker", "dimsebus-tracker-relay", "dimsebus-retrier", "dimsebus-audit"]
+
+    def close_all() -> None:
+        node = f"dimsebus-node-{rig.node_id}"
+        for name in [node, f"{node}-commands", *names]:
+            assert here.close_connections(name) >= 1, f"no connection named {name}"
+
+    with storescp(tmp_path / "received") as peer:
+        rig = make_rig({"STORESCP": peer.port})
+        rig.add_study(INSTANCES, seed="close-connection")
+        move = await move_through(rig, peer, close_all)
+        await until(lambda: len(storescp_answers(peer.log)) >= 300, what="300 C-STOREs")
+        await asyncio.sleep(1)
+        await asyncio.to_thread(close_all)  # again, once they have reconnected
+        await move
+        report(
+            await account(
+                rig,
+                peer,
+                "connections closed",
+                "rabbitmqctl close_connection on every publisher and consumer connection, twice",
+            )
+        )
+
+
+async def test_disk_alarm_blocks_publishers_not_dicom(
+    tmp_path: Path,
+    make_rig: Callable[..., Rig],
+    broker_control: BrokerControl,
+    report: Callable[[Tally], Tally],
+) -> None:
+    with storescp(tmp_path / "received") as peer:
+        rig = make_rig({"STORESCP": peer.port})
+        rig.add_study(INSTANCES, seed="disk-alarm")
+        # given the broker's disk alarm is raised before the move
+        await rig.start_node()
+        rig.start_downstream()
+        await asyncio.sleep(2)
+        broker_control.set_disk_free_limit("100000GB")
+        await until(broker_control.disk_alarm, 30, "the disk alarm")
+        # when a C-MOVE runs, DICOM traffic flows and the outbox absorbs the events
+        [study] = rig.study_uids
+        await rig.movescu(study, peer.ae_title)
+        assert len(storescp_answers(peer.log)) == INSTANCES
+        assert rig.outbox_depth() >= INSTANCES
+        # then once the alarm clears, everything is delivered
+        broker_control.set_disk_free_limit("50MB")
+        report(
+            await account(
+                rig,
+                peer,
+                "disk alarm",
+                "set_disk_free_limit above the free space for the whole move, then cleared",
+            )
+        )
