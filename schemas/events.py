@@ -210,6 +210,38 @@ class CStoreUnsent(CloudEvent):
         return f"{self.type}.{StatusCategory.FAILURE.value}"
 
 
+# -- what the contract cannot carry ----------------------------------------------------
+
+MessageName = Annotated[str, Field(min_length=1, max_length=64)]
+RawValue = Annotated[str, Field(max_length=1024)]
+
+
+class MessageInvalidData(Model):
+    """A message the node exchanged whose values no other event type can carry.
+
+    ``fields`` are the raw command-set elements, each rendered with ``repr()``
+    and truncated; ``error`` names the field and the value that was rejected.
+    """
+
+    message: MessageName = Field(description="e.g. 'C-STORE-RSP' or 'A-ASSOCIATE'")
+    association_id: UUID | None = None
+    message_id: MessageID | None = None
+    affected_sop_instance_uid: Annotated[str, Field(max_length=256)] | None = Field(
+        None, description="as the message gave it, valid UID or not"
+    )
+    operation: Operation | None = None
+    error: Annotated[str, Field(min_length=1, max_length=4096)]
+    fields: dict[Annotated[str, Field(max_length=64)], RawValue] = Field(default_factory=dict)
+    at: UtcDatetime
+
+
+class MessageInvalid(CloudEvent):
+    """A DIMSE or ACSE message had values the contract rejects: recorded, not lost."""
+
+    type: Literal["dicom.message.invalid"] = "dicom.message.invalid"
+    data: MessageInvalidData
+
+
 # -- associations ----------------------------------------------------------------------
 
 
@@ -463,6 +495,7 @@ EVENT_MODELS: tuple[type[CloudEvent], ...] = (
     CStoreResponseReceived,
     CStoreResponseMissing,
     CStoreUnsent,
+    MessageInvalid,
     AssociationEstablished,
     AssociationRejected,
     AssociationReleased,
@@ -483,6 +516,7 @@ Event = Annotated[
     CStoreResponseReceived
     | CStoreResponseMissing
     | CStoreUnsent
+    | MessageInvalid
     | AssociationEstablished
     | AssociationRejected
     | AssociationReleased

@@ -292,6 +292,19 @@ def _get_and_reject(story: _Story) -> None:
             completed_at=story.tick(),
         ),
     )
+    story.add(
+        ev.MessageInvalid,
+        str(requestor.id),
+        ev.MessageInvalidData(
+            message="C-STORE-RSP",
+            association_id=requestor.id,
+            message_id=9,
+            error="MessageIDBeingRespondedTo 9 answers no C-STORE-RQ outstanding on this "
+            "association",
+            fields={"CommandField": "32769", "MessageIDBeingRespondedTo": "9", "Status": "0"},
+            at=story.tick(),
+        ),
+    )
     intruder = story.association("acceptor", "INTRUDER", 51400)
     story.add(
         ev.AssociationRejected,

@@ -220,6 +220,17 @@ DATA: dict[type[CloudEvent], st.SearchStrategy[Any]] = {
         detail=words,
         at=times,
     ),
+    ev.MessageInvalid: st.builds(
+        ev.MessageInvalidData,
+        message=st.sampled_from(["C-STORE-RSP", "C-STORE-RQ", "A-ASSOCIATE"]),
+        association_id=st.none() | st.uuids(),
+        message_id=st.none() | message_ids,
+        affected_sop_instance_uid=st.none() | words,
+        operation=st.none() | operations,
+        error=words.filter(bool),
+        fields=st.dictionaries(st.from_regex(r"\A[A-Za-z]{1,30}\Z"), words, max_size=5),
+        at=times,
+    ),
     ev.ResendSubOperations: st.builds(
         ev.ResendData,
         operation=operations,

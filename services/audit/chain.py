@@ -62,10 +62,14 @@ def facts_of(event: CloudEvent) -> dict[str, Any]:
     data = event.data
     operation = getattr(data, "operation", None)
     association = getattr(data, "association", None)
+    # dicom.message.invalid names its association by id only: the rest may be what was invalid
+    association_id = (
+        association.id if association is not None else getattr(data, "association_id", None)
+    )
     status = getattr(data, "status", None)
     return {
         "operation_id": str(operation.id) if operation is not None else None,
-        "association_id": str(association.id) if association is not None else None,
+        "association_id": str(association_id) if association_id is not None else None,
         "study_uid": getattr(data, "study_instance_uid", None),
         "sop_instance_uid": getattr(data, "affected_sop_instance_uid", None),
         "peer_ae_title": association.peer_ae_title if association is not None else None,

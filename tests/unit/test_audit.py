@@ -93,6 +93,16 @@ def test_the_hash_covers_the_whole_event() -> None:
     assert verify(records).broken_at == 3
 
 
+def test_an_invalid_message_is_recorded_under_its_association() -> None:
+    # given the node's record of a C-STORE-RSP that answered no request
+    invalid = next(e for e in STORY if isinstance(e, ev.MessageInvalid))
+    # when it is chained onto the trail
+    record = next_record(1, GENESIS, invalid)
+    # then an auditor finds it by its association, like the association's other events
+    assert record.event_type == "dicom.message.invalid"
+    assert record.association_id == str(invalid.data.association_id)
+
+
 # -- messages ---------------------------------------------------------------------------------
 
 
