@@ -3,7 +3,9 @@
 The shell (``services.node.dimse``) records each C-STORE-RQ it sends as a
 ``SentStore``, joins the C-STORE-RSP to it by (association, message id), and
 calls these functions. Nothing here touches a socket, a clock or a random
-source: ids and times come in as arguments.
+source: ids and times come in as arguments. Nothing here raises on what a
+peer sent either: values the contract rejects become ``dicom.message.invalid``
+(``services.node.salvage``) rather than an exception that loses the event.
 """
 
 from __future__ import annotations
@@ -11,13 +13,24 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal
 from uuid import UUID
+
+from pydantic import ValidationError
 
 from schemas import events as ev
 from schemas.envelope import CloudEvent
 from schemas.status import Service, describe_status
+from services.node.salvage import (
+    comment_text,
+    describe_error,
+    invalid_event,
+    shown,
+    status_problem,
+    text,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +81,29 @@ class SentStore:
 
 @dataclass(frozen=True, slots=True)
 class StoreResponse:
-    """The parts of a C-STORE-RSP the event needs (PS3.7 9.3.1.2)."""
+    """A C-STORE-RSP (PS3.7 9.3.1.2) with its values as they came off the wire.
 
-    status: int | None
-    error_comment: str | None = None
-    affected_sop_instance_uid: str | None = None
+    A value may be anything the decoder made of the peer's bytes: None, a list
+    for a multi-valued element, a number out of range, or ``Unreadable``.
+    ``command`` is the whole command set, keyword to value.
+    """
+
+    status: object
+    error_comment: object = None
+    affected_sop_instance_uid: object = None
+    message_id: object = None
+    command: Mapping[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, command: Mapping[str, object]) -> StoreResponse:
+        """The response in a command set read as keyword to value."""
+        return cls(
+            status=command.get("Status"),
+            error_comment=command.get("ErrorComment"),
+            affected_sop_instance_uid=command.get("AffectedSOPInstanceUID"),
+            message_id=command.get("MessageIDBeingRespondedTo"),
+            command=command,
+        )
 
 
 PatientIdPolicy = Literal["omit", "hash", "keep"]
@@ -91,39 +122,108 @@ def protect_patient_id(raw: str | None, policy: PatientIdPolicy, key: bytes) -> 
     return "hmac-sha256:" + hmac.new(key, raw.encode(), hashlib.sha256).hexdigest()[:32]
 
 
-def response_event(sent: SentStore, response: StoreResponse, stamp: Stamp) -> CloudEvent:
-    """The event for a C-STORE-RSP joined to its request.
+def answer_event(
+    sent: SentStore | None, response: StoreResponse, association_id: UUID, stamp: Stamp
+) -> CloudEvent:
+    """The one event for a C-STORE-RSP, ``sent`` being the request it answers, if any."""
+    if sent is None:
+        return unmatched_event(response, association_id, stamp)
+    return response_event(sent, response, stamp)
 
-    A response without a Status cannot say whether the instance was stored, so
-    it becomes a missing-response event rather than an invented status.
+
+def response_event(sent: SentStore, response: StoreResponse, stamp: Stamp) -> CloudEvent:
+    """The one event for a C-STORE-RSP joined to its request; never raises.
+
+    A response whose Status is absent, unreadable or not 0 to 0xFFFF cannot say
+    whether the instance was stored, so it becomes a missing-response event
+    (``invalid_response``) rather than an invented status; request facts the
+    contract rejects make it ``dicom.message.invalid`` (see ``missing_event``).
     """
-    if response.status is None or not 0 <= response.status <= 0xFFFF:
-        return missing_event(
-            sent, "invalid_response", f"C-STORE-RSP Status is {response.status!r}", stamp
+    problem = status_problem(response.status)
+    if problem is None:
+        try:
+            return _received_event(sent, response, stamp)
+        except ValidationError as exc:
+            problem = describe_error(exc)
+    return missing_event(sent, "invalid_response", problem, stamp, response)
+
+
+def missing_event(
+    sent: SentStore,
+    reason: str,
+    detail: str,
+    stamp: Stamp,
+    response: StoreResponse | None = None,
+) -> CloudEvent:
+    """The event for a C-STORE-RQ whose response will never come (or cannot be used).
+
+    If the request's own facts are invalid (a SOP Instance UID with a leading
+    zero in the file that was sent, say), it is ``dicom.message.invalid``.
+    """
+    try:
+        data = ev.CStoreResponseMissingData.model_validate(
+            {
+                **sent.facts(),
+                "reason": reason,
+                "detail": text(detail, 1024),
+                "detected_at": stamp.time,
+            }
         )
+    except ValidationError as exc:
+        error = describe_error(exc)
+        return _invalid_exchange(
+            sent, response, error if error in detail else f"{error}; {detail}", stamp
+        )
+    return _envelope(ev.CStoreResponseMissing, data, sent.affected_sop_instance_uid, stamp)
+
+
+def unmatched_event(response: StoreResponse, association_id: UUID, stamp: Stamp) -> CloudEvent:
+    """``dicom.message.invalid`` for a C-STORE-RSP that answers no outstanding request."""
+    return invalid_event(
+        "C-STORE-RSP",
+        f"MessageIDBeingRespondedTo {shown(response.message_id, 200)} answers no "
+        "C-STORE-RQ outstanding on this association",
+        stamp,
+        association_id=association_id,
+        message_id=response.message_id,
+        sop_instance_uid=response.affected_sop_instance_uid,
+        fields=response.command,
+    )
+
+
+def _received_event(sent: SentStore, response: StoreResponse, stamp: Stamp) -> CloudEvent:
+    assert isinstance(response.status, int)
     info = describe_status(response.status, Service.STORAGE)
-    comment = response.error_comment
-    if response.affected_sop_instance_uid not in (None, sent.affected_sop_instance_uid):
-        mismatch = f"C-STORE-RSP names SOP instance {response.affected_sop_instance_uid}"
+    comment = comment_text(response.error_comment)
+    named = response.affected_sop_instance_uid
+    if named not in (None, "", sent.affected_sop_instance_uid):
+        mismatch = f"C-STORE-RSP names SOP instance {shown(named, 200)}"
         comment = f"{comment}; {mismatch}" if comment else mismatch
     data = ev.CStoreResponseReceivedData.model_validate(
         {
             **sent.facts(),
             "status": response.status,
             "status_category": info.category.value,
-            "error_comment": comment[:1024] if comment else None,
+            "error_comment": text(comment, 1024) if comment else None,
             "responded_at": stamp.time,
         }
     )
     return _envelope(ev.CStoreResponseReceived, data, sent.affected_sop_instance_uid, stamp)
 
 
-def missing_event(sent: SentStore, reason: str, detail: str, stamp: Stamp) -> CloudEvent:
-    """The event for a C-STORE-RQ whose response will never come."""
-    data = ev.CStoreResponseMissingData.model_validate(
-        {**sent.facts(), "reason": reason, "detail": detail[:1024], "detected_at": stamp.time}
+def _invalid_exchange(
+    sent: SentStore, response: StoreResponse | None, error: str, stamp: Stamp
+) -> CloudEvent:
+    return invalid_event(
+        "C-STORE-RSP" if response is not None else "C-STORE-RQ",
+        error,
+        stamp,
+        association_id=sent.association.id,
+        message_id=sent.message_id,
+        sop_instance_uid=sent.affected_sop_instance_uid,
+        operation=sent.operation,
+        fields=response.command if response is not None else sent.facts(),
     )
-    return _envelope(ev.CStoreResponseMissing, data, sent.affected_sop_instance_uid, stamp)
 
 
 def unsent_event(

@@ -3,18 +3,25 @@
 pynetdicom calls these handlers on its association threads. They only read
 the message, keep per-association state, call the pure functions of
 ``capture`` and append the events to the outbox: no broker, no awaiting.
+
+pynetdicom logs an exception from a handler and carries on, so the event would
+be lost: every handler is ``_guarded``, and whatever it raises is recorded as
+``dicom.message.invalid`` (``services.node.salvage``) and logged instead.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydicom.datadict import keyword_for_tag
+from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.association import Association
@@ -26,7 +33,7 @@ from schemas.envelope import CloudEvent
 from services.bus.outbox import Outbox
 from services.clock import new_id, utc_now
 from services.metrics import CSTORE_RESPONSES, CSTORE_ROUND_TRIP
-from services.node import capture
+from services.node import capture, salvage
 from services.node.capture import SentStore, Stamp, StoreResponse
 from services.node.config import NodeSettings
 from services.node.reactor import install_checkpoint
@@ -92,6 +99,23 @@ class AssociationState:
     job: Job | None
     pending: dict[int, SentStore] = field(default_factory=dict)
     retrievals: dict[int, Retrieval] = field(default_factory=dict)
+    substitutes_reported: bool = False
+
+
+HandlerMethod = Callable[["Capture", evt.Event, Job | None], None]
+
+
+def _guarded(handler: HandlerMethod) -> HandlerMethod:
+    """``handler``, with anything it raises recorded as an event instead of lost."""
+
+    @functools.wraps(handler)
+    def guarded(self: Capture, event: evt.Event, job: Job | None) -> None:
+        try:
+            handler(self, event, job)
+        except Exception as exc:
+            self.on_failure(handler.__name__, event, exc)
+
+    return guarded
 
 
 class Capture:
@@ -172,7 +196,7 @@ class Capture:
         with self._lock:
             found = self._states.get(assoc)
             if found is None:
-                found = self._states[assoc] = AssociationState(_reference(assoc), job)
+                found = self._states[assoc] = AssociationState(_reference(assoc)[0], job)
             return found
 
     def stamp(self) -> Stamp:
@@ -185,10 +209,11 @@ class Capture:
 
     # -- handlers -----------------------------------------------------------------------
 
+    @_guarded
     def on_established(self, event: evt.Event, job: Job | None) -> None:
         """``dicom.association.established`` with the negotiated contexts."""
         state = self.state(event.assoc, job)
-        state.ref = _reference(event.assoc)  # AE titles are final only now
+        self._final_reference(event.assoc, state)  # AE titles are final only now
         contexts = tuple(
             ev.PresentationContext(
                 id=int(cx.context_id or 1),
@@ -204,13 +229,14 @@ class Capture:
         }
         self.emit(capture.association_event("established", state.ref, self.stamp(), **details))
 
+    @_guarded
     def on_acse(self, event: evt.Event, job: Job | None) -> None:
         """``dicom.association.rejected`` for an A-ASSOCIATE-RJ either way (PS3.8 9.3.4)."""
         primitive = event.primitive  # type: ignore[attr-defined]
         if not isinstance(primitive, A_ASSOCIATE) or primitive.result not in (1, 2):
             return
         state = self.state(event.assoc, job)
-        state.ref = _reference(event.assoc)
+        self._final_reference(event.assoc, state)
         if job is not None and job.operation.kind == "move":
             self._sub_associations(job.operation.id).rejection = (
                 "rejected_permanent" if primitive.result == 1 else "rejected_transient"
@@ -223,6 +249,7 @@ class Capture:
         }
         self.emit(capture.association_event("rejected", state.ref, self.stamp(), **details))
 
+    @_guarded
     def on_dimse_sent(self, event: evt.Event, job: Job | None) -> None:
         """Record each C-STORE-RQ; turn a final C-MOVE/C-GET-RSP into its completed event."""
         message, state = event.message, self.state(event.assoc, job)
@@ -234,37 +261,34 @@ class Capture:
         elif name in ("C_MOVE_RSP", "C_GET_RSP") and message.command_set.Status not in _PENDING:
             self._retrieval_completed(event.assoc, state, message)
 
+    @_guarded
     def on_dimse_recv(self, event: evt.Event, job: Job | None) -> None:
-        """Join a C-STORE-RSP to its request and spool the response event."""
+        """Join a C-STORE-RSP to its request and spool its one event, whatever it holds."""
         message = event.message
         if type(message).__name__ != "C_STORE_RSP":
             return
         state = self.state(event.assoc, job)
-        command = message.command_set
-        sent = state.pending.pop(command.get("MessageIDBeingRespondedTo"), None)
+        response = StoreResponse.of(command_values(message.command_set))
+        key = salvage.message_id_or_none(response.message_id)
+        sent = state.pending.pop(key, None) if key is not None else None
         if sent is None:
             log.warning(
-                "C-STORE-RSP for unknown message id %s on %s",
-                command.get("MessageIDBeingRespondedTo"),
-                state.ref.id,
+                "C-STORE-RSP for unknown message id %r on %s", response.message_id, state.ref.id
             )
-            return
-        response = StoreResponse(
-            status=command.get("Status"),
-            error_comment=command.get("ErrorComment"),
-            affected_sop_instance_uid=command.get("AffectedSOPInstanceUID"),
-        )
-        answer = capture.response_event(sent, response, self.stamp())
+        answer = capture.answer_event(sent, response, state.ref.id, self.stamp())
         self.emit(answer)
-        CSTORE_ROUND_TRIP.observe((answer.time - sent.requested_at).total_seconds())
-        CSTORE_RESPONSES.labels(getattr(answer.data, "status_category", "missing")).inc()
+        CSTORE_RESPONSES.labels(_category(answer)).inc()
+        if sent is not None:
+            CSTORE_ROUND_TRIP.observe((answer.time - sent.requested_at).total_seconds())
 
+    @_guarded
     def on_released(self, event: evt.Event, job: Job | None) -> None:
         """``dicom.association.released``; any request still unanswered is missing."""
         state = self.state(event.assoc, job)
         self._missing(state, None, "association released before the response", "released")
         self.emit(capture.association_event("released", state.ref, self.stamp()))
 
+    @_guarded
     def on_aborted(self, event: evt.Event, job: Job | None) -> None:
         """``dicom.association.aborted``; requests still unanswered are missing."""
         state = self.state(event.assoc, job)
@@ -277,6 +301,7 @@ class Capture:
             )
         )
 
+    @_guarded
     def on_conn_close(self, event: evt.Event, job: Job | None) -> None:
         """A connection that closed under unanswered requests lost them.
 
@@ -287,7 +312,36 @@ class Capture:
         detail = _ABORT_TEXT[source] if source else "TCP connection closed"
         self._missing(self.state(event.assoc, job), source, detail)
 
+    def on_failure(self, handler: str, event: evt.Event, exc: Exception) -> None:
+        """Record what a handler could not turn into its event, and log it."""
+        message = getattr(event, "message", None)
+        name = _message_name(event, message)
+        log.exception("%s failed on %s; recording dicom.message.invalid", handler, name)
+        try:
+            command = command_values(getattr(message, "command_set", None))
+            self.emit(
+                salvage.invalid_event(
+                    name,
+                    f"{handler} raised {type(exc).__name__}: {exc}",
+                    self.stamp(),
+                    association_id=getattr(getattr(event, "assoc", None), "dimsebus_id", None),
+                    message_id=command.get("MessageIDBeingRespondedTo", command.get("MessageID")),
+                    sop_instance_uid=command.get("AffectedSOPInstanceUID"),
+                    fields=command,
+                )
+            )
+        except Exception:
+            log.exception("could not record the failure of %s either: the event is lost", handler)
+
     # -- helpers of the handlers ----------------------------------------------------------
+
+    def _final_reference(self, assoc: Association, state: AssociationState) -> None:
+        """Bind the negotiated AE titles; say once if the contract made us substitute one."""
+        state.ref, problems, raw = _reference(assoc)
+        if problems and not state.substitutes_reported:
+            state.substitutes_reported = True
+            log.warning("association %s: %s", state.ref.id, problems)
+            self.emit(salvage.substitution_event(state.ref, problems, raw, self.stamp()))
 
     def _sent_store(self, assoc: Association, state: AssociationState, message: Any) -> SentStore:
         command = message.command_set
@@ -431,20 +485,56 @@ def set_tcp_nodelay(event: evt.Event) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _reference(assoc: Association) -> ev.AssociationRef:
+def _reference(
+    assoc: Association,
+) -> tuple[ev.AssociationRef, dict[str, str], dict[str, object]]:
+    """The association's handle, AE titles it had to substitute, and the raw titles."""
     local, peer = (
         (assoc.requestor, assoc.acceptor)
         if assoc.is_requestor
         else (assoc.acceptor, assoc.requestor)
     )
-    return ev.AssociationRef(
-        id=_association_id(assoc),
-        role="requestor" if assoc.is_requestor else "acceptor",
-        local_ae_title=str(local.ae_title).strip() or "UNKNOWN",
-        peer_ae_title=str(peer.ae_title).strip() or "UNKNOWN",
-        peer_host=str(peer.address) or "unknown",
-        peer_port=int(peer.port or 0),
+    raw: dict[str, object] = {"local_ae_title": local.ae_title, "peer_ae_title": peer.ae_title}
+    ref, problems = salvage.association_ref(
+        _association_id(assoc),
+        "requestor" if assoc.is_requestor else "acceptor",
+        (local.ae_title, peer.ae_title),
+        peer.address,
+        peer.port,
     )
+    return ref, problems, raw
+
+
+def command_values(command: Dataset | None) -> dict[str, object]:
+    """A command set as keyword to value; an element that does not decode is ``Unreadable``.
+
+    pydicom decodes each element on first access, so a Status of odd length
+    raises only when it is read: here, not in the middle of building an event.
+    """
+    values: dict[str, object] = {}
+    if command is None:
+        return values
+    for tag in list(command.keys()):
+        name = keyword_for_tag(tag) or str(tag)
+        try:
+            values[name] = command[tag].value
+        except Exception as exc:
+            values[name] = salvage.Unreadable(f"{type(exc).__name__}: {exc}")
+    return values
+
+
+def _message_name(event: evt.Event, message: object) -> str:
+    """``C-STORE-RSP`` for a DIMSE message, else the pynetdicom event's name."""
+    if message is not None:
+        return type(message).__name__.replace("_", "-")
+    return str(getattr(getattr(event, "event", None), "name", "unknown"))
+
+
+def _category(event: CloudEvent) -> str:
+    """The metrics label of a C-STORE-RSP's event: its category, missing or invalid."""
+    if isinstance(event, ev.MessageInvalid):
+        return "invalid"
+    return str(getattr(event.data, "status_category", "missing"))
 
 
 def _association_id(assoc: Association) -> Any:
