@@ -39,7 +39,7 @@ from services.bus.connection import confirming_channel, connect
 from services.bus.consumer import Consumer
 from services.bus.log import LogReader
 from services.bus.session import ready_once, supervised
-from services.bus.topology import WorkQueue, declare_topology
+from services.bus.topology import WorkQueue, declare_topology, declare_work_queue
 from services.clock import sleep_unless, utc_now
 from services.http import serving
 from services.metrics import AUDIT_RECORDS, AUDIT_SENT, GaugeCollector
@@ -139,6 +139,12 @@ async def run_audit(
     async def session(connection: AbstractConnection, stop: asyncio.Event) -> None:
         channel = await confirming_channel(connection)
         await declare_topology(channel, settings.retention)
+        if await asyncio.to_thread(store.count) == 0:
+            # A first start: events published before the audit queue existed are only
+            # on the log. The queue is declared first, so nothing falls between the two.
+            await declare_work_queue(channel, AUDIT_QUEUE)
+            read, added = await replay_into(auditor, connection)
+            log.info("audit caught up with the log: %d read, %d recorded", read, added)
         consumer = Consumer(channel, AUDIT_QUEUE, auditor.handle, prefetch=settings.prefetch)
         await consumer.start()
         log.info("audit consuming %s into %s", AUDIT_QUEUE.name, settings.db)
@@ -228,23 +234,30 @@ def _tls_context(settings: AuditSettings) -> ssl.SSLContext:
 async def replay(settings: AuditSettings, start: str | int = "first") -> tuple[int, int]:
     """Append every event of the log from ``start`` that the trail lacks: (read, added)."""
     store = await asyncio.to_thread(AuditStore.open, settings.db)
-    auditor = Auditor(settings, store)
-    read = added = 0
-    connection = await connect(settings.amqp_url, "dimsebus-audit-replay")
     try:
-        async with connection, LogReader(await connection.channel(), start) as reader:
-            batch: list[Any] = []
-            async for entry in reader.until_idle():
-                read += 1
-                if entry.event is not None:
-                    batch.append(entry.event)
-                if len(batch) >= 500:
-                    added += await asyncio.to_thread(auditor.record, batch)
-                    batch = []
-            if batch:
-                added += await asyncio.to_thread(auditor.record, batch)
+        connection = await connect(settings.amqp_url, "dimsebus-audit-replay")
+        async with connection:
+            return await replay_into(Auditor(settings, store), connection, start)
     finally:
         store.close()
+
+
+async def replay_into(
+    auditor: Auditor, connection: AbstractConnection, start: str | int = "first"
+) -> tuple[int, int]:
+    """Record what the log holds from ``start`` and the trail lacks: (read, added)."""
+    read = added = 0
+    async with LogReader(await connection.channel(), start) as reader:
+        batch: list[Any] = []
+        async for entry in reader.until_idle():
+            read += 1
+            if entry.event is not None:
+                batch.append(entry.event)
+            if len(batch) >= 500:
+                added += await asyncio.to_thread(auditor.record, batch)
+                batch = []
+        if batch:
+            added += await asyncio.to_thread(auditor.record, batch)
     return read, added
 
 

@@ -169,6 +169,7 @@ def _send(
             )
         relay.wait_empty(within=30.0)
     except DimsebusError as exc:
+        relay.wait_empty(within=30.0)  # what was captured (and why the rest was not sent)
         fail(str(exc))
     finally:
         relay.stop()

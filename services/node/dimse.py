@@ -24,6 +24,7 @@ from pydicom.datadict import keyword_for_tag
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import evt
+from pynetdicom._handlers import standard_dimse_recv_handler, standard_dimse_sent_handler
 from pynetdicom.association import Association
 from pynetdicom.dsutils import decode
 from pynetdicom.pdu_primitives import A_ASSOCIATE
@@ -148,6 +149,7 @@ class Capture:
         bound: list[tuple[Any, ...]] = [
             (evt.EVT_CONN_OPEN, set_tcp_nodelay),
             (evt.EVT_CONN_OPEN, install_checkpoint),
+            (evt.EVT_CONN_OPEN, quiet_dimse_logging),
         ]
         for event, handler in (
             (evt.EVT_ESTABLISHED, self.on_established),
@@ -475,6 +477,18 @@ def _abort_source(assoc: Association) -> str | None:
     if assoc.acse.is_aborted("a-p-abort"):
         return "network"
     return "peer" if assoc.acse.is_aborted() else None
+
+
+def quiet_dimse_logging(event: evt.Event) -> None:
+    """Unbind pynetdicom's standard DIMSE logging handlers from the association.
+
+    They run before ours, and an exception in one stops the rest: a C-STORE-RSP
+    without Status makes pynetdicom's own logger raise, and the capture would
+    never see the response. They also log two lines per C-STORE; the capture's
+    events say more.
+    """
+    event.assoc.unbind(evt.EVT_DIMSE_RECV, standard_dimse_recv_handler)
+    event.assoc.unbind(evt.EVT_DIMSE_SENT, standard_dimse_sent_handler)
 
 
 def set_tcp_nodelay(event: evt.Event) -> None:

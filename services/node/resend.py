@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from uuid import UUID
@@ -30,11 +29,10 @@ from services.bus.topology import declare_topology, node_commands
 from services.clock import sleep_unless
 from services.errors import Unprocessable
 from services.metrics import RESEND_COMMANDS
-from services.node import capture
 from services.node.archive import Archive
 from services.node.config import NodeSettings
 from services.node.dimse import Capture, Job
-from services.node.sender import SendError, Target, send_files
+from services.node.sender import SendError, Target, emit_unsent, send_files
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +153,8 @@ class Resender:
             send_files(
                 self.settings, self.capture, target, [files[uid] for uid in present], job=job
             )
-        except SendError as exc:
-            self._unsent(group, present, exc.reason, str(exc))
+        except SendError as exc:  # send_files reported the instances it never requested
+            log.warning("resend of %s to %s: %s", group.operation.id, target.ae_title, exc)
 
     def _locate(self, group: ResendGroup) -> tuple[Target, dict[str, Path]] | None:
         operation, destination = group.operation, group.destination_ae_title
@@ -181,26 +179,8 @@ class Resender:
     def _unsent(
         self, group: ResendGroup, uids: list[str], reason: ev.UnsentReason, detail: str
     ) -> None:
-        by_attempt: dict[int, list[str]] = defaultdict(list)
-        for uid in uids:
-            by_attempt[group.attempts[uid]].append(uid)
-        log.warning("%d instance(s) of %s not sent: %s", len(uids), group.operation.id, detail)
-        self.capture.emit(
-            *(
-                capture.unsent_event(
-                    group.operation,
-                    group.destination_ae_title,
-                    sorted(attempt_uids),
-                    attempt,
-                    group.move_originator,
-                    group.labels,
-                    reason,
-                    detail,
-                    self.capture.stamp(),
-                )
-                for attempt, attempt_uids in sorted(by_attempt.items())
-            )
-        )
+        job = Job(group.operation, group.move_originator, group.labels, dict(group.attempts))
+        emit_unsent(self.capture, job, group.destination_ae_title, uids, reason, detail)
 
 
 async def serve_commands(resender: Resender, stop: asyncio.Event) -> None:

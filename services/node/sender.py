@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,19 +20,29 @@ from schemas.status import Service, describe_status
 from services.clock import new_id
 from services.errors import DimsebusError
 from services.node.archive import Archive
+from services.node.capture import unsent_event
 from services.node.config import NodeSettings
 from services.node.contexts import storage_contexts
-from services.node.dimse import Capture, Job, set_tcp_nodelay
+from services.node.dimse import Capture, Job, quiet_dimse_logging, set_tcp_nodelay
 
 log = logging.getLogger(__name__)
 
 
 class SendError(DimsebusError):
-    """The peer could not be reached or refused the association."""
+    """The peer could not be reached, refused the association, or the association ended.
 
-    def __init__(self, message: str, reason: ev.UnsentReason = "unreachable") -> None:
+    ``unsent`` names the instances never requested, when some were (None: all of them).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        reason: ev.UnsentReason = "unreachable",
+        unsent: list[str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason: ev.UnsentReason = reason
+        self.unsent = unsent
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +133,11 @@ def send_files(
     ae.dimse_timeout, ae.acse_timeout = settings.dimse_timeout, settings.acse_timeout
     ae.network_timeout, ae.maximum_pdu_size = settings.network_timeout, settings.max_pdu
     rejection = Rejection()
-    handlers = capture.handlers(job) if capture else [(evt.EVT_CONN_OPEN, set_tcp_nodelay)]
+    handlers = (
+        capture.handlers(job)
+        if capture
+        else [(evt.EVT_CONN_OPEN, set_tcp_nodelay), (evt.EVT_CONN_OPEN, quiet_dimse_logging)]
+    )
     assoc = ae.associate(
         target.host,
         target.port,
@@ -130,23 +145,85 @@ def send_files(
         ae_title=target.ae_title,
         evt_handlers=[*handlers, (evt.EVT_ACSE_RECV, rejection.on_acse_recv)],
     )
+    try:
+        _send_all(assoc, target, headers, job, summary, on_progress, rejection)
+    except SendError as exc:
+        if capture is not None:
+            uids = exc.unsent if exc.unsent is not None else [h[2] for h in headers]
+            emit_unsent(capture, job, target.ae_title, uids, exc.reason, str(exc))
+        raise
+    return summary
+
+
+def _send_all(
+    assoc: Any,
+    target: Target,
+    headers: list[Header],
+    job: Job,
+    summary: SendSummary,
+    on_progress: Callable[[Path, int | None], None],
+    rejection: Rejection,
+) -> None:
+    """Every C-STORE on ``assoc``; a SendError names those never requested."""
+    peer = f"{target.ae_title}@{target.host}:{target.port}"
     if not assoc.is_established:
         what = (
             f"rejected the association ({rejection.result})"
             if rejection.result
             else "did not accept an association"
         )
-        raise SendError(f"{target.ae_title}@{target.host}:{target.port} {what}", rejection.reason)
-    originator = job.move_originator
+        raise SendError(f"{peer} {what}", rejection.reason)
     try:
         for number, (path, *_) in enumerate(headers):
-            status = _store_one(assoc, path, message_id(number), originator)
+            ended = SendError(
+                f"{peer}: the association ended after {number} of {len(headers)} C-STOREs",
+                "association_lost",
+                unsent=[header[2] for header in headers[number:]],
+            )
+            if not assoc.is_established:  # aborted, by the peer or for a broken response
+                raise ended
+            try:
+                status = _store_one(assoc, path, message_id(number), job.move_originator)
+            except RuntimeError:  # pynetdicom: it ended between the check and the request
+                if assoc.is_established:
+                    raise
+                raise ended from None
             _count(summary, status)
             on_progress(path, status)
     finally:
         if assoc.is_established:
             assoc.release()
-    return summary
+
+
+def emit_unsent(
+    capture: Capture,
+    job: Job,
+    destination: str,
+    uids: list[str],
+    reason: ev.UnsentReason,
+    detail: str,
+) -> None:
+    """``dicom.cstore.unsent`` for a job's instances never requested, one event per attempt."""
+    by_attempt: dict[int, list[str]] = defaultdict(list)
+    for uid in uids:
+        by_attempt[job.attempts.get(uid, 1)].append(uid)
+    log.warning("%d instance(s) of %s not sent: %s", len(uids), job.operation.id, detail)
+    capture.emit(
+        *(
+            unsent_event(
+                job.operation,
+                destination,
+                sorted(attempt_uids),
+                attempt,
+                job.move_originator,
+                {**capture.labels, **job.labels},
+                reason,
+                detail,
+                capture.stamp(),
+            )
+            for attempt, attempt_uids in sorted(by_attempt.items())
+        )
+    )
 
 
 class Rejection:

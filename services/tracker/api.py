@@ -62,8 +62,13 @@ _MOVE = {
         "events": {"type": "integer"},
         "responses": {
             "type": "object",
-            "description": "distinct response events folded: received and missing",
-            "properties": {"received": {"type": "integer"}, "missing": {"type": "integer"}},
+            "description": "distinct response events folded: received, invalid (a response "
+            "without a usable Status) and missing (none came)",
+            "properties": {
+                "received": {"type": "integer"},
+                "invalid": {"type": "integer"},
+                "missing": {"type": "integer"},
+            },
         },
         "timeline": {"type": "array", "items": {"type": "object"}},
     },

@@ -31,7 +31,7 @@ from services.metrics import TRACKER_APPLIED, GaugeCollector, OutboxCollector
 from services.settings import ServiceSettings
 from services.tracker import api
 from services.tracker.progress import MoveKey, MoveState, apply, move_key, outcome, progress_data
-from services.tracker.store import TrackerStore, open_store
+from services.tracker.store import Rejected, TrackerStore, open_store
 
 log = logging.getLogger(__name__)
 DERIVED_IDS = uuid.UUID("5f1c3f43-8f0e-4a53-9a43-2c1a4f7d0a11")
@@ -75,6 +75,18 @@ class Tracker:
         """Apply a batch, spool what it derives, commit moves and checkpoint together."""
         changed: dict[MoveKey, MoveState] = {}
         derived: list[CloudEvent] = []
+        rejected = [
+            Rejected(e.offset, e.routing_key, e.error or "not an event")
+            for e in entries
+            if e.event is None
+        ]
+        for skipped in rejected:
+            log.warning(
+                "skipping log entry %d (%s): %s",
+                skipped.offset,
+                skipped.routing_key,
+                skipped.reason,
+            )
         for entry in entries:
             if entry.event is None or (key := move_key(entry.event)) is None:
                 continue
@@ -87,7 +99,7 @@ class Tracker:
         if derived:
             self.outbox.append(derived)
         if entries:
-            self.store.save(changed.values(), entries[-1].offset)
+            self.store.save(changed.values(), entries[-1].offset, rejected)
         self._moves.update(changed)
         self.applied += len(entries)
         TRACKER_APPLIED.inc(len(entries))

@@ -104,6 +104,31 @@ def moves_list(
     )
 
 
+@moves_app.command("rejected")
+def moves_rejected(
+    as_json: Annotated[bool, typer.Option("--json", help="a JSON array")] = False,
+    config: ConfigOption = None,
+    db: DbOption = None,
+) -> None:
+    """Log entries the tracker skipped because they are not valid events, and why."""
+    settings = _settings(config, db=db)
+    store = open_store(settings.db)
+    try:
+        rows = [
+            {"offset": r.offset, "routing_key": r.routing_key, "reason": r.reason}
+            for r in store.rejected()
+        ]
+    finally:
+        store.close()
+    show_rows(
+        rows,
+        as_json=as_json,
+        title=f"{len(rows)} log entries skipped",
+        columns=("offset", "routing key", "reason"),
+        row=lambda r: (str(r["offset"]), r["routing_key"], r["reason"]),
+    )
+
+
 @moves_app.command("show")
 def moves_show(
     move_id: Annotated[str, typer.Argument(help="a move id, or a unique prefix of one")],

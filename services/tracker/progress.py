@@ -220,7 +220,7 @@ def _response(
     move: MoveState, event: ev.CStoreResponseReceived | ev.CStoreResponseMissing
 ) -> MoveState:
     outcome = _outcome_of(event)
-    kind = "received" if isinstance(event, ev.CStoreResponseReceived) else "missing"
+    kind = _response_kind(event)
     move = _with_outcomes(move, [outcome]).model_copy(
         update={"responses": {**move.responses, kind: move.responses.get(kind, 0) + 1}}
     )
@@ -235,6 +235,13 @@ def _response(
             }
         )
     return move
+
+
+def _response_kind(event: ev.CStoreResponseReceived | ev.CStoreResponseMissing) -> str:
+    """received; invalid (a response came, but without a usable Status); or missing."""
+    if isinstance(event, ev.CStoreResponseReceived):
+        return "received"
+    return "invalid" if event.data.reason == "invalid_response" else "missing"
 
 
 def _unsent(move: MoveState, event: ev.CStoreUnsent) -> MoveState:

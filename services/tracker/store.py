@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from services.sql import Database, open_database
@@ -28,7 +29,21 @@ CREATE TABLE IF NOT EXISTS tracker_checkpoint (
     name TEXT PRIMARY KEY,
     log_offset BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS tracker_rejected (
+    log_offset BIGINT PRIMARY KEY,
+    routing_key TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A log entry that is not a valid event: where it is, and why it was skipped."""
+
+    offset: int
+    routing_key: str
+    reason: str
 
 
 class TrackerStore(abc.ABC):
@@ -43,8 +58,14 @@ class TrackerStore(abc.ABC):
         """One move's state."""
 
     @abc.abstractmethod
-    def save(self, moves: Iterable[MoveState], offset: int) -> None:
-        """Store changed moves and the new checkpoint in one transaction."""
+    def save(
+        self, moves: Iterable[MoveState], offset: int, rejected: Iterable[Rejected] = ()
+    ) -> None:
+        """Store changed moves, skipped entries and the new checkpoint in one transaction."""
+
+    @abc.abstractmethod
+    def rejected(self) -> list[Rejected]:
+        """The log entries skipped as invalid, oldest first (a stream cannot park them)."""
 
     @abc.abstractmethod
     def all_moves(self) -> list[MoveState]:
@@ -64,6 +85,10 @@ _UPSERT_MOVE = (
     "INSERT INTO tracker_moves (source, move_id, started_at, state) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (source, move_id) DO UPDATE SET started_at = excluded.started_at, "
     "state = excluded.state"
+)
+_INSERT_REJECTED = (
+    "INSERT INTO tracker_rejected (log_offset, routing_key, reason) VALUES (?, ?, ?) "
+    "ON CONFLICT (log_offset) DO NOTHING"
 )
 _UPSERT_CHECKPOINT = (
     "INSERT INTO tracker_checkpoint (name, log_offset) VALUES ('log', ?) "
@@ -90,11 +115,22 @@ class SqlStore(TrackerStore):
         ).fetchone()
         return MoveState.model_validate_json(row[0]) if row else None
 
-    def save(self, moves: Iterable[MoveState], offset: int) -> None:
+    def save(
+        self, moves: Iterable[MoveState], offset: int, rejected: Iterable[Rejected] = ()
+    ) -> None:
         rows = [_row(move) for move in moves]
+        skipped = [(r.offset, r.routing_key, r.reason[:2000]) for r in rejected]
         with self.db.transaction() as cursor:
             cursor.executemany(self.db.sql(_UPSERT_MOVE), rows)
+            if skipped:
+                cursor.executemany(self.db.sql(_INSERT_REJECTED), skipped)
             cursor.execute(self.db.sql(_UPSERT_CHECKPOINT), (offset,))
+
+    def rejected(self) -> list[Rejected]:
+        rows = self.db.execute(
+            "SELECT log_offset, routing_key, reason FROM tracker_rejected ORDER BY log_offset"
+        )
+        return [Rejected(int(offset), key, reason) for offset, key, reason in rows]
 
     def all_moves(self) -> list[MoveState]:
         rows = self.db.execute("SELECT state FROM tracker_moves ORDER BY started_at, move_id")

@@ -55,6 +55,7 @@ def move_view(move: MoveState, now: dt.datetime, stall_after: dt.timedelta) -> d
         "events": len(move.seen),
         "responses": {
             "received": move.responses.get("received", 0),
+            "invalid": move.responses.get("invalid", 0),
             "missing": move.responses.get("missing", 0),
         },
         "timeline": [{"at": _text(e.at), "what": e.what} for e in move.timeline],

@@ -56,6 +56,15 @@ class Tally:
         )
 
 
+def _response_facts(event: CloudEvent) -> ev.CStoreRequestFacts | None:
+    """The request a response answered: received, or missing for want of a usable Status."""
+    if isinstance(event, ev.CStoreResponseReceived):
+        return event.data
+    if isinstance(event, ev.CStoreResponseMissing) and event.data.reason == "invalid_response":
+        return event.data
+    return None
+
+
 def tally(
     scenario: str,
     injected: str,
@@ -71,13 +80,13 @@ def tally(
     UIDs the node reported unsent because it was killed: an answer sent for one
     of them in that instant is not counted as lost.
     """
-    responses = [e for e in log if isinstance(e, ev.CStoreResponseReceived)]
-    by_id = Counter(e.id for e in responses)
-    distinct = {e.id: e for e in responses}.values()
-    by_key = Counter((e.data.association.id, e.data.message_id) for e in distinct)
+    responses = [(e.id, facts) for e in log if (facts := _response_facts(e)) is not None]
+    by_id = Counter(event_id for event_id, _ in responses)
+    distinct = dict(responses).values()
+    by_key = Counter((facts.association.id, facts.message_id) for facts in distinct)
     duplicated = sum(n - 1 for n in by_id.values()) + sum(n - 1 for n in by_key.values())
     sent = Counter(answered)
-    logged = Counter(e.data.affected_sop_instance_uid for e in distinct)
+    logged = Counter(facts.affected_sop_instance_uid for facts in distinct)
     excused = set(cut_off)
     short = {uid: sent[uid] - logged[uid] for uid in sent if sent[uid] > logged[uid]}
     return Tally(

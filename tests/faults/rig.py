@@ -28,6 +28,8 @@ from services.node.synthetic import write_study
 from tests.integration.peers import dcmtk, free_port, run_tool, wait_for_port
 
 PYTHON = [sys.executable, "-m", "services"]
+# What each downstream service logs once it consumes.
+READY = {"tracker": "tracker reading dimsebus.log", "retrier": "consuming", "audit": "consuming"}
 
 
 @dataclass
@@ -39,9 +41,11 @@ class Process:
     log: Path
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    since: int = 0  # where this run's output starts in ``log``
 
     def start(self) -> Process:
         """Start (again); output goes to ``log``."""
+        self.since = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 self.argv,
@@ -75,6 +79,14 @@ class Process:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
+    def said(self, text: str) -> bool:
+        """Whether this run of the service has logged ``text``."""
+        if not self.log.exists():
+            return False
+        with self.log.open("rb") as out:
+            out.seek(self.since)
+            return text.encode() in out.read()
+
     def tail(self, lines: int = 40) -> str:
         """The end of its output, for a failing assertion's message."""
         if not self.log.exists():
@@ -92,6 +104,7 @@ class Rig:
     port: int
     destinations: dict[str, int]
     node_settings: dict[str, Any] = field(default_factory=dict)
+    policy: dict[str, float] = field(default_factory=dict)
     processes: dict[str, Process] = field(default_factory=dict)
     study_uids: dict[str, list[str]] = field(default_factory=dict)
 
@@ -116,10 +129,17 @@ class Rig:
             f'outbox_path = "{self.root / "tracker-outbox.sqlite"}"\n'
             "progress_interval = 2.0\nstall_after = 600.0\n"
         )
+        policy = {
+            "max_attempts": 6,
+            "initial_delay": 1.0,
+            "multiplier": 1.5,
+            "max_delay": 5.0,
+            "jitter": 0.1,
+            **self.policy,
+        }
         (self.root / "retrier.toml").write_text(
-            f'amqp_url = "{self.amqp_url}"\ndb = "{self.root / "retrier.sqlite"}"\n\n'
-            "[policy]\nmax_attempts = 6\ninitial_delay = 1.0\nmultiplier = 1.5\n"
-            "max_delay = 5.0\njitter = 0.1\n"
+            f'amqp_url = "{self.amqp_url}"\ndb = "{self.root / "retrier.sqlite"}"\n\n[policy]\n'
+            + "".join(f"{key} = {value}\n" for key, value in policy.items())
         )
         (self.root / "audit.toml").write_text(
             f'amqp_url = "{self.amqp_url}"\ndb = "{self.audit_db}"\n'
@@ -166,10 +186,18 @@ class Rig:
         await asyncio.to_thread(wait_for_port, self.port, 30)
         return node
 
-    def start_downstream(self, *names: str) -> None:
-        """The tracker, the retrier and the audit service (or those named)."""
-        for name in names or ("tracker", "retrier", "audit"):
+    async def start_downstream(self, *names: str) -> None:
+        """The tracker, the retrier and the audit service (or those named), once consuming."""
+        started = [
             self.service(name, name, "--config", str(self.root / f"{name}.toml"))
+            for name in names or ("tracker", "retrier", "audit")
+        ]
+        deadline = time.monotonic() + 60
+        for process in started:
+            while not process.said(READY[process.name]):
+                if time.monotonic() > deadline or process.process.poll() is not None:  # type: ignore[union-attr]
+                    raise AssertionError(f"{process.name} did not start:\n{process.tail()}")
+                await asyncio.sleep(0.2)
 
     def stop_all(self) -> None:
         """SIGTERM every process started."""
@@ -258,7 +286,13 @@ class Rig:
         return int(status["outbox_depth"])
 
 
-def new_rig(root: Path, amqp_url: str, destinations: dict[str, int], **node: Any) -> Rig:
+def new_rig(
+    root: Path,
+    amqp_url: str,
+    destinations: dict[str, int],
+    policy: dict[str, float] | None = None,
+    **node: Any,
+) -> Rig:
     """A rig in ``root`` whose node knows ``destinations`` (AE title -> port)."""
     root.mkdir(parents=True, exist_ok=True)
     rig = Rig(
@@ -268,6 +302,7 @@ def new_rig(root: Path, amqp_url: str, destinations: dict[str, int], **node: Any
         port=free_port(),
         destinations=destinations,
         node_settings=node,
+        policy=policy or {},
     )
     rig.write_configs()
     return rig
@@ -300,8 +335,8 @@ def unsent_uids(log: list[CloudEvent], reason: str) -> set[str]:
 
 
 def tracked_responses(views: list[dict[str, Any]]) -> int:
-    """Response events the tracker folded, over all moves."""
-    return sum(v["responses"]["received"] for v in views)
+    """Responses the tracker folded (valid or not), over all moves."""
+    return sum(v["responses"]["received"] + v["responses"]["invalid"] for v in views)
 
 
 def id_repeats(log: list[CloudEvent]) -> Counter[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,52 +10,13 @@ import pytest
 
 from tests.broker import Broker
 from tests.faults.conftest import BrokerControl
-from tests.faults.ledger import Tally, tally
-from tests.faults.rig import Rig, storescp_answers, tracked_responses
-from tests.integration.peers import StoreSCP, storescp
+from tests.faults.ledger import Tally
+from tests.faults.rig import Rig, storescp_answers
+from tests.faults.scenario import account, move_through, until
+from tests.integration.peers import storescp
 
 pytestmark = pytest.mark.faults
 INSTANCES = 500
-
-
-async def until(check: Callable[[], bool], within: float = 120, what: str = "") -> None:
-    """Wait until ``check()`` holds."""
-    deadline = time.monotonic() + within
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        await asyncio.sleep(0.1)
-
-
-async def move_through(
-    rig: Rig, peer: StoreSCP, fault: Callable[[], object], after: int = 100
-) -> asyncio.Task[str]:
-    """Start the deployment and a C-MOVE of the rig's study; inject ``fault`` mid-move."""
-    [study] = rig.study_uids
-    await rig.start_node()
-    rig.start_downstream()
-    move = asyncio.create_task(rig.movescu(study, peer.ae_title))
-    await until(lambda: len(storescp_answers(peer.log)) >= after, what=f"{after} C-STOREs")
-    await asyncio.to_thread(fault)
-    return move
-
-
-async def account(rig: Rig, peer: StoreSCP, scenario: str, injected: str) -> Tally:
-    """The scenario's tally once the tracker has settled on a completed move."""
-    views = await rig.settled()
-    log = await rig.log()
-    assert views[0]["counts"]["completed"] == INSTANCES, views[0]
-    audited = rig.cli_json("audit", "query", "--json", "--db", str(rig.audit_db))
-    assert {r["event_id"] for r in audited} >= {
-        str(e.id) for e in log if e.source.endswith(rig.node_id)
-    }
-    return tally(
-        scenario,
-        injected,
-        storescp_answers(peer.log),
-        log,
-        tracker=tracked_responses(views),
-    )
 
 
 @pytest.mark.parametrize("how", ["stop_app", "kill"])
@@ -81,7 +41,7 @@ async def test_broker_restarted_mid_move(
             if how == "stop_app"
             else "kill -9 of the broker VM, 3 s, rabbitmq-server -detached"
         )
-        report(await account(rig, peer, f"broker {how} mid-move", injected))
+        report(await account(rig, peer, INSTANCES, f"broker {how} mid-move", injected))
 
 
 async def test_connections_closed_by_the_broker(
@@ -111,6 +71,7 @@ async def test_connections_closed_by_the_broker(
             await account(
                 rig,
                 peer,
+                INSTANCES,
                 "connections closed",
                 "rabbitmqctl close_connection on every publisher and consumer connection, twice",
             )
@@ -127,8 +88,8 @@ async def test_disk_alarm_blocks_publishers_not_dicom(
         rig = make_rig({"STORESCP": peer.port})
         rig.add_study(INSTANCES, seed="disk-alarm")
         # given the broker's disk alarm is raised before the move
+        await rig.start_downstream()
         await rig.start_node()
-        rig.start_downstream()
         await asyncio.sleep(2)
         broker_control.set_disk_free_limit("100000GB")
         await until(broker_control.disk_alarm, 30, "the disk alarm")
@@ -143,6 +104,7 @@ async def test_disk_alarm_blocks_publishers_not_dicom(
             await account(
                 rig,
                 peer,
+                INSTANCES,
                 "disk alarm",
                 "set_disk_free_limit above the free space for the whole move, then cleared",
             )

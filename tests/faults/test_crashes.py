@@ -1,0 +1,96 @@
+"""kill -9 of the node, the tracker and the audit service in the middle of their work."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from schemas import events as ev
+from tests.faults.ledger import Tally
+from tests.faults.rig import PYTHON, Rig, storescp_answers, unsent_uids
+from tests.faults.scenario import account, move_through, until
+from tests.integration.peers import storescp
+
+pytestmark = pytest.mark.faults
+INSTANCES = 500
+
+
+def outbox_ids(path: Path) -> set[str]:
+    """Event ids waiting in an outbox file."""
+    with sqlite3.connect(path) as db:
+        return {row[0] for row in db.execute("SELECT event_id FROM outbox")}
+
+
+async def test_node_killed_mid_move_accounts_for_the_move_after_restart(
+    tmp_path: Path, make_rig: Callable[..., Rig], report: Callable[[Tally], Tally]
+) -> None:
+    with storescp(tmp_path / "received") as peer:
+        rig = make_rig({"STORESCP": peer.port})
+        rig.add_study(INSTANCES, seed="kill-node")
+        # given a C-MOVE under way, when the node is killed with events still spooled
+        move = await move_through(rig, peer, lambda: rig.processes["node"].kill(), after=200)
+        await move  # movescu sees its association die
+        spooled = outbox_ids(rig.outbox)
+        # and started again
+        await rig.start_node()
+        # then the spooled events are published, the cut-off move is reported, and the
+        # retrier's resends complete it
+        views = await rig.settled()
+        log = await rig.log()
+        assert spooled <= {str(e.id) for e in log}
+        [interrupted] = [e for e in log if isinstance(e, ev.MoveInterrupted)]
+        cut_off = unsent_uids(log, "node_stopped")
+        assert interrupted.data.unanswered == len(cut_off) > 0
+        assert views[0]["counts"]["completed"] == INSTANCES
+        report(
+            await account(
+                rig,
+                peer,
+                INSTANCES,
+                "node killed mid-move",
+                f"kill -9 of the node after 200 C-STOREs ({len(spooled)} events spooled), "
+                "restart; the retrier resends the cut-off sub-operations",
+            )
+        )
+
+
+@pytest.mark.parametrize("victim", ["tracker", "audit"])
+async def test_consumer_killed_mid_batch(
+    victim: str, tmp_path: Path, make_rig: Callable[..., Rig], report: Callable[[Tally], Tally]
+) -> None:
+    with storescp(tmp_path / "received") as peer:
+        rig = make_rig({"STORESCP": peer.port})
+        rig.add_study(INSTANCES, seed=f"kill-{victim}")
+        move = await move_through(rig, peer, lambda: None, after=150)
+        await asyncio.to_thread(rig.processes[victim].kill)
+        await asyncio.sleep(1)
+        await rig.start_downstream(victim)
+        await move
+        tally = await account(
+            rig,
+            peer,
+            INSTANCES,
+            f"{victim} killed mid-batch",
+            f"kill -9 of the {victim} after 150 C-STOREs, restart",
+        )
+        verified = await asyncio.to_thread(
+            subprocess.run,
+            [*PYTHON, "audit", "verify", "--db", str(rig.audit_db)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        log = await rig.log()
+        records = rig.cli_json("audit", "query", "--json", "--db", str(rig.audit_db))
+        recorded = [r["event_id"] for r in records]
+        assert len(recorded) == len(set(recorded)), "an event was audited twice"
+        await until(lambda: len(storescp_answers(peer.log)) >= INSTANCES, 5, "all C-STOREs")
+        assert set(recorded) <= {str(e.id) for e in log}
+        report(tally)
