@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup system test demo bench schemas clean
+.PHONY: setup system test faults demo bench soak schemas clean
 
 setup: $(VENV)/.installed
 
@@ -22,11 +22,19 @@ test: setup system
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+# Only the fault scenarios (tests/faults; `make test` runs them too): they stop, kill and
+# fill the local RabbitMQ on purpose, and print the Reliability table.
+faults: setup system
+	$(BIN)/pytest tests/faults
+
 demo: setup system
 	$(BIN)/dimsebus demo
 
 bench: setup system
 	$(BIN)/python -m bench.bus
+
+soak: setup system
+	$(BIN)/python -m bench.soak
 
 schemas: setup
 	$(BIN)/dimsebus schemas export schemas/json

@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--per-move", type=int, default=50)
     args = parser.parse_args()
     results = asyncio.run(soak(args.instances, args.moves, args.per_move))
-    Console().print(table(results))
+    Console(width=160).print(table(results))
 
 
 if __name__ == "__main__":
