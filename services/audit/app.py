@@ -38,7 +38,7 @@ from services.audit.store import AuditStore
 from services.bus.connection import confirming_channel, connect
 from services.bus.consumer import Consumer
 from services.bus.log import LogReader
-from services.bus.session import ready_once, supervised
+from services.bus.session import consume_until, serve_supervised
 from services.bus.topology import WorkQueue, declare_topology, declare_work_queue
 from services.clock import sleep_unless, utc_now
 from services.http import serving
@@ -146,14 +146,8 @@ async def run_audit(
             read, added = await replay_into(auditor, connection)
             log.info("audit caught up with the log: %d read, %d recorded", read, added)
         consumer = Consumer(channel, AUDIT_QUEUE, auditor.handle, prefetch=settings.prefetch)
-        await consumer.start()
-        log.info("audit consuming %s into %s", AUDIT_QUEUE.name, settings.db)
-        connected.set()
-        try:
-            await stop.wait()
-            await consumer.stop()
-        finally:
-            connected.clear()
+        announce = f"audit consuming {AUDIT_QUEUE.name} into {settings.db}"
+        await consume_until(consumer, stop, connected, announce)
 
     def health() -> dict[str, Any]:
         return {"ok": connected.is_set(), "broker_connected": connected.is_set()}
@@ -163,11 +157,9 @@ async def run_audit(
     )
     try:
         async with serving(settings, [spool], health):
-            supervisor = asyncio.create_task(
-                supervised(settings.amqp_url, "dimsebus-audit", session, stop)
+            await serve_supervised(
+                settings.amqp_url, "dimsebus-audit", session, stop, connected, ready
             )
-            await ready_once(connected, supervisor, ready)
-            await supervisor
     finally:
         stop.set()
         await sender

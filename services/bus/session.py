@@ -19,6 +19,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractConnection
 
+from services.bus.consumer import Consumer
 from services.clock import sleep_unless
 
 log = logging.getLogger(__name__)
@@ -85,12 +86,33 @@ async def _run_until_lost(
     return True
 
 
-async def ready_once(
-    connected: asyncio.Event, supervisor: asyncio.Task[None], ready: asyncio.Event | None
+async def serve_supervised(
+    url: str,
+    name: str,
+    session: Session,
+    stop: asyncio.Event,
+    connected: asyncio.Event,
+    ready: asyncio.Event | None = None,
 ) -> None:
-    """Set ``ready`` once the first session consumes (or the supervisor ended)."""
+    """``supervised``, setting ``ready`` once the first session consumes (``connected``)."""
+    supervisor = asyncio.create_task(supervised(url, name, session, stop))
     waiting = asyncio.create_task(connected.wait())
     await asyncio.wait({waiting, supervisor}, return_when=asyncio.FIRST_COMPLETED)
     waiting.cancel()
     if ready is not None:
         ready.set()
+    await supervisor
+
+
+async def consume_until(
+    consumer: Consumer, stop: asyncio.Event, connected: asyncio.Event, announce: str
+) -> None:
+    """Start ``consumer``, say ``announce``; consume until ``stop`` (``connected`` meanwhile)."""
+    await consumer.start()
+    log.info("%s", announce)
+    connected.set()
+    try:
+        await stop.wait()
+        await consumer.stop()
+    finally:
+        connected.clear()

@@ -24,7 +24,7 @@ from aio_pika.abc import AbstractConnection
 from schemas import events as ev
 from services.bus.connection import confirming_channel
 from services.bus.consumer import Consumer
-from services.bus.session import supervised
+from services.bus.session import consume_until, supervised
 from services.bus.topology import declare_topology, node_commands
 from services.clock import sleep_unless
 from services.errors import Unprocessable
@@ -193,10 +193,8 @@ async def serve_commands(resender: Resender, stop: asyncio.Event) -> None:
         await declare_topology(channel, settings.retention)
         queue = node_commands(settings.node_id)
         consumer = Consumer(channel, queue, resender.handle, prefetch=settings.prefetch)
-        await consumer.start()
-        log.info("node %s takes commands from %s", settings.node_id, queue.name)
-        await stop.wait()
-        await consumer.stop()
+        announce = f"node {settings.node_id} takes commands from {queue.name}"
+        await consume_until(consumer, stop, asyncio.Event(), announce)
 
     try:
         await supervised(

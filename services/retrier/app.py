@@ -31,7 +31,7 @@ from services.bus.codec import to_message
 from services.bus.connection import confirming_channel, connect
 from services.bus.consumer import Consumer
 from services.bus.publisher import Publisher
-from services.bus.session import ready_once, supervised
+from services.bus.session import consume_until, serve_supervised
 from services.bus.topology import (
     COMMANDS_EXCHANGE,
     DELAY_HEADER,
@@ -162,30 +162,17 @@ async def run_retrier(
         await declare_topology(channel, settings.retention)
         retrier = Retrier(settings, store, channel)
         consumer = Consumer(channel, RETRIER_QUEUE, retrier.handle, prefetch=settings.prefetch)
-        await consumer.start()
-        log.info(
-            "retrier %s consuming %s; policy %s",
-            settings.retrier_id,
-            RETRIER_QUEUE.name,
-            settings.policy.model_dump(),
-        )
-        connected.set()
-        try:
-            await stop.wait()
-            await consumer.stop()
-        finally:
-            connected.clear()
+        policy = settings.policy.model_dump()
+        announce = f"retrier {settings.retrier_id} consuming {RETRIER_QUEUE.name}; policy {policy}"
+        await consume_until(consumer, stop, connected, announce)
 
     def health() -> dict[str, Any]:
         return {"ok": connected.is_set(), "broker_connected": connected.is_set()}
 
     try:
         async with serving(settings, [], health):
-            supervisor = asyncio.create_task(
-                supervised(settings.amqp_url, f"dimsebus-{settings.retrier_id}", session, stop)
-            )
-            await ready_once(connected, supervisor, ready)
-            await supervisor
+            name = f"dimsebus-{settings.retrier_id}"
+            await serve_supervised(settings.amqp_url, name, session, stop, connected, ready)
     finally:
         store.close()
 
