@@ -9,6 +9,7 @@ after its confirm, so an event is always confirmed on the broker or in the file.
 
 from __future__ import annotations
 
+import datetime as dt
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -26,7 +27,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     correlation_id TEXT,
     time TEXT NOT NULL,
     body BLOB NOT NULL,
-    subject TEXT
+    subject TEXT,
+    sent_at TEXT
 );
 CREATE TABLE IF NOT EXISTS relay_stats (
     name TEXT PRIMARY KEY,
@@ -94,8 +96,9 @@ class Outbox:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.executescript(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
-        if "subject" not in columns:  # an outbox from before subjects were kept
-            self._db.execute("ALTER TABLE outbox ADD COLUMN subject TEXT")
+        for column in ("subject", "sent_at"):  # an outbox from before they were kept
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE outbox ADD COLUMN {column} TEXT")
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -156,6 +159,27 @@ class Outbox:
                 increments,
             )
             self._db.execute("COMMIT")
+
+    def mark_sent(self, up_to_seq: int, at: dt.datetime) -> None:
+        """Note that rows up to ``up_to_seq`` are being published (their confirms pending).
+
+        A relay that dies before the confirms leaves them marked: the next one looks
+        for them on the log before it publishes them again.
+        """
+        with self._lock:
+            self._db.execute(
+                "UPDATE outbox SET sent_at = ? WHERE seq <= ? AND sent_at IS NULL",
+                (at.isoformat(), up_to_seq),
+            )
+
+    def in_flight(self) -> tuple[dict[int, str], dt.datetime | None]:
+        """Rows published without a confirm yet (seq -> event id), and the earliest time."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, event_id, sent_at FROM outbox WHERE sent_at IS NOT NULL"
+            ).fetchall()
+        since = min((dt.datetime.fromisoformat(row[2]) for row in rows), default=None)
+        return {row[0]: row[1] for row in rows}, since
 
     def checkpoint(self) -> None:
         """Copy the WAL into the database now, without waiting for readers (PASSIVE)."""

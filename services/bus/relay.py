@@ -52,7 +52,14 @@ class OutboxRelay:
         self._ambiguous_since: dt.datetime | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Publish until ``stop`` is set, reconnecting as long as it takes."""
+        """Publish until ``stop`` is set, reconnecting as long as it takes.
+
+        Rows an earlier relay published without seeing their confirms (it died) are
+        looked for on the log first, like publishes cut off by a lost connection.
+        """
+        self._ambiguous, self._ambiguous_since = self._outbox.in_flight()
+        if self._ambiguous:
+            log.info("%d events were in flight when the last relay stopped", len(self._ambiguous))
         delay = 0.5
         while not stop.is_set():
             try:
@@ -121,6 +128,7 @@ class OutboxRelay:
         if not rows:
             return 0
         started = dt.datetime.now(dt.UTC)
+        self._outbox.mark_sent(rows[-1].seq, started)
         results = await asyncio.gather(
             *(self._publish(publisher, row) for row in rows), return_exceptions=True
         )

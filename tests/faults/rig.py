@@ -62,9 +62,15 @@ class Process:
         assert self.process is not None, f"{self.name} was not started"
         return self.process.pid
 
-    def kill(self) -> None:
-        """``kill -9`` the service process (not its children: they must notice)."""
-        os.kill(self.pid, signal.SIGKILL)
+    def kill(self, group: bool = False) -> None:
+        """``kill -9`` the service process; with ``group``, its children too (a power cut).
+
+        Alone, its children (the relay) must notice that their parent died.
+        """
+        if group:
+            os.killpg(self.pid, signal.SIGKILL)
+        else:
+            os.kill(self.pid, signal.SIGKILL)
         assert self.process is not None
         self.process.wait(10)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from schemas import events as ev
+from tests.faults.conftest import BrokerControl
 from tests.faults.ledger import Tally
 from tests.faults.rig import PYTHON, Rig, storescp_answers, unsent_uids
 from tests.faults.scenario import account, move_through, until
@@ -27,19 +28,26 @@ def outbox_ids(path: Path) -> set[str]:
 
 
 async def test_node_killed_mid_move_accounts_for_the_move_after_restart(
-    tmp_path: Path, make_rig: Callable[..., Rig], report: Callable[[Tally], Tally]
+    tmp_path: Path,
+    make_rig: Callable[..., Rig],
+    broker_control: BrokerControl,
+    report: Callable[[Tally], Tally],
 ) -> None:
     with storescp(tmp_path / "received") as peer:
         rig = make_rig({"STORESCP": peer.port})
         rig.add_study(INSTANCES, seed="kill-node")
-        # given a C-MOVE under way, when the node is killed with events still spooled
-        move = await move_through(rig, peer, lambda: rig.processes["node"].kill(), after=200)
+        # given a C-MOVE under way whose events pile up in the outbox (disk alarm)
+        move = await move_through(rig, peer, lambda: broker_control.set_disk_free_limit("100000GB"))
+        await until(lambda: len(storescp_answers(peer.log)) >= 250, what="250 C-STOREs")
+        # when the node and its relay are killed at once, and the node started again
+        await asyncio.to_thread(rig.processes["node"].kill, True)
         await move  # movescu sees its association die
         spooled = outbox_ids(rig.outbox)
-        # and started again
+        assert spooled, "the disk alarm should have kept events in the outbox"
+        broker_control.set_disk_free_limit("50MB")
         await rig.start_node()
-        # then the spooled events are published, the cut-off move is reported, and the
-        # retrier's resends complete it
+        # then the spooled events are published with their ids, the cut-off move is
+        # reported, and the retrier's resends complete it
         views = await rig.settled()
         log = await rig.log()
         assert spooled <= {str(e.id) for e in log}
@@ -53,8 +61,8 @@ async def test_node_killed_mid_move_accounts_for_the_move_after_restart(
                 peer,
                 INSTANCES,
                 "node killed mid-move",
-                f"kill -9 of the node after 200 C-STOREs ({len(spooled)} events spooled), "
-                "restart; the retrier resends the cut-off sub-operations",
+                f"disk alarm from 100 C-STOREs, kill -9 of node and relay after 250 "
+                f"({len(spooled)} events spooled), alarm cleared, restart",
             )
         )
 
