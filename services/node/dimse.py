@@ -13,20 +13,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import socket
 import threading
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
-from pydicom.datadict import keyword_for_tag
-from pydicom.dataset import Dataset
-from pydicom.uid import UID
 from pynetdicom import evt
-from pynetdicom._handlers import standard_dimse_recv_handler, standard_dimse_sent_handler
 from pynetdicom.association import Association
-from pynetdicom.dsutils import decode
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from schemas import events as ev
@@ -35,8 +28,19 @@ from services.bus.outbox import Outbox
 from services.clock import new_id, utc_now
 from services.metrics import CSTORE_RESPONSES, CSTORE_ROUND_TRIP
 from services.node import capture, salvage
+from services.node.association import (
+    ABORT_TEXT,
+    abort_source,
+    command_values,
+    failed_uids,
+    quiet_dimse_logging,
+    reference,
+    set_tcp_nodelay,
+    transfer_syntax,
+)
 from services.node.capture import SentStore, Stamp, StoreResponse
 from services.node.config import NodeSettings
+from services.node.jobs import AssociationState, Job, Retrieval, SubAssociations, Subject
 from services.node.reactor import install_checkpoint
 
 log = logging.getLogger(__name__)
@@ -47,60 +51,6 @@ _REJECT_SOURCES = {
     3: "service_provider_presentation",
 }
 _PENDING = (0xFF00, 0xFF01)
-
-
-@dataclass
-class Job:
-    """What the node is doing on an association: the operation its C-STOREs belong to."""
-
-    operation: ev.Operation
-    move_originator: ev.MoveOriginator | None = None
-    labels: dict[str, str] = field(default_factory=dict)
-    attempts: dict[str, int] = field(default_factory=dict)
-    subjects: dict[str, Subject] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Subject:
-    """The study of an instance, and its Patient ID as the PHI policy lets it leave."""
-
-    study_instance_uid: str | None
-    patient_id: str | None
-
-
-@dataclass
-class Retrieval:
-    """A C-MOVE or C-GET the node is serving, until its final response.
-
-    For a C-MOVE, ``uids`` are the instances it matched: those the final
-    response reports failed without a C-STORE-RQ ever sent are reported as
-    ``dicom.cstore.unsent``, so that they can be retried one by one.
-    """
-
-    model: type[CloudEvent]
-    data: dict[str, Any]
-    uids: tuple[str, ...] = ()
-    destination_known: bool = True
-    originator: ev.MoveOriginator | None = None
-
-
-@dataclass
-class SubAssociations:
-    """What the sub-associations of one C-MOVE did: instances requested, a rejection."""
-
-    sent: set[str] = field(default_factory=set)
-    rejection: str | None = None
-
-
-@dataclass
-class AssociationState:
-    """What the capture knows about one association."""
-
-    ref: ev.AssociationRef
-    job: Job | None
-    pending: dict[int, SentStore] = field(default_factory=dict)
-    retrievals: dict[int, Retrieval] = field(default_factory=dict)
-    substitutes_reported: bool = False
 
 
 HandlerMethod = Callable[["Capture", evt.Event, Job | None], None]
@@ -198,7 +148,7 @@ class Capture:
         with self._lock:
             found = self._states.get(assoc)
             if found is None:
-                found = self._states[assoc] = AssociationState(_reference(assoc)[0], job)
+                found = self._states[assoc] = AssociationState(reference(assoc)[0], job)
             return found
 
     def stamp(self) -> Stamp:
@@ -294,8 +244,8 @@ class Capture:
     def on_aborted(self, event: evt.Event, job: Job | None) -> None:
         """``dicom.association.aborted``; requests still unanswered are missing."""
         state = self.state(event.assoc, job)
-        source = _abort_source(event.assoc) or "peer"
-        reason = _ABORT_TEXT[source]
+        source = abort_source(event.assoc) or "peer"
+        reason = ABORT_TEXT[source]
         self._missing(state, source, reason)
         self.emit(
             capture.association_event(
@@ -310,8 +260,8 @@ class Capture:
         The close may be seen before the association thread reports an A-ABORT
         that arrived just before it, so the DUL is asked whether one did.
         """
-        source = _abort_source(event.assoc)
-        detail = _ABORT_TEXT[source] if source else "TCP connection closed"
+        source = abort_source(event.assoc)
+        detail = ABORT_TEXT[source] if source else "TCP connection closed"
         self._missing(self.state(event.assoc, job), source, detail)
 
     def on_failure(self, handler: str, event: evt.Event, exc: Exception) -> None:
@@ -339,7 +289,7 @@ class Capture:
 
     def _final_reference(self, assoc: Association, state: AssociationState) -> None:
         """Bind the negotiated AE titles; say once if the contract made us substitute one."""
-        state.ref, problems, raw = _reference(assoc)
+        state.ref, problems, raw = reference(assoc)
         if problems and not state.substitutes_reported:
             state.substitutes_reported = True
             log.warning("association %s: %s", state.ref.id, problems)
@@ -361,7 +311,7 @@ class Capture:
         return SentStore(
             association=state.ref,
             presentation_context_id=message.context_id,
-            transfer_syntax_uid=str(_transfer_syntax(assoc, message.context_id)),
+            transfer_syntax_uid=str(transfer_syntax(assoc, message.context_id)),
             message_id=command.MessageID,
             affected_sop_class_uid=str(command.AffectedSOPClassUID),
             affected_sop_instance_uid=uid,
@@ -414,7 +364,7 @@ class Capture:
             **retrieval.data,
             "counts": counts,
             "error_comment": command.get("ErrorComment"),
-            "failed_sop_instance_uids": _failed_uids(assoc, message),
+            "failed_sop_instance_uids": failed_uids(assoc, message),
         }
         # Never-sent instances go first, in the same outbox write: whoever sees the
         # move completed has seen why its never-sent sub-operations failed.
@@ -463,80 +413,6 @@ class Capture:
         ]
 
 
-_ABORT_TEXT = {
-    "local": "A-ABORT sent by the node",
-    "peer": "A-ABORT from the peer",
-    "network": "A-P-ABORT",
-}
-
-
-def _abort_source(assoc: Association) -> str | None:
-    """Who aborted ``assoc``: local, peer, network (A-P-ABORT), or None if nobody did."""
-    if assoc._sent_abort:
-        return "local"
-    if assoc.acse.is_aborted("a-p-abort"):
-        return "network"
-    return "peer" if assoc.acse.is_aborted() else None
-
-
-def quiet_dimse_logging(event: evt.Event) -> None:
-    """Unbind pynetdicom's standard DIMSE logging handlers from the association.
-
-    They run before ours, and an exception in one stops the rest: a C-STORE-RSP
-    without Status makes pynetdicom's own logger raise, and the capture would
-    never see the response. They also log two lines per C-STORE; the capture's
-    events say more.
-    """
-    event.assoc.unbind(evt.EVT_DIMSE_RECV, standard_dimse_recv_handler)
-    event.assoc.unbind(evt.EVT_DIMSE_SENT, standard_dimse_sent_handler)
-
-
-def set_tcp_nodelay(event: evt.Event) -> None:
-    """Disable Nagle on the association's socket: each C-STORE would wait 40 ms for an ACK."""
-    transport = event.assoc.dul.socket
-    sock = transport.socket if transport is not None else None
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-def _reference(
-    assoc: Association,
-) -> tuple[ev.AssociationRef, dict[str, str], dict[str, object]]:
-    """The association's handle, AE titles it had to substitute, and the raw titles."""
-    local, peer = (
-        (assoc.requestor, assoc.acceptor)
-        if assoc.is_requestor
-        else (assoc.acceptor, assoc.requestor)
-    )
-    raw: dict[str, object] = {"local_ae_title": local.ae_title, "peer_ae_title": peer.ae_title}
-    ref, problems = salvage.association_ref(
-        _association_id(assoc),
-        "requestor" if assoc.is_requestor else "acceptor",
-        (local.ae_title, peer.ae_title),
-        peer.address,
-        peer.port,
-    )
-    return ref, problems, raw
-
-
-def command_values(command: Dataset | None) -> dict[str, object]:
-    """A command set as keyword to value; an element that does not decode is ``Unreadable``.
-
-    pydicom decodes each element on first access, so a Status of odd length
-    raises only when it is read: here, not in the middle of building an event.
-    """
-    values: dict[str, object] = {}
-    if command is None:
-        return values
-    for tag in list(command.keys()):
-        name = keyword_for_tag(tag) or str(tag)
-        try:
-            values[name] = command[tag].value
-        except Exception as exc:
-            values[name] = salvage.Unreadable(f"{type(exc).__name__}: {exc}")
-    return values
-
-
 def _message_name(event: evt.Event, message: object) -> str:
     """``C-STORE-RSP`` for a DIMSE message, else the pynetdicom event's name."""
     if message is not None:
@@ -549,29 +425,3 @@ def _category(event: CloudEvent) -> str:
     if isinstance(event, ev.MessageInvalid):
         return "invalid"
     return str(getattr(event.data, "status_category", "missing"))
-
-
-def _association_id(assoc: Association) -> Any:
-    """The node's id for ``assoc``: one per association, kept on the object itself."""
-    if not hasattr(assoc, "dimsebus_id"):
-        assoc.dimsebus_id = new_id()  # type: ignore[attr-defined]
-    return assoc.dimsebus_id  # type: ignore[attr-defined]
-
-
-def _transfer_syntax(assoc: Association, context_id: int) -> UID:
-    """The transfer syntax accepted for presentation context ``context_id``."""
-    context = next(cx for cx in assoc.accepted_contexts if cx.context_id == context_id)
-    return context.transfer_syntax[0]
-
-
-def _failed_uids(assoc: Association, message: Any) -> tuple[str, ...]:
-    if message.data_set is None or not message.data_set.getvalue():
-        return ()
-    syntax = _transfer_syntax(assoc, message.context_id)
-    message.data_set.seek(0)
-    identifier = decode(
-        message.data_set, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
-    )
-    message.data_set.seek(0)
-    uids = identifier.get("FailedSOPInstanceUIDList") or []
-    return tuple(str(uid) for uid in ([uids] if isinstance(uids, str) else uids) if uid)

@@ -31,7 +31,8 @@ from services.errors import Unprocessable
 from services.metrics import RESEND_COMMANDS
 from services.node.archive import Archive
 from services.node.config import NodeSettings
-from services.node.dimse import Capture, Job
+from services.node.dimse import Capture
+from services.node.jobs import Job
 from services.node.sender import SendError, Target, emit_unsent, send_files
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,8 @@ from services.node import capture
 from services.node.archive import Archive, StoredInstance
 from services.node.config import NodeSettings
 from services.node.contexts import storage_contexts
-from services.node.dimse import Capture, Job, Retrieval
+from services.node.dimse import Capture
+from services.node.jobs import Job, Retrieval
 from services.node.journal import MoveJournal
 from services.node.query import QueryError, build_query
 

@@ -20,10 +20,12 @@ from schemas.status import Service, describe_status
 from services.clock import new_id
 from services.errors import DimsebusError
 from services.node.archive import Archive
+from services.node.association import quiet_dimse_logging, set_tcp_nodelay
 from services.node.capture import unsent_event
 from services.node.config import NodeSettings
 from services.node.contexts import storage_contexts
-from services.node.dimse import Capture, Job, quiet_dimse_logging, set_tcp_nodelay
+from services.node.dimse import Capture
+from services.node.jobs import Job
 
 log = logging.getLogger(__name__)
 

@@ -266,7 +266,7 @@ async def test_node_sets_tcp_nodelay_on_both_sides(start_node: Any) -> None:
 
     from pynetdicom import AE, evt
 
-    from services.node.dimse import set_tcp_nodelay
+    from services.node.association import set_tcp_nodelay
 
     node: RunningNode = await start_node(instances=1)
     seen: list[int] = []

@@ -34,8 +34,9 @@ from schemas.envelope import schema_uri
 from services.bus.codec import decode_body
 from services.bus.outbox import Outbox
 from services.errors import InvalidEvent
+from services.node.association import command_values
 from services.node.capture import SentStore, Stamp, StoreResponse, answer_event
-from services.node.dimse import Capture, command_values
+from services.node.dimse import Capture
 from services.node.salvage import Unreadable, association_ref, status_problem
 from tests import strategies as valid
 

@@ -1,0 +1,64 @@
+"""What the capture knows about the node's work: jobs, retrievals, associations (state only)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas import events as ev
+from schemas.envelope import CloudEvent
+from services.node.capture import SentStore
+
+
+@dataclass
+class Job:
+    """What the node is doing on an association: the operation its C-STOREs belong to."""
+
+    operation: ev.Operation
+    move_originator: ev.MoveOriginator | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    attempts: dict[str, int] = field(default_factory=dict)
+    subjects: dict[str, Subject] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """The study of an instance, and its Patient ID as the PHI policy lets it leave."""
+
+    study_instance_uid: str | None
+    patient_id: str | None
+
+
+@dataclass
+class Retrieval:
+    """A C-MOVE or C-GET the node is serving, until its final response.
+
+    For a C-MOVE, ``uids`` are the instances it matched: those the final
+    response reports failed without a C-STORE-RQ ever sent are reported as
+    ``dicom.cstore.unsent``, so that they can be retried one by one.
+    """
+
+    model: type[CloudEvent]
+    data: dict[str, Any]
+    uids: tuple[str, ...] = ()
+    destination_known: bool = True
+    originator: ev.MoveOriginator | None = None
+
+
+@dataclass
+class SubAssociations:
+    """What the sub-associations of one C-MOVE did: instances requested, a rejection."""
+
+    sent: set[str] = field(default_factory=set)
+    rejection: str | None = None
+
+
+@dataclass
+class AssociationState:
+    """What the capture knows about one association."""
+
+    ref: ev.AssociationRef
+    job: Job | None
+    pending: dict[int, SentStore] = field(default_factory=dict)
+    retrievals: dict[int, Retrieval] = field(default_factory=dict)
+    substitutes_reported: bool = False
