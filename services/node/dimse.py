@@ -207,9 +207,13 @@ class Capture:
         message, state = event.message, self.state(event.assoc, job)
         name = type(message).__name__
         if name == "C_STORE_RQ":
-            state.pending[message.command_set.MessageID] = self._sent_store(
-                event.assoc, state, message
-            )
+            sent = self._sent_store(event.assoc, state, message)
+            with state.lock:
+                ended = state.ended
+                if ended is None:
+                    state.pending[message.command_set.MessageID] = sent
+            if ended is not None:  # the association ended first: no response can come
+                self._report_missing([sent], *ended)
         elif name in ("C_MOVE_RSP", "C_GET_RSP") and message.command_set.Status not in _PENDING:
             self._retrieval_completed(event.assoc, state, message)
 
@@ -327,11 +331,19 @@ class Capture:
     def _missing(
         self, state: AssociationState, source: str | None, detail: str, reason: str | None = None
     ) -> None:
-        pending, state.pending = state.pending, {}
-        if not pending:
+        """The association ended: what it still waited for is missing, now and later."""
+        with state.lock:
+            pending, state.pending = state.pending, {}
+            state.ended = state.ended or (source, detail, reason)
+        self._report_missing(list(pending.values()), source, detail, reason)
+
+    def _report_missing(
+        self, requests: list[SentStore], source: str | None, detail: str, reason: str | None
+    ) -> None:
+        if not requests:
             return
         now = utc_now()
-        CSTORE_RESPONSES.labels("missing").inc(len(pending))
+        CSTORE_RESPONSES.labels("missing").inc(len(requests))
         self.emit(
             *(
                 capture.missing_event(
@@ -343,7 +355,7 @@ class Capture:
                     detail,
                     self.stamp(),
                 )
-                for sent in pending.values()
+                for sent in requests
             )
         )
 

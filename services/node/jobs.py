@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,3 +63,7 @@ class AssociationState:
     pending: dict[int, SentStore] = field(default_factory=dict)
     retrievals: dict[int, Retrieval] = field(default_factory=dict)
     substitutes_reported: bool = False
+    # Once the association ended (released, aborted, closed): why, so that a C-STORE-RQ
+    # pynetdicom still reports sent after that is missing at once, not pending forever.
+    ended: tuple[str | None, str, str | None] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)

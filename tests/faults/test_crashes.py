@@ -36,8 +36,14 @@ async def test_node_killed_mid_move_accounts_for_the_move_after_restart(
     with storescp(tmp_path / "received") as peer:
         rig = make_rig({"STORESCP": peer.port})
         rig.add_study(INSTANCES, seed="kill-node")
-        # given a C-MOVE under way whose events pile up in the outbox (disk alarm)
-        move = await move_through(rig, peer, lambda: broker_control.set_disk_free_limit("100000GB"))
+        # given a C-MOVE under way whose events pile up in the outbox (the disk alarm,
+        # raised before the move: the broker's disk monitor takes a while to notice)
+        await rig.start_downstream()
+        await rig.start_node()
+        broker_control.set_disk_free_limit("100000GB")
+        await until(broker_control.disk_alarm, 30, "the disk alarm")
+        [study] = rig.study_uids
+        move = asyncio.create_task(rig.movescu(study, peer.ae_title))
         await until(lambda: len(storescp_answers(peer.log)) >= 250, what="250 C-STOREs")
         # when the node and its relay are killed at once, and the node started again
         await asyncio.to_thread(rig.processes["node"].kill, True)
@@ -61,7 +67,7 @@ async def test_node_killed_mid_move_accounts_for_the_move_after_restart(
                 peer,
                 INSTANCES,
                 "node killed mid-move",
-                f"disk alarm from 100 C-STOREs, kill -9 of node and relay after 250 "
+                f"disk alarm, then kill -9 of node and relay after 250 C-STOREs "
                 f"({len(spooled)} events spooled), alarm cleared, restart",
             )
         )
