@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -136,6 +137,17 @@ class BrokerControl:
     def disk_alarm(self) -> bool:
         """Whether the disk alarm is set."""
         return "disk" in self.ctl("eval", "rabbit_alarm:get_alarms().")
+
+    async def raise_disk_alarm(self) -> None:
+        """Set the disk free limit above the free space; return once the alarm is on.
+
+        The broker's disk monitor notices only at its next check, seconds later.
+        """
+        self.set_disk_free_limit("100000GB")
+        deadline = time.monotonic() + 30
+        while not self.disk_alarm():
+            assert time.monotonic() < deadline, "the disk alarm did not go on within 30 s"
+            await asyncio.sleep(0.2)
 
 
 def _alive(pid: int) -> bool:

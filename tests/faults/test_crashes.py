@@ -40,8 +40,7 @@ async def test_node_killed_mid_move_accounts_for_the_move_after_restart(
         # raised before the move: the broker's disk monitor takes a while to notice)
         await rig.start_downstream()
         await rig.start_node()
-        broker_control.set_disk_free_limit("100000GB")
-        await until(broker_control.disk_alarm, 30, "the disk alarm")
+        await broker_control.raise_disk_alarm()
         [study] = rig.study_uids
         move = asyncio.create_task(rig.movescu(study, peer.ae_title))
         await until(lambda: len(storescp_answers(peer.log)) >= 250, what="250 C-STOREs")
