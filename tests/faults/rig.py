@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,8 +342,3 @@ def unsent_uids(log: list[CloudEvent], reason: str) -> set[str]:
 def tracked_responses(views: list[dict[str, Any]]) -> int:
     """Responses the tracker folded (valid or not), over all moves."""
     return sum(v["responses"]["received"] + v["responses"]["invalid"] for v in views)
-
-
-def id_repeats(log: list[CloudEvent]) -> Counter[str]:
-    """Event ids that appear more than once on the log."""
-    return Counter(str(e.id) for e in log) - Counter({str(e.id): 1 for e in log})
