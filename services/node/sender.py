@@ -177,24 +177,28 @@ def _send_all(
         raise SendError(f"{peer} {what}", rejection.reason)
     try:
         for number, (path, *_) in enumerate(headers):
-            ended = SendError(
-                f"{peer}: the association ended after {number} of {len(headers)} C-STOREs",
-                "association_lost",
-                unsent=[header[2] for header in headers[number:]],
-            )
             if not assoc.is_established:  # aborted, by the peer or for a broken response
-                raise ended
+                raise _ended(peer, headers, number)
             try:
                 status = _store_one(assoc, path, message_id(number), job.move_originator)
             except RuntimeError:  # pynetdicom: it ended between the check and the request
                 if assoc.is_established:
                     raise
-                raise ended from None
+                raise _ended(peer, headers, number) from None
             _count(summary, status)
             on_progress(path, status)
     finally:
         if assoc.is_established:
             assoc.release()
+
+
+def _ended(peer: str, headers: list[Header], number: int) -> SendError:
+    """The association ended before request ``number``: it and the rest were never sent."""
+    return SendError(
+        f"{peer}: the association ended after {number} of {len(headers)} C-STOREs",
+        "association_lost",
+        unsent=[header[2] for header in headers[number:]],
+    )
 
 
 def emit_unsent(
