@@ -32,7 +32,11 @@ def fold(events: list[CloudEvent]) -> MoveState:
 
 @pytest.fixture
 def db(tmp_path: Path) -> str:
-    """A store with one finished move (MOVESCU -> STORESCP) and one still running."""
+    """A store with one finished move (MOVESCU -> STORESCP) and one still running.
+
+    The running one started a minute ago: ``moves watch`` judges it by the clock, and
+    one whose last event is older than the stall timeout is ``stalled``.
+    """
     story = [
         e
         for e in move_story(node_id="n1", start=T0, ids=sequential_ids(), instances=5)
@@ -40,7 +44,12 @@ def db(tmp_path: Path) -> str:
     ]
     running = [
         e
-        for e in move_story(node_id="n2", start=T0, ids=sequential_ids(500), instances=5)
+        for e in move_story(
+            node_id="n2",
+            start=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1),
+            ids=sequential_ids(500),
+            instances=5,
+        )
         if move_key(e)
     ]
     store = open_store(str(tmp_path / "tracker.sqlite"))
@@ -61,7 +70,7 @@ def test_list_filters_by_outcome_ae_and_time(db: str) -> None:
     assert listed("--status", "completed_with_failures") == ["n1"]
     assert listed("--ae", "MOVESCU") == ["n1", "n2"]
     assert listed("--ae", "NOBODY") == []
-    assert listed("--since", "2030-01-01T00:00:00") == []
+    assert listed("--since", "2999-01-01T00:00:00") == []
 
 
 def test_show_prints_counts_failures_and_timeline(db: str) -> None:
