@@ -5,6 +5,12 @@
 process; only an OS crash can lose the last commits). It never touches the
 broker: ``services.bus.relay`` publishes the rows and deletes each one only
 after its confirm, so an event is always confirmed on the broker or in the file.
+
+A row holds an encoded event, or (``format`` set) a record of the facts from
+which its relay makes the event: the node spools each C-STORE exchange that way
+(``services.node.exchange``), so that building and validating the event costs
+the relay's process, not the DICOM thread. The record carries the event's id
+and time, so the event is the same whenever, and however often, it is made.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +34,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     time TEXT NOT NULL,
     body BLOB NOT NULL,
     subject TEXT,
-    sent_at TEXT
+    sent_at TEXT,
+    format TEXT
 );
 CREATE TABLE IF NOT EXISTS relay_stats (
     name TEXT PRIMARY KEY,
@@ -59,14 +66,14 @@ def _bucket_rows(latencies: list[float]) -> list[tuple[str, float]]:
 
 _INSERT = (
     "INSERT OR IGNORE INTO outbox "
-    "(event_id, type, routing_key, correlation_id, time, body, subject) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "(event_id, type, routing_key, correlation_id, time, body, subject, format) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
-    """One event awaiting its confirm."""
+    """One event awaiting its confirm: encoded, or recorded in ``format`` (see module doc)."""
 
     seq: int
     event_id: str
@@ -74,6 +81,25 @@ class OutboxRow:
     routing_key: str
     correlation_id: str | None
     time: str
+    body: bytes
+    format: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """The facts of one event, to spool as they are; the relay makes the event of them.
+
+    ``type``, ``correlation_id`` and ``subject`` are what the event will have unless
+    the facts fail its validation: the outbox's triggers (the node's move journal)
+    read them, the relay publishes what the event says.
+    """
+
+    format: str
+    event_id: str
+    type: str
+    correlation_id: str | None
+    time: str
+    subject: str
     body: bytes
 
 
@@ -96,7 +122,7 @@ class Outbox:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
         self._db.executescript(_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
-        for column in ("subject", "sent_at"):  # an outbox from before they were kept
+        for column in ("subject", "sent_at", "format"):  # an outbox from before they were kept
             if column not in columns:
                 self._db.execute(f"ALTER TABLE outbox ADD COLUMN {column} TEXT")
         self._lock = threading.Lock()
@@ -117,9 +143,30 @@ class Outbox:
                 e.time.isoformat(),
                 e.model_dump_json().encode(),
                 e.subject,
+                None,
             )
             for e in events
         ]
+        self._insert(rows)
+
+    def append_record(self, record: Record) -> None:
+        """Spool one event's facts durably (one commit); its relay makes the event."""
+        self._insert(
+            [
+                (
+                    record.event_id,
+                    record.type,
+                    record.type,
+                    record.correlation_id,
+                    record.time,
+                    record.body,
+                    record.subject,
+                    record.format,
+                )
+            ]
+        )
+
+    def _insert(self, rows: Sequence[tuple[object, ...]]) -> None:
         with self._lock:
             if len(rows) == 1:  # the capture's case: one response, one commit
                 self._db.execute(_INSERT, rows[0])
@@ -132,7 +179,7 @@ class Outbox:
         """The oldest ``limit`` rows."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, event_id, type, routing_key, correlation_id, time, body "
+                "SELECT seq, event_id, type, routing_key, correlation_id, time, body, format "
                 "FROM outbox ORDER BY seq LIMIT ?",
                 (limit,),
             ).fetchall()

@@ -6,6 +6,8 @@ and slow C-STORE traffic, which DESIGN.md rule 4 forbids. The DICOM side only
 appends to the SQLite outbox; the relay polls it, publishes the oldest rows and
 deletes each one after its confirm. One relay per outbox (a file lock), and a
 relay whose parent dies stops, so a restarted node does not race an orphan.
+Rows spooled as records (``Outbox.append_record``) are made into their events
+here, by the function its ``formats`` names for the record's format.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from aio_pika.abc import AbstractRobustConnection
 
-from services.bus.codec import build_message
+from schemas.envelope import CloudEvent
+from services.bus.codec import build_message, to_message
 from services.bus.connection import confirming_channel, connect
 from services.bus.log import LogReader
 from services.bus.outbox import Outbox, OutboxRow, read_depth
@@ -34,14 +38,29 @@ from services.errors import PublishInterrupted
 
 log = logging.getLogger(__name__)
 
+RecordFormats = Mapping[str, Callable[[OutboxRow], CloudEvent]]
+"""How to make the event of a recorded row, by its format (pure functions)."""
+
+
+class UnreadableRecord(Exception):
+    """An outbox record this relay cannot make its event of: the row stays spooled."""
+
 
 class OutboxRelay:
     """Publishes an outbox to ``dimsebus.events`` with confirms, through outages."""
 
     def __init__(
-        self, outbox: Outbox, amqp_url: str, *, name: str, window: int = 256, poll: float = 0.005
+        self,
+        outbox: Outbox,
+        amqp_url: str,
+        *,
+        name: str,
+        window: int = 256,
+        poll: float = 0.02,
+        formats: RecordFormats | None = None,
     ) -> None:
         self._outbox = outbox
+        self._formats = formats or {}
         self._url = amqp_url
         self._name = name
         self._window = window
@@ -97,7 +116,8 @@ class OutboxRelay:
                 return  # reconnect from scratch
             if self._ambiguous:
                 await self._settle_ambiguous(connection)
-            if not await self.drain_once(publisher):
+            if await self.drain_once(publisher) < self._window * 4:
+                # A part batch: let rows gather rather than publish them one at a time.
                 await sleep_unless(stop, self._poll)
 
     async def _settle_ambiguous(self, connection: AbstractRobustConnection) -> None:
@@ -158,20 +178,51 @@ class OutboxRelay:
             await asyncio.sleep(1.0)
         return len(confirmed)
 
-    @staticmethod
-    async def _publish(publisher: Publisher, row: OutboxRow) -> float:
-        message = build_message(
-            row.body,
-            row.event_id,
-            row.type,
-            dt.datetime.fromisoformat(row.time),
-            row.correlation_id,
-        )
-        return await publisher.send(message, EVENTS_EXCHANGE, row.routing_key)
+    async def _publish(self, publisher: Publisher, row: OutboxRow) -> float:
+        if row.format is None:
+            message = build_message(
+                row.body,
+                row.event_id,
+                row.type,
+                dt.datetime.fromisoformat(row.time),
+                row.correlation_id,
+            )
+            return await publisher.send(message, EVENTS_EXCHANGE, row.routing_key)
+        event = self._event_of(row)
+        return await publisher.send(to_message(event), EVENTS_EXCHANGE, event.routing_key)
+
+    def _event_of(self, row: OutboxRow) -> CloudEvent:
+        """The event of a recorded row, with the id the row was spooled under."""
+        what = f"outbox row {row.seq} (event {row.event_id}, a {row.format!r} record)"
+        make = self._formats.get(str(row.format))
+        if make is None:
+            raise UnreadableRecord(f"{what}: this relay reads only {sorted(self._formats)}")
+        try:
+            event = make(row)
+        except Exception as exc:
+            raise UnreadableRecord(f"{what}: {type(exc).__name__}: {exc}") from exc
+        if str(event.id) != row.event_id:
+            raise UnreadableRecord(f"{what}: made into an event with another id, {event.id}")
+        return event
 
 
-def run_relay(outbox_path: Path, amqp_url: str, name: str, window: int) -> None:
+NICENESS = 10
+"""The relay's default scheduling niceness: on a busy machine it yields the CPU to the
+DICOM side (DESIGN.md rule 4: C-STORE traffic pays for the outbox write, not for
+publishing); on an idle one it runs at full speed, and the outbox absorbs bursts."""
+
+
+def run_relay(
+    outbox_path: Path,
+    amqp_url: str,
+    name: str,
+    window: int,
+    formats: RecordFormats | None = None,
+    niceness: int = NICENESS,
+) -> None:
     """The relay process: publish ``outbox_path`` until SIGTERM, or until the parent dies."""
+    if niceness:
+        os.nice(niceness)
     lock = (outbox_path.parent / f"{outbox_path.name}.relay.lock").open("w")
     fcntl.flock(lock, fcntl.LOCK_EX)  # one relay per outbox: a second one waits its turn
     parent = os.getppid()
@@ -182,7 +233,7 @@ def run_relay(outbox_path: Path, amqp_url: str, name: str, window: int) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         outbox = Outbox(outbox_path)
-        relay = OutboxRelay(outbox, amqp_url, name=name, window=window)
+        relay = OutboxRelay(outbox, amqp_url, name=name, window=window, formats=formats)
         watch = asyncio.create_task(_stop_when_orphaned(parent, stop))
         await relay.run(stop)
         watch.cancel()

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 from schemas.examples import move_story, sequential_ids
-from services.bus.outbox import Outbox, read_depth
+from services.bus.outbox import Outbox, Record, read_depth
 
 EVENTS = move_story(
     node_id="n1", start=dt.datetime(2026, 11, 26, tzinfo=dt.UTC), ids=sequential_ids()
@@ -56,3 +56,29 @@ def test_appends_from_many_threads_all_land(tmp_path: Path) -> None:
 
 def test_depth_of_a_missing_file_is_zero(tmp_path: Path) -> None:
     assert read_depth(tmp_path / "nothing.sqlite") == 0
+
+
+def test_a_record_is_spooled_with_its_format_for_the_relay(tmp_path: Path) -> None:
+    # given an event, then the facts of another recorded in a format its relay reads
+    box = Outbox(tmp_path / "outbox.sqlite")
+    box.append(EVENTS[:1])
+    record = Record(
+        format="example/1",
+        event_id=str(EVENTS[1].id),
+        type=EVENTS[1].type,
+        correlation_id=EVENTS[1].correlation_id,
+        time=EVENTS[1].time.isoformat(),
+        subject=EVENTS[1].subject,
+        body=b'{"facts": 1}',
+    )
+    box.append_record(record)
+    box.append_record(record)
+    # then both wait in order, the record as it was given, once
+    plain, recorded = box.peek(10)
+    assert (plain.format, plain.body) == (None, EVENTS[0].model_dump_json().encode())
+    assert (recorded.format, recorded.body, recorded.event_id) == (
+        "example/1",
+        b'{"facts": 1}',
+        str(EVENTS[1].id),
+    )
+    assert box.depth() == 2
