@@ -9,25 +9,84 @@ file (``Outbox.record_published``) and the service's collector reads them.
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from schemas.status import Service, describe_status
 from services.bus.outbox import CONFIRM_BUCKETS, read_relay_stats
 
-CSTORE_ROUND_TRIP = Histogram(
-    "dimsebus_cstore_round_trip_seconds",
-    "Time from a C-STORE-RQ sent by the node to its C-STORE-RSP",
-    buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-)
-CSTORE_RESPONSES = Counter(
-    "dimsebus_cstore_responses",
-    "C-STORE-RSPs the node received, and requests that got none, by category",
-    ["category"],
-)
+ROUND_TRIP_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class CStoreTally(Collector):
+    """The node's C-STORE-RSP metrics, noted on pynetdicom's threads and counted when scraped.
+
+    ``note`` is one deque append: the DIMSE thread pays no metrics cost (a label
+    lookup, a status classification and a histogram update per response, each under
+    a lock). ``collect`` folds what was noted into ``dimsebus_cstore_responses_total``
+    by category and the ``dimsebus_cstore_round_trip_seconds`` histogram.
+    """
+
+    def __init__(self, classify: Callable[[int], str]) -> None:
+        self._classify = classify
+        self._noted: deque[tuple[int | str, float | None]] = deque()
+        self._lock = threading.Lock()
+        self._categories: dict[str, float] = {}
+        self._buckets = [0.0] * (len(ROUND_TRIP_BUCKETS) + 1)
+        self._seconds = 0.0
+
+    def note(self, outcome: int | str, round_trip: float | None) -> None:
+        """A response's Status (or ``missing``/``invalid``), and its round trip if timed."""
+        self._noted.append((outcome, round_trip))
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        with self._lock:
+            while self._noted:
+                outcome, round_trip = self._noted.popleft()
+                category = self._classify(outcome) if isinstance(outcome, int) else outcome
+                self._categories[category] = self._categories.get(category, 0.0) + 1
+                if round_trip is not None:
+                    self._seconds += round_trip
+                    self._buckets[_bucket(round_trip)] += 1
+            responses = CounterMetricFamily(
+                "dimsebus_cstore_responses",
+                "C-STORE-RSPs the node received, and requests that got none, by category",
+                labels=["category"],
+            )
+            for category, count in sorted(self._categories.items()):
+                responses.add_metric([category], count)
+            cumulative, buckets = 0.0, []
+            for le, count in zip((*ROUND_TRIP_BUCKETS, "+Inf"), self._buckets, strict=True):
+                cumulative += count
+                buckets.append((str(le), cumulative))
+            round_trips = HistogramMetricFamily(
+                "dimsebus_cstore_round_trip_seconds",
+                "Time from a C-STORE-RQ sent by the node to its C-STORE-RSP",
+                buckets=buckets,
+                sum_value=self._seconds,
+            )
+        yield responses
+        yield round_trips
+
+
+def _bucket(seconds: float) -> int:
+    return next(
+        (i for i, le in enumerate(ROUND_TRIP_BUCKETS) if seconds <= le), len(ROUND_TRIP_BUCKETS)
+    )
+
+
+def storage_category(status: int) -> str:
+    return describe_status(status, Service.STORAGE).category.value
+
+
+CSTORE = CStoreTally(storage_category)
+REGISTRY.register(CSTORE)
 EVENTS_PUBLISHED = Counter(
     "dimsebus_events_published", "Events and commands published directly with confirms"
 )

@@ -8,9 +8,11 @@ handler settings every association of the node gets at EVT_CONN_OPEN.
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
 from typing import Any
 
-from pydicom.datadict import keyword_for_tag
+from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 from pynetdicom import evt
@@ -21,6 +23,7 @@ from pynetdicom.dsutils import decode
 from schemas import events as ev
 from services.clock import new_id
 from services.node import salvage
+from services.node.reactor import install_checkpoint
 
 ABORT_TEXT = {
     "local": "A-ABORT sent by the node",
@@ -48,6 +51,18 @@ def quiet_dimse_logging(event: evt.Event) -> None:
     """
     event.assoc.unbind(evt.EVT_DIMSE_RECV, standard_dimse_recv_handler)
     event.assoc.unbind(evt.EVT_DIMSE_SENT, standard_dimse_sent_handler)
+
+
+def connection_handlers() -> list[tuple[Any, ...]]:
+    """What every association of the node gets at EVT_CONN_OPEN, with or without a capture.
+
+    TCP_NODELAY, the race-free reactor checkpoint, and no per-message logging.
+    """
+    return [
+        (evt.EVT_CONN_OPEN, set_tcp_nodelay),
+        (evt.EVT_CONN_OPEN, install_checkpoint),
+        (evt.EVT_CONN_OPEN, quiet_dimse_logging),
+    ]
 
 
 def set_tcp_nodelay(event: evt.Event) -> None:
@@ -94,6 +109,52 @@ def command_values(command: Dataset | None) -> dict[str, object]:
         except Exception as exc:
             values[name] = salvage.Unreadable(f"{type(exc).__name__}: {exc}")
     return values
+
+
+def tags_of(keywords: Iterable[str]) -> tuple[tuple[str, int, str], ...]:
+    """(keyword, tag, VR) of command elements, for ``read_values``."""
+    fields = []
+    for keyword in keywords:
+        tag = tag_for_keyword(keyword)
+        if tag is None:
+            raise ValueError(f"{keyword!r} is not a DICOM keyword")
+        fields.append((keyword, tag, dictionary_VR(tag)))
+    return tuple(fields)
+
+
+def read_values(
+    command: Dataset, fields: tuple[tuple[str, int, str], ...]
+) -> dict[str, object] | None:
+    """Only these elements of a command set (absent ones None), or None if one does not decode.
+
+    The fast read of the C-STORE-RSP path: ``command_values`` reads (and names) every
+    element, which costs more than the rest of the capture. A command set is implicit
+    VR little endian (PS3.7 6.3.1): a single US or UI value is read off its bytes as
+    pydicom would read it; anything else is left to pydicom.
+    """
+    values: dict[str, object] = {}
+    try:
+        for keyword, tag, vr in fields:
+            element = command.get_item(tag)
+            if element is None:
+                values[keyword] = None
+                continue
+            value = _plain_value(element.value, vr) if isinstance(element, RawDataElement) else None
+            values[keyword] = value if value is not None else command[tag].value
+    except Exception:
+        return None
+    return values
+
+
+def _plain_value(raw: object, vr: str) -> int | str | None:
+    """A US or UI value from its implicit VR little endian bytes; None where pydicom must."""
+    if not isinstance(raw, bytes):
+        return None
+    if vr == "US" and len(raw) == 2:
+        return int.from_bytes(raw, "little")
+    if vr == "UI" and raw and b"\\" not in raw:  # pydicom's convert_UI, then UID()
+        return raw.decode("latin-1").rstrip(" \0").strip() or None
+    return None
 
 
 def association_id(assoc: Association) -> Any:

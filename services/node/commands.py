@@ -13,10 +13,11 @@ from rich.table import Table
 
 from schemas.status import Service, describe_status
 from services.bus.outbox import Outbox, read_depth
-from services.bus.relay import RelayProcess, run_relay
+from services.bus.relay import NICENESS, RelayProcess, run_relay
 from services.console import ConfigOption, HttpPortOption, console, err, fail, settings_or_exit
 from services.errors import DimsebusError
 from services.logs import configure_logging
+from services.node import exchange
 from services.node.app import run_node
 from services.node.archive import Archive, ArchiveError
 from services.node.config import NodeSettings
@@ -229,10 +230,17 @@ def outbox_relay(
     name: Annotated[str, typer.Option(help="connection name shown by RabbitMQ")] = "dimsebus-relay",
     window: Annotated[int, typer.Option(min=1, help="unconfirmed publishes in flight")] = 256,
     amqp_url: Annotated[str | None, typer.Option(help="RabbitMQ URL")] = None,
+    niceness: Annotated[
+        int,
+        typer.Option(
+            min=0, max=19, help="scheduling niceness: the relay yields the CPU to DICOM traffic"
+        ),
+    ] = NICENESS,
 ) -> None:
     """Publish an outbox's events with confirms until stopped (nodes run one of these)."""
     configure_logging()
     settings = node_settings(None, amqp_url=amqp_url)
     if not outbox.exists():
         fail(f"--outbox: {str(outbox)!r} does not exist")
-    run_relay(outbox, settings.amqp_url, name, window)
+    formats = {exchange.FORMAT: exchange.event_of}
+    run_relay(outbox, settings.amqp_url, name, window, formats, niceness)

@@ -26,22 +26,22 @@ from schemas import events as ev
 from schemas.envelope import CloudEvent
 from services.bus.outbox import Outbox
 from services.clock import new_id, utc_now
-from services.metrics import CSTORE_RESPONSES, CSTORE_ROUND_TRIP
-from services.node import capture, salvage
+from services.metrics import CSTORE
+from services.node import capture, exchange, salvage
 from services.node.association import (
     ABORT_TEXT,
     abort_source,
     command_values,
+    connection_handlers,
     failed_uids,
-    quiet_dimse_logging,
+    read_values,
     reference,
-    set_tcp_nodelay,
+    tags_of,
     transfer_syntax,
 )
 from services.node.capture import SentStore, Stamp, StoreResponse
 from services.node.config import NodeSettings
 from services.node.jobs import AssociationState, Job, Retrieval, SubAssociations, Subject
-from services.node.reactor import install_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,7 @@ _REJECT_SOURCES = {
     3: "service_provider_presentation",
 }
 _PENDING = (0xFF00, 0xFF01)
+_RESPONSE_TAGS = tags_of(exchange.RESPONSE_KEYWORDS)
 
 
 HandlerMethod = Callable[["Capture", evt.Event, Job | None], None]
@@ -96,11 +97,7 @@ class Capture:
 
     def handlers(self, job: Job | None = None) -> list[tuple[Any, ...]]:
         """The pynetdicom handlers to bind on an association; ``job`` for the ones we open."""
-        bound: list[tuple[Any, ...]] = [
-            (evt.EVT_CONN_OPEN, set_tcp_nodelay),
-            (evt.EVT_CONN_OPEN, install_checkpoint),
-            (evt.EVT_CONN_OPEN, quiet_dimse_logging),
-        ]
+        bound = connection_handlers()
         for event, handler in (
             (evt.EVT_ESTABLISHED, self.on_established),
             (evt.EVT_ACSE_SENT, self.on_acse),
@@ -219,23 +216,37 @@ class Capture:
 
     @_guarded
     def on_dimse_recv(self, event: evt.Event, job: Job | None) -> None:
-        """Join a C-STORE-RSP to its request and spool its one event, whatever it holds."""
+        """Join a C-STORE-RSP to its request and spool its one event, whatever it holds.
+
+        A plain response to a known request is spooled as the exchange's record (its
+        event is made by the relay); any other gets its event built here.
+        """
         message = event.message
         if type(message).__name__ != "C_STORE_RSP":
             return
         state = self.state(event.assoc, job)
-        response = StoreResponse.of(command_values(message.command_set))
+        values = read_values(message.command_set, _RESPONSE_TAGS)
+        plain = exchange.plain_response(values) if values is not None else None
+        response = plain or StoreResponse.of(command_values(message.command_set))
         key = salvage.message_id_or_none(response.message_id)
         sent = state.pending.pop(key, None) if key is not None else None
-        if sent is None:
-            log.warning(
-                "C-STORE-RSP for unknown message id %r on %s", response.message_id, state.ref.id
-            )
-        answer = capture.answer_event(sent, response, state.ref.id, self.stamp())
-        self.emit(answer)
-        CSTORE_RESPONSES.labels(_category(answer)).inc()
-        if sent is not None:
-            CSTORE_ROUND_TRIP.observe((answer.time - sent.requested_at).total_seconds())
+        stamp = self.stamp()
+        if sent is not None and plain is not None:
+            self._outbox.append_record(state.recorder.record(sent, plain, stamp))
+            assert isinstance(plain.status, int)
+            outcome: int | str = plain.status
+        else:
+            if sent is None:
+                log.warning(
+                    "C-STORE-RSP for unknown message id %r on %s",
+                    response.message_id,
+                    state.ref.id,
+                )
+            answer = capture.answer_event(sent, response, state.ref.id, stamp)
+            self.emit(answer)
+            outcome = _category(answer)
+        round_trip = (stamp.time - sent.requested_at).total_seconds() if sent else None
+        CSTORE.note(outcome, round_trip)
 
     @_guarded
     def on_released(self, event: evt.Event, job: Job | None) -> None:
@@ -315,7 +326,7 @@ class Capture:
         return SentStore(
             association=state.ref,
             presentation_context_id=message.context_id,
-            transfer_syntax_uid=str(transfer_syntax(assoc, message.context_id)),
+            transfer_syntax_uid=self._transfer_syntax(assoc, state, message.context_id),
             message_id=command.MessageID,
             affected_sop_class_uid=str(command.AffectedSOPClassUID),
             affected_sop_instance_uid=uid,
@@ -327,6 +338,13 @@ class Capture:
             study_instance_uid=subject.study_instance_uid if subject else None,
             patient_id=subject.patient_id if subject else None,
         )
+
+    @staticmethod
+    def _transfer_syntax(assoc: Association, state: AssociationState, context_id: int) -> str:
+        found = state.transfer_syntaxes.get(context_id)
+        if found is None:
+            found = state.transfer_syntaxes[context_id] = str(transfer_syntax(assoc, context_id))
+        return found
 
     def _missing(
         self, state: AssociationState, source: str | None, detail: str, reason: str | None = None
@@ -343,7 +361,8 @@ class Capture:
         if not requests:
             return
         now = utc_now()
-        CSTORE_RESPONSES.labels("missing").inc(len(requests))
+        for _ in requests:
+            CSTORE.note("missing", None)
         self.emit(
             *(
                 capture.missing_event(

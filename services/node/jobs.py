@@ -9,6 +9,7 @@ from typing import Any
 from schemas import events as ev
 from schemas.envelope import CloudEvent
 from services.node.capture import SentStore
+from services.node.exchange import Recorder
 
 
 @dataclass
@@ -63,6 +64,8 @@ class AssociationState:
     pending: dict[int, SentStore] = field(default_factory=dict)
     retrievals: dict[int, Retrieval] = field(default_factory=dict)
     substitutes_reported: bool = False
+    recorder: Recorder = field(default_factory=Recorder)
+    transfer_syntaxes: dict[int, str] = field(default_factory=dict)  # by presentation context
     # Once the association ended (released, aborted, closed): why, so that a C-STORE-RQ
     # pynetdicom still reports sent after that is missing at once, not pending forever.
     ended: tuple[str | None, str, str | None] | None = None

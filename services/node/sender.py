@@ -20,7 +20,7 @@ from schemas.status import Service, describe_status
 from services.clock import new_id
 from services.errors import DimsebusError
 from services.node.archive import Archive
-from services.node.association import quiet_dimse_logging, set_tcp_nodelay
+from services.node.association import connection_handlers
 from services.node.capture import unsent_event
 from services.node.config import NodeSettings
 from services.node.contexts import storage_contexts
@@ -114,7 +114,7 @@ def send_files(
     operation, its move originator and each instance's attempt). With an
     ``archive``, the job's peer and files are recorded so that a resend
     command can send the same files again. Without a capture (the
-    benchmark's baseline) only TCP_NODELAY is set.
+    benchmark's baseline) the association is set up like the node's others.
     """
     job = job or Job(ev.Operation(kind="store", id=new_id()), labels=dict(labels or {}))
     summary = SendSummary(job.operation)
@@ -135,11 +135,7 @@ def send_files(
     ae.dimse_timeout, ae.acse_timeout = settings.dimse_timeout, settings.acse_timeout
     ae.network_timeout, ae.maximum_pdu_size = settings.network_timeout, settings.max_pdu
     rejection = Rejection()
-    handlers = (
-        capture.handlers(job)
-        if capture
-        else [(evt.EVT_CONN_OPEN, set_tcp_nodelay), (evt.EVT_CONN_OPEN, quiet_dimse_logging)]
-    )
+    handlers = capture.handlers(job) if capture else connection_handlers()
     assoc = ae.associate(
         target.host,
         target.port,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from pydicom.dataset import Dataset
@@ -34,7 +34,8 @@ from schemas.envelope import schema_uri
 from services.bus.codec import decode_body
 from services.bus.outbox import Outbox
 from services.errors import InvalidEvent
-from services.node.association import command_values
+from services.node import exchange
+from services.node.association import command_values, read_values, tags_of
 from services.node.capture import SentStore, Stamp, StoreResponse, answer_event
 from services.node.dimse import Capture
 from services.node.salvage import Unreadable, association_ref, status_problem
@@ -312,7 +313,13 @@ def _capture() -> tuple[Capture, Outbox]:
 
 
 def _spooled(outbox: Outbox) -> list[ev.Event]:
-    return [ev.parse_event(row.body) for row in outbox.peek(100)]
+    """The events spooled, recorded exchanges made into theirs as the relay does."""
+    return [
+        ev.parse_event(
+            exchange.event_of(row).model_dump_json() if row.format is not None else row.body
+        )
+        for row in outbox.peek(100)
+    ]
 
 
 @FUZZ
@@ -394,3 +401,42 @@ def test_peer_ae_title_the_contract_rejects_is_substituted_and_recorded(
     assert invalid.data.fields["peer_ae_title"] == repr("STORE\\SCP")
     capture.on_established(Event(assoc, evt.EVT_ESTABLISHED, {}), None)
     assert [e.type for e in _spooled(outbox)][2:] == ["dicom.association.established"]
+
+
+_answering_wire = st.builds(
+    lambda elements, message_id, status: {**elements, 0x0120: message_id, 0x0900: status},
+    _wire,
+    valid.message_ids.map(_us),
+    valid.statuses.map(_us),
+)
+
+
+@FUZZ
+@given(sent=sent_stores, elements=_answering_wire, stamp=stamps)
+def test_a_recorded_exchange_makes_the_event_the_general_path_builds(
+    sent: SentStore, elements: dict[int, bytes], stamp: Stamp
+) -> None:
+    # given any C-STORE-RSP off the wire that the fast read takes as plain
+    command_set = _command_set(elements)
+    values = read_values(command_set, tags_of(exchange.RESPONSE_KEYWORDS))
+    plain = exchange.plain_response(values) if values is not None else None
+    assume(plain is not None)
+    assert values is not None
+    assert plain is not None
+    # then the fast read saw what pydicom reads
+    everything = command_values(command_set)
+    assert values == {keyword: everything.get(keyword) for keyword in exchange.RESPONSE_KEYWORDS}
+    # when the exchange is spooled as a record, and the relay makes its event
+    outbox = Outbox(Path(":memory:"))
+    outbox.append_record(exchange.Recorder().record(sent, plain, stamp))
+    [row] = outbox.peek(1)
+    made = exchange.event_of(row)
+    # then it is the event the DIMSE thread would have built from the whole command set
+    built = answer_event(sent, StoreResponse.of(everything), sent.association.id, stamp)
+    assert str(made.id) == row.event_id
+    if isinstance(built, ev.MessageInvalid):  # it lists the elements the record kept
+        assert isinstance(made, ev.MessageInvalid)
+        assert made.model_copy(update={"data": built.data}) == built
+        assert set(made.data.fields) <= set(built.data.fields)
+    else:
+        assert made == built

@@ -11,7 +11,8 @@ import pytest
 from schemas import events as ev
 from schemas.examples import move_story, sequential_ids
 from services.bus.outbox import Outbox
-from services.node.capture import Stamp
+from services.node.capture import SentStore, Stamp, StoreResponse
+from services.node.exchange import Recorder
 from services.node.journal import MoveJournal
 from services.node.recovery import interrupted_events
 from services.tracker.progress import apply, counts, outcome
@@ -37,15 +38,31 @@ def stamps() -> Iterator[Stamp]:
         yield Stamp(event_id, T0 + dt.timedelta(minutes=5, seconds=n), "dimsebus://node/n1")
 
 
+def spool_response(outbox: Outbox, response: ev.CStoreResponseReceived, recorded: bool) -> None:
+    """Spool a response event, or (as the node's DIMSE thread does) the exchange's record."""
+    if not recorded:
+        outbox.append([response])
+        return
+    data = response.data
+    sent = SentStore(
+        **{name: getattr(data, name) for name in SentStore.__dataclass_fields__},
+    )
+    answer = StoreResponse.of({"Status": data.status, "MessageIDBeingRespondedTo": data.message_id})
+    outbox.append_record(
+        Recorder().record(sent, answer, Stamp(response.id, response.time, response.source))
+    )
+
+
+@pytest.mark.parametrize("recorded", [False, True], ids=["events", "exchange records"])
 def test_a_move_cut_off_reports_its_unanswered_instances(
-    spool: tuple[Outbox, MoveJournal],
+    spool: tuple[Outbox, MoveJournal], recorded: bool
 ) -> None:
     outbox, journal = spool
     # given a move of 6 instances, 2 of them answered, and no final response (a crash)
     journal.opened(REQUESTED, MATCHED)
     outbox.append([REQUESTED])
     for response in RESPONSES:
-        outbox.append([response])
+        spool_response(outbox, response, recorded)
     # when the node starts again
     [cut_off] = journal.open_moves()
     events = interrupted_events(cut_off, {"site": "x"}, stamps().__next__)

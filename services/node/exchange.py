@@ -1,0 +1,150 @@
+"""A C-STORE exchange as the DIMSE thread spools it, and the event the relay makes of it.
+
+A C-STORE-RSP that answers a request the node sent, with plain values (a
+Status from 0 to 0xFFFF, a valid Message ID Being Responded To, text or
+nothing in the others), is spooled as a record: the request's facts, the
+response's values and the event's id and time, in JSON. The node's relay makes
+the event of it with ``capture.response_event``, the pure function the DIMSE
+thread would have called, so the event is the same; only building and
+validating it costs the relay's process instead of the thread that pynetdicom
+needs for the next C-STORE. Whatever is not plain takes the general path: its
+event is built on the DIMSE thread (``services.node.dimse``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel
+
+from schemas import events as ev
+from schemas.envelope import CloudEvent
+from services.bus.outbox import OutboxRow, Record
+from services.node.capture import SentStore, Stamp, StoreResponse, response_event
+from services.node.salvage import message_id_or_none, status_problem
+
+FORMAT = "dicom.cstore.exchange/1"
+
+RESPONSE_KEYWORDS = (
+    "Status",
+    "MessageIDBeingRespondedTo",
+    "AffectedSOPInstanceUID",
+    "ErrorComment",
+)
+"""The C-STORE-RSP elements a record carries (the rest of the command set is not kept)."""
+
+
+def plain_response(values: Mapping[str, object]) -> StoreResponse | None:
+    """The response in ``values`` (``RESPONSE_KEYWORDS`` to value) if a record can carry it."""
+    response = StoreResponse.of(values)
+    if (
+        status_problem(response.status) is None
+        and message_id_or_none(response.message_id) is not None
+        and isinstance(response.affected_sop_instance_uid, str | None)
+        and isinstance(response.error_comment, str | None)
+    ):
+        return response
+    return None
+
+
+_RECEIVED = "dicom.cstore.response.received"
+_CONTEXT = ("association", "operation", "move_originator", "labels")
+_REQUEST = (
+    "presentation_context_id",
+    "transfer_syntax_uid",
+    "message_id",
+    "affected_sop_class_uid",
+    "affected_sop_instance_uid",
+    "attempt",
+    "study_instance_uid",
+    "patient_id",
+)
+
+
+class Recorder:
+    """Makes the records of one association's exchanges.
+
+    Its requests share the association, operation, move originator and labels:
+    their JSON is made once, not per C-STORE (one recorder per association, used
+    from the thread that reads its responses).
+    """
+
+    def __init__(self) -> None:
+        self._shared: tuple[object, ...] = ()
+        self._context = ""
+
+    def record(self, sent: SentStore, response: StoreResponse, stamp: Stamp) -> Record:
+        """The outbox record of a request and its plain response (see ``plain_response``)."""
+        shared = (sent.association, sent.operation, sent.move_originator, sent.labels)
+        if shared != self._shared:
+            self._shared = shared
+            self._context = _dumps(dict(zip(_CONTEXT, shared, strict=True)))
+        event_id, time = str(stamp.id), stamp.time.isoformat()
+        exchange = {
+            "presentation_context_id": sent.presentation_context_id,
+            "transfer_syntax_uid": sent.transfer_syntax_uid,
+            "message_id": sent.message_id,
+            "affected_sop_class_uid": sent.affected_sop_class_uid,
+            "affected_sop_instance_uid": sent.affected_sop_instance_uid,
+            "attempt": sent.attempt,
+            "study_instance_uid": sent.study_instance_uid,
+            "patient_id": sent.patient_id,
+            "requested_at": sent.requested_at.isoformat(),
+            "response": response.command,
+            "id": event_id,
+            "time": time,
+            "source": stamp.source,
+        }
+        body = f'{{"context":{self._context},"exchange":{json.dumps(exchange)}}}'
+        return Record(
+            format=FORMAT,
+            event_id=event_id,
+            type=_RECEIVED,
+            correlation_id=str(sent.operation.id),
+            time=time,
+            subject=sent.affected_sop_instance_uid,
+            body=body.encode(),
+        )
+
+
+def event_of(row: OutboxRow) -> CloudEvent:
+    """The event of a recorded exchange: ``capture.response_event`` of its facts."""
+    body = json.loads(row.body)
+    context, exchange = body["context"], body["exchange"]
+    originator = context["move_originator"]
+    sent = SentStore(
+        association=ev.AssociationRef.model_validate(context["association"]),
+        operation=ev.Operation.model_validate(context["operation"]),
+        move_originator=(
+            ev.MoveOriginator.model_validate(originator) if originator is not None else None
+        ),
+        labels=context["labels"],
+        requested_at=dt.datetime.fromisoformat(exchange["requested_at"]),
+        **{name: exchange[name] for name in _REQUEST},
+    )
+    stamp = Stamp(
+        UUID(exchange["id"]), dt.datetime.fromisoformat(exchange["time"]), exchange["source"]
+    )
+    present = {
+        keyword: value for keyword, value in exchange["response"].items() if value is not None
+    }
+    return response_event(sent, StoreResponse.of(present), stamp)
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, default=_plain, separators=(",", ":"))
+
+
+def _plain(value: Any) -> Any:
+    """JSON for what ``json`` does not know: contract models, instants, ids."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} has no JSON form in an exchange record")
