@@ -7,12 +7,12 @@
   dcmtk storescu     TCP_NODELAY=1 storescu with the same files
 
 storescp runs with --ignore (receives, does not write) so the SCU side is what
-is measured. Rates are instances/s, median of rounds. Each round runs the
-four back to back (alternating the order); a ratio is the median of the
-rounds' ratios, since the machine's speed drifts more over a run than the
-effect measured.
+is measured. Each round runs the four back to back (alternating the order),
+then more pairs of the node without and with events. Rates are instances/s,
+medians; a ratio is the median of the ratios of runs made back to back, since
+the machine's speed drifts more over a whole run than the effect measured.
 
-    python -m bench.cstore [--files 500] [--rounds 5]
+    python -m bench.cstore [--files 500] [--rounds 5] [--pairs 3]
 """
 
 from __future__ import annotations
@@ -109,6 +109,9 @@ def main() -> None:
     )
     parser.add_argument("--files", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--pairs", type=int, default=3, help="node runs without/with events per round"
+    )
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory() as folder,
@@ -132,14 +135,18 @@ def main() -> None:
                 STORESCU: dcmtk_storescu,
             }
             times: dict[str, list[float]] = {name: [] for name in runners}
+            pairs: dict[str, list[float]] = {NO_EVENTS: [], EVENTS: []}
             for round_number in range(args.rounds):
                 order = list(runners) if round_number % 2 == 0 else list(reversed(runners))
                 for name in order:
                     times[name].append(runners[name](files, port))
+                for pair in range(args.pairs - 1):  # the close ratio gets more samples
+                    for name in (EVENTS, NO_EVENTS) if pair % 2 == 0 else (NO_EVENTS, EVENTS):
+                        pairs[name].append(runners[name](files, port))
         finally:
             scp.terminate()
             scp.wait()
-    show(times, publish_times, args.files)
+    show(times, pairs, publish_times, args.files)
 
 
 PLAIN, NO_EVENTS, EVENTS, STORESCU = (
@@ -150,19 +157,25 @@ PLAIN, NO_EVENTS, EVENTS, STORESCU = (
 )
 
 
-def paired(times: dict[str, list[float]], faster: str, slower: str) -> list[float]:
-    """Rate ratios ``faster``/``slower`` round by round: each pair ran back to back.
+def paired(faster: list[float], slower: list[float]) -> list[float]:
+    """Rate ratios run by run, sorted: each pair of runs ran back to back.
 
     The machine's speed drifts by more than the effect measured over a whole run;
     two runs next to each other see the same machine.
     """
-    return sorted(s / f for f, s in zip(times[faster], times[slower], strict=True))
+    return sorted(s / f for f, s in zip(faster, slower, strict=True))
 
 
-def show(times: dict[str, list[float]], publish_times: list[float], count: int) -> None:
-    rate = {name: count / statistics.median(values) for name, values in times.items()}
+def show(
+    times: dict[str, list[float]],
+    pairs: dict[str, list[float]],
+    publish_times: list[float],
+    count: int,
+) -> None:
     rounds = len(times[PLAIN])
-    table = Table(title=f"C-STORE of {count} CT instances, one association, median of {rounds}")
+    times = {name: values + pairs.get(name, []) for name, values in times.items()}
+    rate = {name: count / statistics.median(values) for name, values in times.items()}
+    table = Table(title=f"C-STORE of {count} CT instances, one association, {rounds} rounds")
     for column in ("path", "instances/s", "ms/instance"):
         table.add_column(column, justify="left" if column == "path" else "right")
     for name, value in rate.items():
@@ -176,7 +189,7 @@ def show(times: dict[str, list[float]], publish_times: list[float], count: int) 
         ("node with events / node without", NO_EVENTS, ">= 0.95", "{:.2f}"),
         ("node with events / dcmtk storescu", STORESCU, "reported", "{:.2f}"),
     ):
-        values = paired(times, EVENTS, slower)
+        values = paired(times[EVENTS][: len(times[slower])], times[slower])
         ratios.add_row(
             label,
             style.format(statistics.median(values)),

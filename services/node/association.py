@@ -14,6 +14,7 @@ from typing import Any
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom._handlers import standard_dimse_recv_handler, standard_dimse_sent_handler
@@ -118,7 +119,7 @@ def tags_of(keywords: Iterable[str]) -> tuple[tuple[str, int, str], ...]:
         tag = tag_for_keyword(keyword)
         if tag is None:
             raise ValueError(f"{keyword!r} is not a DICOM keyword")
-        fields.append((keyword, tag, dictionary_VR(tag)))
+        fields.append((keyword, BaseTag(tag), dictionary_VR(tag)))  # Tag() passes it as is
     return tuple(fields)
 
 
@@ -138,9 +139,11 @@ def read_values(
             element = command.get_item(tag)
             if element is None:
                 values[keyword] = None
-                continue
-            value = _plain_value(element.value, vr) if isinstance(element, RawDataElement) else None
-            values[keyword] = value if value is not None else command[tag].value
+            elif isinstance(element, RawDataElement):
+                value = _plain_value(element.value, vr)
+                values[keyword] = value if value is not None else command[tag].value
+            else:
+                values[keyword] = element.value
     except Exception:
         return None
     return values

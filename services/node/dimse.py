@@ -16,7 +16,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import evt
 from pynetdicom.association import Association
@@ -52,6 +52,15 @@ _REJECT_SOURCES = {
 }
 _PENDING = (0xFF00, 0xFF01)
 _RESPONSE_TAGS = tags_of(exchange.RESPONSE_KEYWORDS)
+_REQUEST_FIELDS = tags_of(
+    (
+        "MessageID",
+        "AffectedSOPClassUID",
+        "AffectedSOPInstanceUID",
+        "MoveOriginatorApplicationEntityTitle",
+        "MoveOriginatorMessageID",
+    )
+)
 
 
 HandlerMethod = Callable[["Capture", evt.Event, Job | None], None]
@@ -208,7 +217,7 @@ class Capture:
             with state.lock:
                 ended = state.ended
                 if ended is None:
-                    state.pending[message.command_set.MessageID] = sent
+                    state.pending[sent.message_id] = sent
             if ended is not None:  # the association ended first: no response can come
                 self._report_missing([sent], *ended)
         elif name in ("C_MOVE_RSP", "C_GET_RSP") and message.command_set.Status not in _PENDING:
@@ -311,26 +320,34 @@ class Capture:
             self.emit(salvage.substitution_event(state.ref, problems, raw, self.stamp()))
 
     def _sent_store(self, assoc: Association, state: AssociationState, message: Any) -> SentStore:
-        command = message.command_set
+        values = read_values(message.command_set, _REQUEST_FIELDS)
+        if values is None:
+            raise ValueError("the C-STORE-RQ's command set does not decode")
         job = state.job or Job(ev.Operation(kind="store", id=state.ref.id))
-        uid = str(command.AffectedSOPInstanceUID)
+        uid = str(values["AffectedSOPInstanceUID"])
         if job.operation.kind == "move":
             self._sub_associations(job.operation.id).sent.add(uid)
-        originator = None
-        if command.get("MoveOriginatorApplicationEntityTitle"):
-            originator = ev.MoveOriginator(
-                ae_title=str(command.MoveOriginatorApplicationEntityTitle).strip(),
-                message_id=command.MoveOriginatorMessageID,
+        originator = job.move_originator
+        ae_title = values["MoveOriginatorApplicationEntityTitle"]
+        if ae_title:  # as sent on the wire; the job's own when it is the same
+            ae_title, message_id = (
+                str(ae_title).strip(),
+                cast(int, values["MoveOriginatorMessageID"]),
             )
+            if originator is None or (originator.ae_title, originator.message_id) != (
+                ae_title,
+                message_id,
+            ):
+                originator = ev.MoveOriginator(ae_title=ae_title, message_id=message_id)
         subject = job.subjects.get(uid)
         return SentStore(
             association=state.ref,
             presentation_context_id=message.context_id,
             transfer_syntax_uid=self._transfer_syntax(assoc, state, message.context_id),
-            message_id=command.MessageID,
-            affected_sop_class_uid=str(command.AffectedSOPClassUID),
+            message_id=cast(int, values["MessageID"]),
+            affected_sop_class_uid=str(values["AffectedSOPClassUID"]),
             affected_sop_instance_uid=uid,
-            move_originator=originator or job.move_originator,
+            move_originator=originator,
             operation=job.operation,
             attempt=job.attempts.get(uid, 1),
             labels={**self.labels, **job.labels},

@@ -62,7 +62,10 @@ _REQUEST = (
     "attempt",
     "study_instance_uid",
     "patient_id",
+    "requested_at",
 )
+_EXCHANGE = (*_REQUEST, *RESPONSE_KEYWORDS, "id", "time", "source")
+"""A record's body is two JSON arrays: the ``_CONTEXT`` it shares, its ``_EXCHANGE``."""
 
 
 class Recorder:
@@ -76,46 +79,53 @@ class Recorder:
     def __init__(self) -> None:
         self._shared: tuple[object, ...] = ()
         self._context = ""
+        self._operation_id = ""
 
     def record(self, sent: SentStore, response: StoreResponse, stamp: Stamp) -> Record:
         """The outbox record of a request and its plain response (see ``plain_response``)."""
         shared = (sent.association, sent.operation, sent.move_originator, sent.labels)
         if shared != self._shared:
             self._shared = shared
-            self._context = _dumps(dict(zip(_CONTEXT, shared, strict=True)))
+            self._context = _dumps(shared)
+            self._operation_id = str(sent.operation.id)
         event_id, time = str(stamp.id), stamp.time.isoformat()
-        exchange = {
-            "presentation_context_id": sent.presentation_context_id,
-            "transfer_syntax_uid": sent.transfer_syntax_uid,
-            "message_id": sent.message_id,
-            "affected_sop_class_uid": sent.affected_sop_class_uid,
-            "affected_sop_instance_uid": sent.affected_sop_instance_uid,
-            "attempt": sent.attempt,
-            "study_instance_uid": sent.study_instance_uid,
-            "patient_id": sent.patient_id,
-            "requested_at": sent.requested_at.isoformat(),
-            "response": response.command,
-            "id": event_id,
-            "time": time,
-            "source": stamp.source,
-        }
-        body = f'{{"context":{self._context},"exchange":{json.dumps(exchange)}}}'
+        exchange = [
+            sent.presentation_context_id,
+            sent.transfer_syntax_uid,
+            sent.message_id,
+            sent.affected_sop_class_uid,
+            sent.affected_sop_instance_uid,
+            sent.attempt,
+            sent.study_instance_uid,
+            sent.patient_id,
+            sent.requested_at.isoformat(),
+            response.status,
+            response.message_id,
+            response.affected_sop_instance_uid,
+            response.error_comment,
+            event_id,
+            time,
+            stamp.source,
+        ]
         return Record(
             format=FORMAT,
             event_id=event_id,
             type=_RECEIVED,
-            correlation_id=str(sent.operation.id),
+            correlation_id=self._operation_id,
             time=time,
             subject=sent.affected_sop_instance_uid,
-            body=body.encode(),
+            body=f"[{self._context},{json.dumps(exchange)}]".encode(),
         )
 
 
 def event_of(row: OutboxRow) -> CloudEvent:
     """The event of a recorded exchange: ``capture.response_event`` of its facts."""
-    body = json.loads(row.body)
-    context, exchange = body["context"], body["exchange"]
+    shared, values = json.loads(row.body)
+    context = dict(zip(_CONTEXT, shared, strict=True))
+    exchange = dict(zip(_EXCHANGE, values, strict=True))
     originator = context["move_originator"]
+    request = {name: exchange[name] for name in _REQUEST}
+    request["requested_at"] = dt.datetime.fromisoformat(request["requested_at"])
     sent = SentStore(
         association=ev.AssociationRef.model_validate(context["association"]),
         operation=ev.Operation.model_validate(context["operation"]),
@@ -123,16 +133,13 @@ def event_of(row: OutboxRow) -> CloudEvent:
             ev.MoveOriginator.model_validate(originator) if originator is not None else None
         ),
         labels=context["labels"],
-        requested_at=dt.datetime.fromisoformat(exchange["requested_at"]),
-        **{name: exchange[name] for name in _REQUEST},
+        **request,
     )
+    response = {name: exchange[name] for name in RESPONSE_KEYWORDS if exchange[name] is not None}
     stamp = Stamp(
         UUID(exchange["id"]), dt.datetime.fromisoformat(exchange["time"]), exchange["source"]
     )
-    present = {
-        keyword: value for keyword, value in exchange["response"].items() if value is not None
-    }
-    return response_event(sent, StoreResponse.of(present), stamp)
+    return response_event(sent, StoreResponse.of(response), stamp)
 
 
 def _dumps(value: object) -> str:
