@@ -63,33 +63,39 @@ def node_without_events(files: list[Path], port: int) -> float:
     return time.perf_counter() - started
 
 
-def node_with_events(url: str, publish_times: list[float]) -> Runner:
-    def run(files: list[Path], port: int) -> float:
-        with tempfile.TemporaryDirectory() as folder:
-            settings = NodeSettings(
-                node_id="bench",
-                amqp_url=url,
-                outbox_path=Path(folder) / "outbox.sqlite",
-                archive_path=Path(folder) / "archive",
-            )
-            outbox = Outbox(settings.outbox_path, checkpoints=False)
-            relay = RelayProcess(settings.outbox_path, url, name="dimsebus-bench")
-            # A node's relay runs before its first association: start it, and see one
-            # event through, before the clock starts.
-            warmup = move_story(node_id="bench", start=utc_now(), ids=iter(new_id, None))
-            outbox.append(warmup[:1])
-            assert relay.wait_empty(within=60), "the relay did not start"
-            capture = Capture.for_node(settings, outbox)
-            started = time.perf_counter()
-            send_files(settings, capture, Target("STORESCP", "127.0.0.1", port), files)
-            stored = time.perf_counter() - started
-            assert relay.wait_empty(within=120), "events were not all confirmed"
-            publish_times.append(time.perf_counter() - started)
-            relay.stop()
-            outbox.close()
+class NodeWithEvents:
+    """The node's sender with its capture, outbox and relay, as a node runs them.
+
+    The relay is a long-lived child of the node: it is started once, and has seen
+    one event through before the first run's clock starts.
+    """
+
+    def __init__(self, url: str, folder: Path) -> None:
+        self.settings = NodeSettings(
+            node_id="bench",
+            amqp_url=url,
+            outbox_path=folder / "outbox.sqlite",
+            archive_path=folder / "archive",
+        )
+        self.outbox = Outbox(self.settings.outbox_path, checkpoints=False)
+        self.relay = RelayProcess(self.settings.outbox_path, url, name="dimsebus-bench")
+        warmup = move_story(node_id="bench", start=utc_now(), ids=iter(new_id, None))
+        self.outbox.append(warmup[:1])
+        assert self.relay.wait_empty(within=60), "the relay did not start"
+        self.publish_times: list[float] = []
+
+    def __call__(self, files: list[Path], port: int) -> float:
+        capture = Capture.for_node(self.settings, self.outbox)
+        started = time.perf_counter()
+        send_files(self.settings, capture, Target("STORESCP", "127.0.0.1", port), files)
+        stored = time.perf_counter() - started
+        assert self.relay.wait_empty(within=120), "events were not all confirmed"
+        self.publish_times.append(time.perf_counter() - started)
         return stored
 
-    return run
+    def close(self) -> None:
+        self.relay.stop()
+        self.outbox.close()
 
 
 def dcmtk_storescu(files: list[Path], port: int) -> float:
@@ -127,11 +133,11 @@ def main() -> None:
         )
         try:
             wait_for_port(port)
-            publish_times: list[float] = []
+            node = NodeWithEvents(url, Path(folder))
             runners: dict[str, Runner] = {
                 PLAIN: plain_pynetdicom,
                 NO_EVENTS: node_without_events,
-                EVENTS: node_with_events(url, publish_times),
+                EVENTS: node,
                 STORESCU: dcmtk_storescu,
             }
             times: dict[str, list[float]] = {name: [] for name in runners}
@@ -143,10 +149,11 @@ def main() -> None:
                 for pair in range(args.pairs - 1):  # the close ratio gets more samples
                     for name in (EVENTS, NO_EVENTS) if pair % 2 == 0 else (NO_EVENTS, EVENTS):
                         pairs[name].append(runners[name](files, port))
+            node.close()
         finally:
             scp.terminate()
             scp.wait()
-    show(times, pairs, publish_times, args.files)
+    show(times, pairs, node.publish_times, args.files)
 
 
 PLAIN, NO_EVENTS, EVENTS, STORESCU = (
