@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from schemas.status import Service, describe_status
 from services.bus.outbox import CONFIRM_BUCKETS, read_relay_stats
 
+_FOLD_AT = 4096
 ROUND_TRIP_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -44,8 +45,10 @@ class CStoreTally(Collector):
     def note(self, outcome: int | str, round_trip: float | None) -> None:
         """A response's Status (or ``missing``/``invalid``), and its round trip if timed."""
         self._noted.append((outcome, round_trip))
+        if len(self._noted) >= _FOLD_AT:  # never scraped: count now and then, not grow
+            self._fold()
 
-    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+    def _fold(self) -> None:
         with self._lock:
             while self._noted:
                 outcome, round_trip = self._noted.popleft()
@@ -54,6 +57,10 @@ class CStoreTally(Collector):
                 if round_trip is not None:
                     self._seconds += round_trip
                     self._buckets[_bucket(round_trip)] += 1
+
+    def collect(self) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+        self._fold()
+        with self._lock:
             responses = CounterMetricFamily(
                 "dimsebus_cstore_responses",
                 "C-STORE-RSPs the node received, and requests that got none, by category",

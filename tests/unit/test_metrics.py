@@ -42,3 +42,11 @@ def test_responses_are_counted_by_category_and_timed() -> None:
     assert samples['dimsebus_cstore_round_trip_seconds_bucket{le="+Inf"}'] == 3
     assert samples["dimsebus_cstore_round_trip_seconds_count"] == 3
     assert abs(samples["dimsebus_cstore_round_trip_seconds_sum"] - 0.204) < 1e-9
+
+
+def test_a_tally_never_scraped_does_not_grow() -> None:
+    tally = CStoreTally(storage_category)
+    for _ in range(10_000):
+        tally.note(0, 0.001)
+    assert len(tally._noted) < 4096
+    assert scrape(tally)['dimsebus_cstore_responses_total{category="success"}'] == 10_000
