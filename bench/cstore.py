@@ -134,26 +134,36 @@ def main() -> None:
         try:
             wait_for_port(port)
             node = NodeWithEvents(url, Path(folder))
-            runners: dict[str, Runner] = {
-                PLAIN: plain_pynetdicom,
-                NO_EVENTS: node_without_events,
-                EVENTS: node,
-                STORESCU: dcmtk_storescu,
-            }
-            times: dict[str, list[float]] = {name: [] for name in runners}
-            pairs: dict[str, list[float]] = {NO_EVENTS: [], EVENTS: []}
-            for round_number in range(args.rounds):
-                order = list(runners) if round_number % 2 == 0 else list(reversed(runners))
-                for name in order:
-                    times[name].append(runners[name](files, port))
-                for pair in range(args.pairs - 1):  # the close ratio gets more samples
-                    for name in (EVENTS, NO_EVENTS) if pair % 2 == 0 else (NO_EVENTS, EVENTS):
-                        pairs[name].append(runners[name](files, port))
-            node.close()
+            try:
+                times, pairs = run_rounds(node, files, port, args.rounds, args.pairs)
+            finally:
+                node.close()
         finally:
             scp.terminate()
             scp.wait()
     show(times, pairs, node.publish_times, args.files)
+
+
+def run_rounds(
+    node: NodeWithEvents, files: list[Path], port: int, rounds: int, pairs_per_round: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Each round: the four paths back to back, then more pairs without/with events."""
+    runners: dict[str, Runner] = {
+        PLAIN: plain_pynetdicom,
+        NO_EVENTS: node_without_events,
+        EVENTS: node,
+        STORESCU: dcmtk_storescu,
+    }
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    pairs: dict[str, list[float]] = {NO_EVENTS: [], EVENTS: []}
+    for round_number in range(rounds):
+        order = list(runners) if round_number % 2 == 0 else list(reversed(runners))
+        for name in order:
+            times[name].append(runners[name](files, port))
+        for pair in range(pairs_per_round - 1):  # the close ratio gets more samples
+            for name in (EVENTS, NO_EVENTS) if pair % 2 == 0 else (NO_EVENTS, EVENTS):
+                pairs[name].append(runners[name](files, port))
+    return times, pairs
 
 
 PLAIN, NO_EVENTS, EVENTS, STORESCU = (
@@ -188,7 +198,7 @@ def show(
     for name, value in rate.items():
         table.add_row(name, f"{value:,.0f}", f"{1000 / value:.2f}")
     Console().print(table)
-    ratios = Table(title="ratios of rates, median of the rounds' (range)")
+    ratios = Table(title="ratios of rates, median of back-to-back runs (range)")
     for column in ("ratio", "value", "range", "target"):
         ratios.add_column(column, justify="left" if column == "ratio" else "right")
     for label, slower, target, style in (

@@ -89,7 +89,7 @@ class Recorder:
             self._context = _dumps(shared)
             self._operation_id = str(sent.operation.id)
         event_id, time = str(stamp.id), stamp.time.isoformat()
-        exchange = [
+        exchange = [  # in _EXCHANGE order, written out: this runs on the DIMSE thread
             sent.presentation_context_id,
             sent.transfer_syntax_uid,
             sent.message_id,
@@ -142,16 +142,12 @@ def event_of(row: OutboxRow) -> CloudEvent:
     return response_event(sent, StoreResponse.of(response), stamp)
 
 
-def _dumps(value: object) -> str:
-    return json.dumps(value, default=_plain, separators=(",", ":"))
+def _dumps(shared: tuple[object, ...]) -> str:
+    """The JSON of what an association's records share: contract models and labels."""
+    return json.dumps(shared, default=_model_json, separators=(",", ":"))
 
 
-def _plain(value: Any) -> Any:
-    """JSON for what ``json`` does not know: contract models, instants, ids."""
+def _model_json(value: object) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, UUID):
-        return str(value)
     raise TypeError(f"{type(value).__name__} has no JSON form in an exchange record")
