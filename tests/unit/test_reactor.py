@@ -66,3 +66,38 @@ def test_the_reactor_itself_and_an_ended_reactor_never_block_a_pause() -> None:
     started = time.monotonic()
     checkpoint.clear()  # the reactor thread has ended
     assert time.monotonic() - started < 1
+
+
+def test_a_reactor_done_with_its_iteration_is_paused_without_waiting_for_its_sleep() -> None:
+    # given a reactor that parks after its work, then sleeps before its checkpoint (as
+    # pynetdicom's does: 1 ms per iteration)
+    paused: list[bool] = []
+    checkpoint = ReactorCheckpoint(on_pause=lambda: paused.append(True))
+    parked, stop = threading.Event(), threading.Event()
+    worked: list[float] = []
+
+    def reactor() -> None:
+        while not stop.is_set():
+            checkpoint.wait()
+            worked.append(time.monotonic())
+            checkpoint.parked()
+            parked.set()
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=reactor, daemon=True)
+    thread.start()
+    assert parked.wait(5)
+    # when a sender pauses it during that sleep
+    started = time.monotonic()
+    checkpoint.clear()
+    # then the pause returns at once, says the association is paused
+    assert time.monotonic() - started < 0.25
+    assert paused
+    # and the reactor does no more work until it is let go
+    count = len(worked)
+    time.sleep(0.7)
+    assert len(worked) == count
+    stop.set()
+    checkpoint.set()
+    thread.join(5)
+    assert len(worked) == count + 1
