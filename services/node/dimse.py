@@ -214,10 +214,11 @@ class Capture:
         name = type(message).__name__
         if name == "C_STORE_RQ":
             sent = self._sent_store(event.assoc, state, message)
+            outstanding = state.recorder.prepare(sent, new_id(), self.source)
             with state.lock:
                 ended = state.ended
                 if ended is None:
-                    state.pending[sent.message_id] = sent
+                    state.pending[sent.message_id] = outstanding
             if ended is not None:  # the association ended first: no response can come
                 self._report_missing([sent], *ended)
         elif name in ("C_MOVE_RSP", "C_GET_RSP") and message.command_set.Status not in _PENDING:
@@ -238,24 +239,23 @@ class Capture:
         plain = exchange.plain_response(values) if values is not None else None
         response = plain or StoreResponse.of(command_values(message.command_set))
         key = salvage.message_id_or_none(response.message_id)
-        sent = state.pending.pop(key, None) if key is not None else None
-        stamp = self.stamp()
-        if sent is not None and plain is not None:
-            self._outbox.append_record(state.recorder.record(sent, plain, stamp))
+        outstanding = state.pending.pop(key, None) if key is not None else None
+        if outstanding is not None and plain is not None:
+            now = utc_now()
+            self._outbox.append_record(outstanding.record(plain, now))
             assert isinstance(plain.status, int)
-            outcome: int | str = plain.status
-        else:
-            if sent is None:
-                log.warning(
-                    "C-STORE-RSP for unknown message id %r on %s",
-                    response.message_id,
-                    state.ref.id,
-                )
-            answer = capture.answer_event(sent, response, state.ref.id, stamp)
-            self.emit(answer)
-            outcome = _category(answer)
+            CSTORE.note(plain.status, (now - outstanding.sent.requested_at).total_seconds())
+            return
+        sent = outstanding.sent if outstanding is not None else None
+        if sent is None:
+            log.warning(
+                "C-STORE-RSP for unknown message id %r on %s", response.message_id, state.ref.id
+            )
+        stamp = self.stamp()
+        answer = capture.answer_event(sent, response, state.ref.id, stamp)
+        self.emit(answer)
         round_trip = (stamp.time - sent.requested_at).total_seconds() if sent else None
-        CSTORE.note(outcome, round_trip)
+        CSTORE.note(_category(answer), round_trip)
 
     @_guarded
     def on_released(self, event: evt.Event, job: Job | None) -> None:
@@ -370,7 +370,7 @@ class Capture:
         with state.lock:
             pending, state.pending = state.pending, {}
             state.ended = state.ended or (source, detail, reason)
-        self._report_missing(list(pending.values()), source, detail, reason)
+        self._report_missing([each.sent for each in pending.values()], source, detail, reason)
 
     def _report_missing(
         self, requests: list[SentStore], source: str | None, detail: str, reason: str | None

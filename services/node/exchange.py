@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -72,8 +73,11 @@ class Recorder:
     """Makes the records of one association's exchanges.
 
     Its requests share the association, operation, move originator and labels:
-    their JSON is made once, not per C-STORE (one recorder per association, used
-    from the thread that reads its responses).
+    their JSON is made once, not per C-STORE (one recorder per association).
+    Each request's record is made when it is sent (``prepare``), on the thread
+    that sends it, which waits for the response anyway; only the response's part
+    is left for the thread that reads responses, which pynetdicom also needs to
+    send the next request (``Outstanding.record``).
     """
 
     def __init__(self) -> None:
@@ -81,15 +85,14 @@ class Recorder:
         self._context = ""
         self._operation_id = ""
 
-    def record(self, sent: SentStore, response: StoreResponse, stamp: Stamp) -> Record:
-        """The outbox record of a request and its plain response (see ``plain_response``)."""
+    def prepare(self, sent: SentStore, event_id: UUID, source: str) -> Outstanding:
+        """``sent``'s record but for its response, to be the event ``event_id`` of ``source``."""
         shared = (sent.association, sent.operation, sent.move_originator, sent.labels)
         if shared != self._shared:
             self._shared = shared
             self._context = _dumps(shared)
             self._operation_id = str(sent.operation.id)
-        event_id, time = str(stamp.id), stamp.time.isoformat()
-        exchange = [  # in _EXCHANGE order, written out: this runs on the DIMSE thread
+        request = [  # in _REQUEST order, written out: one per C-STORE
             sent.presentation_context_id,
             sent.transfer_syntax_uid,
             sent.message_id,
@@ -99,22 +102,55 @@ class Recorder:
             sent.study_instance_uid,
             sent.patient_id,
             sent.requested_at.isoformat(),
-            response.status,
-            response.message_id,
-            response.affected_sop_instance_uid,
-            response.error_comment,
-            event_id,
-            time,
-            stamp.source,
         ]
+        return Outstanding(
+            sent=sent,
+            event_id=str(event_id),
+            correlation_id=self._operation_id,
+            head=f"[{self._context},{_compact(request)[:-1]},",
+            middle=f',"{event_id}","',
+            tail=f'",{_compact(source)}]]',
+        )
+
+    def record(self, sent: SentStore, response: StoreResponse, stamp: Stamp) -> Record:
+        """The outbox record of a request and its plain response (see ``plain_response``)."""
+        return self.prepare(sent, stamp.id, stamp.source).record(response, stamp.time)
+
+
+@dataclass(frozen=True, slots=True)
+class Outstanding:
+    """A C-STORE-RQ waiting for its response, its record made but for the response's part.
+
+    The body is ``head``, the response's values (``RESPONSE_KEYWORDS``), ``middle``,
+    the time it came, ``tail``: the two arrays of ``_CONTEXT`` and ``_EXCHANGE``.
+    """
+
+    sent: SentStore
+    event_id: str
+    correlation_id: str
+    head: str
+    middle: str
+    tail: str
+
+    def record(self, response: StoreResponse, time: dt.datetime) -> Record:
+        """The record of the exchange once ``response`` (plain) came at ``time``."""
+        at = time.isoformat()
+        values = _compact(
+            [
+                response.status,
+                response.message_id,
+                response.affected_sop_instance_uid,
+                response.error_comment,
+            ]
+        )
         return Record(
             format=FORMAT,
-            event_id=event_id,
+            event_id=self.event_id,
             type=_RECEIVED,
-            correlation_id=self._operation_id,
-            time=time,
-            subject=sent.affected_sop_instance_uid,
-            body=f"[{self._context},{json.dumps(exchange)}]".encode(),
+            correlation_id=self.correlation_id,
+            time=at,
+            subject=self.sent.affected_sop_instance_uid,
+            body=f"{self.head}{values[1:-1]}{self.middle}{at}{self.tail}".encode(),
         )
 
 
@@ -145,6 +181,10 @@ def event_of(row: OutboxRow) -> CloudEvent:
 def _dumps(shared: tuple[object, ...]) -> str:
     """The JSON of what an association's records share: contract models and labels."""
     return json.dumps(shared, default=_model_json, separators=(",", ":"))
+
+
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+"""JSON of plain values (numbers, text, None, lists of them), as short as it gets."""
 
 
 def _model_json(value: object) -> Any:

@@ -8,8 +8,7 @@ from typing import Any
 
 from schemas import events as ev
 from schemas.envelope import CloudEvent
-from services.node.capture import SentStore
-from services.node.exchange import Recorder
+from services.node.exchange import Outstanding, Recorder
 
 
 @dataclass
@@ -61,7 +60,7 @@ class AssociationState:
 
     ref: ev.AssociationRef
     job: Job | None
-    pending: dict[int, SentStore] = field(default_factory=dict)
+    pending: dict[int, Outstanding] = field(default_factory=dict)  # by message id
     retrievals: dict[int, Retrieval] = field(default_factory=dict)
     substitutes_reported: bool = False
     recorder: Recorder = field(default_factory=Recorder)

@@ -33,6 +33,7 @@ from schemas.dicom import check_ae_title
 from schemas.envelope import schema_uri
 from services.bus.codec import decode_body
 from services.bus.outbox import Outbox
+from services.clock import new_id
 from services.errors import InvalidEvent
 from services.node import exchange
 from services.node.association import command_values, read_values, tags_of
@@ -330,7 +331,7 @@ def test_the_shell_never_raises_and_spools_one_event_per_response(
     # given a C-STORE-RQ the node is waiting on
     capture, outbox = _capture()
     state = capture.state(association)
-    state.pending[sent.message_id] = sent
+    state.pending[sent.message_id] = state.recorder.prepare(sent, new_id(), capture.source)
     if answers_it:
         elements = {**elements, 0x0120: _us(sent.message_id & 0xFFFF)}
     # when pynetdicom reports any C-STORE-RSP
