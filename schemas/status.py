@@ -9,6 +9,7 @@ more Failures" for C-MOVE), so every lookup names its service.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -135,6 +136,7 @@ BY_RANGE: tuple[Row, ...] = (
 _SERVICE_ROWS = {Service.STORAGE: STORAGE, Service.QUERY_RETRIEVE: QUERY_RETRIEVE}
 
 
+@functools.lru_cache(maxsize=4096)  # every event validates its status this way, some twice
 def describe_status(code: int, service: Service = Service.STORAGE) -> StatusInfo:
     """Classify a DIMSE status code as ``service`` defines it; unknown codes by range."""
     if not 0 <= code <= 0xFFFF:

@@ -14,9 +14,11 @@ event is built on the DIMSE thread (``services.node.dimse``).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 from uuid import UUID
 
@@ -156,19 +158,18 @@ class Outstanding:
 
 def event_of(row: OutboxRow) -> CloudEvent:
     """The event of a recorded exchange: ``capture.response_event`` of its facts."""
-    shared, values = json.loads(row.body)
-    context = dict(zip(_CONTEXT, shared, strict=True))
+    body = row.body.decode()
+    _, end = _JSON.raw_decode(body, 1)
+    association, operation, originator, labels = _context(body[1:end])
+    values, _ = _JSON.raw_decode(body, end + 1)
     exchange = dict(zip(_EXCHANGE, values, strict=True))
-    originator = context["move_originator"]
     request = {name: exchange[name] for name in _REQUEST}
     request["requested_at"] = dt.datetime.fromisoformat(request["requested_at"])
     sent = SentStore(
-        association=ev.AssociationRef.model_validate(context["association"]),
-        operation=ev.Operation.model_validate(context["operation"]),
-        move_originator=(
-            ev.MoveOriginator.model_validate(originator) if originator is not None else None
-        ),
-        labels=context["labels"],
+        association=association,
+        operation=operation,
+        move_originator=originator,
+        labels=dict(labels),
         **request,
     )
     response = {name: exchange[name] for name in RESPONSE_KEYWORDS if exchange[name] is not None}
@@ -176,6 +177,24 @@ def event_of(row: OutboxRow) -> CloudEvent:
         UUID(exchange["id"]), dt.datetime.fromisoformat(exchange["time"]), exchange["source"]
     )
     return response_event(sent, StoreResponse.of(response), stamp)
+
+
+_JSON = json.JSONDecoder()
+
+
+@functools.lru_cache(maxsize=256)
+def _context(
+    text: str,
+) -> tuple[ev.AssociationRef, ev.Operation, ev.MoveOriginator | None, Mapping[str, str]]:
+    """What an association's records share, validated once per association (``_CONTEXT``)."""
+    shared = dict(zip(_CONTEXT, json.loads(text), strict=True))
+    originator = shared["move_originator"]
+    return (
+        ev.AssociationRef.model_validate(shared["association"]),
+        ev.Operation.model_validate(shared["operation"]),
+        ev.MoveOriginator.model_validate(originator) if originator is not None else None,
+        MappingProxyType(shared["labels"]),
+    )
 
 
 def _dumps(shared: tuple[object, ...]) -> str:
