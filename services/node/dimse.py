@@ -11,6 +11,7 @@ be lost: every handler is ``_guarded``, and whatever it raises is recorded as
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 import threading
@@ -108,6 +109,7 @@ class Capture:
         """The pynetdicom handlers to bind on an association; ``job`` for the ones we open."""
         bound = connection_handlers()
         for event, handler in (
+            (evt.EVT_CONN_OPEN, self.on_conn_open),
             (evt.EVT_ESTABLISHED, self.on_established),
             (evt.EVT_ACSE_SENT, self.on_acse),
             (evt.EVT_ACSE_RECV, self.on_acse),
@@ -225,33 +227,79 @@ class Capture:
             self._retrieval_completed(event.assoc, state, message)
 
     @_guarded
+    def on_conn_open(self, event: evt.Event, job: Job | None) -> None:
+        """Spool each C-STORE-RSP's event before pynetdicom hands the response over.
+
+        pynetdicom reads a response on the association's DUL thread, which also sends
+        the next request's PDUs: whatever it does there delays every C-STORE. The
+        thread that sent the request is waiting in ``dimse.get_msg`` meanwhile. So the
+        DUL thread only notes that a C-STORE-RSP arrived (``on_dimse_recv``), and the
+        waiting thread spools its event on waking, before ``get_msg`` returns the
+        response: before the node acts on it or sends anything more. A response that
+        nobody waits for (one after the DIMSE timeout) is spooled by the DUL thread.
+        """
+        assoc, dimse = event.assoc, event.assoc.dimse
+        take = dimse.get_msg
+
+        def get_msg(block: bool = False) -> Any:
+            state = self._states.get(assoc)
+            if state is None:
+                return take(block)
+            if block:
+                state.awaited = True
+            try:
+                return take(block)
+            finally:
+                if block:
+                    state.awaited = False
+                if state.arrived:
+                    self._answer_arrived(state)
+
+        dimse.get_msg = get_msg  # type: ignore[method-assign]
+
+    @_guarded
     def on_dimse_recv(self, event: evt.Event, job: Job | None) -> None:
+        """Note a C-STORE-RSP's arrival; its event is spooled before anyone takes it."""
+        if type(event.message).__name__ != "C_STORE_RSP":
+            return
+        state = self.state(event.assoc, job)
+        state.arrived.append((event, utc_now()))
+        if not state.awaited:
+            self._answer_arrived(state)
+
+    def _answer_arrived(self, state: AssociationState) -> None:
+        """Spool the event of every C-STORE-RSP that arrived on the association, in order."""
+        with state.answering:
+            while state.arrived:
+                event, arrived_at = state.arrived.popleft()
+                try:
+                    self._answer(state, event.message, arrived_at)
+                except Exception as exc:
+                    self.on_failure("on_dimse_recv", event, exc)
+
+    def _answer(self, state: AssociationState, message: Any, arrived_at: dt.datetime) -> None:
         """Join a C-STORE-RSP to its request and spool its one event, whatever it holds.
 
         A plain response to a known request is spooled as the exchange's record (its
         event is made by the relay); any other gets its event built here.
         """
-        message = event.message
-        if type(message).__name__ != "C_STORE_RSP":
-            return
-        state = self.state(event.assoc, job)
         values = read_values(message.command_set, _RESPONSE_TAGS)
         plain = exchange.plain_response(values) if values is not None else None
         response = plain or StoreResponse.of(command_values(message.command_set))
         key = salvage.message_id_or_none(response.message_id)
-        outstanding = state.pending.pop(key, None) if key is not None else None
+        with state.lock:
+            outstanding = state.pending.pop(key, None) if key is not None else None
         if outstanding is not None and plain is not None:
-            now = utc_now()
-            self._outbox.append_record(outstanding.record(plain, now))
+            self._outbox.append_record(outstanding.record(plain, arrived_at))
             assert isinstance(plain.status, int)
-            CSTORE.note(plain.status, (now - outstanding.sent.requested_at).total_seconds())
+            CSTORE.note(plain.status, (arrived_at - outstanding.sent.requested_at).total_seconds())
             return
         sent = outstanding.sent if outstanding is not None else None
         if sent is None:
             log.warning(
                 "C-STORE-RSP for unknown message id %r on %s", response.message_id, state.ref.id
             )
-        stamp = self.stamp()
+        stamp = Stamp(new_id(), arrived_at, self.source)
         answer = capture.answer_event(sent, response, state.ref.id, stamp)
         self.emit(answer)
         round_trip = (stamp.time - sent.requested_at).total_seconds() if sent else None
@@ -367,6 +415,7 @@ class Capture:
         self, state: AssociationState, source: str | None, detail: str, reason: str | None = None
     ) -> None:
         """The association ended: what it still waited for is missing, now and later."""
+        self._answer_arrived(state)  # responses that came before the end answered theirs
         with state.lock:
             pending, state.pending = state.pending, {}
             state.ended = state.ended or (source, detail, reason)

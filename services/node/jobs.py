@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,3 +71,8 @@ class AssociationState:
     # pynetdicom still reports sent after that is missing at once, not pending forever.
     ended: tuple[str | None, str, str | None] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # C-STORE-RSPs as they arrived (pynetdicom's event, time), until they are spooled,
+    # and whether a thread is waiting in get_msg for the association's next message.
+    arrived: deque[tuple[Any, dt.datetime]] = field(default_factory=deque)
+    awaited: bool = False
+    answering: threading.Lock = field(default_factory=threading.Lock)

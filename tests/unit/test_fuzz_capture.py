@@ -8,9 +8,12 @@ consumer runner, which parks it), never any other exception.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import struct
+import threading
+import time
 import uuid
 from io import BytesIO
 from pathlib import Path
@@ -24,6 +27,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import decode
 from pynetdicom.events import Event
 from pynetdicom.transport import AddressInformation
@@ -441,3 +445,74 @@ def test_a_recorded_exchange_makes_the_event_the_general_path_builds(
         assert set(made.data.fields) <= set(built.data.fields)
     else:
         assert made == built
+
+
+def _waiting_capture() -> tuple[Capture, Outbox, Association, SentStore]:
+    """A capture on a fresh association, one C-STORE-RQ outstanding (message id 7)."""
+    capture, outbox = _capture()
+    association = _association()
+    association.dimse_timeout = 5
+    capture.on_conn_open(Event(association, evt.EVT_CONN_OPEN, {}), None)
+    state = capture.state(association)
+    sent = SentStore(
+        association=state.ref,
+        presentation_context_id=1,
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        message_id=7,
+        affected_sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        affected_sop_instance_uid="1.2.3.4",
+        move_originator=None,
+        operation=ev.Operation(kind="store", id=uuid.uuid4()),
+        attempt=1,
+        labels={},
+        requested_at=dt.datetime.now(dt.UTC),
+    )
+    state.pending[7] = state.recorder.prepare(sent, new_id(), capture.source)
+    return capture, outbox, association, sent
+
+
+def _success_for(message_id: int) -> C_STORE_RSP:
+    message = C_STORE_RSP()
+    message.command_set = _command_set({0x0900: _us(0), 0x0120: _us(message_id)})
+    return message
+
+
+def test_the_thread_waiting_for_a_response_spools_it_before_it_takes_it() -> None:
+    # given the thread that sent a C-STORE-RQ, waiting for the next DIMSE message
+    capture, outbox, association, sent = _waiting_capture()
+    depth_when_taken: list[int] = []
+
+    def requestor() -> None:
+        association.dimse.get_msg(block=True)
+        depth_when_taken.append(outbox.depth())
+
+    thread = threading.Thread(target=requestor)
+    thread.start()
+    state = capture.state(association)
+    deadline = time.monotonic() + 5
+    while not state.awaited and time.monotonic() < deadline:
+        time.sleep(0.001)
+    # when the DUL thread reads its response and hands it over, as pynetdicom does
+    message = _success_for(sent.message_id)
+    capture.on_dimse_recv(Event(association, evt.EVT_DIMSE_RECV, {"message": message}), None)
+    assert outbox.depth() == 0  # the DUL thread did not write it
+    primitive = message.message_to_primitive()
+    assert isinstance(primitive, C_STORE)
+    association.dimse.msg_queue.put((1, primitive))
+    thread.join(5)
+    # then the waiting thread had spooled its event before it got the response
+    assert depth_when_taken == [1]
+    [event] = _spooled(outbox)
+    assert isinstance(event, ev.CStoreResponseReceived)
+    assert event.data.affected_sop_instance_uid == sent.affected_sop_instance_uid
+
+
+def test_a_response_nobody_waits_for_is_spooled_where_it_is_read() -> None:
+    # given a C-STORE-RQ whose sender stopped waiting (its DIMSE timeout passed)
+    capture, outbox, association, sent = _waiting_capture()
+    # when its response comes after all
+    message = _success_for(sent.message_id)
+    capture.on_dimse_recv(Event(association, evt.EVT_DIMSE_RECV, {"message": message}), None)
+    # then its event is spooled at once
+    [event] = _spooled(outbox)
+    assert isinstance(event, ev.CStoreResponseReceived)
