@@ -24,7 +24,7 @@ from pynetdicom.dsutils import decode
 from schemas import events as ev
 from services.clock import new_id
 from services.node import salvage
-from services.node.reactor import install_checkpoint
+from services.node.reactor import install_checkpoint, sleep_on_socket_no_more, wake_on_data
 
 ABORT_TEXT = {
     "local": "A-ABORT sent by the node",
@@ -57,11 +57,14 @@ def quiet_dimse_logging(event: evt.Event) -> None:
 def connection_handlers() -> list[tuple[Any, ...]]:
     """What every association of the node gets at EVT_CONN_OPEN, with or without a capture.
 
-    TCP_NODELAY, the race-free reactor checkpoint, and no per-message logging.
+    TCP_NODELAY, the race-free reactor checkpoint, a DUL thread that wakes when the
+    peer sends, and no per-message logging.
     """
     return [
         (evt.EVT_CONN_OPEN, set_tcp_nodelay),
         (evt.EVT_CONN_OPEN, install_checkpoint),
+        (evt.EVT_CONN_OPEN, wake_on_data),
+        (evt.EVT_CONN_CLOSE, sleep_on_socket_no_more),
         (evt.EVT_CONN_OPEN, quiet_dimse_logging),
     ]
 

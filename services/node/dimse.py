@@ -104,6 +104,7 @@ class Capture:
         )
         self._lock = threading.Lock()
         self._moves: dict[Any, SubAssociations] = {}
+        self._waits_spool: weakref.WeakSet[Association] = weakref.WeakSet()  # on_conn_open
 
     def handlers(self, job: Job | None = None) -> list[tuple[Any, ...]]:
         """The pynetdicom handlers to bind on an association; ``job`` for the ones we open."""
@@ -211,30 +212,31 @@ class Capture:
 
     @_guarded
     def on_dimse_sent(self, event: evt.Event, job: Job | None) -> None:
-        """Record each C-STORE-RQ; turn a final C-MOVE/C-GET-RSP into its completed event."""
+        """Note each C-STORE-RQ; turn a final C-MOVE/C-GET-RSP into its completed event.
+
+        A C-STORE-RQ is recorded (joined to its job, its record prepared) once the
+        thread that sent it waits for its response (``on_conn_open``), when nothing
+        else needs that thread.
+        """
         message, state = event.message, self.state(event.assoc, job)
         name = type(message).__name__
         if name == "C_STORE_RQ":
-            sent = self._sent_store(event.assoc, state, message)
-            outstanding = state.recorder.prepare(sent, new_id(), self.source)
-            with state.lock:
-                ended = state.ended
-                if ended is None:
-                    state.pending[sent.message_id] = outstanding
-            if ended is not None:  # the association ended first: no response can come
-                self._report_missing([sent], *ended)
+            state.sent.append((event, utc_now()))
+            if event.assoc not in self._waits_spool:
+                self._catch_up(state)
         elif name in ("C_MOVE_RSP", "C_GET_RSP") and message.command_set.Status not in _PENDING:
             self._retrieval_completed(event.assoc, state, message)
 
     @_guarded
     def on_conn_open(self, event: evt.Event, job: Job | None) -> None:
-        """Spool each C-STORE-RSP's event before pynetdicom hands the response over.
+        """Do the capture's work on the thread that waits for a C-STORE-RSP, while it waits.
 
         pynetdicom reads a response on the association's DUL thread, which also sends
-        the next request's PDUs: whatever it does there delays every C-STORE. The
-        thread that sent the request is waiting in ``dimse.get_msg`` meanwhile. So the
-        DUL thread only notes that a C-STORE-RSP arrived (``on_dimse_recv``), and the
-        waiting thread spools its event on waking, before ``get_msg`` returns the
+        the next request's PDUs: whatever it does there delays every C-STORE. And the
+        thread that sends the requests is busy until it waits for the response in
+        ``dimse.get_msg``. So the handlers only note what was sent and what arrived,
+        and that thread records a request once it starts waiting for the response,
+        and spools the response's event on waking, before ``get_msg`` returns the
         response: before the node acts on it or sends anything more. A response that
         nobody waits for (one after the DIMSE timeout) is spooled by the DUL thread.
         """
@@ -247,15 +249,18 @@ class Capture:
                 return take(block)
             if block:
                 state.awaited = True
+                if state.sent:
+                    self._catch_up(state)
             try:
                 return take(block)
             finally:
                 if block:
                     state.awaited = False
-                if state.arrived:
-                    self._answer_arrived(state)
+                if state.arrived or state.sent:
+                    self._catch_up(state)
 
         dimse.get_msg = get_msg  # type: ignore[method-assign]
+        self._waits_spool.add(assoc)
 
     @_guarded
     def on_dimse_recv(self, event: evt.Event, job: Job | None) -> None:
@@ -265,17 +270,36 @@ class Capture:
         state = self.state(event.assoc, job)
         state.arrived.append((event, utc_now()))
         if not state.awaited:
-            self._answer_arrived(state)
+            self._catch_up(state)
 
-    def _answer_arrived(self, state: AssociationState) -> None:
-        """Spool the event of every C-STORE-RSP that arrived on the association, in order."""
+    def _catch_up(self, state: AssociationState) -> None:
+        """Record the C-STORE-RQs sent, then spool the responses that arrived, in order."""
         with state.answering:
+            while state.sent:
+                event, requested_at = state.sent.popleft()
+                try:
+                    self._record_sent(event.assoc, state, event.message, requested_at)
+                except Exception as exc:
+                    self.on_failure("on_dimse_sent", event, exc)
             while state.arrived:
                 event, arrived_at = state.arrived.popleft()
                 try:
                     self._answer(state, event.message, arrived_at)
                 except Exception as exc:
                     self.on_failure("on_dimse_recv", event, exc)
+
+    def _record_sent(
+        self, assoc: Association, state: AssociationState, message: Any, at: dt.datetime
+    ) -> None:
+        """Keep a C-STORE-RQ, its record prepared, until its response (or its end) comes."""
+        sent = self._sent_store(assoc, state, message, at)
+        outstanding = state.recorder.prepare(sent, new_id(), self.source)
+        with state.lock:
+            ended = state.ended
+            if ended is None:
+                state.pending[sent.message_id] = outstanding
+        if ended is not None:  # the association ended first: no response can come
+            self._report_missing([sent], *ended)
 
     def _answer(self, state: AssociationState, message: Any, arrived_at: dt.datetime) -> None:
         """Join a C-STORE-RSP to its request and spool its one event, whatever it holds.
@@ -367,7 +391,9 @@ class Capture:
             log.warning("association %s: %s", state.ref.id, problems)
             self.emit(salvage.substitution_event(state.ref, problems, raw, self.stamp()))
 
-    def _sent_store(self, assoc: Association, state: AssociationState, message: Any) -> SentStore:
+    def _sent_store(
+        self, assoc: Association, state: AssociationState, message: Any, at: dt.datetime
+    ) -> SentStore:
         values = read_values(message.command_set, _REQUEST_FIELDS)
         if values is None:
             raise ValueError("the C-STORE-RQ's command set does not decode")
@@ -399,7 +425,7 @@ class Capture:
             operation=job.operation,
             attempt=job.attempts.get(uid, 1),
             labels={**self.labels, **job.labels},
-            requested_at=utc_now(),
+            requested_at=at,
             study_instance_uid=subject.study_instance_uid if subject else None,
             patient_id=subject.patient_id if subject else None,
         )
@@ -415,7 +441,7 @@ class Capture:
         self, state: AssociationState, source: str | None, detail: str, reason: str | None = None
     ) -> None:
         """The association ended: what it still waited for is missing, now and later."""
-        self._answer_arrived(state)  # responses that came before the end answered theirs
+        self._catch_up(state)  # requests sent and responses that came before the end
         with state.lock:
             pending, state.pending = state.pending, {}
             state.ended = state.ended or (source, detail, reason)

@@ -71,8 +71,9 @@ class AssociationState:
     # pynetdicom still reports sent after that is missing at once, not pending forever.
     ended: tuple[str | None, str, str | None] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
-    # C-STORE-RSPs as they arrived (pynetdicom's event, time), until they are spooled,
-    # and whether a thread is waiting in get_msg for the association's next message.
+    # C-STORE-RQs sent and C-STORE-RSPs arrived (pynetdicom's event, time), until they
+    # are recorded and spooled, and whether a thread waits in get_msg for a message.
+    sent: deque[tuple[Any, dt.datetime]] = field(default_factory=deque)
     arrived: deque[tuple[Any, dt.datetime]] = field(default_factory=deque)
     awaited: bool = False
     answering: threading.Lock = field(default_factory=threading.Lock)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -220,9 +221,16 @@ async def test_broker_outage_during_a_move_loses_nothing(
     with storescp(tmp_path / "received") as peer:
         node: RunningNode = await start_node(instances=200, destinations={"STORESCP": peer.port})
         move = asyncio.create_task(movescu(node, "STORESCP"))
-        await asyncio.sleep(0.3)
-        # when the broker stops in the middle of it, and comes back after the move
-        await asyncio.to_thread(broker.ctl, ["rabbitmqctl", "stop_app"])
+        # when the broker stops in the middle of it (the destination is held still after
+        # 20 instances until the broker is down: the node moves 200 in a fraction of the
+        # time rabbitmqctl takes to stop it), and comes back after the move
+        await _until(lambda: len(peer.files()) >= 20)
+        peer.process.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(0.6)  # the relay publishes what was answered so far
+            await asyncio.to_thread(broker.ctl, ["rabbitmqctl", "stop_app"])
+        finally:
+            peer.process.send_signal(signal.SIGCONT)
         try:
             await asyncio.wait_for(move, 120)
             held = node.node.outbox.depth()
@@ -291,3 +299,12 @@ async def test_node_sets_tcp_nodelay_on_both_sides(start_node: Any) -> None:
     assoc.release()
     # then both the requestor's and the node's accepted socket have Nagle off
     assert seen == [1, 1]
+
+
+async def _until(condition: Callable[[], bool], within: float = 60.0) -> None:
+    """Wait until ``condition()`` holds (polled every 10 ms), or fail after ``within`` s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not condition():
+        assert loop.time() < deadline, "the condition never held"
+        await asyncio.sleep(0.01)

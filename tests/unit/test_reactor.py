@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import select
+import socket
 import threading
 import time
 
+from services.node import reactor
 from services.node.reactor import ReactorCheckpoint
 
 
@@ -101,3 +104,46 @@ def test_a_reactor_done_with_its_iteration_is_paused_without_waiting_for_its_sle
     checkpoint.set()
     thread.join(5)
     assert len(worked) == count + 1
+
+
+def _sleeping_dul(sock: socket.socket, seconds: float) -> tuple[threading.Thread, list[float]]:
+    """A thread that sleeps as a node's DUL thread does (``wake_on_data``), once."""
+    slept: list[float] = []
+
+    def run() -> None:
+        started = time.monotonic()
+        reactor._DulClock.sleep(seconds)
+        slept.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=run)
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    reactor._POLLERS[thread] = poller
+    return thread, slept
+
+
+def test_a_dul_thread_wakes_from_its_idle_sleep_when_the_peer_sends() -> None:
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        thread, slept = _sleeping_dul(ours, 5.0)
+        thread.start()
+        time.sleep(0.05)
+        peer.send(b"\x02")  # a C-STORE-RSP's first byte
+        thread.join(5)
+        assert slept
+        assert slept[0] < 1.0
+
+
+def test_a_closed_socket_makes_no_busy_loop_and_other_threads_sleep_plainly() -> None:
+    ours, peer = socket.socketpair()
+    peer.close()
+    with ours:
+        thread, slept = _sleeping_dul(ours, 0.2)
+        ours.close()  # the descriptor is now invalid
+        thread.start()
+        thread.join(5)
+        assert slept
+        assert slept[0] >= 0.19
+    started = time.monotonic()
+    reactor._DulClock.sleep(0.05)  # not a DUL thread of the node
+    assert time.monotonic() - started >= 0.049
