@@ -2,7 +2,10 @@
 
 pynetdicom calls these handlers on its association threads. They only read
 the message, keep per-association state, call the pure functions of
-``capture`` and append the events to the outbox: no broker, no awaiting.
+``capture`` and append the events to the outbox: no broker, no awaiting. A
+C-STORE's own work is done by the thread that sent it, while it waits for the
+response and as it wakes with it (``Capture.on_conn_open``), not by the DUL
+thread that pynetdicom also needs to send the next request.
 
 pynetdicom logs an exception from a handler and carries on, so the event would
 be lost: every handler is ``_guarded``, and whatever it raises is recorded as
