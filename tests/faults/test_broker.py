@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,9 +56,14 @@ async def test_connections_closed_by_the_broker(
     names = ["dimsebus-tracker", "dimsebus-tracker-relay", "dimsebus-retrier", "dimsebus-audit"]
 
     def close_all() -> None:
+        # Each service is given the time to (re)connect first: the node now reaches the
+        # 100th C-STORE before its relay process may have connected at all.
         node = f"dimsebus-node-{rig.node_id}"
         for name in [node, f"{node}-commands", *names]:
-            assert here.close_connections(name) >= 1, f"no connection named {name}"
+            deadline = time.monotonic() + 30
+            while here.close_connections(name) < 1:
+                assert time.monotonic() < deadline, f"no connection named {name} within 30 s"
+                time.sleep(0.2)
 
     with storescp(tmp_path / "received") as peer:
         rig = make_rig({"STORESCP": peer.port})
