@@ -275,9 +275,15 @@ class Capture:
         if not state.awaited:
             self._catch_up(state)
 
-    def _catch_up(self, state: AssociationState) -> None:
-        """Record the C-STORE-RQs sent, then spool the responses that arrived, in order."""
-        with state.answering:
+    def _catch_up(
+        self, state: AssociationState, ended: tuple[str | None, str, str | None] | None = None
+    ) -> list[SentStore]:
+        """Record the C-STORE-RQs sent, then spool the responses that arrived, in order.
+
+        If the association ``ended`` (source, detail, reason), it is marked so and the
+        requests still unanswered are returned: they are missing.
+        """
+        with state.lock:
             while state.sent:
                 event, requested_at = state.sent.popleft()
                 try:
@@ -290,19 +296,21 @@ class Capture:
                     self._answer(state, event.message, arrived_at)
                 except Exception as exc:
                     self.on_failure("on_dimse_recv", event, exc)
+            if ended is None:
+                return []
+            state.ended = state.ended or ended
+            unanswered, state.pending = state.pending, {}
+        return [each.sent for each in unanswered.values()]
 
     def _record_sent(
         self, assoc: Association, state: AssociationState, message: Any, at: dt.datetime
     ) -> None:
         """Keep a C-STORE-RQ, its record prepared, until its response (or its end) comes."""
         sent = self._sent_store(assoc, state, message, at)
-        outstanding = state.recorder.prepare(sent, new_id(), self.source)
-        with state.lock:
-            ended = state.ended
-            if ended is None:
-                state.pending[sent.message_id] = outstanding
-        if ended is not None:  # the association ended first: no response can come
-            self._report_missing([sent], *ended)
+        if state.ended is not None:  # the association ended first: no response can come
+            self._report_missing([sent], *state.ended)
+        else:
+            state.pending[sent.message_id] = state.recorder.prepare(sent, new_id(), self.source)
 
     def _answer(self, state: AssociationState, message: Any, arrived_at: dt.datetime) -> None:
         """Join a C-STORE-RSP to its request and spool its one event, whatever it holds.
@@ -314,8 +322,7 @@ class Capture:
         plain = exchange.plain_response(values) if values is not None else None
         response = plain or StoreResponse.of(command_values(message.command_set))
         key = salvage.message_id_or_none(response.message_id)
-        with state.lock:
-            outstanding = state.pending.pop(key, None) if key is not None else None
+        outstanding = state.pending.pop(key, None) if key is not None else None
         if outstanding is not None and plain is not None:
             self._outbox.append_record(outstanding.record(plain, arrived_at))
             assert isinstance(plain.status, int)
@@ -443,12 +450,12 @@ class Capture:
     def _missing(
         self, state: AssociationState, source: str | None, detail: str, reason: str | None = None
     ) -> None:
-        """The association ended: what it still waited for is missing, now and later."""
-        self._catch_up(state)  # requests sent and responses that came before the end
-        with state.lock:
-            pending, state.pending = state.pending, {}
-            state.ended = state.ended or (source, detail, reason)
-        self._report_missing([each.sent for each in pending.values()], source, detail, reason)
+        """The association ended: what it still waited for is missing, now and later.
+
+        Requests sent and responses that came before the end are caught up on first.
+        """
+        unanswered = self._catch_up(state, ended=(source, detail, reason))
+        self._report_missing(unanswered, source, detail, reason)
 
     def _report_missing(
         self, requests: list[SentStore], source: str | None, detail: str, reason: str | None

@@ -70,10 +70,11 @@ class AssociationState:
     # Once the association ended (released, aborted, closed): why, so that a C-STORE-RQ
     # pynetdicom still reports sent after that is missing at once, not pending forever.
     ended: tuple[str | None, str, str | None] | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
     # C-STORE-RQs sent and C-STORE-RSPs arrived (pynetdicom's event, time), until they
     # are recorded and spooled, and whether a thread waits in get_msg for a message.
     sent: deque[tuple[Any, dt.datetime]] = field(default_factory=deque)
     arrived: deque[tuple[Any, dt.datetime]] = field(default_factory=deque)
     awaited: bool = False
-    answering: threading.Lock = field(default_factory=threading.Lock)
+    # Held while the sent and arrived are caught up on (whichever pynetdicom thread does
+    # it): it guards ``pending`` and ``ended``, and keeps requests and responses in order.
+    lock: threading.Lock = field(default_factory=threading.Lock)
