@@ -9,6 +9,7 @@ file (``Outbox.record_published``) and the service's collector reads them.
 
 from __future__ import annotations
 
+import bisect
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -83,9 +84,8 @@ class CStoreTally(Collector):
 
 
 def _bucket(seconds: float) -> int:
-    return next(
-        (i for i, le in enumerate(ROUND_TRIP_BUCKETS) if seconds <= le), len(ROUND_TRIP_BUCKETS)
-    )
+    """The index of the first bucket whose upper bound ``le`` holds ``seconds`` (+Inf last)."""
+    return bisect.bisect_left(ROUND_TRIP_BUCKETS, seconds)
 
 
 def storage_category(status: int) -> str:
