@@ -217,6 +217,13 @@ async def _read(
                     return
 
 
+async def until(condition: Callable[[], bool], within: float = 60.0) -> None:
+    """Wait until ``condition()`` holds (polled every 20 ms), or fail after ``within`` s."""
+    async with asyncio.timeout(within):
+        while not condition():  # noqa: ASYNC110 - polling what a test watches
+            await asyncio.sleep(0.02)
+
+
 def of_type(events: list[CloudEvent], event_type: str) -> list[CloudEvent]:
     """The events of one type."""
     return [event for event in events if event.type == event_type]

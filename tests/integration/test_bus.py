@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
@@ -31,6 +31,7 @@ from services.bus.topology import (
 from services.clock import new_id, utc_now
 from services.errors import TopologyError, Unprocessable, UnroutableEvent
 from tests.broker import Broker
+from tests.integration.conftest import until
 
 pytestmark = pytest.mark.integration
 
@@ -155,12 +156,6 @@ class Recorder:
         self.events.append(event)
 
 
-async def _wait_for(predicate: Callable[[], bool], within: float = 20.0) -> None:
-    async with asyncio.timeout(within):
-        while not predicate():  # noqa: ASYNC110 - polling a test's recorder
-            await asyncio.sleep(0.05)
-
-
 async def _drain(
     channel: AbstractChannel, name: str, count: int
 ) -> list[aio_pika.abc.AbstractIncomingMessage]:
@@ -197,7 +192,7 @@ async def test_invalid_messages_are_parked_with_the_reason_and_consuming_goes_on
     await raw.publish(aio_pika.Message(json.dumps(bad_uid).encode()), "dicom.association.released")
     await publisher.publish_all(good[1:])
     # then the valid ones are handled, in spite of the bad ones between them
-    await _wait_for(lambda: len(recorder.events) == len(good) - 1)
+    await until(lambda: len(recorder.events) == len(good) - 1, within=20.0)
     assert [e.id for e in recorder.events] == [e.id for e in good if e is not refused]
     # and the three others are parked with the reason in a header
     parked = await _drain(channel, queue.parking, 3)

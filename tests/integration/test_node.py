@@ -16,7 +16,7 @@ from schemas import events as ev
 from schemas.envelope import CloudEvent
 from services.node.synthetic import write_study
 from tests.broker import Broker
-from tests.integration.conftest import RunningNode, movescu, of_type, read_events
+from tests.integration.conftest import RunningNode, movescu, of_type, read_events, until
 from tests.integration.peers import dcmtk, run_tool, small_filesystem, storescp
 
 pytestmark = pytest.mark.integration
@@ -224,7 +224,7 @@ async def test_broker_outage_during_a_move_loses_nothing(
         # when the broker stops in the middle of it (the destination is held still after
         # 20 instances until the broker is down: the node moves 200 in a fraction of the
         # time rabbitmqctl takes to stop it), and comes back after the move
-        await _until(lambda: len(peer.files()) >= 20)
+        await until(lambda: len(peer.files()) >= 20)
         peer.process.send_signal(signal.SIGSTOP)
         try:
             await asyncio.sleep(0.6)  # the relay publishes what was answered so far
@@ -299,12 +299,3 @@ async def test_node_sets_tcp_nodelay_on_both_sides(start_node: Any) -> None:
     assoc.release()
     # then both the requestor's and the node's accepted socket have Nagle off
     assert seen == [1, 1]
-
-
-async def _until(condition: Callable[[], bool], within: float = 60.0) -> None:
-    """Wait until ``condition()`` holds (polled every 10 ms), or fail after ``within`` s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        assert loop.time() < deadline, "the condition never held"
-        await asyncio.sleep(0.01)
