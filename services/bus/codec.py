@@ -7,10 +7,12 @@ from uuid import UUID
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
+from pamqp import commands as spec
 from pydantic import ValidationError
 
 from schemas.envelope import CONTENT_TYPE, CloudEvent
 from schemas.events import Event, parse_event
+from services.bus.batch import Outgoing
 from services.errors import InvalidEvent
 
 
@@ -37,6 +39,40 @@ def build_message(
         timestamp=time,
         correlation_id=correlation_id,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+    )
+
+
+def outgoing(
+    body: bytes,
+    event_id: UUID | str,
+    event_type: str,
+    time: dt.datetime,
+    correlation_id: str | None,
+    routing_key: str,
+) -> Outgoing:
+    """``build_message``'s message for ``publish_batch``: the same properties, ready to write."""
+    properties = spec.Basic.Properties(
+        content_type=CONTENT_TYPE,
+        message_id=str(event_id),
+        message_type=event_type,
+        timestamp=time,
+        correlation_id=correlation_id,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        priority=0,  # aio-pika's default: the same bytes on the wire as build_message's
+        headers={},
+    )
+    return Outgoing(body, properties, routing_key)
+
+
+def outgoing_event(event: CloudEvent) -> Outgoing:
+    """``to_message`` for ``publish_batch``."""
+    return outgoing(
+        event.model_dump_json().encode(),
+        event.id,
+        event.type,
+        event.time,
+        event.correlation_id,
+        event.routing_key,
     )
 
 

@@ -27,7 +27,8 @@ from pathlib import Path
 from aio_pika.abc import AbstractRobustConnection
 
 from schemas.envelope import CloudEvent
-from services.bus.codec import build_message, to_message
+from services.bus.batch import Outgoing, PublishOutcome
+from services.bus.codec import outgoing, outgoing_event
 from services.bus.connection import confirming_channel, connect
 from services.bus.log import LogReader
 from services.bus.outbox import Outbox, OutboxRow, read_depth
@@ -154,33 +155,40 @@ class OutboxRelay:
         self._ambiguous, self._ambiguous_since = {}, None
 
     async def drain_once(self, publisher: Publisher) -> int:
-        """Publish the oldest rows; delete those confirmed. Returns how many were confirmed."""
+        """Publish the oldest rows in one batch; delete those confirmed.
+
+        Returns how many were confirmed. A row this relay cannot make its event of
+        stays spooled (logged), and so does one the broker did not confirm; a row
+        whose publish was cut off is settled against the log before it is sent again.
+        """
         rows = self._outbox.peek(self._window * 4)
         if not rows:
             return 0
         started = dt.datetime.now(dt.UTC)
         self._outbox.mark_sent(rows[-1].seq, started)
-        results = await asyncio.gather(
-            *(self._publish(publisher, row) for row in rows), return_exceptions=True
-        )
-        confirmed = [
-            (row.seq, result)
-            for row, result in zip(rows, results, strict=True)
-            if isinstance(result, float)
-        ]
-        self._outbox.remove([seq for seq, _ in confirmed], [latency for _, latency in confirmed])
+        outcomes: dict[int, PublishOutcome | UnreadableRecord] = {}
+        ready: list[tuple[int, Outgoing]] = []
+        for row in rows:
+            try:
+                ready.append((row.seq, self._outgoing(row)))
+            except UnreadableRecord as exc:
+                outcomes[row.seq] = exc
+        published = await publisher.send_batch([message for _, message in ready], EVENTS_EXCHANGE)
+        outcomes.update(zip((seq for seq, _ in ready), published, strict=True))
+        confirmed = {seq: took for seq, took in outcomes.items() if isinstance(took, float)}
+        self._outbox.remove(list(confirmed), list(confirmed.values()))
         cut_off = {
             row.seq: row.event_id
-            for row, result in zip(rows, results, strict=True)
-            if isinstance(result, PublishInterrupted)
+            for row in rows
+            if isinstance(outcomes[row.seq], PublishInterrupted)
         }
         if cut_off:
             self._ambiguous.update(cut_off)
             self._ambiguous_since = self._ambiguous_since or started
-        failures = [r for r in results if isinstance(r, BaseException)]
+        failures = [outcome for outcome in outcomes.values() if isinstance(outcome, Exception)]
         if failures:
             log.warning(
-                "%d of %d events not confirmed (%r); outbox depth %d",
+                "%d of %d events not confirmed (%s); outbox depth %d",
                 len(failures),
                 len(rows),
                 failures[0],
@@ -189,18 +197,18 @@ class OutboxRelay:
             await asyncio.sleep(1.0)
         return len(confirmed)
 
-    async def _publish(self, publisher: Publisher, row: OutboxRow) -> float:
+    def _outgoing(self, row: OutboxRow) -> Outgoing:
+        """The message of a row: a spooled event as it is, a record made into its event."""
         if row.format is None:
-            message = build_message(
+            return outgoing(
                 row.body,
                 row.event_id,
                 row.type,
                 dt.datetime.fromisoformat(row.time),
                 row.correlation_id,
+                row.routing_key,
             )
-            return await publisher.send(message, EVENTS_EXCHANGE, row.routing_key)
-        event = self._event_of(row)
-        return await publisher.send(to_message(event), EVENTS_EXCHANGE, event.routing_key)
+        return outgoing_event(self._event_of(row))
 
     def _event_of(self, row: OutboxRow) -> CloudEvent:
         """The event of a recorded row, with the id the row was spooled under."""
