@@ -1,7 +1,8 @@
 """Publish and consume rates of the dimsebus bus beside raw aio-pika, in one run.
 
 Same broker, same message size, same exchange and queue types, same window:
-  publish  dimsebus Publisher (pydantic encode + confirms, window W)
+  publish  dimsebus Publisher (pydantic encode + confirms, window W), and the
+           relay's batches (pydantic encode, one write per batch, each confirmed)
            vs raw aio-pika publishing the same bytes with confirms, window W
   consume  dimsebus Consumer (validate every event, ack) on a quorum queue
            vs a raw aio-pika consumer that only acks, on the same kind of queue
@@ -18,7 +19,7 @@ import contextlib
 import os
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from uuid import UUID
 
 import aio_pika
@@ -29,7 +30,7 @@ from rich.table import Table
 from schemas import events as ev
 from schemas.envelope import CONTENT_TYPE
 from schemas.examples import move_story
-from services.bus.codec import to_message
+from services.bus.codec import outgoing_event, to_message
 from services.bus.connection import confirming_channel, connect
 from services.bus.consumer import Consumer
 from services.bus.publisher import Publisher
@@ -83,6 +84,21 @@ async def publish_raw(
     async with asyncio.TaskGroup() as group:
         for body, event, key in prepared:
             group.create_task(one(body, event, key))
+    return time.perf_counter() - started
+
+
+async def publish_batches(
+    connection: AbstractRobustConnection, events: list[ev.CStoreResponseReceived], window: int
+) -> float:
+    """As the outbox relay publishes: batches of 4 windows, each in one write."""
+    publisher = Publisher(await confirming_channel(connection), window=window)
+    started = time.perf_counter()
+    size = window * 4
+    for start in range(0, len(events), size):
+        outcomes = await publisher.send_batch(
+            [outgoing_event(event) for event in events[start : start + size]]
+        )
+        assert all(isinstance(outcome, float) for outcome in outcomes), outcomes[:1]
     return time.perf_counter() - started
 
 
@@ -142,41 +158,53 @@ async def consume_raw(
 
 async def run(
     url: str, count: int, rounds: int, window: int, prefetch: int
-) -> dict[str, list[float]]:
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Seconds per path and round, and this process's CPU seconds per path and round."""
     events = cstore_events(count)
-    times: dict[str, list[float]] = {
-        key: [] for key in ("raw publish", "dimsebus publish", "raw consume", "dimsebus consume")
+    publishers = {
+        "raw publish": publish_raw,
+        "dimsebus publish": publish_dimsebus,
+        "dimsebus batch publish": publish_batches,
     }
+    names = (*publishers, "raw consume", "dimsebus consume")
+    times: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     queue = WorkQueue("dimsebus.bench", bindings=("dicom.cstore.#",))
     connection = await connect(url, "dimsebus-bench")
+
+    async def timed(name: str, run: Awaitable[float]) -> None:
+        started = time.process_time()
+        times[name].append(await run)
+        cpu[name].append(time.process_time() - started)
+
     async with connection:
         await declare_topology(await connection.channel())
         for round_number in range(rounds):
-            # alternate which goes first, so that drift in the machine hits both alike
-            first, second = (publish_raw, publish_dimsebus)[:: 1 if round_number % 2 else -1]
-            for publish in (first, second):
-                name = "raw publish" if publish is publish_raw else "dimsebus publish"
-                times[name].append(await publish(connection, events, window))
+            # alternate the order, so that drift in the machine hits every path alike
+            order = list(publishers)[:: 1 if round_number % 2 else -1]
+            for name in order:
+                await timed(name, publishers[name](connection, events, window))
             await fill(connection, queue, events)
-            times["raw consume"].append(await consume_raw(connection, queue, count, prefetch))
+            await timed("raw consume", consume_raw(connection, queue, count, prefetch))
             await fill(connection, queue, events)
-            times["dimsebus consume"].append(
-                await consume_dimsebus(connection, queue, count, prefetch)
-            )
-    return times
+            await timed("dimsebus consume", consume_dimsebus(connection, queue, count, prefetch))
+    return times, cpu
 
 
-def show(times: dict[str, list[float]], count: int, size: int, window: int) -> None:
+def show(
+    times: dict[str, list[float]], cpu: dict[str, list[float]], count: int, size: int, window: int
+) -> None:
     rounds = len(next(iter(times.values())))
     table = Table(
         title=f"bus: {count} events of {size} bytes, window {window}, median of {rounds} rounds"
     )
-    for column in ("path", "events/s", "ratio to raw"):
+    for column in ("path", "events/s", "ratio to raw", "client CPU us/event"):
         table.add_column(column, justify="right" if column != "path" else "left")
     rate = {name: count / statistics.median(values) for name, values in times.items()}
     for name in times:
-        base = rate["raw " + name.split(" ", 1)[1]]
-        table.add_row(name, f"{rate[name]:,.0f}", f"{rate[name] / base:.2f}")
+        base = rate["raw " + name.rsplit(" ", 1)[1]]
+        per_event = statistics.median(cpu[name]) / count * 1e6
+        table.add_row(name, f"{rate[name]:,.0f}", f"{rate[name] / base:.2f}", f"{per_event:.0f}")
     Console().print(table)
 
 
@@ -192,9 +220,9 @@ def main() -> None:
     base_url = os.environ.get("AMQP_URL", LOCAL_URL)
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(private_vhost(base_url, local_rabbitmqctl()))
-        times = asyncio.run(run(url, args.events, args.rounds, args.window, args.prefetch))
+        times, cpu = asyncio.run(run(url, args.events, args.rounds, args.window, args.prefetch))
     size = len(to_message(cstore_events(1)[0]).body)
-    show(times, args.events, size, args.window)
+    show(times, cpu, args.events, size, args.window)
 
 
 if __name__ == "__main__":

@@ -83,14 +83,17 @@ class NodeWithEvents:
         self.outbox.append(warmup[:1])
         assert self.relay.wait_empty(within=60), "the relay did not start"
         self.publish_times: list[float] = []
+        self.relay_cpu: list[float] = []  # seconds per event, the transfer and its publishing
 
     def __call__(self, files: list[Path], port: int) -> float:
         capture = Capture.for_node(self.settings, self.outbox)
+        relay_cpu = self.relay.cpu_seconds()
         started = time.perf_counter()
         send_files(self.settings, capture, Target("STORESCP", "127.0.0.1", port), files)
         stored = time.perf_counter() - started
         assert self.relay.wait_empty(within=120), "events were not all confirmed"
         self.publish_times.append(time.perf_counter() - started)
+        self.relay_cpu.append((self.relay.cpu_seconds() - relay_cpu) / len(files))
         return stored
 
     def close(self) -> None:
@@ -141,7 +144,7 @@ def main() -> None:
         finally:
             scp.terminate()
             scp.wait()
-    show(times, pairs, node.publish_times, args.files)
+    show(times, pairs, node.publish_times, node.relay_cpu, args.files)
 
 
 def run_rounds(
@@ -187,6 +190,7 @@ def show(
     times: dict[str, list[float]],
     pairs: dict[str, list[float]],
     publish_times: list[float],
+    relay_cpu: list[float],
     count: int,
 ) -> None:
     rounds = len(times[PLAIN])
@@ -216,6 +220,9 @@ def show(
     confirmed = count / statistics.median(publish_times)
     ratios.add_row(
         "instances/s until every event is confirmed", f"{confirmed:,.0f}", "", "reported"
+    )
+    ratios.add_row(
+        "relay CPU per event (us)", f"{statistics.median(relay_cpu) * 1e6:.0f}", "", "reported"
     )
     Console().print(ratios)
 

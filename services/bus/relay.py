@@ -289,6 +289,11 @@ class RelayProcess:
         env = {**os.environ, "DIMSEBUS_AMQP_URL": amqp_url}
         self._process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds the relay process has used so far, user and system (Linux: /proc)."""
+        fields = Path(f"/proc/{self._process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     @property
     def alive(self) -> bool:
         """Whether the relay process is running."""
