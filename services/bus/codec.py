@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 from uuid import UUID
 
 import aio_pika
@@ -31,15 +32,7 @@ def build_message(
     correlation_id: str | None,
 ) -> aio_pika.Message:
     """The AMQP message for an already encoded event (DESIGN.md 'Message format')."""
-    return aio_pika.Message(
-        body=body,
-        content_type=CONTENT_TYPE,
-        message_id=str(event_id),
-        type=event_type,
-        timestamp=time,
-        correlation_id=correlation_id,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-    )
+    return aio_pika.Message(body, type=event_type, **_properties(event_id, time, correlation_id))
 
 
 def outgoing(
@@ -52,16 +45,25 @@ def outgoing(
 ) -> Outgoing:
     """``build_message``'s message for ``publish_batch``: the same properties, ready to write."""
     properties = spec.Basic.Properties(
-        content_type=CONTENT_TYPE,
-        message_id=str(event_id),
         message_type=event_type,
-        timestamp=time,
-        correlation_id=correlation_id,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        priority=0,  # aio-pika's default: the same bytes on the wire as build_message's
+        priority=0,  # aio-pika's defaults: the same bytes on the wire as build_message's
         headers={},
+        **_properties(event_id, time, correlation_id),
     )
     return Outgoing(body, properties, routing_key)
+
+
+def _properties(
+    event_id: UUID | str, time: dt.datetime, correlation_id: str | None
+) -> dict[str, Any]:
+    """The properties that mirror the envelope, named alike by aio-pika and pamqp."""
+    return {
+        "content_type": CONTENT_TYPE,
+        "message_id": str(event_id),
+        "timestamp": time,
+        "correlation_id": correlation_id,
+        "delivery_mode": aio_pika.DeliveryMode.PERSISTENT,
+    }
 
 
 def outgoing_event(event: CloudEvent) -> Outgoing:
