@@ -66,6 +66,8 @@ async def publish_batch(
     settled_at: dict[int, float] = {}
     frames: list[FrameType] = []
     async with channel.lock:
+        if channel.is_closed:  # its futures would fail at once, its frames reach no channel
+            raise aiormq.exceptions.ChannelInvalidStateError(f"{channel} is closed")
         first_tag = channel.delivery_tag
         for index, message in enumerate(messages):
             channel.delivery_tag += 1

@@ -184,3 +184,13 @@ async def test_a_batch_cut_off_by_a_lost_connection_is_ambiguous_and_was_stored(
     reader = await connection.channel()
     found = await asyncio.wait_for(read_ids(reader, {e.id for e in events}), 30)
     assert len(found) == len(events)
+
+
+async def test_a_closed_channel_sends_nothing_and_says_so(
+    connection: AbstractRobustConnection,
+) -> None:
+    channel = await confirming_channel(connection)
+    closed = await underlay(channel)
+    await channel.close()
+    with pytest.raises(aiormq.exceptions.ChannelInvalidStateError, match="closed"):
+        await publish_batch(closed, EVENTS_EXCHANGE, [outgoing_event(responses(1)[0])], 30)
