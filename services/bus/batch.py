@@ -96,10 +96,12 @@ async def publish_batch(
                 confirmation.cancel()
             raise
         started = loop.time()
-    _, unsettled = await asyncio.wait(confirmations, timeout=confirm_within)
-    for confirmation in unsettled:
-        confirmation.cancel()  # a confirm that comes later is ignored, as basic_publish does
-    _forget(channel, messages, first_tag)
+    try:
+        await asyncio.wait(confirmations, timeout=confirm_within)
+    finally:  # on time, late or cancelled: leave nothing of this batch in the channel
+        for confirmation in confirmations:
+            confirmation.cancel()  # a confirm that comes later is ignored, as in basic_publish
+        _forget(channel, messages, first_tag)
     return [
         _outcome(confirmation, message, settled_at.get(index, started) - started, confirm_within)
         for index, (confirmation, message) in enumerate(zip(confirmations, messages, strict=True))

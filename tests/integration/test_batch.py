@@ -194,3 +194,25 @@ async def test_a_closed_channel_sends_nothing_and_says_so(
     await channel.close()
     with pytest.raises(aiormq.exceptions.ChannelInvalidStateError, match="closed"):
         await publish_batch(closed, EVENTS_EXCHANGE, [outgoing_event(responses(1)[0])], 30)
+
+
+async def test_a_batch_cancelled_while_it_waits_leaves_nothing_in_the_channel(
+    amqp_url: str,
+) -> None:
+    proxy = Proxy(URL(amqp_url))
+    async with proxy.serving() as url, await aio_pika.connect(url) as held:
+        channel = await confirming_channel(held)
+        await declare_topology(channel)
+        proxy.holding = True  # no confirm will come
+        underlying = await underlay(channel)
+        batch = asyncio.create_task(
+            publish_batch(
+                underlying, EVENTS_EXCHANGE, [outgoing_event(e) for e in responses(50)], 30
+            )
+        )
+        await asyncio.sleep(0.3)
+        batch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await batch
+        assert not underlying.message_id_delivery_tag
+        assert all(future.cancelled() for future in underlying.confirmations.values())
