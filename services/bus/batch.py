@@ -126,11 +126,9 @@ def _outcome(
     if confirmation.cancelled():
         return PublishInterrupted(f"{what}: unconfirmed, no confirm came within {within:g} s")
     error = confirmation.exception()
-    if error is None:
-        if isinstance(confirmation.result(), spec.Basic.Ack):
-            return seconds
-        return UnroutableEvent(f"{what} reaches no queue: the broker returned it")
-    if isinstance(error, aiormq.exceptions.PublishError):
+    if error is None and isinstance(confirmation.result(), spec.Basic.Ack):
+        return seconds
+    if error is None or isinstance(error, aiormq.exceptions.PublishError):  # returned
         return UnroutableEvent(f"{what} reaches no queue: the broker returned it")
     if isinstance(error, aiormq.exceptions.DeliveryError):
         return EventNacked(f"{what}: the broker nacked it")
