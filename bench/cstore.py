@@ -8,16 +8,28 @@
 
 storescp runs with --ignore (receives, does not write) so the SCU side is what
 is measured. Each round runs the four back to back (alternating the order),
-then more pairs of the node without and with events. Rates are instances/s,
+then more groups of the node without and with events. Rates are instances/s,
 medians; a ratio is the median of the ratios of runs made back to back, since
 the machine's speed drifts more over a whole run than the effect measured.
 
-    python -m bench.cstore [--files 500] [--rounds 5] [--pairs 3]
+``--floor`` adds two runs to those groups, to show what the capture's design
+costs before any of its own work (``Floor``):
+
+  handlers bound     the node with EVT_DIMSE_SENT and EVT_DIMSE_RECV bound to
+                     handlers that do nothing
+  one commit each    the same, and one outbox commit per C-STORE-RSP (an exchange
+                     record made in advance, a fresh event id swapped in) before
+                     the sender has the response; the relay makes the event of it
+                     and publishes it, as it does the capture's
+
+    python -m bench.cstore [--files 500] [--rounds 5] [--pairs 3] [--floor]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime as dt
 import os
 import statistics
 import subprocess
@@ -25,18 +37,24 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from rich.console import Console
 from rich.table import Table
 
+from schemas import events as ev
 from schemas.examples import move_story
-from services.bus.outbox import Outbox
+from services.bus.outbox import Outbox, Record
 from services.bus.relay import RelayProcess
 from services.clock import new_id, utc_now
+from services.node.association import connection_handlers
+from services.node.capture import SentStore, StoreResponse
 from services.node.config import NodeSettings
 from services.node.dimse import Capture
+from services.node.exchange import Recorder
+from services.node.jobs import Job
 from services.node.sender import Target, send_files
 from services.node.synthetic import write_study
 from tests.broker import LOCAL_URL, local_rabbitmqctl, private_vhost
@@ -96,9 +114,98 @@ class NodeWithEvents:
         self.relay_cpu.append((self.relay.cpu_seconds() - relay_cpu) / len(files))
         return stored
 
+    def floor(self, commit: bool) -> Runner:
+        """A ``Floor`` run of this node's outbox and relay (see the module doc)."""
+
+        def run(files: list[Path], port: int) -> float:
+            capture = Floor(self.settings.node_id, self.outbox, commit=commit)
+            started = time.perf_counter()
+            send_files(self.settings, capture, Target("STORESCP", "127.0.0.1", port), files)
+            stored = time.perf_counter() - started
+            assert self.relay.wait_empty(within=120), "events were not all confirmed"
+            return stored
+
+        return run
+
     def close(self) -> None:
         self.relay.stop()
         self.outbox.close()
+
+
+class Floor(Capture):
+    """The least a capture can do: the two DIMSE handlers, and one commit per response.
+
+    With ``commit``, each C-STORE-RSP gets one outbox commit of an exchange record
+    made in advance (only its event id is new) before the sender has the response,
+    where the capture commits it (``Capture.on_conn_open``). Nothing is read off
+    the messages, nothing joined, nothing formatted: the capture's own work is all
+    that this leaves out.
+    """
+
+    def __init__(self, node_id: str, outbox: Outbox, *, commit: bool) -> None:
+        super().__init__(node_id, outbox)
+        self._commit = commit
+        self._record = _sample_record(self.source)
+
+    def handlers(self, job: Job | None = None) -> list[tuple[Any, ...]]:
+        bound: list[tuple[Any, ...]] = [
+            *connection_handlers(),
+            (evt.EVT_DIMSE_SENT, _ignore),
+            (evt.EVT_DIMSE_RECV, _ignore),
+        ]
+        if self._commit:
+            bound.append((evt.EVT_CONN_OPEN, self._commit_each_response))
+        return bound
+
+    def _commit_each_response(self, event: evt.Event) -> None:
+        dimse = event.assoc.dimse
+        take = dimse.get_msg
+
+        def get_msg(block: bool = False) -> Any:
+            taken = take(block)
+            if block and taken[1] is not None:
+                self._outbox.append_record(self.fresh_record())
+            return taken
+
+        dimse.get_msg = get_msg  # type: ignore[method-assign]
+
+    def fresh_record(self) -> Record:
+        """The record of the next response: the same exchange under a new event id."""
+        event_id = str(new_id())
+        body = self._record.body.replace(self._record.event_id.encode(), event_id.encode())
+        return dataclasses.replace(self._record, event_id=event_id, body=body)
+
+
+def _ignore(event: evt.Event) -> None:
+    """A handler that does nothing: what binding one costs pynetdicom's threads."""
+
+
+def _sample_record(source: str) -> Record:
+    """The record of a successful C-STORE exchange, as the capture spools one."""
+    now = utc_now()
+    sent = SentStore(
+        association=ev.AssociationRef(
+            id=new_id(),
+            role="requestor",
+            local_ae_title="DIMSEBUS",
+            peer_ae_title="STORESCP",
+            peer_host="127.0.0.1",
+            peer_port=11112,
+        ),
+        presentation_context_id=1,
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        message_id=1,
+        affected_sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        affected_sop_instance_uid="1.2.826.0.1.3680043.8.498.1",
+        move_originator=None,
+        operation=ev.Operation(kind="store", id=new_id()),
+        attempt=1,
+        labels={},
+        requested_at=now,
+    )
+    outstanding = Recorder().prepare(sent, new_id(), source)
+    response = StoreResponse(status=0, message_id=1, affected_sop_instance_uid=None)
+    return outstanding.record(response, now + dt.timedelta(milliseconds=1))
 
 
 def dcmtk_storescu(files: list[Path], port: int) -> float:
@@ -121,6 +228,9 @@ def main() -> None:
     parser.add_argument(
         "--pairs", type=int, default=3, help="node runs without/with events per round"
     )
+    parser.add_argument(
+        "--floor", action="store_true", help="also run the capture's floor (see above)"
+    )
     args = parser.parse_args()
     with (
         tempfile.TemporaryDirectory() as folder,
@@ -137,36 +247,45 @@ def main() -> None:
         try:
             wait_for_port(port)
             node = NodeWithEvents(url, Path(folder))
+            floor = {HANDLERS: node.floor(False), COMMIT: node.floor(True)} if args.floor else {}
             try:
-                times, pairs = run_rounds(node, files, port, args.rounds, args.pairs)
+                groups = run_rounds(node, floor, files, port, args.rounds, args.pairs)
             finally:
                 node.close()
         finally:
             scp.terminate()
             scp.wait()
-    show(times, pairs, node.publish_times, node.relay_cpu, args.files)
+    show(groups, node.publish_times, node.relay_cpu, args.files)
+
+
+Group = dict[str, float]
+"""Seconds per path, of runs made back to back."""
 
 
 def run_rounds(
-    node: NodeWithEvents, files: list[Path], port: int, rounds: int, pairs_per_round: int
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Each round: the four paths back to back, then more pairs without/with events."""
+    node: NodeWithEvents,
+    floor: dict[str, Runner],
+    files: list[Path],
+    port: int,
+    rounds: int,
+    pairs_per_round: int,
+) -> list[Group]:
+    """Each round: the four paths back to back, then more groups without/with events."""
     runners: dict[str, Runner] = {
         PLAIN: plain_pynetdicom,
         NO_EVENTS: node_without_events,
         EVENTS: node,
         STORESCU: dcmtk_storescu,
     }
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    pairs: dict[str, list[float]] = {NO_EVENTS: [], EVENTS: []}
+    close: dict[str, Runner] = {NO_EVENTS: node_without_events, EVENTS: node, **floor}
+    groups: list[Group] = []
     for round_number in range(rounds):
         order = list(runners) if round_number % 2 == 0 else list(reversed(runners))
-        for name in order:
-            times[name].append(runners[name](files, port))
-        for pair in range(pairs_per_round - 1):  # the close ratio gets more samples
-            for name in (EVENTS, NO_EVENTS) if pair % 2 == 0 else (NO_EVENTS, EVENTS):
-                pairs[name].append(runners[name](files, port))
-    return times, pairs
+        groups.append({name: runners[name](files, port) for name in order})
+        for pair in range(pairs_per_round - 1):  # the close ratios get more samples
+            order = list(close) if pair % 2 == 0 else list(reversed(close))
+            groups.append({name: close[name](files, port) for name in order})
+    return groups
 
 
 PLAIN, NO_EVENTS, EVENTS, STORESCU = (
@@ -175,27 +294,27 @@ PLAIN, NO_EVENTS, EVENTS, STORESCU = (
     "node, capture and publishing on",
     "dcmtk storescu (TCP_NODELAY=1)",
 )
+HANDLERS, COMMIT = (
+    "floor: node, DIMSE handlers bound",
+    "floor: node, one outbox commit each",
+)
 
 
-def paired(faster: list[float], slower: list[float]) -> list[float]:
-    """Rate ratios run by run, sorted: each pair of runs ran back to back.
+def paired(groups: list[Group], faster: str, slower: str) -> list[float]:
+    """Rate ratios of ``faster`` to ``slower``, group by group, sorted.
 
-    The machine's speed drifts by more than the effect measured over a whole run;
-    two runs next to each other see the same machine.
+    The runs of a group ran back to back: the machine's speed drifts by more than
+    the effect measured over a whole run; runs next to each other see the same machine.
     """
-    return sorted(s / f for f, s in zip(faster, slower, strict=True))
+    return sorted(g[slower] / g[faster] for g in groups if faster in g and slower in g)
 
 
 def show(
-    times: dict[str, list[float]],
-    pairs: dict[str, list[float]],
-    publish_times: list[float],
-    relay_cpu: list[float],
-    count: int,
+    groups: list[Group], publish_times: list[float], relay_cpu: list[float], count: int
 ) -> None:
-    rounds = len(times[PLAIN])
-    times = {name: values + pairs.get(name, []) for name, values in times.items()}
-    rate = {name: count / statistics.median(values) for name, values in times.items()}
+    rounds = sum(PLAIN in g for g in groups)
+    names = list(dict.fromkeys(name for g in groups for name in g))
+    rate = {name: count / statistics.median(g[name] for g in groups if name in g) for name in names}
     table = Table(title=f"C-STORE of {count} CT instances, one association, {rounds} rounds")
     for column in ("path", "instances/s", "ms/instance"):
         table.add_column(column, justify="left" if column == "path" else "right")
@@ -205,18 +324,22 @@ def show(
     ratios = Table(title="ratios of rates, median of back-to-back runs (range)")
     for column in ("ratio", "value", "range", "target"):
         ratios.add_column(column, justify="left" if column == "ratio" else "right")
-    for label, slower, target, style in (
-        ("node with events / plain pynetdicom", PLAIN, ">= 8x", "{:.1f}x"),
-        ("node with events / node without", NO_EVENTS, ">= 0.95", "{:.2f}"),
-        ("node with events / dcmtk storescu", STORESCU, "reported", "{:.2f}"),
-    ):
-        values = paired(times[EVENTS][: len(times[slower])], times[slower])
-        ratios.add_row(
-            label,
-            style.format(statistics.median(values)),
-            f"{style.format(values[0])}-{style.format(values[-1])}",
-            target,
-        )
+    rows = [
+        ("node with events / plain pynetdicom", EVENTS, PLAIN, ">= 8x", "{:.1f}x"),
+        ("node with events / node without", EVENTS, NO_EVENTS, ">= 0.95", "{:.2f}"),
+        ("node with events / dcmtk storescu", EVENTS, STORESCU, "reported", "{:.2f}"),
+        ("floor, handlers bound / node without", HANDLERS, NO_EVENTS, "reported", "{:.2f}"),
+        ("floor, one commit each / node without", COMMIT, NO_EVENTS, "reported", "{:.2f}"),
+    ]
+    for label, faster, slower, target, style in rows:
+        values = paired(groups, faster, slower)
+        if values:
+            ratios.add_row(
+                label,
+                style.format(statistics.median(values)),
+                f"{style.format(values[0])}-{style.format(values[-1])}",
+                target,
+            )
     confirmed = count / statistics.median(publish_times)
     ratios.add_row(
         "instances/s until every event is confirmed", f"{confirmed:,.0f}", "", "reported"
