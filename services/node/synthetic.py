@@ -50,7 +50,8 @@ def ct_instance(
     ds.PixelRepresentation = 0
     ds.RescaleIntercept = -1024
     ds.RescaleSlope = 1
-    ds.PixelData = bytes((number + i) % 256 for i in range(rows * rows * 2))
+    size, start = rows * rows * 2, number % 256
+    ds.PixelData = (bytes(range(256)) * (size // 256 + 2))[start : start + size]
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
@@ -60,16 +61,24 @@ def ct_instance(
 
 
 def write_study(
-    folder: Path, count: int, *, patient_id: str = "P1", seed: str = "study"
+    folder: Path, count: int, *, patient_id: str = "P1", seed: str = "study", rows: int = 16
 ) -> list[Path]:
-    """Write a study of ``count`` CT instances into ``folder``; returns the file paths."""
+    """Write a study of ``count`` CT instances into ``folder``; returns the file paths.
+
+    Their images are ``rows`` x ``rows``, 16 bits: small by default, for the demo and
+    the tests; a CT scanner's slices are 512 x 512 (half a megabyte each).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     study_uid = synthetic_uid(seed, patient_id)
     series_uid = synthetic_uid(study_uid, "series-1")
     paths = []
     for number in range(1, count + 1):
         ds = ct_instance(
-            patient_id=patient_id, study_uid=study_uid, series_uid=series_uid, number=number
+            patient_id=patient_id,
+            study_uid=study_uid,
+            series_uid=series_uid,
+            number=number,
+            rows=rows,
         )
         path = folder / f"{number:06d}.dcm"
         ds.save_as(path, enforce_file_format=True)
