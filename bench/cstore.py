@@ -12,6 +12,9 @@ then more groups of the node without and with events. Rates are instances/s,
 medians; a ratio is the median of the ratios of runs made back to back, since
 the machine's speed drifts more over a whole run than the effect measured.
 
+The images are 16 x 16 unless ``--rows`` says otherwise: ``--rows 512`` makes
+them the size of a CT scanner's slices (0.5 MB each).
+
 ``--floor`` adds two runs to those groups, to show what the capture's design
 costs before any of its own work (``Floor``):
 
@@ -22,7 +25,7 @@ costs before any of its own work (``Floor``):
                      the sender has the response; the relay makes the event of it
                      and publishes it, as it does the capture's
 
-    python -m bench.cstore [--files 500] [--rounds 5] [--pairs 3] [--floor]
+    python -m bench.cstore [--files 500] [--rounds 5] [--pairs 3] [--rows 16] [--floor]
 """
 
 from __future__ import annotations
@@ -68,7 +71,9 @@ def plain_pynetdicom(files: list[Path], port: int) -> float:
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])
     started = time.perf_counter()
     assoc = ae.associate("127.0.0.1", port, ae_title="STORESCP")
-    for path in files:
+    for number, path in enumerate(files):
+        if not assoc.is_established:
+            raise RuntimeError(f"plain pynetdicom: the association ended after {number} C-STOREs")
         assoc.send_c_store(dcmread(path))
     assoc.release()
     return time.perf_counter() - started
@@ -229,6 +234,12 @@ def main() -> None:
         "--pairs", type=int, default=3, help="node runs without/with events per round"
     )
     parser.add_argument(
+        "--rows",
+        type=int,
+        default=16,
+        help="image size, rows x rows 16-bit pixels (16: 512 bytes; 512: a CT slice, 0.5 MB)",
+    )
+    parser.add_argument(
         "--floor", action="store_true", help="also run the capture's floor (see above)"
     )
     args = parser.parse_args()
@@ -236,7 +247,7 @@ def main() -> None:
         tempfile.TemporaryDirectory() as folder,
         private_vhost(os.environ.get("AMQP_URL", LOCAL_URL), local_rabbitmqctl()) as url,
     ):
-        files = write_study(Path(folder) / "study", args.files, seed="bench")
+        files = write_study(Path(folder) / "study", args.files, seed="bench", rows=args.rows)
         port = free_port()
         scp = subprocess.Popen(
             [dcmtk("storescp"), "--ignore", "-aet", "STORESCP", str(port)],
@@ -255,7 +266,7 @@ def main() -> None:
         finally:
             scp.terminate()
             scp.wait()
-    show(groups, node.publish_times, node.relay_cpu, args.files)
+    show(groups, node.publish_times, node.relay_cpu, args.files, args.rows)
 
 
 Group = dict[str, float]
@@ -310,12 +321,14 @@ def paired(groups: list[Group], faster: str, slower: str) -> list[float]:
 
 
 def show(
-    groups: list[Group], publish_times: list[float], relay_cpu: list[float], count: int
+    groups: list[Group], publish_times: list[float], relay_cpu: list[float], count: int, rows: int
 ) -> None:
     rounds = sum(PLAIN in g for g in groups)
     names = list(dict.fromkeys(name for g in groups for name in g))
     rate = {name: count / statistics.median(g[name] for g in groups if name in g) for name in names}
-    table = Table(title=f"C-STORE of {count} CT instances, one association, {rounds} rounds")
+    table = Table(
+        title=f"C-STORE of {count} CT instances ({rows} x {rows}), one association, {rounds} rounds"
+    )
     for column in ("path", "instances/s", "ms/instance"):
         table.add_column(column, justify="left" if column == "path" else "right")
     for name, value in rate.items():
@@ -324,14 +337,14 @@ def show(
     ratios = Table(title="ratios of rates, median of back-to-back runs (range)")
     for column in ("ratio", "value", "range", "target"):
         ratios.add_column(column, justify="left" if column == "ratio" else "right")
-    rows = [
+    lines = [
         ("node with events / plain pynetdicom", EVENTS, PLAIN, ">= 8x", "{:.1f}x"),
         ("node with events / node without", EVENTS, NO_EVENTS, ">= 0.95", "{:.2f}"),
         ("node with events / dcmtk storescu", EVENTS, STORESCU, "reported", "{:.2f}"),
         ("floor, handlers bound / node without", HANDLERS, NO_EVENTS, "reported", "{:.2f}"),
         ("floor, one commit each / node without", COMMIT, NO_EVENTS, "reported", "{:.2f}"),
     ]
-    for label, faster, slower, target, style in rows:
+    for label, faster, slower, target, style in lines:
         values = paired(groups, faster, slower)
         if values:
             ratios.add_row(
