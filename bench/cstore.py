@@ -109,13 +109,9 @@ class NodeWithEvents:
         self.relay_cpu: list[float] = []  # seconds per event, the transfer and its publishing
 
     def __call__(self, files: list[Path], port: int) -> float:
-        capture = Capture.for_node(self.settings, self.outbox)
         relay_cpu = self.relay.cpu_seconds()
-        started = time.perf_counter()
-        send_files(self.settings, capture, Target("STORESCP", "127.0.0.1", port), files)
-        stored = time.perf_counter() - started
-        assert self.relay.wait_empty(within=120), "events were not all confirmed"
-        self.publish_times.append(time.perf_counter() - started)
+        stored, confirmed = self._send(Capture.for_node(self.settings, self.outbox), files, port)
+        self.publish_times.append(confirmed)
         self.relay_cpu.append((self.relay.cpu_seconds() - relay_cpu) / len(files))
         return stored
 
@@ -123,14 +119,18 @@ class NodeWithEvents:
         """A ``Floor`` run of this node's outbox and relay (see the module doc)."""
 
         def run(files: list[Path], port: int) -> float:
-            capture = Floor(self.settings.node_id, self.outbox, commit=commit)
-            started = time.perf_counter()
-            send_files(self.settings, capture, Target("STORESCP", "127.0.0.1", port), files)
-            stored = time.perf_counter() - started
-            assert self.relay.wait_empty(within=120), "events were not all confirmed"
-            return stored
+            floor = Floor(self.settings.node_id, self.outbox, commit=commit)
+            return self._send(floor, files, port)[0]
 
         return run
+
+    def _send(self, capture: Capture, files: list[Path], port: int) -> tuple[float, float]:
+        """Seconds until every C-STORE was answered, and until every event was confirmed."""
+        started = time.perf_counter()
+        send_files(self.settings, capture, Target("STORESCP", "127.0.0.1", port), files)
+        stored = time.perf_counter() - started
+        assert self.relay.wait_empty(within=120), "events were not all confirmed"
+        return stored, time.perf_counter() - started
 
     def close(self) -> None:
         self.relay.stop()
