@@ -15,13 +15,54 @@ from schemas.dicom import AETitle, Port
 from services.settings import ServiceSettings
 
 
+Service = Literal["echo", "store", "find", "move", "get"]
+"""What a peer may ask of the node: C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET."""
+
+
 class Destination(BaseModel):
-    """A known move destination: where its Storage SCP listens."""
+    """A known move destination: where its Storage SCP listens, and whether over TLS."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     host: str = Field(min_length=1)
     port: Port
+    tls: bool = Field(False, description="open its associations over DICOM TLS ([tls])")
+
+
+class Access(BaseModel):
+    """What the node checks of every association it accepts (secure by default)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    check_called_ae: bool = Field(
+        True, description="reject an association to another called AE title than ae_title"
+    )
+    unknown_peers: frozenset[Service] = Field(
+        frozenset({"echo"}), description="what a calling AE title not under [peers] may do"
+    )
+
+
+class Peer(BaseModel):
+    """A calling AE title the node knows: where it may connect from and what it may do."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host: str | None = Field(None, min_length=1, description="the peer must connect from here")
+    allow: frozenset[Service] = Field(frozenset({"echo"}), description="services it may use")
+
+
+class Tls(BaseModel):
+    """DICOM TLS (PS3.15 B.1, BCP 195): the node's certificate, key and trusted CAs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    certificate: Path = Field(description="PEM certificate (chain) of the node")
+    key: Path = Field(description="PEM private key of the certificate")
+    ca: Path | None = Field(None, description="PEM CA bundle that peers' certificates chain to")
+    require_client_certificate: bool = Field(
+        False, description="the SCP refuses a TLS peer without a certificate signed by ca"
+    )
+    scp: bool = Field(True, description="the node's own SCP port speaks TLS")
 
 
 class NodeSettings(ServiceSettings):
@@ -40,7 +81,22 @@ class NodeSettings(ServiceSettings):
     dimse_timeout: float = Field(30.0, gt=0, description="seconds to wait for a DIMSE response")
     acse_timeout: float = Field(30.0, gt=0)
     network_timeout: float = Field(60.0, gt=0)
-    max_pdu: int = Field(0, ge=0, description="maximum PDU size offered; 0 = unlimited")
+    max_pdu: int = Field(
+        131072,
+        ge=4096,
+        le=16 * 1024**2,
+        description="maximum PDU length the node receives; a longer PDU is aborted unread",
+    )
+    max_associations: int = Field(64, ge=1, le=1024, description="associations at once")
+    max_associations_per_host: int = Field(
+        16, ge=1, le=1024, description="associations at once from one IP address"
+    )
+    access: Access = Field(default_factory=Access)
+    peers: dict[AETitle, Peer] = Field(default_factory=dict)
+    tls: Tls | None = None
+    overwrite_instances: bool = Field(
+        False, description="store an instance already held under another Patient ID"
+    )
     patient_id_policy: Literal["omit", "hash", "keep"] = Field(
         "hash", description="what of the Patient ID leaves the node in events"
     )
