@@ -307,6 +307,50 @@ class AssociationAborted(CloudEvent):
     data: AssociationAbortedData
 
 
+# -- access control at the node's DICOM edge ------------------------------------------
+
+AccessService = Literal["association", "echo", "store", "find", "move", "get"]
+AccessReason = Literal[
+    "called_ae_title_not_recognised",
+    "calling_ae_title_not_recognised",
+    "host_not_allowed",
+    "service_not_allowed",
+]
+
+
+class AccessRefusedData(Model):
+    """What a peer asked for that its configuration does not allow, and what it got.
+
+    ``service`` is ``association`` for an A-ASSOCIATE-RQ the node rejected (PS3.8
+    9.3.4), else the request refused with ``status`` 0x0124 (PS3.7 C.5.2).
+    ``refused`` counts this association's refusals so far; the node aborts it after
+    a few.
+    """
+
+    association: AssociationRef
+    service: AccessService
+    reason: AccessReason
+    detail: Comment
+    called_ae_title: Annotated[str, Field(max_length=64)] | None = Field(
+        None, description="the called AE title the peer asked for, as it sent it"
+    )
+    message_id: MessageID | None = None
+    affected_sop_class_uid: UID | None = None
+    status: StatusCode | None = None
+    refused: Annotated[int, Field(ge=1)] = 1
+    suppressed: Count = Field(
+        0, description="refusals from the same address not reported since the last event"
+    )
+    at: UtcDatetime
+
+
+class AccessRefused(CloudEvent):
+    """The node refused a peer an association or a request: a DICOM Security Alert."""
+
+    type: Literal["dicom.access.refused"] = "dicom.access.refused"
+    data: AccessRefusedData
+
+
 # -- C-MOVE and C-GET served by the node ---------------------------------------------
 
 
@@ -500,6 +544,7 @@ EVENT_MODELS: tuple[type[CloudEvent], ...] = (
     AssociationRejected,
     AssociationReleased,
     AssociationAborted,
+    AccessRefused,
     MoveRequested,
     MoveCompleted,
     MoveInterrupted,
@@ -521,6 +566,7 @@ Event = Annotated[
     | AssociationRejected
     | AssociationReleased
     | AssociationAborted
+    | AccessRefused
     | MoveRequested
     | MoveCompleted
     | MoveInterrupted

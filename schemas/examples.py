@@ -318,6 +318,33 @@ def _get_and_reject(story: _Story) -> None:
             at=story.tick(),
         ),
     )
+    story.add(
+        ev.AccessRefused,
+        str(intruder.id),
+        ev.AccessRefusedData(
+            association=intruder,
+            service="association",
+            reason="calling_ae_title_not_recognised",
+            detail="calling AE title 'INTRUDER' is not a configured peer",
+            called_ae_title="DIMSEBUS",
+            at=story.tick(),
+        ),
+    )
+    prober = story.association("acceptor", "PROBER", 51450)
+    story.add(
+        ev.AccessRefused,
+        str(prober.id),
+        ev.AccessRefusedData(
+            association=prober,
+            service="find",
+            reason="service_not_allowed",
+            detail="PROBER may not use FIND",
+            message_id=1,
+            affected_sop_class_uid="1.2.840.10008.5.1.4.1.2.2.1",
+            status=0x0124,
+            at=story.tick(),
+        ),
+    )
 
 
 def _interrupted(story: _Story) -> None:

@@ -28,6 +28,7 @@ from services.audit.messages import (
     AuditMessage,
     PatientPolicy,
     Sent,
+    access_alert,
     begin_transferring,
     by_study,
     instances_transferred,
@@ -103,7 +104,9 @@ class Auditor:
         """The audit messages that ``event`` completes (built again on a replay: same ids)."""
         source, policy = self.settings.audit_source, self.settings.patient_id
         match event:
-            case ev.AssociationRejected():
+            case ev.AccessRefused():
+                return [access_alert(event, source)]
+            case ev.AssociationRejected() if not _refused_by_access(event):
                 return [security_alert(event, source)]
             case ev.CStoreResponseReceived() | ev.CStoreResponseMissing():
                 this = Sent.of(event)
@@ -257,3 +260,13 @@ def parse_time(text: str) -> dt.datetime:
     """A --since/--until value: ISO 8601; without a zone it is UTC."""
     value = dt.datetime.fromisoformat(text)
     return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _refused_by_access(event: ev.AssociationRejected) -> bool:
+    """A rejection by the node's own access control: its ``dicom.access.refused`` is the alert."""
+    data = event.data
+    return (
+        data.association.role == "acceptor"
+        and data.source == "service_user"
+        and data.reason in (3, 7)
+    )

@@ -24,6 +24,8 @@ PatientPolicy = Literal["keep", "omit"]
 BEGIN = ("110102", "Begin Transferring DICOM Instances")
 TRANSFERRED = ("110104", "DICOM Instances Transferred")
 SECURITY_ALERT = ("110113", "Security Alert")
+NODE_AUTHENTICATION = ("110126", "Node Authentication")
+RESTRICTED_FUNCTION = ("110132", "Use of Restricted Function")
 SYSLOG_PRI = 10 * 8 + 5  # facility 10 (security/authorization), severity 5 (notice)
 
 
@@ -114,16 +116,52 @@ def by_study(sent: Iterable[Sent]) -> list[list[Sent]]:
 def security_alert(event: ev.AssociationRejected, audit_source: str) -> AuditMessage:
     """Security Alert, for an association the node rejected or was rejected by."""
     data = event.data
-    peer = data.association
-    root = _message(SECURITY_ALERT, "E", data.at, 4)
-    ET.SubElement(
-        root[0],
-        "EventTypeCode",
-        {"csd-code": "110126", "codeSystemName": "DCM", "originalText": "Node Authentication"},
+    return _alert(
+        event.id,
+        NODE_AUTHENTICATION,
+        data.association,
+        data.at,
+        f"association {data.result}ly rejected by {data.source}: {data.reason_text}",
+        f"A-ASSOCIATE-RJ reason {data.reason}: {data.reason_text}",
+        audit_source,
     )
-    ET.SubElement(
-        root[0], "EventOutcomeDescription"
-    ).text = f"association {data.result}ly rejected by {data.source}: {data.reason_text}"
+
+
+def access_alert(event: ev.AccessRefused, audit_source: str) -> AuditMessage:
+    """Security Alert, for an association or request the node's access control refused.
+
+    PS3.15 A.5.3.11: Node Authentication for a rejected association, Use of
+    Restricted Function for a refused request.
+    """
+    data = event.data
+    refused = (
+        "A-ASSOCIATE-RQ rejected"
+        if data.service == "association"
+        else f"C-{data.service.upper()} refused 0x{data.status or 0:04X}"
+    )
+    return _alert(
+        event.id,
+        NODE_AUTHENTICATION if data.service == "association" else RESTRICTED_FUNCTION,
+        data.association,
+        data.at,
+        f"{refused}: {data.reason}: {data.detail}",
+        f"{refused} ({data.reason}); {data.suppressed} more from this address not reported",
+        audit_source,
+    )
+
+
+def _alert(
+    event_id: UUID,
+    type_code: tuple[str, str],
+    peer: ev.AssociationRef,
+    at: dt.datetime,
+    outcome: str,
+    description: str,
+    audit_source: str,
+) -> AuditMessage:
+    root = _message(SECURITY_ALERT, "E", at, 4)
+    _code(root[0], "EventTypeCode", type_code[0], "DCM", type_code[1])
+    ET.SubElement(root[0], "EventOutcomeDescription").text = outcome
     reporter = _participant(root, peer.local_ae_title, None, requestor=False)
     _code(reporter, "RoleIDCode", "110150", "DCM", "Application")
     performer = _participant(root, peer.peer_ae_title, peer.peer_host, requestor=True)
@@ -139,10 +177,8 @@ def security_alert(event: ev.AssociationRejected, audit_source: str) -> AuditMes
         },
     )
     _code(alert, "ParticipantObjectIDTypeCode", "12", "RFC-3881", "URI")
-    ET.SubElement(
-        alert, "ParticipantObjectDescription"
-    ).text = f"A-ASSOCIATE-RJ reason {data.reason}: {data.reason_text}"
-    return _done(root, uuid5(NAMESPACE_URL, f"dimsebus:audit:alert:{event.id}"), data.at, "alert")
+    ET.SubElement(alert, "ParticipantObjectDescription").text = description
+    return _done(root, uuid5(NAMESPACE_URL, f"dimsebus:audit:alert:{event_id}"), at, "alert")
 
 
 def syslog_frame(message: AuditMessage, hostname: str, app_name: str = "dimsebus") -> bytes:

@@ -18,6 +18,7 @@ from services.metrics import GaugeCollector, OutboxCollector
 from services.node.archive import Archive
 from services.node.config import NodeSettings
 from services.node.dimse import Capture
+from services.node.gate import Gate
 from services.node.journal import MoveJournal
 from services.node.recovery import interrupted_events
 from services.node.resend import Resender, serve_commands
@@ -98,11 +99,12 @@ class Node:
         )
         self.recover()
         scp = ArchiveSCP(self.settings, self.archive, self.capture, self.journal)
+        gate = Gate(self.settings, self.capture)
         ae = self.ae = build_ae(self.settings)
         server = ae.start_server(
             (self.settings.host, self.settings.port),
             block=False,
-            evt_handlers=[*self.capture.handlers(), *scp.handlers()],
+            evt_handlers=[*self.capture.handlers(), *gate.handlers(), *scp.handlers()],
         )
         assert server is not None, "start_server(block=False) returns the server"
         log.info(

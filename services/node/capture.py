@@ -293,6 +293,14 @@ def association_event(
     return _envelope(model, data, str(association.id), stamp)
 
 
+def access_refused_event(
+    association: ev.AssociationRef, stamp: Stamp, **details: object
+) -> CloudEvent:
+    """``dicom.access.refused``: an association or request the node's access control refused."""
+    data = {"association": association, "at": stamp.time, **details}
+    return _envelope(ev.AccessRefused, data, str(association.id), stamp)
+
+
 def retrieve_requested_event(
     model: type[CloudEvent], data: dict[str, object], stamp: Stamp
 ) -> CloudEvent:

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from schemas.dicom import AETitle, Port
 from services.settings import ServiceSettings
 
-
 Service = Literal["echo", "store", "find", "move", "get"]
 """What a peer may ask of the node: C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET."""
 
@@ -63,6 +62,14 @@ class Tls(BaseModel):
         False, description="the SCP refuses a TLS peer without a certificate signed by ca"
     )
     scp: bool = Field(True, description="the node's own SCP port speaks TLS")
+    key_password: SecretStr | None = Field(
+        None, description="password of an encrypted key (never prompted for)"
+    )
+    check_hostname: bool = Field(
+        False,
+        description="the node's TLS associations also check that the peer's certificate "
+        "names the host dialled (DICOM peers are usually trusted by their CA chain alone)",
+    )
 
 
 class NodeSettings(ServiceSettings):

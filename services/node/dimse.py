@@ -199,6 +199,8 @@ class Capture:
         primitive = event.primitive  # type: ignore[attr-defined]
         if not isinstance(primitive, A_ASSOCIATE) or primitive.result not in (1, 2):
             return
+        if getattr(event.assoc, "dimsebus_unreported", False):  # over the gate's event budget
+            return
         state = self.state(event.assoc, job)
         self._final_reference(event.assoc, state)
         if job is not None and job.operation.kind == "move":

@@ -20,10 +20,18 @@ from services.bus.connection import connect
 from services.bus.log import LogReader
 from services.node.app import Node
 from services.node.archive import Archive
-from services.node.config import Destination, NodeSettings
+from services.node.config import Destination, NodeSettings, Peer
 from services.node.synthetic import write_study
 from services.tracker.app import TrackerSettings, run_tracker
 from tests.integration.peers import dcmtk, free_port, run_tool, wait_for_port
+
+
+EVERY_SERVICE = frozenset({"echo", "store", "find", "move", "get"})
+TEST_PEERS = {
+    ae: Peer(host="127.0.0.1", allow=EVERY_SERVICE)  # type: ignore[arg-type]
+    for ae in ("MOVESCU", "GETSCU", "FINDSCU", "STORESCU")
+}
+"""The calling AE titles the tests' dcmtk and pynetdicom peers use, as a site would list them."""
 
 
 @dataclass
@@ -91,6 +99,7 @@ def _new_node(
 ) -> tuple[NodeSettings, str, list[str]]:
     node_id = f"test-{uuid.uuid4().hex[:8]}"
     root = tmp_path / node_id
+    settings = {"peers": TEST_PEERS, **settings}
     config = NodeSettings(
         node_id=node_id,
         amqp_url=amqp_url,

@@ -13,10 +13,11 @@ import pytest
 
 from schemas import events as ev
 from schemas.envelope import CloudEvent
-from schemas.examples import move_story, sequential_ids
+from schemas.examples import every_event, move_story, sequential_ids
 from services.audit.chain import GENESIS, next_record, verify
 from services.audit.messages import (
     Sent,
+    access_alert,
     begin_transferring,
     by_study,
     instances_transferred,
@@ -143,6 +144,25 @@ def test_patient_can_be_left_out_of_messages() -> None:
     sent = [s for s in (Sent.of(e) for e in RESPONSES) if s is not None]
     root = parse(instances_transferred(sent, T0, "a", policy="omit").xml)
     assert len(root.findall("ParticipantObjectIdentification")) == 1
+
+
+def test_a_refused_request_is_a_security_alert_of_restricted_use() -> None:
+    # given the example story's refused C-FIND and rejected association
+    refusals = [
+        e for e in every_event("n1", T0, sequential_ids()) if e.type == "dicom.access.refused"
+    ]
+    rejected, refused = (e for e in refusals if isinstance(e, ev.AccessRefused))
+    # when each becomes an audit message
+    codes = [
+        parse(access_alert(e, "dimsebus-test").xml).find("EventIdentification/EventTypeCode")
+        for e in (rejected, refused)
+    ]
+    # then both are Security Alerts: Node Authentication, then Use of Restricted Function
+    assert [c.get("csd-code") for c in codes if c is not None] == ["110126", "110132"]
+    root = parse(access_alert(refused, "dimsebus-test").xml)
+    outcome = root.find("EventIdentification/EventOutcomeDescription")
+    assert outcome is not None
+    assert "C-FIND refused 0x0124" in (outcome.text or "")
 
 
 def test_a_rejected_association_is_a_security_alert() -> None:
