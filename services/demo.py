@@ -35,7 +35,7 @@ from services.audit.store import AuditStore
 from services.errors import DimsebusError
 from services.node.app import QUERY_RETRIEVE, Node
 from services.node.archive import Archive
-from services.node.config import Destination, NodeSettings
+from services.node.config import Destination, NodeSettings, Peer
 from services.node.synthetic import write_study
 from services.retrier.app import RetrierSettings, run_retrier
 from services.retrier.policy import RetryPolicy
@@ -376,5 +376,6 @@ def node_for_demo(workdir: Path, url: str, node_port: int, destination_port: int
         archive_path=workdir / "archive",
         outbox_path=workdir / "node-outbox.sqlite",
         destinations={"DEMODEST": Destination(host="127.0.0.1", port=destination_port)},
+        peers={"DEMOSCU": Peer(host="127.0.0.1", allow=frozenset({"echo", "move"}))},
         dimse_timeout=10.0,
     )

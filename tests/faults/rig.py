@@ -109,6 +109,10 @@ class Rig:
     port: int
     destinations: dict[str, int]
     node_settings: dict[str, Any] = field(default_factory=dict)
+    peers: list[str] = field(
+        default_factory=lambda: ["MOVESCU", *(f"MOVESCU{n:02d}" for n in range(1, 100))]
+    )
+    """The calling AE titles that may move from the node (movescu, the load's movers)."""
     policy: dict[str, float] = field(default_factory=dict)
     processes: dict[str, Process] = field(default_factory=dict)
     study_uids: dict[str, list[str]] = field(default_factory=dict)
@@ -128,6 +132,8 @@ class Rig:
         ]
         for ae, port in self.destinations.items():
             lines += [f"\n[destinations.{ae}]", 'host = "127.0.0.1"', f"port = {port}"]
+        for ae in self.peers:
+            lines += [f"\n[peers.{ae}]", 'host = "127.0.0.1"', 'allow = ["echo", "move"]']
         (self.root / "node.toml").write_text("\n".join(lines) + "\n")
         (self.root / "tracker.toml").write_text(
             f'amqp_url = "{self.amqp_url}"\ndb = "{self.tracker_db}"\n'

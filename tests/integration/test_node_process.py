@@ -45,7 +45,8 @@ def config(tmp_path: Path) -> Iterator[tuple[Path, str, int, int]]:
             f'archive_path = "{tmp_path / "archive"}"\n'
             f'outbox_path = "{tmp_path / "outbox.sqlite"}"\n'
             f'amqp_url = "{UNREACHABLE}"\n\n'
-            f'[destinations.STORESCP]\nhost = "127.0.0.1"\nport = {peer.port}\n'
+            f'[destinations.STORESCP]\nhost = "127.0.0.1"\nport = {peer.port}\n\n'
+            '[peers.MOVESCU]\nhost = "127.0.0.1"\nallow = ["echo", "move"]\n'
         )
         yield path, node_id, port, peer.port
 
