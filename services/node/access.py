@@ -28,6 +28,10 @@ REFUSALS_BEFORE_ABORT = 3
 """Refused requests an association may make before the node aborts it: a peer that
 keeps asking for what it may not have is probing, and each refusal is an event."""
 
+REFUSED_DATA_LIMIT = 1024**2
+"""Bytes of data set a peer may send in one message of a service it may not use, before
+the node aborts instead of buffering it to refuse it."""
+
 Reason = Literal[
     "called_ae_title_not_recognised",
     "calling_ae_title_not_recognised",

@@ -109,6 +109,40 @@ class Gate:
                 serve(message, context_id)  # pynetdicom ignores or aborts it, as before
 
         assoc._serve_request = serve_request
+        self._bound_refused_data(assoc)
+
+    def _bound_refused_data(self, assoc: Any) -> None:
+        """Abort a peer that streams a data set for a service it may not use.
+
+        pynetdicom assembles a whole DIMSE message in memory before anyone sees it, so
+        an unknown peer that may echo could otherwise send a 2 GB C-STORE to be refused
+        only once it arrived. Its command (and a little data) still gets its 0x0124.
+        """
+        dimse = assoc.dimse
+        receive = dimse.receive_primitive
+        seen = [0]
+
+        def receive_primitive(primitive: Any) -> None:
+            grant = self._grants.get(assoc)
+            if grant is not None:
+                for context_id, data in primitive.presentation_data_value_list:
+                    if data[0] & 0x01:  # a command fragment starts a message (PS3.8 E.2)
+                        seen[0] = 0
+                        continue
+                    context = assoc._accepted_cx.get(context_id)
+                    service = access.service_of(str(context.abstract_syntax)) if context else None
+                    if service is not None and not access.may(grant, service):
+                        seen[0] += len(data) - 1
+                if seen[0] > access.REFUSED_DATA_LIMIT:
+                    log.warning(
+                        "aborting the association of %s: a data set for a service it may not use",
+                        assoc.requestor.ae_title,
+                    )
+                    assoc.dul.event_queue.put("Evt19")  # as pynetdicom does on a bad message
+                    return
+            receive(primitive)
+
+        dimse.receive_primitive = receive_primitive
 
     def _refuse(
         self,

@@ -199,3 +199,28 @@ async def test_a_peer_allowed_to_find_may_not_store(amqp_url: str, start_node: A
         "store",
         str(dataset.SOPClassUID),
     )
+
+
+async def test_a_large_data_set_for_a_refused_service_is_aborted_not_buffered(
+    amqp_url: str, start_node: Any
+) -> None:
+    # given a node, and a stranger (may only echo) that proposed CT storage too
+    node: RunningNode = await start_node(instances=1)
+    dataset = next(iter(node.node.archive.by_uids(node.instance_uids[:1]))).read()
+    dataset.PixelData = b"\0" * (4 * 1024**2)  # 4 MiB, beyond the 1 MiB the node listens to
+
+    def store() -> tuple[bool, bool]:
+        ae = AE(ae_title="STRANGER")
+        ae.add_requested_context(Verification)
+        ae.add_requested_context(dataset.SOPClassUID, dataset.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", node.settings.port, ae_title="DIMSEBUS")
+        established = assoc.is_established
+        response = assoc.send_c_store(dataset)
+        return established, "Status" in response
+
+    # when it streams the C-STORE
+    established, answered = await asyncio.to_thread(store)
+    # then the association, accepted for the echo, is aborted instead of answered
+    assert established
+    assert not answered
+    assert node.node.archive.count() == 1
