@@ -232,6 +232,11 @@ class MessageInvalidData(Model):
     operation: Operation | None = None
     error: Annotated[str, Field(min_length=1, max_length=4096)]
     fields: dict[Annotated[str, Field(max_length=64)], RawValue] = Field(default_factory=dict)
+    count: Annotated[int, Field(ge=1)] | None = Field(
+        None,
+        description="how many messages alike this event stands for (e.g. unsolicited "
+        "C-STORE-RSPs before the node aborted the association); absent: one",
+    )
     at: UtcDatetime
 
 

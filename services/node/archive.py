@@ -1,4 +1,8 @@
-"""The node's archive: a folder of DICOM files and an SQLite index over them."""
+"""The node's archive: a folder of DICOM files and an SQLite index over them.
+
+What it takes is decided by ``services.node.admission`` (valid UIDs, no silent
+overwrite of another patient's instance), where files go by ``services.node.files``.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,12 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from services.errors import DimsebusError
+from services.node import admission
+from services.node.admission import ArchiveError, Refused
+from services.node.files import ArchiveFiles, identifiers
 from services.node.query import ATTRIBUTES, LEVELS, UNIQUE_KEYS, Query
+
+__all__ = ["Archive", "ArchiveError", "Refused", "StoredInstance"]
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS instances (
@@ -45,10 +53,6 @@ CREATE TABLE IF NOT EXISTS commands (
 """
 
 
-class ArchiveError(DimsebusError):
-    """A file could not be added to the archive."""
-
-
 @dataclass(frozen=True, slots=True)
 class StoredInstance:
     """An archived instance: what a retrieve needs to send it."""
@@ -70,7 +74,7 @@ class Archive:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        (root / "files").mkdir(parents=True, exist_ok=True)
+        self.files = ArchiveFiles(root / "files")
         self._db = sqlite3.connect(root / "index.sqlite", check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(_SCHEMA)
@@ -80,48 +84,77 @@ class Archive:
         """Close the index."""
         self._db.close()
 
-    def store(self, dataset: Dataset) -> StoredInstance:
-        """Write ``dataset`` (with file meta) into the archive and index it; replaces a twin."""
-        uid = str(dataset.SOPInstanceUID)
-        path = self.root / "files" / str(dataset.StudyInstanceUID) / f"{uid}.dcm"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        dataset.save_as(path, enforce_file_format=True)
-        return self._index(dataset, path)
+    def store(
+        self,
+        dataset: Dataset,
+        *,
+        affected: tuple[str, str] | None = None,
+        overwrite: bool = False,
+    ) -> StoredInstance:
+        """Write ``dataset`` (with file meta) as ``files/<study>/<instance>.dcm`` and index it.
 
-    def import_file(self, source: Path) -> StoredInstance:
-        """Copy a DICOM file into the archive, or raise ``ArchiveError`` naming the file."""
+        Raises ``Refused`` (``services.node.admission``) before anything is written
+        when an identifying UID is not a valid UID or not the request's ``affected``
+        SOP Class and Instance UID, when the instance is held under another Patient ID
+        (unless ``overwrite``), or when the write fails. A replaced instance's old file
+        is overwritten or removed, never left behind.
+        """
+        uids = identifiers(dataset)
+        refusal = admission.identity_refusal(uids, affected)
+        if refusal is not None:
+            raise Refused(refusal)
+        path = self.files.path_of(str(uids["StudyInstanceUID"]), str(uids["SOPInstanceUID"]))
+        row = _columns(dataset, path)
+        staged = self.files.stage(dataset, path)
+        try:
+            previous = self._commit(row, staged, path, overwrite)
+        finally:
+            staged.unlink(missing_ok=True)  # gone once it replaced ``path``
+        if previous is not None and previous != path:
+            self.files.discard(previous)
+        return _instance(tuple(row[column] or "" for column in _INSTANCE_COLUMNS.split(", ")))
+
+    def import_file(self, source: Path, *, overwrite: bool = False) -> StoredInstance:
+        """Copy a DICOM file into the archive as ``store`` does, or raise ``ArchiveError``.
+
+        The error is one line naming the file and why it was skipped.
+        """
         try:
             dataset = dcmread(source)
         except (InvalidDicomError, OSError, ValueError) as exc:
             raise ArchiveError(f"{source}: not a readable DICOM file ({exc})") from exc
-        missing = [
-            k for k in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID") if k not in dataset
-        ]
-        if missing:
-            raise ArchiveError(f"{source}: missing {', '.join(missing)}")
-        return self.store(dataset)
+        try:
+            return self.store(dataset, overwrite=overwrite)
+        except Refused as exc:
+            raise ArchiveError(f"{source}: {exc.refusal.comment}") from exc
+        except Exception as exc:  # an operator gets a line per file, never a traceback
+            raise ArchiveError(f"{source}: cannot store ({type(exc).__name__}: {exc})") from exc
 
-    def _index(self, dataset: Dataset, path: Path) -> StoredInstance:
-        values = {
-            column: _text(dataset.get(keyword)) for keyword, (column, _) in ATTRIBUTES.items()
-        }
-        values["transfer_syntax_uid"] = str(dataset.file_meta.TransferSyntaxUID)
-        values["path"] = str(path)
-        columns = ", ".join(values)
+    def _commit(
+        self, row: dict[str, str | None], staged: Path, path: Path, overwrite: bool
+    ) -> Path | None:
+        """Index the instance and move its staged file into place, in one transaction.
+
+        Returns the path of the file it replaced, if any.
+        """
         with self._lock, self._db:
+            held = self._db.execute(
+                "SELECT patient_id, path FROM instances WHERE sop_instance_uid = ?",
+                (row["sop_instance_uid"],),
+            ).fetchone()
+            if held is not None:
+                refusal = admission.overwrite_refusal(
+                    held[0], row["patient_id"], overwrite_instances=overwrite
+                )
+                if refusal is not None:
+                    raise Refused(refusal)
             self._db.execute(
-                f"INSERT OR REPLACE INTO instances ({columns}) "
-                f"VALUES ({', '.join('?' * len(values))})",
-                tuple(values.values()),
+                f"INSERT OR REPLACE INTO instances ({', '.join(row)}) "
+                f"VALUES ({', '.join('?' * len(row))})",
+                tuple(row.values()),
             )
-        return StoredInstance(
-            str(dataset.SOPClassUID),
-            str(dataset.SOPInstanceUID),
-            str(values["transfer_syntax_uid"]),
-            path,
-            values.get("study_instance_uid"),
-            values.get("patient_id"),
-        )
+            self.files.place(staged, path)  # raising, it rolls the row back
+        return Path(held[1]) if held is not None else None
 
     def find(self, query: Query) -> list[dict[str, str]]:
         """One identifier per distinct match at the query's level, with the asked keys."""
@@ -225,6 +258,14 @@ _INSTANCE_COLUMNS = (
 def _instance(row: tuple[str, ...]) -> StoredInstance:
     sop_class, sop_instance, syntax, path, study, patient = row
     return StoredInstance(sop_class, sop_instance, syntax, Path(path), study, patient)
+
+
+def _columns(dataset: Dataset, path: Path) -> dict[str, str | None]:
+    """The index row of ``dataset`` stored at ``path``."""
+    values = {column: _text(dataset.get(keyword)) for keyword, (column, _) in ATTRIBUTES.items()}
+    values["transfer_syntax_uid"] = str(dataset.file_meta.TransferSyntaxUID)
+    values["path"] = str(path)
+    return values
 
 
 def _text(value: object) -> str | None:

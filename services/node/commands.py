@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from pathlib import Path
 from typing import Annotated, Any
@@ -92,27 +93,34 @@ def archive_import(
     paths: Annotated[list[Path], typer.Argument(help="files or folders")],
     config: ConfigOption = None,
 ) -> None:
-    """Add DICOM files to the node's archive; files that are not DICOM are named and skipped."""
+    """Add DICOM files to the node's archive, with the checks of a C-STORE.
+
+    A file whose UIDs are not valid, or whose instance the archive holds under
+    another Patient ID (unless overwrite_instances), is skipped: one line each,
+    naming it and why. Exits 2 when none of the files was imported.
+    """
     settings = node_settings(config)
-    archive = Archive(settings.archive_path)
     try:
         files = dicom_files(paths)
-    except DimsebusError as exc:
+        archive = Archive(settings.archive_path)
+    except (DimsebusError, OSError, sqlite3.Error) as exc:
         fail(str(exc))
     added, problems = 0, []
     with _progress() as progress:
         task = progress.add_task("importing", total=len(files))
         for path in files:
             try:
-                archive.import_file(path)
+                archive.import_file(path, overwrite=settings.overwrite_instances)
                 added += 1
             except ArchiveError as exc:
                 problems.append(str(exc))
             progress.advance(task)
     archive.close()
     for problem in problems:
-        err.print(f"skipped {problem}", highlight=False)
+        err.print(f"skipped {problem}", highlight=False, soft_wrap=True)
     console.print(f"imported {added} of {len(files)} files into {settings.archive_path}")
+    if not added:
+        raise typer.Exit(2)
 
 
 def send(

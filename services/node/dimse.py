@@ -45,7 +45,9 @@ from services.node.association import (
 )
 from services.node.capture import SentStore, Stamp, StoreResponse
 from services.node.config import NodeSettings
+from services.node.exchange import Outstanding
 from services.node.jobs import AssociationState, Job, Retrieval, SubAssociations, Subject
+from services.node.unsolicited import unsolicited_event
 
 log = logging.getLogger(__name__)
 
@@ -285,6 +287,8 @@ class Capture:
         If the association ``ended`` (source, detail, reason), it is marked so and the
         requests still unanswered are returned: they are missing.
         """
+        hostile: Association | None = None
+        unanswered: dict[int, Outstanding] = {}
         with state.lock:
             while state.sent:
                 event, requested_at = state.sent.popleft()
@@ -295,13 +299,20 @@ class Capture:
             while state.arrived:
                 event, arrived_at = state.arrived.popleft()
                 try:
-                    self._answer(state, event.message, arrived_at)
+                    if self._answer(state, event.message, arrived_at):
+                        hostile = event.assoc
                 except Exception as exc:
                     self.on_failure("on_dimse_recv", event, exc)
-            if ended is None:
-                return []
-            state.ended = state.ended or ended
-            unanswered, state.pending = state.pending, {}
+            if ended is not None:
+                state.ended = state.ended or ended
+                unanswered, state.pending = state.pending, {}
+        if hostile is not None:  # outside the lock: the abort's own handlers take it
+            log.warning(
+                "aborting association %s: %d C-STORE-RSPs answered nothing",
+                state.ref.id,
+                state.unsolicited.count,
+            )
+            hostile.abort(block=False)  # maybe on the DUL thread, which must not wait on itself
         return [each.sent for each in unanswered.values()]
 
     def _record_sent(
@@ -314,32 +325,53 @@ class Capture:
         else:
             state.pending[sent.message_id] = state.recorder.prepare(sent, new_id(), self.source)
 
-    def _answer(self, state: AssociationState, message: Any, arrived_at: dt.datetime) -> None:
+    def _answer(self, state: AssociationState, message: Any, arrived_at: dt.datetime) -> bool:
         """Join a C-STORE-RSP to its request and spool its one event, whatever it holds.
 
         A plain response to a known request is spooled as the exchange's record (its
-        event is made by the relay); any other gets its event built here.
+        event is made by the relay); any other gets its event built here. A response
+        to no outstanding request is only counted (``services.node.unsolicited``):
+        True when it used up the association's budget, which is then to be aborted.
         """
         values = read_values(message.command_set, _RESPONSE_TAGS)
         plain = exchange.plain_response(values) if values is not None else None
         response = plain or StoreResponse.of(command_values(message.command_set))
         key = salvage.message_id_or_none(response.message_id)
         outstanding = state.pending.pop(key, None) if key is not None else None
-        if outstanding is not None and plain is not None:
+        if outstanding is None:
+            return self._unsolicited(state, response)
+        if plain is not None:
             self._outbox.append_record(outstanding.record(plain, arrived_at))
             assert isinstance(plain.status, int)
             CSTORE.note(plain.status, (arrived_at - outstanding.sent.requested_at).total_seconds())
-            return
-        sent = outstanding.sent if outstanding is not None else None
-        if sent is None:
-            log.warning(
-                "C-STORE-RSP for unknown message id %r on %s", response.message_id, state.ref.id
-            )
+            return False
+        sent = outstanding.sent
         stamp = Stamp(new_id(), arrived_at, self.source)
         answer = capture.answer_event(sent, response, state.ref.id, stamp)
         self.emit(answer)
-        round_trip = (stamp.time - sent.requested_at).total_seconds() if sent else None
-        CSTORE.note(_category(answer), round_trip)
+        CSTORE.note(_category(answer), (arrived_at - sent.requested_at).total_seconds())
+        return False
+
+    @staticmethod
+    def _unsolicited(state: AssociationState, response: StoreResponse) -> bool:
+        """Count a response that answers nothing; True if it used up the budget just now."""
+        if state.unsolicited.count == 0:
+            log.warning(
+                "C-STORE-RSP for unknown message id %r on %s", response.message_id, state.ref.id
+            )
+        state.unsolicited = state.unsolicited.noted(response)
+        CSTORE.note("invalid", None)
+        return state.unsolicited.just_exhausted
+
+    def _report_unsolicited(self, state: AssociationState) -> None:
+        """The association ended: its unsolicited responses, if any, become one event."""
+        with state.lock:
+            if state.unsolicited_reported:
+                return
+            state.unsolicited_reported = True
+            event = unsolicited_event(state.unsolicited, state.ref.id, self.stamp())
+        if event is not None:
+            self.emit(event)
 
     @_guarded
     def on_released(self, event: evt.Event, job: Job | None) -> None:
@@ -370,7 +402,9 @@ class Capture:
         """
         source = abort_source(event.assoc)
         detail = ABORT_TEXT[source] if source else "TCP connection closed"
-        self._missing(self.state(event.assoc, job), source, detail)
+        state = self.state(event.assoc, job)
+        self._missing(state, source, detail)
+        self._report_unsolicited(state)
 
     def on_failure(self, handler: str, event: evt.Event, exc: Exception) -> None:
         """Record what a handler could not turn into its event, and log it."""
@@ -495,22 +529,48 @@ class Capture:
             failed=command.get("NumberOfFailedSuboperations") or 0,
             warning=command.get("NumberOfWarningSuboperations") or 0,
         )
+        # An archive filled before UIDs were validated may list invalid ones: they are
+        # named once in their own event, and the completed event goes out without them.
+        failed, invalid = salvage.split_uids(failed_uids(assoc, message))
         data = {
             **retrieval.data,
             "counts": counts,
             "error_comment": command.get("ErrorComment"),
-            "failed_sop_instance_uids": failed_uids(assoc, message),
+            "failed_sop_instance_uids": failed,
         }
         # Never-sent instances go first, in the same outbox write: whoever sees the
         # move completed has seen why its never-sent sub-operations failed.
         unsent = (
-            self._unsent_by_move(retrieval, data["failed_sop_instance_uids"], command.Status)
+            self._unsent_by_move(retrieval, failed, command.Status)
             if retrieval.model is ev.MoveCompleted
+            else []
+        )
+        left_out = (
+            [self._left_out(retrieval, message, "FailedSOPInstanceUIDList", invalid)]
+            if invalid
             else []
         )
         self.emit(
             *unsent,
+            *left_out,
             capture.retrieve_completed_event(retrieval.model, data, command.Status, self.stamp()),
+        )
+
+    def _left_out(
+        self, retrieval: Retrieval, message: Any, element: str, invalid: tuple[str, ...]
+    ) -> CloudEvent:
+        """``dicom.message.invalid`` naming the ``invalid`` UIDs of a final response, once."""
+        name = type(message).__name__.replace("_", "-")
+        log.warning("%d invalid UIDs in %s left out of its event", len(invalid), name)
+        data = retrieval.data
+        return salvage.left_out_event(
+            name,
+            element,
+            invalid,
+            self.stamp(),
+            association_id=data["association"].id,
+            message_id=data["message_id"],
+            operation=data["operation"],
         )
 
     def _sub_associations(self, operation_id: Any) -> SubAssociations:
@@ -526,7 +586,7 @@ class Capture:
             subs = self._moves.pop(operation.id, SubAssociations())
         # pynetdicom answers an unreachable destination with 0xA801 and no UID list.
         candidates = failed or (retrieval.uids if status == 0xA801 and not subs.sent else ())
-        unsent = [uid for uid in candidates if uid not in subs.sent]
+        unsent = [uid for uid in salvage.split_uids(candidates)[0] if uid not in subs.sent]
         if not unsent or retrieval.originator is None:
             return []
         destination = retrieval.data["move_destination"]

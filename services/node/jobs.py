@@ -11,6 +11,7 @@ from typing import Any
 from schemas import events as ev
 from schemas.envelope import CloudEvent
 from services.node.exchange import Outstanding, Recorder
+from services.node.unsolicited import Unsolicited
 
 
 @dataclass
@@ -78,3 +79,6 @@ class AssociationState:
     # Held while the sent and arrived are caught up on (whichever pynetdicom thread does
     # it): it guards ``pending`` and ``ended``, and keeps requests and responses in order.
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # C-STORE-RSPs that answered no outstanding request: one event for all, at the end.
+    unsolicited: Unsolicited = field(default_factory=Unsolicited)
+    unsolicited_reported: bool = False

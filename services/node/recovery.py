@@ -16,6 +16,7 @@ from schemas import events as ev
 from schemas.envelope import CloudEvent
 from services.node.capture import Stamp, unsent_event
 from services.node.journal import OpenMove
+from services.node.salvage import split_uids
 
 UNSENT_CHUNK = 1000  # instances per unsent event: a 10,000-instance move is 10 events
 
@@ -31,11 +32,14 @@ def interrupted_events(
     originator = ev.MoveOriginator(
         ae_title=data.association.peer_ae_title, message_id=data.message_id
     )
+    # An archive filled before UIDs were validated may hold invalid ones, which no event
+    # can carry (nor a resend request): they are counted in ``unanswered`` only.
+    resendable = list(split_uids(unanswered)[0])
     unsent = [
         unsent_event(
             data.operation,
             data.move_destination,
-            unanswered[start : start + UNSENT_CHUNK],
+            resendable[start : start + UNSENT_CHUNK],
             1,
             originator,
             labels,
@@ -43,7 +47,7 @@ def interrupted_events(
             detail,
             stamp(),
         )
-        for start in range(0, len(unanswered), UNSENT_CHUNK)
+        for start in range(0, len(resendable), UNSENT_CHUNK)
     ]
     now = stamp()
     interrupted = ev.MoveInterrupted.model_validate(

@@ -9,7 +9,7 @@ accepts. Nothing here touches a socket or a clock: ids and times come in.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from uuid import UUID
@@ -17,7 +17,7 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from schemas import events as ev
-from schemas.dicom import MESSAGE_ID_MAX, STATUS_MAX, check_ae_title
+from schemas.dicom import MESSAGE_ID_MAX, STATUS_MAX, check_ae_title, check_uid
 from schemas.envelope import CloudEvent
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ ERROR_LIMIT = 4096
 VALUE_LIMIT = 1024
 UID_LIMIT = 256
 MAX_FIELDS = 64
+NAMED_LIMIT = 16  # values an event names out of a list; the rest are counted
 UNKNOWN_AE_TITLE = "UNKNOWN"
 
 
@@ -113,8 +114,12 @@ def invalid_event(
     sop_instance_uid: object = None,
     operation: ev.Operation | None = None,
     fields: Mapping[str, object] | None = None,
+    count: int | None = None,
 ) -> CloudEvent:
-    """``dicom.message.invalid``: built from raw values, so it never fails on them."""
+    """``dicom.message.invalid``: built from raw values, so it never fails on them.
+
+    ``count`` is how many messages alike the event stands for, when more than one.
+    """
     uid = shown(sop_instance_uid, UID_LIMIT) if sop_instance_uid not in (None, "") else None
     data = ev.MessageInvalidData(
         message=text(message, 64) or "unknown",
@@ -124,6 +129,7 @@ def invalid_event(
         operation=operation,
         error=text(error, ERROR_LIMIT) or "no error text",
         fields=rendered(fields or {}),
+        count=count,
         at=stamp.time,
     )
     subject = uid or (str(association_id) if association_id else data.message)
@@ -135,6 +141,48 @@ def invalid_event(
             "subject": subject,
             "data": data,
         }
+    )
+
+
+def split_uids(values: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``values`` as (the valid UIDs, the rest), each in order (PS3.5 9.1)."""
+    valid: list[str] = []
+    invalid: list[str] = []
+    for value in values:
+        try:
+            valid.append(check_uid(value))
+        except (ValueError, TypeError):
+            invalid.append(value)
+    return tuple(valid), tuple(invalid)
+
+
+def left_out_event(
+    message: str,
+    element: str,
+    invalid: Sequence[str],
+    stamp: Stamp,
+    *,
+    association_id: UUID | None = None,
+    message_id: object = None,
+    operation: ev.Operation | None = None,
+) -> CloudEvent:
+    """``dicom.message.invalid`` naming, once, the values left out of a UID list.
+
+    E.g. SOP Instance UIDs an archive filled before it validated them, in a final
+    C-MOVE-RSP's Failed SOP Instance UID List: its event goes out without them.
+    """
+    named = invalid[:NAMED_LIMIT]
+    more = f" and {len(invalid) - len(named)} more" if len(invalid) > len(named) else ""
+    return invalid_event(
+        message,
+        f"{len(invalid)} value(s) of {element} are not valid UIDs (PS3.5 9.1) and were left "
+        f"out of the event: {', '.join(shown(value, UID_LIMIT) for value in named)}{more}",
+        stamp,
+        association_id=association_id,
+        message_id=message_id,
+        operation=operation,
+        fields={f"{element}[{index}]": value for index, value in enumerate(named)},
+        count=len(invalid),
     )
 
 

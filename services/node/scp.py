@@ -15,8 +15,8 @@ from pynetdicom import evt
 
 from schemas import events as ev
 from services.clock import new_id, utc_now
-from services.node import capture
-from services.node.archive import Archive, StoredInstance
+from services.node import admission, capture
+from services.node.archive import Archive, Refused, StoredInstance
 from services.node.config import NodeSettings
 from services.node.contexts import storage_contexts
 from services.node.dimse import Capture
@@ -53,17 +53,26 @@ class ArchiveSCP:
         ]
 
     def on_c_store(self, event: evt.Event) -> int | Dataset:
-        """Store into the archive; out of space is 0xA700, anything else 0xC000 with a comment."""
+        """Store into the archive, or answer why not (PS3.4 B.2.3; ``services.node.admission``).
+
+        Invalid UIDs 0xC000, a data set that is not the request's 0xA900, another
+        patient's instance 0x0111, no space 0xA700, another write error 0x0110; each
+        with an Error Comment naming the element, never repeating the peer's value.
+        """
+        request: Any = event.request
+        affected = (str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID))
         try:
             dataset = event.dataset
             dataset.file_meta = event.file_meta
-            self.archive.store(dataset)
-        except OSError as exc:
-            log.error("archive write failed: %s", exc)
-            return _status(0xA700, f"archive write failed: {exc}")
-        except Exception as exc:
+            self.archive.store(
+                dataset, affected=affected, overwrite=self.settings.overwrite_instances
+            )
+        except Refused as exc:
+            log.warning("C-STORE refused with 0x%04X: %s", exc.refusal.status, exc.refusal.comment)
+            return _refusal(exc.refusal)
+        except Exception:
             log.exception("cannot store instance")
-            return _status(0xC000, f"cannot store: {exc}")
+            return _status(0xC000, "cannot decode or store the data set")
         return 0x0000
 
     def on_c_find(self, event: evt.Event) -> Iterator[tuple[int | Dataset, Dataset | None]]:
@@ -233,6 +242,14 @@ def _keys(identifier: Dataset) -> dict[str, str]:
         for element in identifier
         if element.keyword and element.keyword not in ("QueryRetrieveLevel", "SpecificCharacterSet")
     }
+
+
+def _refusal(refusal: admission.Refusal) -> Dataset:
+    """A C-STORE-RSP status with Error Comment and, if named, Offending Element (PS3.7 C.4)."""
+    status = _status(refusal.status, refusal.comment)
+    if refusal.element is not None:
+        status.OffendingElement = [refusal.element]
+    return status
 
 
 def _status(code: int, comment: str) -> Dataset:
