@@ -15,6 +15,7 @@ from services.clock import sleep_unless
 from services.console import run_service
 from services.http import serving
 from services.metrics import GaugeCollector, OutboxCollector
+from services.node import server as edge
 from services.node.archive import Archive
 from services.node.config import NodeSettings
 from services.node.dimse import Capture
@@ -42,7 +43,7 @@ def build_ae(settings: NodeSettings) -> AE:
     ae.dimse_timeout = settings.dimse_timeout
     ae.acse_timeout = settings.acse_timeout
     ae.network_timeout = settings.network_timeout
-    ae.maximum_associations = 64
+    ae.maximum_associations = settings.max_associations
     ae.add_supported_context(VERIFICATION)
     for context in StoragePresentationContexts:
         # As Storage SCP, and as the SCP role of C-GET's C-STOREs on the requestor's side.
@@ -101,12 +102,12 @@ class Node:
         scp = ArchiveSCP(self.settings, self.archive, self.capture, self.journal)
         gate = Gate(self.settings, self.capture)
         ae = self.ae = build_ae(self.settings)
-        server = ae.start_server(
-            (self.settings.host, self.settings.port),
-            block=False,
+        server = edge.start(
+            ae,
+            self.settings,
             evt_handlers=[*self.capture.handlers(), *gate.handlers(), *scp.handlers()],
+            ssl_context=None,
         )
-        assert server is not None, "start_server(block=False) returns the server"
         log.info(
             "node %s listening as %s on %s:%d; archive %d instances; outbox depth %d",
             self.settings.node_id,
