@@ -24,6 +24,7 @@ from services.node.journal import MoveJournal
 from services.node.recovery import interrupted_events
 from services.node.resend import Resender, serve_commands
 from services.node.scp import ArchiveSCP
+from services.node.tls import scp_context
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +107,7 @@ class Node:
             ae,
             self.settings,
             evt_handlers=[*self.capture.handlers(), *gate.handlers(), *scp.handlers()],
-            ssl_context=None,
+            ssl_context=scp_context(self.settings),
         )
         log.info(
             "node %s listening as %s on %s:%d; archive %d instances; outbox depth %d",

@@ -24,6 +24,7 @@ from services.node.archive import Archive, ArchiveError
 from services.node.config import NodeSettings
 from services.node.dimse import Capture
 from services.node.sender import SendSummary, Target, dicom_files, send_files
+from services.node.tls import association_tls, scp_context
 
 node_app = typer.Typer(help="Run the DICOM node, or look at it.", invoke_without_command=True)
 archive_app = typer.Typer(help="The node's archive.", no_args_is_help=True)
@@ -50,16 +51,19 @@ def node(
         ctx.obj = config
         return
     configure_logging()
-    run_node(
-        node_settings(
-            config,
-            port=port,
-            ae_title=ae_title,
-            node_id=node_id,
-            amqp_url=amqp_url,
-            http_port=http_port,
-        )
+    settings = node_settings(
+        config,
+        port=port,
+        ae_title=ae_title,
+        node_id=node_id,
+        amqp_url=amqp_url,
+        http_port=http_port,
     )
+    try:
+        scp_context(settings)  # a bad [tls] is one line before anything starts
+    except DimsebusError as exc:
+        fail(str(exc))
+    run_node(settings)
 
 
 @node_app.command("status")
@@ -132,12 +136,16 @@ def send(
         "var/send-outbox.sqlite"
     ),
     amqp_url: Annotated[str | None, typer.Option(help="RabbitMQ URL")] = None,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="over DICOM TLS, with the [tls] of --config")
+    ] = False,
 ) -> None:
     """C-STORE files or folders to a peer; every C-STORE-RSP becomes an event on RabbitMQ."""
     configure_logging("WARNING")
     settings = node_settings(config, amqp_url=amqp_url, outbox_path=outbox)
     try:
-        target = Target.parse(to)
+        target = Target.parse(to, tls)
+        association_tls(settings, target.host, target.tls)  # a bad [tls] fails before sending
         labels = _labels(label or [])
         files = dicom_files(paths)
     except DimsebusError as exc:

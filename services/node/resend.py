@@ -167,15 +167,25 @@ class Resender:
                 self._unsent(group, uids, "unknown_destination", detail)
                 return None
             files = {i.sop_instance_uid: i.path for i in self.archive.by_uids(uids)}
-            return Target(destination, known.host, known.port), files
+            return Target(destination, known.host, known.port, known.tls), files
         if operation.kind == "store":
             job = self.archive.send_job(str(operation.id))
             if job is None:
                 self._unsent(group, uids, "not_found", "this node has no record of the send job")
                 return None
             (ae_title, host, port), files = job
-            return Target(ae_title, host, port), files
+            return Target(ae_title, host, port, self._speaks_tls(host, port)), files
         raise Unprocessable("C-GET sub-operations cannot be re-sent by the node")
+
+    def _speaks_tls(self, host: str, port: int) -> bool:
+        """Whether a send job's peer is a destination with ``tls = true`` (same host and port).
+
+        The archive records a send job's peer without whether it spoke TLS; a job sent
+        with ``--tls`` elsewhere is re-sent in plain TCP, which its TLS port refuses
+        before any data set leaves (an ``unsent`` event, not a leak).
+        """
+        destinations = self.settings.destinations.values()
+        return any(d.tls and (d.host, d.port) == (host, port) for d in destinations)
 
     def _unsent(
         self, group: ResendGroup, uids: list[str], reason: ev.UnsentReason, detail: str

@@ -23,6 +23,7 @@ from services.node.dimse import Capture
 from services.node.jobs import Job, Retrieval
 from services.node.journal import MoveJournal
 from services.node.query import QueryError, build_query
+from services.node.tls import association_tls
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ class ArchiveSCP:
                     (i.sop_class_uid, i.transfer_syntax_uid) for i in instances
                 ),
                 "evt_handlers": handlers,
+                "tls_args": association_tls(self.settings, destination.host, destination.tls),
             },
         )
         yield len(instances)

@@ -26,6 +26,7 @@ from services.node.config import NodeSettings
 from services.node.contexts import storage_contexts
 from services.node.dimse import Capture
 from services.node.jobs import Job
+from services.node.tls import association_tls
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,15 @@ class SendError(DimsebusError):
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """A peer Storage SCP: ``AE@HOST:PORT``."""
+    """A peer Storage SCP: ``AE@HOST:PORT``, and whether it speaks DICOM TLS."""
 
     ae_title: str
     host: str
     port: int
+    tls: bool = False
 
     @classmethod
-    def parse(cls, text: str) -> Target:
+    def parse(cls, text: str, tls: bool = False) -> Target:
         """Parse ``AE@HOST:PORT``, or raise naming what is wrong."""
         ae_title, at, address = text.partition("@")
         host, colon, port = address.rpartition(":")
@@ -69,7 +71,7 @@ class Target:
             or not 0 < int(port) < 65536
         ):
             raise SendError(f"--to: {text!r} is not AE@HOST:PORT (e.g. STORESCP@127.0.0.1:11112)")
-        return cls(ae_title, host, int(port))
+        return cls(ae_title, host, int(port), tls)
 
 
 @dataclass
@@ -142,6 +144,7 @@ def send_files(
         contexts=storage_contexts(meta for _, meta, *_ in headers),
         ae_title=target.ae_title,
         evt_handlers=[*handlers, (evt.EVT_ACSE_RECV, rejection.on_acse_recv)],
+        tls_args=association_tls(settings, target.host, target.tls),
     )
     try:
         _send_all(assoc, target, headers, job, summary, on_progress, rejection)
