@@ -19,6 +19,13 @@ from pydantic import (
     model_validator,
 )
 
+from schemas.limits import (
+    MAX_DATASCHEMA_LENGTH,
+    MAX_SOURCE_LENGTH,
+    MAX_SUBJECT_LENGTH,
+    MAX_TYPE_LENGTH,
+)
+
 SPECVERSION = "1.0"
 SCHEMA_VERSION = 1
 CONTENT_TYPE = "application/cloudevents+json"
@@ -48,7 +55,10 @@ UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 Source = Annotated[
     str,
     AfterValidator(_check_source),
-    Field(json_schema_extra={"format": "uri", "pattern": _SOURCE_PATTERN}),
+    Field(
+        max_length=MAX_SOURCE_LENGTH,
+        json_schema_extra={"format": "uri", "pattern": _SOURCE_PATTERN},
+    ),
 ]
 
 
@@ -64,11 +74,11 @@ class CloudEvent(Model):
     specversion: Literal["1.0"] = "1.0"
     id: UUID
     source: Source
-    type: str
+    type: Annotated[str, Field(max_length=MAX_TYPE_LENGTH)]
     time: UtcDatetime
-    subject: Annotated[str, Field(min_length=1)]
+    subject: Annotated[str, Field(min_length=1, max_length=MAX_SUBJECT_LENGTH)]
     datacontenttype: Literal["application/json"] = "application/json"
-    dataschema: str
+    dataschema: Annotated[str, Field(max_length=MAX_DATASCHEMA_LENGTH)]
     data: Model
 
     @model_validator(mode="before")

@@ -13,6 +13,20 @@ from pydantic import Field, TypeAdapter, model_validator
 
 from schemas.dicom import UID, AETitle, MessageID, Port, PresentationContextID, StatusCode
 from schemas.envelope import CloudEvent, Model, UtcDatetime
+from schemas.limits import (
+    MAX_FAILED_INSTANCES,
+    MAX_INVALID_FIELDS,
+    MAX_KEY_NAME_LENGTH,
+    MAX_KEY_VALUE_LENGTH,
+    MAX_KEYS,
+    MAX_LABEL_VALUE_LENGTH,
+    MAX_LABELS,
+    MAX_PRESENTATION_CONTEXTS,
+    MAX_REASON_LENGTH,
+    MAX_SOURCE_LENGTH,
+    MAX_TEXT_LENGTH,
+    MAX_UIDS,
+)
 from schemas.status import Service, StatusCategory, describe_status
 
 Role = Literal["requestor", "acceptor"]
@@ -43,13 +57,33 @@ UnsentReason = Literal[
 ]
 
 LabelKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-/]{1,63}$")]
-Labels = dict[LabelKey, Annotated[str, Field(max_length=256)]]
+Labels = Annotated[
+    dict[LabelKey, Annotated[str, Field(max_length=MAX_LABEL_VALUE_LENGTH)]],
+    Field(max_length=MAX_LABELS, description=f"at most {MAX_LABELS} labels"),
+]
 Host = Annotated[str, Field(min_length=1, max_length=253)]
 Count = Annotated[int, Field(ge=0)]
 Attempt = Annotated[int, Field(ge=1)]
-Comment = Annotated[str, Field(max_length=1024)]
+Comment = Annotated[str, Field(max_length=MAX_TEXT_LENGTH)]
+Reason = Annotated[str, Field(max_length=MAX_REASON_LENGTH)]
+NodeName = Annotated[str, Field(max_length=MAX_SOURCE_LENGTH)]
+InstanceUIDs = Annotated[
+    tuple[UID, ...],
+    Field(
+        min_length=1,
+        max_length=MAX_UIDS,
+        description=f"at most {MAX_UIDS} per event: more instances are more events",
+    ),
+]
+IdentifierKeys = Annotated[
+    dict[
+        Annotated[str, Field(max_length=MAX_KEY_NAME_LENGTH)],
+        Annotated[str, Field(max_length=MAX_KEY_VALUE_LENGTH)],
+    ],
+    Field(max_length=MAX_KEYS),
+]
 PatientId = Annotated[str, Field(min_length=1, max_length=128)]
-NodeId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+NodeId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$", max_length=64)]
 
 
 def _check_category(status: int, category: str, service: Service) -> None:
@@ -112,10 +146,10 @@ class FailedInstance(Model):
 
     sop_instance_uid: UID
     status: StatusCode | None
-    reason: str
+    reason: Comment
     attempts: Attempt
     next_attempt_at: UtcDatetime | None = None
-    gave_up: str | None = None
+    gave_up: Comment | None = None
 
 
 # -- C-STORE ---------------------------------------------------------------------------
@@ -189,7 +223,7 @@ class CStoreUnsentData(Model):
 
     operation: Operation
     destination_ae_title: AETitle
-    sop_instance_uids: Annotated[tuple[UID, ...], Field(min_length=1)]
+    sop_instance_uids: InstanceUIDs
     attempt: Attempt = 1
     move_originator: MoveOriginator | None = None
     labels: Labels = Field(default_factory=dict)
@@ -231,7 +265,9 @@ class MessageInvalidData(Model):
     )
     operation: Operation | None = None
     error: Annotated[str, Field(min_length=1, max_length=4096)]
-    fields: dict[Annotated[str, Field(max_length=64)], RawValue] = Field(default_factory=dict)
+    fields: Annotated[
+        dict[Annotated[str, Field(max_length=64)], RawValue], Field(max_length=MAX_INVALID_FIELDS)
+    ] = Field(default_factory=dict)
     count: Annotated[int, Field(ge=1)] | None = Field(
         None,
         description="how many messages alike this event stands for (e.g. unsolicited "
@@ -254,7 +290,9 @@ class AssociationEstablishedData(Model):
     """An association of the node, and the contexts that were negotiated."""
 
     association: AssociationRef
-    presentation_contexts: tuple[PresentationContext, ...] = ()
+    presentation_contexts: Annotated[
+        tuple[PresentationContext, ...], Field(max_length=MAX_PRESENTATION_CONTEXTS)
+    ] = ()
     max_pdu_length: Count | None = None
     at: UtcDatetime
 
@@ -266,7 +304,7 @@ class AssociationRejectedData(Model):
     result: Literal["permanent", "transient"]
     source: Literal["service_user", "service_provider_acse", "service_provider_presentation"]
     reason: Annotated[int, Field(ge=0, le=255)]
-    reason_text: str
+    reason_text: Comment
     at: UtcDatetime
 
 
@@ -281,7 +319,7 @@ class AssociationAbortedData(AssociationEndedData):
     """An A-ABORT or A-P-ABORT, or a lost connection."""
 
     source: Literal["local", "peer", "network"]
-    reason: str
+    reason: Comment
 
 
 class AssociationEstablished(CloudEvent):
@@ -367,7 +405,7 @@ class RetrieveRequestedData(Model):
     operation: Operation
     affected_sop_class_uid: UID
     query_level: QueryLevel
-    keys: dict[str, str] = Field(default_factory=dict)
+    keys: IdentifierKeys = Field(default_factory=dict)
     priority: Annotated[int, Field(ge=0, le=2)] = 0
     requested_at: UtcDatetime
 
@@ -388,7 +426,16 @@ class RetrieveCompletedData(Model):
     status_category: ResponseCategory
     error_comment: Comment | None = None
     counts: SubOperationCounts
-    failed_sop_instance_uids: tuple[UID, ...] = ()
+    failed_sop_instance_uids: Annotated[
+        tuple[UID, ...],
+        Field(
+            max_length=MAX_UIDS,
+            description=f"the first {MAX_UIDS} the final response listed",
+        ),
+    ] = ()
+    failed_sop_instance_uids_omitted: Count = Field(
+        0, description="how many more failed instances the final response listed"
+    )
     completed_at: UtcDatetime
 
     @model_validator(mode="after")
@@ -462,13 +509,22 @@ class MoveProgressData(Model):
     """The tracker's view of one C-MOVE."""
 
     operation: Operation
-    node_id: str
+    node_id: NodeName
     requestor_ae_title: AETitle | None
     destination_ae_title: AETitle | None
     expected: Count | None
     counts: SubOperationCounts
     outcome: MoveOutcome
-    failed_instances: tuple[FailedInstance, ...] = ()
+    failed_instances: Annotated[
+        tuple[FailedInstance, ...],
+        Field(
+            max_length=MAX_FAILED_INSTANCES,
+            description=f"the first {MAX_FAILED_INSTANCES} by SOP Instance UID",
+        ),
+    ] = ()
+    failed_instances_omitted: Count = Field(
+        0, description="failed instances not listed; the tracker's API lists them all"
+    )
     at: UtcDatetime
 
 
@@ -490,10 +546,10 @@ class RetryData(Model):
     """A retrier decision about the failed sub-operations of one operation."""
 
     operation: Operation
-    node_id: str
-    sop_instance_uids: Annotated[tuple[UID, ...], Field(min_length=1)]
+    node_id: NodeName
+    sop_instance_uids: InstanceUIDs
     attempt: Attempt
-    reason: str
+    reason: Reason
     retry_at: UtcDatetime | None = None
     status: StatusCode | None = None
     destination_ae_title: AETitle | None = None
@@ -521,7 +577,7 @@ class ResendData(Model):
 
     operation: Operation
     node_id: NodeId
-    sop_instance_uids: Annotated[tuple[UID, ...], Field(min_length=1)]
+    sop_instance_uids: InstanceUIDs
     destination_ae_title: AETitle
     move_originator: MoveOriginator | None
     attempt: Attempt

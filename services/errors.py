@@ -15,6 +15,10 @@ class TopologyError(DimsebusError):
     """The broker holds an exchange or queue that differs from the contract."""
 
 
+class TopologyNotAllowed(TopologyError):
+    """The broker user may not declare the topology (no configure permission)."""
+
+
 class InvalidEvent(DimsebusError):
     """A message body is not a valid event of the contract."""
 

@@ -17,6 +17,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from schemas.limits import MAX_BODY_BYTES
 from services.bus.topology import StreamRetention
 from services.errors import ConfigError
 
@@ -47,6 +48,12 @@ class ServiceSettings(BaseSettings):
     )
     publish_window: int = Field(256, ge=1, le=65535, description="unconfirmed publishes in flight")
     prefetch: int = Field(64, ge=1, le=65535, description="unacked deliveries per consumer")
+    max_body_bytes: int = Field(
+        MAX_BODY_BYTES,
+        ge=64 * 1024,
+        le=128 * 1024**2,
+        description="a message body over this is parked (or skipped on the log) unparsed",
+    )
     log_max_age: Annotated[str, AfterValidator(_check_max_age)] = Field(
         "30D", description="x-max-age of the dimsebus.log stream"
     )

@@ -40,7 +40,7 @@ from services.bus.connection import confirming_channel, connect
 from services.bus.consumer import Consumer
 from services.bus.log import LogReader
 from services.bus.session import consume_until, serve_supervised
-from services.bus.topology import WorkQueue, declare_topology, declare_work_queue
+from services.bus.topology import WorkQueue, declare_work_queue, ensure_topology
 from services.clock import sleep_unless, utc_now
 from services.http import serving
 from services.metrics import AUDIT_RECORDS, AUDIT_SENT, GaugeCollector
@@ -140,15 +140,21 @@ async def run_audit(
     connected = asyncio.Event()
 
     async def session(connection: AbstractConnection, stop: asyncio.Event) -> None:
+        await ensure_topology(connection, settings.retention)
         channel = await confirming_channel(connection)
-        await declare_topology(channel, settings.retention)
         if await asyncio.to_thread(store.count) == 0:
             # A first start: events published before the audit queue existed are only
             # on the log. The queue is declared first, so nothing falls between the two.
             await declare_work_queue(channel, AUDIT_QUEUE)
             read, added = await replay_into(auditor, connection)
             log.info("audit caught up with the log: %d read, %d recorded", read, added)
-        consumer = Consumer(channel, AUDIT_QUEUE, auditor.handle, prefetch=settings.prefetch)
+        consumer = Consumer(
+            channel,
+            AUDIT_QUEUE,
+            auditor.handle,
+            prefetch=settings.prefetch,
+            max_body_bytes=settings.max_body_bytes,
+        )
         announce = f"audit consuming {AUDIT_QUEUE.name} into {settings.db}"
         await consume_until(consumer, stop, connected, announce)
 
@@ -242,12 +248,17 @@ async def replay_into(
 ) -> tuple[int, int]:
     """Record what the log holds from ``start`` and the trail lacks: (read, added)."""
     read = added = 0
-    async with LogReader(await connection.channel(), start) as reader:
+    limit = auditor.settings.max_body_bytes
+    async with LogReader(await connection.channel(), start, max_body_bytes=limit) as reader:
         batch: list[Any] = []
         async for entry in reader.until_idle():
             read += 1
             if entry.event is not None:
                 batch.append(entry.event)
+            else:
+                log.warning(
+                    "skipping log entry %d (%s): %s", entry.offset, entry.routing_key, entry.error
+                )
             if len(batch) >= 500:
                 added += await asyncio.to_thread(auditor.record, batch)
                 batch = []

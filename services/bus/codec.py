@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from schemas.envelope import CONTENT_TYPE, CloudEvent
 from schemas.events import Event, parse_event
+from schemas.limits import MAX_BODY_BYTES
 from services.bus.batch import Outgoing
 from services.errors import InvalidEvent
 
@@ -78,17 +79,35 @@ def outgoing_event(event: CloudEvent) -> Outgoing:
     )
 
 
-def decode_body(body: bytes) -> Event:
-    """Validate a message body, or raise ``InvalidEvent`` naming every bad field."""
+def decode_body(
+    body: bytes, routing_key: str | None = None, max_bytes: int = MAX_BODY_BYTES
+) -> Event:
+    """Validate a message body, or raise ``InvalidEvent`` naming every bad field.
+
+    A body over ``max_bytes`` is refused before it is parsed. With ``routing_key``,
+    the event must be the one its routing key names: the broker authorises
+    publishers by routing key (topic permissions), so a body of another type under
+    a key its publisher may use is a forgery, not an event.
+    """
+    if len(body) > max_bytes:
+        raise InvalidEvent(
+            f"body: {len(body)} bytes is over the limit of {max_bytes} (max_body_bytes)"
+        )
     try:
-        return parse_event(body)
+        event = parse_event(body)
     except ValidationError as exc:
         raise InvalidEvent(describe_validation_error(exc)) from exc
+    if routing_key is not None and routing_key != event.routing_key:
+        raise InvalidEvent(
+            f"routing key {routing_key[:200]!r} is not the event's own, {event.routing_key!r} "
+            f"(type {event.type!r})"
+        )
+    return event
 
 
-def from_message(message: AbstractIncomingMessage) -> Event:
-    """The event in ``message``: the body is the event; the properties only mirror it."""
-    return decode_body(message.body)
+def from_message(message: AbstractIncomingMessage, max_bytes: int = MAX_BODY_BYTES) -> Event:
+    """The event in ``message``, under its own routing key; the properties only mirror it."""
+    return decode_body(message.body, message.routing_key or "", max_bytes)
 
 
 def describe_validation_error(exc: ValidationError, limit: int = 5) -> str:

@@ -3,7 +3,9 @@
 A handler returns once its effect is durable; only then is the message acked.
 A message that is not a valid event, or that the handler declares
 ``Unprocessable``, is parked: re-published to ``dimsebus.dlx`` with the reason
-in ``x-dimsebus-reason``, which routes it to ``<queue>.dead``. Any other error
+in ``x-dimsebus-reason``, which routes it to ``<queue>.dead``. So is a body over
+``max_body_bytes`` (unparsed), and an event under another routing key than its
+own (a publisher may only use the keys its broker user is allowed). Any other error
 requeues it after a short back-off, and the quorum queue's ``x-delivery-limit``
 dead-letters it if it keeps failing, so nothing loops forever.
 """
@@ -21,6 +23,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelInvalidStateError
 
 from schemas.events import Event
+from schemas.limits import MAX_BODY_BYTES
 from services.bus.codec import from_message
 from services.bus.publisher import Publisher
 from services.bus.topology import DEAD_LETTER_EXCHANGE, WorkQueue, declare_work_queue
@@ -92,11 +95,13 @@ class Consumer:
         handler: Handler,
         *,
         prefetch: int = 64,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self._channel = channel
         self._queue = queue
         self._handler = handler
         self._prefetch = prefetch
+        self._max_body_bytes = max_body_bytes
         self._parker = Publisher(channel)
         self._consuming: tuple[AbstractQueue, str] | None = None
         self._in_flight = 0
@@ -129,7 +134,7 @@ class Consumer:
         try:
             error: Exception | None = None
             try:
-                await self._handler(from_message(message))
+                await self._handler(from_message(message, self._max_body_bytes))
             except Exception as exc:
                 error = exc
             try:

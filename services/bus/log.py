@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from aio_pika.abc import AbstractChannel, AbstractQueueIterator
 
 from schemas.events import Event
+from schemas.limits import MAX_BODY_BYTES
 from services.bus.codec import from_message
 from services.bus.topology import LOG_STREAM
 from services.errors import ConfigError, InvalidEvent
@@ -19,7 +20,11 @@ NAMED_OFFSETS = ("first", "last", "next")
 
 @dataclass(frozen=True, slots=True)
 class LogEntry:
-    """One message of the log: its stream offset and its event, or why it is not one."""
+    """One message of the log: its stream offset and its event, or why it is not one.
+
+    A record that is not a valid event (too big, not the contract, not under its own
+    routing key) is an entry with ``error``: readers skip it, naming the offset.
+    """
 
     offset: int
     routing_key: str
@@ -50,10 +55,12 @@ class LogReader:
         offset: str | int | dt.datetime = "first",
         *,
         prefetch: int = 1000,
+        max_body_bytes: int = MAX_BODY_BYTES,
     ) -> None:
         self._channel = channel
         self._offset = offset
         self._prefetch = prefetch
+        self._max_body_bytes = max_body_bytes
         self._messages: AbstractQueueIterator | None = None
         self._unacked = 0
 
@@ -86,7 +93,7 @@ class LogReader:
         offset = int((message.headers or {}).get("x-stream-offset", -1))  # type: ignore[arg-type]
         key = message.routing_key or ""
         try:
-            entry = LogEntry(offset, key, from_message(message))
+            entry = LogEntry(offset, key, from_message(message, self._max_body_bytes))
         except InvalidEvent as exc:
             entry = LogEntry(offset, key, None, str(exc))
         # A stream needs acks only as credit; one multiple-ack per batch saves frames,

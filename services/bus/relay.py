@@ -33,7 +33,7 @@ from services.bus.connection import confirming_channel, connect
 from services.bus.log import LogReader
 from services.bus.outbox import Outbox, OutboxRow, read_depth
 from services.bus.publisher import Publisher
-from services.bus.topology import EVENTS_EXCHANGE, declare_topology
+from services.bus.topology import EVENTS_EXCHANGE, ensure_topology
 from services.clock import sleep_unless
 from services.errors import PublishInterrupted
 
@@ -116,9 +116,7 @@ class OutboxRelay:
     ) -> None:
         # Declare on a channel of its own: a robust channel re-declares what it declared
         # when it reconnects, and a stream that is still starting would close it again.
-        setup = await connection.channel()
-        await declare_topology(setup)
-        await setup.close()
+        await ensure_topology(connection)
         channel = await confirming_channel(connection)
         # No retries inside the publisher: a publish cut off by the connection is settled
         # here, by looking for it on the log, rather than sent twice.

@@ -1,18 +1,25 @@
 """The broker topology of DESIGN.md, declared idempotently by every service at start.
 
 Argument tables are pure functions so that they can be checked without a
-broker; ``declare_*`` are the thin aio-pika shell over them.
+broker; ``declare_*`` are the thin aio-pika shell over them. Services call
+``ensure_topology``: a broker user that may not configure the exchanges and the
+log (the least-privilege users of ``scripts/rabbitmq-users``) checks that an
+admin declared them instead.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from dataclasses import dataclass
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractQueue
-from aiormq.exceptions import ChannelPreconditionFailed
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
+from aiormq.exceptions import ChannelAccessRefused, ChannelNotFoundEntity, ChannelPreconditionFailed
 
-from services.errors import TopologyError
+from services.errors import TopologyError, TopologyNotAllowed
+
+log = logging.getLogger(__name__)
 
 EVENTS_EXCHANGE = "dimsebus.events"
 LOG_STREAM = "dimsebus.log"
@@ -100,18 +107,75 @@ def delay_queue_arguments() -> dict[str, str | int]:
     }
 
 
+EXCHANGES = (EVENTS_EXCHANGE, DEAD_LETTER_EXCHANGE, COMMANDS_EXCHANGE, DELAYS_EXCHANGE)
+
+
 async def declare_topology(
     channel: AbstractChannel, retention: StreamRetention = StreamRetention()
 ) -> None:
-    """Declare the exchanges and the event log stream; safe to repeat."""
-    events = await channel.declare_exchange(
-        EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
-    )
-    await channel.declare_exchange(DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True)
-    await channel.declare_exchange(COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
-    await channel.declare_exchange(DELAYS_EXCHANGE, aio_pika.ExchangeType.HEADERS, durable=True)
-    log = await _declare_queue(channel, LOG_STREAM, stream_arguments(retention))
-    await log.bind(events, "#")
+    """Declare the exchanges and the event log stream; safe to repeat.
+
+    Raises ``TopologyNotAllowed`` (and the broker closes ``channel``) for a user
+    without configure permission on them.
+    """
+    try:
+        events = await channel.declare_exchange(
+            EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        await channel.declare_exchange(
+            DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        await channel.declare_exchange(COMMANDS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+        await channel.declare_exchange(DELAYS_EXCHANGE, aio_pika.ExchangeType.HEADERS, durable=True)
+        stream = await _declare_queue(channel, LOG_STREAM, stream_arguments(retention))
+        await stream.bind(events, "#")
+    except ChannelAccessRefused as exc:
+        raise TopologyNotAllowed(
+            f"this broker user may not declare the topology ({exc.args[0] if exc.args else exc}); "
+            "an admin declares it once: `dimsebus topology declare` as dimsebus-admin"
+        ) from exc
+
+
+async def check_topology(channel: AbstractChannel) -> None:
+    """Check passively (no permission needed) that the exchanges and the log exist."""
+    try:
+        for name in EXCHANGES:
+            await channel.get_exchange(name, ensure=True)
+        await channel.get_queue(LOG_STREAM, ensure=True)
+    except ChannelNotFoundEntity as exc:
+        raise TopologyError(
+            f"{exc.args[0] if exc.args else exc}: the topology is not declared, and this "
+            "broker user may not declare it; run `dimsebus topology declare` as dimsebus-admin"
+        ) from exc
+
+
+async def ensure_topology(
+    connection: AbstractConnection, retention: StreamRetention = StreamRetention()
+) -> bool:
+    """Declare the topology (True), or check that it exists if this user may not (False).
+
+    Each try has a channel of its own: a refused declare closes its channel.
+    """
+    channel = await connection.channel()
+    try:
+        await declare_topology(channel, retention)
+        return True
+    except TopologyNotAllowed as exc:
+        refused = exc
+    finally:
+        await _close_quietly(channel)
+    channel = await connection.channel()
+    try:
+        await check_topology(channel)
+    finally:
+        await _close_quietly(channel)
+    log.info("topology checked, not declared: %s", refused)
+    return False
+
+
+async def _close_quietly(channel: AbstractChannel) -> None:
+    with contextlib.suppress(Exception):
+        await channel.close()
 
 
 async def declare_work_queue(channel: AbstractChannel, queue: WorkQueue) -> AbstractQueue:

@@ -28,6 +28,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from schemas import events as ev
 from schemas.envelope import CloudEvent
+from schemas.limits import MAX_UIDS, chunked
 from services.bus.outbox import Outbox
 from services.clock import new_id, utc_now
 from services.metrics import CSTORE
@@ -536,7 +537,8 @@ class Capture:
             **retrieval.data,
             "counts": counts,
             "error_comment": command.get("ErrorComment"),
-            "failed_sop_instance_uids": failed,
+            "failed_sop_instance_uids": failed[:MAX_UIDS],  # the contract's cap per event
+            "failed_sop_instance_uids_omitted": max(len(failed) - MAX_UIDS, 0),
         }
         # Never-sent instances go first, in the same outbox write: whoever sees the
         # move completed has seen why its never-sent sub-operations failed.
@@ -597,7 +599,7 @@ class Capture:
             capture.unsent_event(
                 operation,
                 destination,
-                unsent,
+                list(chunk),
                 1,
                 retrieval.originator,
                 {**self.labels},
@@ -605,6 +607,7 @@ class Capture:
                 detail,
                 self.stamp(),
             )
+            for chunk in chunked(unsent)
         ]
 
 

@@ -25,7 +25,7 @@ from schemas import events as ev
 from services.bus.connection import confirming_channel
 from services.bus.consumer import Consumer
 from services.bus.session import consume_until, supervised
-from services.bus.topology import declare_topology, node_commands
+from services.bus.topology import ensure_topology, node_commands
 from services.clock import sleep_unless
 from services.errors import Unprocessable
 from services.metrics import RESEND_COMMANDS
@@ -200,10 +200,16 @@ async def serve_commands(resender: Resender, stop: asyncio.Event) -> None:
     worker = asyncio.create_task(resender.run(stop))
 
     async def session(connection: AbstractConnection, stop: asyncio.Event) -> None:
+        await ensure_topology(connection, settings.retention)
         channel = await confirming_channel(connection)
-        await declare_topology(channel, settings.retention)
         queue = node_commands(settings.node_id)
-        consumer = Consumer(channel, queue, resender.handle, prefetch=settings.prefetch)
+        consumer = Consumer(
+            channel,
+            queue,
+            resender.handle,
+            prefetch=settings.prefetch,
+            max_body_bytes=settings.max_body_bytes,
+        )
         announce = f"node {settings.node_id} takes commands from {queue.name}"
         await consume_until(consumer, stop, asyncio.Event(), announce)
 

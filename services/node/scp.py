@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from itertools import islice
 from typing import Any
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 
 from schemas import events as ev
+from schemas.limits import MAX_KEY_NAME_LENGTH, MAX_KEY_VALUE_LENGTH, MAX_KEYS, clip
 from services.clock import new_id, utc_now
 from services.node import admission, capture
 from services.node.archive import Archive, Refused, StoredInstance
@@ -192,7 +194,7 @@ class ArchiveSCP:
             "operation": operation,
             "affected_sop_class_uid": str(request.AffectedSOPClassUID),
             "query_level": str(identifier.get("QueryRetrieveLevel", "STUDY")),
-            "keys": {k: v for k, v in _keys(identifier).items() if v},
+            "keys": recorded_keys(_keys(identifier)),
             "priority": int(request.Priority or 0),
             "requested_at": utc_now(),
         }
@@ -236,6 +238,16 @@ def _subjects(instances: list[StoredInstance]) -> Iterator[tuple[str, str | None
 
 def _completed_base(data: dict[str, Any]) -> dict[str, Any]:
     return {k: data[k] for k in ("association", "message_id", "operation")}
+
+
+def recorded_keys(keys: dict[str, str]) -> dict[str, str]:
+    """The identifier's non-empty keys as its event records them: a peer chooses how many
+    and how long, the contract caps both (``schemas.limits``)."""
+    kept = ((name, value) for name, value in keys.items() if value)
+    return {
+        clip(name, MAX_KEY_NAME_LENGTH): clip(value, MAX_KEY_VALUE_LENGTH)
+        for name, value in islice(kept, MAX_KEYS)
+    }
 
 
 def _keys(identifier: Dataset) -> dict[str, str]:

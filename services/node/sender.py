@@ -16,6 +16,7 @@ from pynetdicom import AE, evt
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
 from schemas import events as ev
+from schemas.limits import chunked
 from schemas.status import Service, describe_status
 from services.clock import new_id
 from services.errors import DimsebusError
@@ -208,7 +209,7 @@ def emit_unsent(
     reason: ev.UnsentReason,
     detail: str,
 ) -> None:
-    """``dicom.cstore.unsent`` for a job's instances never requested, one event per attempt."""
+    """``dicom.cstore.unsent`` for a job's instances never requested, by attempt and chunk."""
     by_attempt: dict[int, list[str]] = defaultdict(list)
     for uid in uids:
         by_attempt[job.attempts.get(uid, 1)].append(uid)
@@ -218,7 +219,7 @@ def emit_unsent(
             unsent_event(
                 job.operation,
                 destination,
-                sorted(attempt_uids),
+                list(chunk),
                 attempt,
                 job.move_originator,
                 {**capture.labels, **job.labels},
@@ -227,6 +228,7 @@ def emit_unsent(
                 capture.stamp(),
             )
             for attempt, attempt_uids in sorted(by_attempt.items())
+            for chunk in chunked(sorted(attempt_uids))
         )
     )
 

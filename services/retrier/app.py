@@ -38,8 +38,8 @@ from services.bus.topology import (
     DELAYS_EXCHANGE,
     WorkQueue,
     declare_delay_queue,
-    declare_topology,
     declare_work_queue,
+    ensure_topology,
     node_commands,
 )
 from services.clock import utc_now
@@ -158,10 +158,16 @@ async def run_retrier(
     connected = asyncio.Event()
 
     async def session(connection: AbstractConnection, stop: asyncio.Event) -> None:
+        await ensure_topology(connection, settings.retention)
         channel = await confirming_channel(connection)
-        await declare_topology(channel, settings.retention)
         retrier = Retrier(settings, store, channel)
-        consumer = Consumer(channel, RETRIER_QUEUE, retrier.handle, prefetch=settings.prefetch)
+        consumer = Consumer(
+            channel,
+            RETRIER_QUEUE,
+            retrier.handle,
+            prefetch=settings.prefetch,
+            max_body_bytes=settings.max_body_bytes,
+        )
         policy = settings.policy.model_dump()
         announce = f"retrier {settings.retrier_id} consuming {RETRIER_QUEUE.name}; policy {policy}"
         await consume_until(consumer, stop, connected, announce)
@@ -191,8 +197,8 @@ async def send_commands(settings: ServiceSettings, commands: list[ev.ResendSubOp
     """Publish resend commands to their nodes at once, with confirms."""
     connection = await connect(settings.amqp_url, "dimsebus-cli-commands")
     async with connection:
+        await ensure_topology(connection, settings.retention)
         channel = await confirming_channel(connection)
-        await declare_topology(channel, settings.retention)
         for node_id in {command.data.node_id for command in commands}:
             await declare_work_queue(channel, node_commands(node_id))
         await Publisher(channel).publish_all(commands, COMMANDS_EXCHANGE)

@@ -24,7 +24,7 @@ from services.bus.log import LogEntry, LogReader
 from services.bus.outbox import Outbox
 from services.bus.relay import RelayProcess
 from services.bus.session import supervised
-from services.bus.topology import declare_topology
+from services.bus.topology import ensure_topology
 from services.clock import utc_now
 from services.http import serving
 from services.metrics import TRACKER_APPLIED, GaugeCollector, OutboxCollector
@@ -185,9 +185,7 @@ async def follow(
     checkpoint = tracker.store.checkpoint()
     start: str | int = settings.start_from if checkpoint is None else checkpoint + 1
     log.info("tracker reading dimsebus.log from %s", start)
-    setup = await connection.channel()
-    await declare_topology(setup, settings.retention)
-    await setup.close()
+    await ensure_topology(connection, settings.retention)
     await _read(tracker, settings, connection, start, stop, ready)
 
 
@@ -199,7 +197,9 @@ async def _read(
     stop: asyncio.Event,
     ready: asyncio.Event | None,
 ) -> None:
-    async with LogReader(await connection.channel(), start, prefetch=2000) as reader:
+    async with LogReader(
+        await connection.channel(), start, prefetch=2000, max_body_bytes=settings.max_body_bytes
+    ) as reader:
         queue: asyncio.Queue[LogEntry] = asyncio.Queue(maxsize=5000)
         pump = asyncio.create_task(_pump(reader, queue))
         if ready is not None:

@@ -19,6 +19,7 @@ from pydantic import Field
 
 from schemas import events as ev
 from schemas.envelope import CloudEvent, Model
+from schemas.limits import MAX_FAILED_INSTANCES, chunked, clip
 from schemas.status import Service, describe_status
 
 Category = Literal["success", "warning", "failure", "cancel", "missing", "unsent"]
@@ -391,7 +392,7 @@ def failed_instances(move: MoveState) -> tuple[ev.FailedInstance, ...]:
         ev.FailedInstance(
             sop_instance_uid=uid,
             status=status,
-            reason=reason,
+            reason=clip(reason),
             attempts=attempts,
             next_attempt_at=_next_attempt_at(move.retries.get(uid), attempts),
             gave_up=_gave_up(move.retries.get(uid), attempts),
@@ -407,15 +408,16 @@ def _next_attempt_at(mark: RetryMark | None, attempts: int) -> dt.datetime | Non
 
 
 def _gave_up(mark: RetryMark | None, attempts: int) -> str | None:
-    if mark is None or mark.attempt < attempts:
+    if mark is None or mark.attempt < attempts or mark.gave_up is None:
         return None
-    return mark.gave_up
+    return clip(mark.gave_up)
 
 
 def progress_data(
     move: MoveState, now: dt.datetime, stall_after: dt.timedelta
 ) -> ev.MoveProgressData:
-    """The derived events' payload for ``move``."""
+    """The derived events' payload for ``move``: the first failed instances, the rest counted."""
+    failed = failed_instances(move)
     return ev.MoveProgressData(
         operation=ev.Operation(kind="move", id=move.move_id),
         node_id=move.node_id,
@@ -424,7 +426,8 @@ def progress_data(
         expected=move.expected,
         counts=counts(move),
         outcome=outcome(move, now, stall_after),
-        failed_instances=failed_instances(move),
+        failed_instances=failed[:MAX_FAILED_INSTANCES],
+        failed_instances_omitted=max(len(failed) - MAX_FAILED_INSTANCES, 0),
         at=now,
     )
 
@@ -453,7 +456,7 @@ def retry_commands(
                 "data": ev.ResendData(
                     operation=ev.Operation(kind="move", id=move.move_id),
                     node_id=move.node_id,
-                    sop_instance_uids=tuple(uids),
+                    sop_instance_uids=tuple(chunk),
                     destination_ae_title=move.destination_ae_title,
                     move_originator=originator,
                     attempt=attempt,
@@ -461,4 +464,5 @@ def retry_commands(
             }
         )
         for attempt, uids in sorted(by_attempt.items())
+        for chunk in chunked(uids)
     ]
