@@ -25,7 +25,6 @@ from services.node.synthetic import write_study
 from services.tracker.app import TrackerSettings, run_tracker
 from tests.integration.peers import dcmtk, free_port, run_tool, wait_for_port
 
-
 EVERY_SERVICE = frozenset({"echo", "store", "find", "move", "get"})
 TEST_PEERS = {
     ae: Peer(host="127.0.0.1", allow=EVERY_SERVICE)  # type: ignore[arg-type]
