@@ -60,3 +60,13 @@ def test_service_has_health_state_and_settings_that_parse(
     assert settings.http_port == 9100
     paths = [str(v) for k, v in settings.model_dump().items() if k in ("db", "archive_path")]
     assert all(path.startswith("/var/lib/dimsebus") for path in paths), paths
+
+
+def test_the_node_lists_its_peers_and_lets_strangers_only_echo() -> None:
+    from services.node.config import NodeSettings
+    from services.settings import load_settings
+
+    settings = load_settings(NodeSettings, ROOT / "deploy" / "node.toml")
+    assert settings.access.unknown_peers == {"echo"}
+    assert settings.access.check_called_ae
+    assert settings.peers, "the compose node lists the peers that may do more than echo"
