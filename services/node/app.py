@@ -43,6 +43,7 @@ def build_ae(settings: NodeSettings) -> AE:
     ae.maximum_pdu_size = settings.max_pdu
     ae.dimse_timeout = settings.dimse_timeout
     ae.acse_timeout = settings.acse_timeout
+    ae.connection_timeout = settings.acse_timeout  # TCP connect and TLS handshake, outgoing
     ae.network_timeout = settings.network_timeout
     ae.maximum_associations = settings.max_associations
     ae.add_supported_context(VERIFICATION)

@@ -136,6 +136,7 @@ def send_files(
         )
     ae = AE(ae_title=settings.ae_title)
     ae.dimse_timeout, ae.acse_timeout = settings.dimse_timeout, settings.acse_timeout
+    ae.connection_timeout = settings.acse_timeout  # TCP connect and TLS handshake
     ae.network_timeout, ae.maximum_pdu_size = settings.network_timeout, settings.max_pdu
     rejection = Rejection()
     handlers = capture.handlers(job) if capture else connection_handlers()

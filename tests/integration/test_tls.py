@@ -315,3 +315,24 @@ async def dimsebus_send(
         "--outbox", str(tmp_path / "outbox.sqlite"), *flags, str(tmp_path / "study"),
         env=env,
     )  # fmt: skip
+
+
+async def test_a_destination_that_never_handshakes_is_given_up_on(
+    tmp_path: Path, amqp_url: str, pki: Pki
+) -> None:
+    # given a "TLS peer" that accepts TCP connections and never answers the handshake
+    write_study(tmp_path / "study", 1, seed="tls-silent")
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'archive_path = "{tmp_path / "archive"}"\nacse_timeout = 2.0\n'
+        f'[tls]\ncertificate = "{pki.node.certificate}"\nkey = "{pki.node.key}"\n'
+        f'ca = "{pki.ca}"\n'
+    )
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        to = f"SILENT@127.0.0.1:{silent.getsockname()[1]}"
+        # when `dimsebus send --tls` sends to it
+        started = time.monotonic()
+        code, output = await dimsebus_send(tmp_path, config, amqp_url, to, "--tls")
+        # then it gives up after the connection timeout (acse_timeout), not never
+        assert code != 0, output
+        assert time.monotonic() - started < 30, output
