@@ -65,7 +65,13 @@ async def run_load(root: Path, amqp_url: str, moves: int, instances: int) -> Loa
             )
             for n in range(1, moves + 1)
         ]
-        rig = new_rig(root / "rig", amqp_url, {peer.ae_title: peer.port for peer in peers})
+        # Every requestor is on 127.0.0.1, as behind a site's router: allow them all at once.
+        rig = new_rig(
+            root / "rig",
+            amqp_url,
+            {peer.ae_title: peer.port for peer in peers},
+            max_associations_per_host=moves + 4,
+        )
         try:
             studies = [rig.add_study(instances, seed=f"load{n:02d}") for n in range(1, moves + 1)]
             await rig.start_downstream()
