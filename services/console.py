@@ -29,7 +29,7 @@ HttpPortOption = Annotated[
 
 def fail(message: str) -> NoReturn:
     """Print one clear line naming the problem, and exit 2."""
-    err.print(f"[red]error:[/red] {message}", highlight=False)
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)  # one line
     raise typer.Exit(2)
 
 

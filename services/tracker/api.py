@@ -130,19 +130,19 @@ OPENAPI: dict[str, Any] = {
 }
 
 
-def load_moves(settings: TrackerSettings) -> list[MoveState]:
-    """Every move in the tracker's store, read through a connection of its own."""
+def load_moves(settings: TrackerSettings, prefix: str = "") -> list[MoveState]:
+    """Every move in the tracker's store (or those whose id starts with ``prefix``)."""
     store = open_store(settings.db)
     try:
-        return store.all_moves()
+        return store.moves_starting_with(prefix) if prefix else store.all_moves()
     finally:
         store.close()
 
 
-def load_views(settings: TrackerSettings) -> list[dict[str, Any]]:
-    """Every move as `moves show --json` and the API print it, oldest first."""
+def load_views(settings: TrackerSettings, prefix: str = "") -> list[dict[str, Any]]:
+    """Every move (or those whose id starts with ``prefix``) as `moves show --json` prints it."""
     now, stall = utc_now(), dt.timedelta(seconds=settings.stall_after)
-    return [move_view(move, now, stall) for move in load_moves(settings)]
+    return [move_view(move, now, stall) for move in load_moves(settings, prefix)]
 
 
 def moves_in_progress(settings: TrackerSettings) -> float:

@@ -1,15 +1,18 @@
-"""``dimsebus tracker`` and ``dimsebus moves list|show|watch``."""
+"""``dimsebus tracker`` and ``dimsebus moves list|show|wait|watch``."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import json
+import re
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
+from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
@@ -20,6 +23,7 @@ from services.console import (
     DbOption,
     HttpPortOption,
     console,
+    err,
     fail,
     run_service,
     settings_or_exit,
@@ -36,6 +40,12 @@ from services.tracker.store import open_store
 moves_app = typer.Typer(
     help="C-MOVEs as the tracker folded them from the log.", no_args_is_help=True
 )
+
+FINAL_EXIT_CODES = {"completed": 0, "completed_with_failures": 1, "failed": 1, "cancelled": 1}
+"""The outcomes `moves wait` stops at, and its exit status for each (3 is a timeout)."""
+TIMED_OUT = 3
+SHORTEST_ID = 8
+_MOVE_ID_PREFIX = re.compile(r"[0-9a-fA-F-]{1,36}")
 
 
 def _settings(config: Path | None, **flags: Any) -> TrackerSettings:
@@ -55,11 +65,40 @@ def tracker(
     run_service(lambda stop: run_tracker(settings, stop))
 
 
-def _views(settings: TrackerSettings) -> list[dict[str, Any]]:
+def _views(settings: TrackerSettings, prefix: str = "") -> list[dict[str, Any]]:
     try:
-        return load_views(settings)
+        return load_views(settings, prefix)
     except DimsebusError as exc:
         fail(str(exc))
+
+
+def id_width(move_ids: list[str], shortest: int = SHORTEST_ID) -> int:
+    """How many leading characters tell every one of ``move_ids`` apart (at least ``shortest``).
+
+    UUIDv7 ids begin with their millisecond timestamp, so moves started close
+    together share many leading characters. A prefix never ends on a dash.
+    """
+    ordered = sorted(set(move_ids))
+    width = max([shortest, *(_shared(a, b) + 1 for a, b in itertools.pairwise(ordered))])
+    while any(move_id[width - 1 : width] == "-" for move_id in ordered):
+        width += 1
+    return width
+
+
+def _shared(a: str, b: str) -> int:
+    """How many leading characters ``a`` and ``b`` have in common."""
+    return next(
+        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
+    )
+
+
+def _print_table(table: Table) -> None:
+    """A table as wide as it needs when the output is a file or a pipe (nothing cut short)."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    wide = console.measure(table, options=console.options.update_width(10_000)).maximum
+    Console(width=max(wide, console.width), highlight=False).print(table)
 
 
 @moves_app.command("list")
@@ -86,13 +125,17 @@ def moves_list(
             for v in views
             if v["started_at"] and dt.datetime.fromisoformat(v["started_at"]) >= limit
         ]
-    show_rows(
-        views,
-        as_json=as_json,
-        title=f"{len(views)} moves",
-        columns=("move", "from", "to", "outcome", "done", "failed", "expected", "started"),
-        row=lambda v: (
-            v["move_id"][:13],
+    if as_json:
+        print(json.dumps(views, indent=2))
+        return
+    width = id_width([v["move_id"] for v in views])
+    table = Table(title=f"{len(views)} moves")
+    table.add_column("move", no_wrap=True, min_width=width)  # never cut: `moves show` takes it
+    for column in ("from", "to", "outcome", "done", "failed", "expected", "started"):
+        table.add_column(column)
+    for v in views:
+        table.add_row(
+            v["move_id"][:width],
             v["requestor_ae_title"] or "?",
             v["destination_ae_title"] or "?",
             v["outcome"],
@@ -100,8 +143,8 @@ def moves_list(
             str(v["counts"]["failed"]),
             str(v["expected"] or "?"),
             (v["started_at"] or "")[:19],
-        ),
-    )
+        )
+    _print_table(table)
 
 
 @moves_app.command("rejected")
@@ -137,22 +180,14 @@ def moves_show(
     db: DbOption = None,
 ) -> None:
     """One move: counts, outcome, failed instances with their statuses, and its timeline."""
-    matches = [
-        v for v in _views(_settings(config, db=db)) if v["move_id"].startswith(move_id.lower())
-    ]
+    matches = _views(_settings(config, db=db), move_id)
     if len(matches) != 1:
         fail(f"move id {move_id!r} matches {len(matches)} moves")
     view = matches[0]
     if as_json:
         print(json.dumps(view, indent=2))
         return
-    c = view["counts"]
-    console.print(
-        f"move {view['move_id']}  {view['requestor_ae_title']} -> {view['destination_ae_title']}  "
-        f"[bold]{view['outcome']}[/bold]\n"
-        f"expected {view['expected']}, completed {c['completed']}, warning {c['warning']}, "
-        f"failed {c['failed']}, remaining {c['remaining']}"
-    )
+    _print_summary(view)
     if view["failed_instances"]:
         table = Table(title="failed instances")
         for column in ("SOP instance", "status", "attempts", "reason", "retry"):
@@ -182,6 +217,90 @@ def moves_show(
     for entry in view["timeline"]:
         timeline.add_row(entry["at"], entry["what"])
     console.print(timeline)
+
+
+@moves_app.command("wait")
+def moves_wait(
+    move_id: Annotated[str, typer.Argument(help="a move id, or a unique prefix of one")],
+    timeout: Annotated[
+        float | None, typer.Option(help="give up after this many seconds (exit 3)")
+    ] = None,
+    interval: Annotated[float, typer.Option(help="seconds between reads of the store")] = 0.2,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
+    config: ConfigOption = None,
+    db: DbOption = None,
+) -> None:
+    """Wait for a move's final outcome: exit 0 completed, 1 otherwise, 3 on timeout.
+
+    Final is completed (0), completed_with_failures, failed or cancelled (1). It
+    reads the tracker's committed state, as `moves show` does, every
+    ``--interval``: a move in any other state (in progress, retrying, stalled)
+    is waited for, and so is an id the tracker has not folded yet.
+    """
+    settings = _wait_settings(move_id, timeout, interval, config, db)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        found = _views(settings, move_id)
+        if len(found) > 1:
+            fail(f"move id {move_id!r} matches {len(found)} moves")
+        view = found[0] if found else None
+        if view is not None and view["outcome"] in FINAL_EXIT_CODES:
+            _print_view(view, as_json)
+            raise typer.Exit(FINAL_EXIT_CODES[view["outcome"]])
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            _timed_out(move_id, view, timeout, as_json)
+        time.sleep(interval if left is None else min(interval, left))
+
+
+def _wait_settings(
+    move_id: str, timeout: float | None, interval: float, config: Path | None, db: str | None
+) -> TrackerSettings:
+    """The settings `moves wait` reads; a bad argument is one line and exit 2."""
+    if not _MOVE_ID_PREFIX.fullmatch(move_id):
+        fail(f"move id {move_id!r} is not a move id or a prefix of one")
+    if timeout is not None and timeout < 0:
+        fail(f"--timeout {timeout} must be 0 or more seconds")
+    if interval <= 0:
+        fail(f"--interval {interval} must be more than 0 seconds")
+    settings = _settings(config, db=db)
+    is_url = settings.db.startswith(("postgresql://", "postgres://"))
+    if not is_url and not Path(settings.db).exists():  # not create an empty one and wait forever
+        fail(f"--db {settings.db!r}: no tracker database there")
+    return settings
+
+
+def _print_view(view: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(view, indent=2))
+    else:
+        _print_summary(view)
+
+
+def _timed_out(
+    move_id: str, view: dict[str, Any] | None, timeout: float | None, as_json: bool
+) -> NoReturn:
+    if view is None:
+        err.print(f"timed out after {timeout} s: no move matches {move_id!r} yet", highlight=False)
+    else:
+        _print_view(view, as_json)
+        err.print(
+            f"timed out after {timeout} s: move {view['move_id']} is {view['outcome']}",
+            highlight=False,
+        )
+    raise typer.Exit(TIMED_OUT)
+
+
+def _print_summary(view: dict[str, Any]) -> None:
+    c = view["counts"]
+    console.print(
+        f"move {view['move_id']}  {view['requestor_ae_title']} -> {view['destination_ae_title']}  "
+        f"[bold]{view['outcome']}[/bold]\n"
+        f"expected {view['expected']}, completed {c['completed']}, warning {c['warning']}, "
+        f"failed {c['failed']}, remaining {c['remaining']}",
+        highlight=False,
+        soft_wrap=True,  # one line per fact, however narrow the terminal: scripts read it
+    )
 
 
 @moves_app.command("retry")

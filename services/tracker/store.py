@@ -72,6 +72,10 @@ class TrackerStore(abc.ABC):
         """Every move, oldest first."""
 
     @abc.abstractmethod
+    def moves_starting_with(self, prefix: str) -> list[MoveState]:
+        """The moves whose id starts with ``prefix``, oldest first, without reading the others."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release the connection."""
 
@@ -134,6 +138,15 @@ class SqlStore(TrackerStore):
 
     def all_moves(self) -> list[MoveState]:
         rows = self.db.execute("SELECT state FROM tracker_moves ORDER BY started_at, move_id")
+        return [MoveState.model_validate_json(row[0]) for row in rows]
+
+    def moves_starting_with(self, prefix: str) -> list[MoveState]:
+        pattern = prefix.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self.db.execute(
+            "SELECT state FROM tracker_moves WHERE move_id LIKE ? ESCAPE '\\' "
+            "ORDER BY started_at, move_id",
+            (pattern + "%",),
+        )
         return [MoveState.model_validate_json(row[0]) for row in rows]
 
     def close(self) -> None:

@@ -67,3 +67,15 @@ class TestTrackerStore:
         store.save([move], offset=1)
         assert store.find(str(move.move_id)[:20]) == move
         assert store.find("ffffffff") is None
+
+    def test_moves_starting_with_reads_only_the_matching_ones(self, store: TrackerStore) -> None:
+        # given a move whose id has a LIKE wildcard's look-alike nowhere in it
+        move = folded()
+        store.save([move], offset=1)
+        move_id = str(move.move_id)
+        # then a prefix, in any case, finds it; another prefix or a wildcard does not
+        assert store.moves_starting_with(move_id[:9].upper()) == [move]
+        assert store.moves_starting_with(move_id) == [move]
+        assert store.moves_starting_with("ffffffff") == []
+        assert store.moves_starting_with("%") == []
+        assert store.moves_starting_with("_") == []
