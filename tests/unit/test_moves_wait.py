@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -86,6 +88,28 @@ def test_list_piped_prints_prefixes_that_show_resolves(tmp_path: Path) -> None:
     # and the 7-character prefix the issue saw is an ambiguity, not a guess
     code, shown = invoke("show", "01a229f", "--db", db)
     assert (code, shown.strip()) == (2, "error: move id '01a229f' matches 3 moves")
+
+
+def test_list_in_a_narrow_terminal_still_prints_whole_prefixes(tmp_path: Path) -> None:
+    # given the same three moves, listed in a 50-column terminal (rich squeezes columns)
+    db = saved(
+        tmp_path / "tracker.sqlite",
+        *(story(move_id, f"n{i}", 100 * (i + 1)) for i, move_id in enumerate(CLOSE_IDS)),
+    )
+    env = {**os.environ, "TTY_COMPATIBLE": "1", "COLUMNS": "50"}
+    listed = subprocess.run(
+        [sys.executable, "-m", "services", "moves", "list", "--db", db],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    # then the other columns give way, and no id prefix is cut
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", listed.stdout)  # without the terminal's styles
+    assert max(len(line) for line in shown.splitlines()) <= 50
+    for move_id in CLOSE_IDS:
+        assert f"│ {move_id[:13]} │" in shown
 
 
 def test_list_json_has_full_ids(tmp_path: Path) -> None:
