@@ -164,8 +164,7 @@ def routes(settings: TrackerSettings) -> list[web.RouteDef]:
 
     async def one_move(request: web.Request) -> web.Response:
         prefix = request.match_info["move_id"].lower()
-        views = await asyncio.to_thread(load_views, settings)
-        found = [v for v in views if v["move_id"].startswith(prefix)]
+        found = await asyncio.to_thread(load_views, settings, prefix)
         if len(found) != 1:
             return web.json_response(
                 {"error": f"move id {prefix!r} matches {len(found)} moves"}, status=404
