@@ -14,7 +14,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
 from services.clock import new_id, utc_now
@@ -349,24 +349,27 @@ def moves_watch(
         MofNCompleteColumn(),
         TextColumn("{task.fields[state]}"),
     )
-    tasks: dict[str, Any] = {}
+    tasks: dict[str, TaskID] = {}
     with Live(progress, console=console, refresh_per_second=4):
         try:
             while True:
-                for view in _views(settings):
-                    c = view["counts"]
-                    done = c["completed"] + c["warning"] + c["failed"]
-                    total = view["expected"] or max(done, 1)
-                    if view["move_id"] not in tasks:
-                        if view["outcome"] not in ("in_progress", "retrying", "stalled"):
-                            continue
-                        peers = f"{view['requestor_ae_title']}->{view['destination_ae_title']}"
-                        label = f"{view['move_id'][:8]} {peers}"
-                        tasks[view["move_id"]] = progress.add_task(label, total=total, state="")
-                    state = f"{view['outcome']} ({c['failed']} failed)"
-                    progress.update(
-                        tasks[view["move_id"]], completed=done, total=total, state=state
-                    )
+                _draw(progress, tasks, _views(settings))
                 time.sleep(interval)
         except KeyboardInterrupt:
             return
+
+
+def _draw(progress: Progress, tasks: dict[str, TaskID], views: list[dict[str, Any]]) -> None:
+    """One refresh: a bar per move not finished when first seen, labelled by a unique prefix."""
+    width = id_width([v["move_id"] for v in views])
+    for view in views:
+        move_id, c = view["move_id"], view["counts"]
+        if move_id not in tasks and view["outcome"] in FINAL_EXIT_CODES:
+            continue
+        done = c["completed"] + c["warning"] + c["failed"]
+        total = view["expected"] or max(done, 1)
+        label = f"{move_id[:width]} {view['requestor_ae_title']}->{view['destination_ae_title']}"
+        if move_id not in tasks:
+            tasks[move_id] = progress.add_task(label, total=total, state="")
+        state = f"{view['outcome']} ({c['failed']} failed)"
+        progress.update(tasks[move_id], description=label, completed=done, total=total, state=state)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import pty
+import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -89,19 +93,35 @@ def test_show_of_an_unknown_id_is_a_clear_error(db: str) -> None:
 
 
 def test_watch_draws_a_bar_for_the_running_move(db: str) -> None:
-    # given a terminal-less run of `moves watch` for two seconds
+    # given `moves watch` in a terminal (a pseudo-terminal: rich redraws it live)
+    terminal, its_end = pty.openpty()
     process = subprocess.Popen(
         [sys.executable, "-m", "services", "moves", "watch", "--db", db, "--interval", "0.2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        stdin=its_end,
+        stdout=its_end,
+        stderr=its_end,
+        env={**os.environ, "COLUMNS": "120"},
     )
+    os.close(its_end)
     try:
-        output, _ = process.communicate(timeout=2)
-    except subprocess.TimeoutExpired:
-        process.send_signal(signal.SIGINT)  # Ctrl-C: the live display ends with a last frame
-        output, _ = process.communicate()
-    # then the unfinished move has a bar and the finished one does not
-    assert "MOVESCU->STORESCP" in output
-    assert "in_progress" in output
-    assert "completed_with_failures" not in output
+        # when its first frames are drawn
+        output = _read_until(terminal, b"in_progress (2 failed)", within=60)
+    finally:
+        process.send_signal(signal.SIGINT)  # Ctrl-C: it stops
+        process.wait(30)
+        os.close(terminal)
+    # then the unfinished move has a bar, labelled by the prefix that tells it from the
+    # finished one (ids ...0001 and ...01f4), and the finished one has none
+    assert b"00000000-0000-0000-0000-0000000001 MOVESCU->STORESCP" in output
+    assert b"completed_with_failures" not in output
+    assert process.returncode == 0
+
+
+def _read_until(terminal: int, wanted: bytes, within: float) -> bytes:
+    """What the terminal shows until ``wanted`` appears (or ``within`` seconds pass)."""
+    output, deadline = b"", time.monotonic() + within
+    while wanted not in output and time.monotonic() < deadline:
+        ready, _, _ = select.select([terminal], [], [], 0.5)
+        if ready:
+            output += os.read(terminal, 65536)
+    return output
