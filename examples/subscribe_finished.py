@@ -21,7 +21,7 @@ import asyncio
 import sys
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
 
 from schemas.events import MoveFinished, parse_event
@@ -48,8 +48,10 @@ def validated(message: AbstractIncomingMessage) -> MoveFinished | None:
         return None
     try:
         event = parse_event(message.body)
-    except ValidationError as exc:
-        print(f"skipped {message.message_id}: {exc.errors()[0]['msg']}", file=sys.stderr)
+    except ValidationError as exc:  # the first problem, with the field it is in
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        print(f"skipped {message.message_id}: {where}: {error['msg']}", file=sys.stderr)
         return None
     if not isinstance(event, MoveFinished):
         print(f"skipped {message.message_id}: a {event.type}", file=sys.stderr)
@@ -57,7 +59,7 @@ def validated(message: AbstractIncomingMessage) -> MoveFinished | None:
     return event
 
 
-async def bind(channel: aio_pika.abc.AbstractChannel, name: str | None) -> AbstractQueue:
+async def bind(channel: AbstractChannel, name: str | None) -> AbstractQueue:
     """Our queue, bound to the finished events on dimsebus's exchange."""
     # The exchange is dimsebus's: look it up (passive), never declare it here.
     exchange = await channel.get_exchange(EXCHANGE, ensure=True)

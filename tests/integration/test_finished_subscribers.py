@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import pytest
 
 from services.tracker.store import open_store
@@ -37,6 +38,8 @@ async def test_the_example_subscriber_prints_a_real_moves_outcome(
     assert subscriber.stderr is not None
     ready = await asyncio.wait_for(subscriber.stderr.readline(), 60)
     assert b"listening on" in ready, ready
+    # and a message under its routing key that is not a valid event
+    await _publish(amqp_url, b'{"type": "dimsebus.move.finished"}', message_id="junk-1")
     with storescp(tmp_path / "received", ae_title=destination) as peer:
         node: RunningNode = await start_node(instances=10, destinations={destination: peer.port})
         # when movescu moves a 10-instance study there through the node
@@ -44,6 +47,8 @@ async def test_the_example_subscriber_prints_a_real_moves_outcome(
         # then the subscriber prints the move's one line and exits 0 after it (--count 1)
         output, errors = await asyncio.wait_for(subscriber.communicate(), 120)
     assert subscriber.returncode == 0, errors.decode()
+    # (having skipped the invalid message, with why)
+    assert "skipped junk-1: " in errors.decode()
     [move] = moves_of(settings.db, node)
     assert output.decode().splitlines() == [
         f"{move['move_id']}  MOVESCU->{destination}  completed  completed=10 warning=0 failed=0"
@@ -76,6 +81,15 @@ async def test_moves_wait_exits_0_with_the_final_state_of_a_real_move(
     view = json.loads(output)
     assert (view["move_id"], view["outcome"]) == (move_id, "completed")
     assert view["counts"] == {"remaining": 0, "completed": 50, "failed": 0, "warning": 0}
+
+
+async def _publish(amqp_url: str, body: bytes, message_id: str) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange("dimsebus.events")
+        message = aio_pika.Message(body, message_id=message_id)
+        await exchange.publish(message, routing_key="dimsebus.move.finished")
 
 
 async def _first_move_id(db: str, node: RunningNode) -> str:
