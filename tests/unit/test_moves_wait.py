@@ -34,10 +34,12 @@ CLOSE_IDS = (
 )
 
 
-def story(move_id: str, node_id: str, first_id: int, *, finished: bool = True) -> MoveState:
+def story(
+    move_id: str, node_id: str, first_id: int, *, finished: bool = True, start: dt.datetime = T0
+) -> MoveState:
     """A 5-instance move (two failures) with the id ``move_id``, folded as the tracker would."""
     ids: Iterator[UUID] = itertools.chain([UUID(move_id)], sequential_ids(first_id))
-    events = move_story(node_id=node_id, start=T0, ids=ids, instances=5)
+    events = move_story(node_id=node_id, start=start, ids=ids, instances=5)
     state: MoveState | None = None
     for event in events:
         if move_key(event) and (finished or not isinstance(event, ev.MoveCompleted)):
@@ -140,11 +142,20 @@ def test_wait_for_a_finished_move_prints_it_and_exits_1_for_failures(tmp_path: P
     assert json.loads(output)["outcome"] == "completed_with_failures"
 
 
-def test_wait_times_out_with_3_on_a_running_move_and_an_unknown_id(tmp_path: Path) -> None:
-    db = saved(tmp_path / "tracker.sqlite", story(CLOSE_IDS[0], "n1", 100, finished=False))
-    code, output = invoke("wait", CLOSE_IDS[0], "--timeout", "0.3", "--db", db)
-    assert code == 3, output
-    assert f"timed out after 0.3 s: move {CLOSE_IDS[0]} is " in output
+def test_wait_times_out_with_3_on_running_and_stalled_moves_and_an_unknown_id(
+    tmp_path: Path,
+) -> None:
+    # given a move running now, and one whose last event is years old (stalled: not final)
+    now = dt.datetime.now(dt.UTC)
+    running = story(CLOSE_IDS[0], "n1", 100, finished=False, start=now)
+    stalled = story(
+        CLOSE_IDS[2], "n2", 200, finished=False, start=dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    )
+    db = saved(tmp_path / "tracker.sqlite", running, stalled)
+    for move_id, state in ((CLOSE_IDS[0], "in_progress"), (CLOSE_IDS[2], "stalled")):
+        code, output = invoke("wait", move_id, "--timeout", "0.3", "--db", db)
+        assert code == 3, output
+        assert f"timed out after 0.3 s: move {move_id} is {state}" in output
     code, output = invoke("wait", "ffff", "--timeout", "0", "--db", db)
     assert code == 3, output
     assert "timed out after 0.0 s: no move matches 'ffff' yet" in output
