@@ -502,6 +502,100 @@ class GetCompleted(CloudEvent):
     data: RetrieveCompletedData
 
 
+# -- C-MOVE requested by the node (Move SCU) -----------------------------------------
+
+MoveLevel = Literal["STUDY", "SERIES", "IMAGE"]
+UIDList = Annotated[tuple[UID, ...], Field(max_length=MAX_UIDS)]
+
+
+class RemoteAE(Model):
+    """A remote application entity the node opens an association to."""
+
+    ae_title: AETitle
+    host: Host
+    port: Port
+    tls: bool = False
+
+
+class MoveCommandData(Model):
+    """What the node must ask a remote archive to move, and where (PS3.4 C.4.2, Study Root).
+
+    STUDY level names the study; SERIES level its series; IMAGE level its instances
+    (with their series where the archive needs it: at most one).
+    """
+
+    operation: Operation
+    node_id: NodeId
+    source: RemoteAE
+    destination_ae_title: AETitle
+    query_level: MoveLevel
+    study_instance_uid: UID
+    series_instance_uids: UIDList | None = None
+    sop_instance_uids: UIDList | None = None
+    attempt: Attempt = 1
+    labels: Labels = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _level_matches_keys(self) -> Self:
+        if self.operation.kind != "move":
+            raise ValueError(f"operation.kind must be 'move', not {self.operation.kind!r}")
+        series, instances = self.series_instance_uids or (), self.sop_instance_uids or ()
+        if self.query_level == "STUDY" and (series or instances):
+            raise ValueError("query_level STUDY takes no series_instance_uids or sop_instance_uids")
+        if self.query_level == "SERIES" and (not series or instances):
+            raise ValueError("query_level SERIES needs series_instance_uids and no instances")
+        if self.query_level == "IMAGE" and (not instances or len(series) > 1):
+            raise ValueError("query_level IMAGE needs sop_instance_uids and at most one series")
+        return self
+
+
+class MoveResponseData(Model):
+    """A C-MOVE-RSP the node received as Move SCU (PS3.7 9.3.4.2, PS3.4 C.4.2.1.5).
+
+    Pending responses carry the sub-operation counts so far; the final one
+    (``final``) also the Failed SOP Instance UID List, capped as ``schemas.limits`` says.
+    """
+
+    association: AssociationRef
+    message_id: MessageID = Field(description="the C-MOVE-RQ's Message ID")
+    operation: Operation
+    move_destination: AETitle
+    attempt: Attempt = 1
+    final: bool
+    status: StatusCode
+    status_category: Literal["success", "warning", "failure", "cancel", "pending"]
+    error_comment: Comment | None = None
+    counts: SubOperationCounts
+    failed_sop_instance_uids: Annotated[
+        tuple[UID, ...],
+        Field(max_length=MAX_UIDS, description=f"the first {MAX_UIDS} the final response listed"),
+    ] = ()
+    failed_sop_instance_uids_omitted: Count = Field(
+        0, description="how many more failed instances the final response listed"
+    )
+    labels: Labels = Field(default_factory=dict)
+    responded_at: UtcDatetime
+
+    @model_validator(mode="after")
+    def _status_matches_category(self) -> Self:
+        _check_category(self.status, self.status_category, Service.QUERY_RETRIEVE)
+        return self
+
+
+class MoveResponseReceived(CloudEvent):
+    """A C-MOVE-RSP arrived at the node, which asked a remote archive to move."""
+
+    type: Literal["dicom.move.response.received"] = "dicom.move.response.received"
+    data: MoveResponseData
+
+
+class CStoreResponseSent(CloudEvent):
+    """The node answered a C-STORE-RQ of a C-MOVE it requested (it was the destination)."""
+
+    type: Literal["dicom.cstore.response.sent"] = "dicom.cstore.response.sent"
+    data: CStoreResponseReceivedData
+
+
 # -- derived by the tracker and the retrier ------------------------------------------
 
 
@@ -596,6 +690,18 @@ class ResendSubOperations(CloudEvent):
         return f"{self.type}.{self.data.node_id}"
 
 
+class MoveCommand(CloudEvent):
+    """Command to a node: ask a remote archive to C-MOVE (routed by node id)."""
+
+    type: Literal["dimsebus.command.move"] = "dimsebus.command.move"
+    data: MoveCommandData
+
+    @property
+    def routing_key(self) -> str:
+        """Commands are routed by node id (DESIGN.md, ``dimsebus.commands``)."""
+        return f"{self.type}.{self.data.node_id}"
+
+
 EVENT_MODELS: tuple[type[CloudEvent], ...] = (
     CStoreResponseReceived,
     CStoreResponseMissing,
@@ -615,8 +721,10 @@ EVENT_MODELS: tuple[type[CloudEvent], ...] = (
     MoveFinished,
     RetryScheduled,
     RetryExhausted,
+    MoveResponseReceived,
+    CStoreResponseSent,
 )
-COMMAND_MODELS: tuple[type[CloudEvent], ...] = (ResendSubOperations,)
+COMMAND_MODELS: tuple[type[CloudEvent], ...] = (ResendSubOperations, MoveCommand)
 
 Event = Annotated[
     CStoreResponseReceived
@@ -637,7 +745,10 @@ Event = Annotated[
     | MoveFinished
     | RetryScheduled
     | RetryExhausted
-    | ResendSubOperations,
+    | ResendSubOperations
+    | MoveResponseReceived
+    | CStoreResponseSent
+    | MoveCommand,
     Field(discriminator="type"),
 ]
 

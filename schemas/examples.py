@@ -145,6 +145,7 @@ def every_event(node_id: str, start: dt.datetime, ids: Iterator[UUID]) -> list[C
     events = move_story(node_id=node_id, start=start, ids=ids)
     story = _Story(node_id, events[-1].time, ids)
     _interrupted(story)
+    _pulled(story)
     return [*events, *story.events]
 
 
@@ -365,4 +366,77 @@ def _interrupted(story: _Story) -> None:
             "got no response",
             interrupted_at=story.tick(),
         ),
+    )
+
+
+def _pulled(story: _Story) -> None:
+    """A C-MOVE the node asked a remote archive for, with itself as the destination."""
+    move = ev.Operation(kind="move", id=next(story.ids))
+    study, series = f"{STUDY_UID}.7", f"{STUDY_UID}.7.1"
+    instances = (f"{series}.1", f"{series}.2")
+    command: dict[str, Any] = {
+        "operation": move,
+        "node_id": story.node_id,
+        "source": {"ae_title": "PACS", "host": "pacs.example.org", "port": 104},
+        "destination_ae_title": "DIMSEBUS",
+        "query_level": "SERIES",
+        "study_instance_uid": study,
+        "series_instance_uids": (series,),
+        "labels": {"job": "ai-triage"},
+    }
+    story.add(ev.MoveCommand, str(move.id), command)
+    to_archive = story.association("requestor", "PACS", 104)
+    from_archive = story.association("acceptor", "PACS", 51600)
+    response: dict[str, Any] = {
+        "association": to_archive,
+        "message_id": 3,
+        "operation": move,
+        "move_destination": "DIMSEBUS",
+        "labels": {"job": "ai-triage"},
+    }
+    requested = story.tick()
+    story.add(
+        ev.CStoreResponseSent,
+        instances[0],
+        {
+            "association": from_archive,
+            "presentation_context_id": 1,
+            "transfer_syntax_uid": EXPLICIT_VR_LITTLE_ENDIAN,
+            "message_id": 1,
+            "affected_sop_class_uid": CT_IMAGE_STORAGE,
+            "affected_sop_instance_uid": instances[0],
+            "move_originator": {"ae_title": "DIMSEBUS", "message_id": 3},
+            "operation": move,
+            "labels": {"job": "ai-triage"},
+            "requested_at": requested,
+            "study_instance_uid": study,
+            "status": 0,
+            "status_category": "success",
+            "responded_at": story.tick(),
+        },
+    )
+    story.add(
+        ev.MoveResponseReceived,
+        str(move.id),
+        {
+            **response,
+            "final": False,
+            "status": 0xFF00,
+            "status_category": "pending",
+            "counts": {"remaining": 1, "completed": 1},
+            "responded_at": story.tick(),
+        },
+    )
+    story.add(
+        ev.MoveResponseReceived,
+        str(move.id),
+        {
+            **response,
+            "final": True,
+            "status": 0xB000,
+            "status_category": "warning",
+            "counts": {"remaining": 0, "completed": 1, "failed": 1},
+            "failed_sop_instance_uids": instances[1:],
+            "responded_at": story.tick(),
+        },
     )

@@ -28,6 +28,7 @@ from services.errors import DimsebusError
 from services.logs import configure_logging
 from services.node.commands import archive_app, node_app, outbox_app, send
 from services.node.config import NodeSettings
+from services.node.move_commands import move
 from services.retrier.app import RetrierSettings
 from services.retrier.commands import retrier, retries_app
 from services.settings import ServiceSettings, masked
@@ -45,6 +46,7 @@ app.add_typer(node_app, name="node")
 app.add_typer(archive_app, name="archive")
 app.add_typer(outbox_app, name="outbox")
 app.command("send")(send)
+app.command("move")(move)
 app.command("tracker")(tracker)
 app.add_typer(moves_app, name="moves")
 app.command("retrier")(retrier)

@@ -160,7 +160,58 @@ retries = st.builds(
 )
 _ended = st.builds(ev.AssociationEndedData, association=associations, at=times)
 
+@st.composite
+def move_responses(draw: st.DrawFn) -> ev.MoveResponseData:
+    status = draw(statuses)
+    category = _response(status, Service.QUERY_RETRIEVE)
+    return ev.MoveResponseData(
+        association=draw(associations),
+        message_id=draw(message_ids),
+        operation=draw(operations),
+        move_destination=draw(ae_titles),
+        attempt=draw(st.integers(1, 20)),
+        final=category != "pending",
+        status=status,
+        status_category=category,  # type: ignore[arg-type]
+        error_comment=draw(st.none() | words),
+        counts=draw(sub_counts),
+        failed_sop_instance_uids=tuple(draw(st.lists(uids, max_size=3))),
+        failed_sop_instance_uids_omitted=draw(counts),
+        labels=draw(labels),
+        responded_at=draw(times),
+    )
+
+
+@st.composite
+def move_commands(draw: st.DrawFn) -> ev.MoveCommandData:
+    level = draw(st.sampled_from(["STUDY", "SERIES", "IMAGE"]))
+    some = st.lists(uids, min_size=1, max_size=3).map(tuple)
+    series = {
+        "STUDY": st.none(),
+        "SERIES": some,
+        "IMAGE": st.none() | st.lists(uids, max_size=1).map(tuple),
+    }[level]
+    instances = some if level == "IMAGE" else st.none()
+    return ev.MoveCommandData(
+        operation=ev.Operation(kind="move", id=draw(st.uuids())),
+        node_id=draw(st.from_regex(r"\A[A-Za-z0-9_.\-]{1,64}\Z")),
+        source=ev.RemoteAE(
+            ae_title=draw(ae_titles), host=draw(hosts), port=draw(ports), tls=draw(st.booleans())
+        ),
+        destination_ae_title=draw(ae_titles),
+        query_level=level,  # type: ignore[arg-type]
+        study_instance_uid=draw(uids),
+        series_instance_uids=draw(series),
+        sop_instance_uids=draw(instances),
+        attempt=draw(st.integers(1, 20)),
+        labels=draw(labels),
+    )
+
+
 DATA: dict[type[CloudEvent], st.SearchStrategy[Any]] = {
+    ev.MoveResponseReceived: move_responses(),
+    ev.CStoreResponseSent: cstore_received(),
+    ev.MoveCommand: move_commands(),
     ev.CStoreResponseReceived: cstore_received(),
     ev.CStoreResponseMissing: cstore_missing,
     ev.AssociationEstablished: st.builds(

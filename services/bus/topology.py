@@ -29,6 +29,7 @@ DELAYS_EXCHANGE = "dimsebus.delays"
 DELAY_HEADER = "x-dimsebus-delay-ms"
 PARKING_SUFFIX = ".dead"
 RESEND_COMMAND = "dimsebus.command.resend"
+MOVE_COMMAND = "dimsebus.command.move"
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +83,7 @@ def node_commands(node_id: str) -> WorkQueue:
     """The queue of commands to one node, bound by its id on ``dimsebus.commands``."""
     return WorkQueue(
         f"dimsebus.node.{node_id}",
-        bindings=(f"{RESEND_COMMAND}.{node_id}",),
+        bindings=(f"{RESEND_COMMAND}.{node_id}", f"{MOVE_COMMAND}.{node_id}"),
         exchange=COMMANDS_EXCHANGE,
     )
 

@@ -21,6 +21,7 @@ from services.node.config import NodeSettings
 from services.node.dimse import Capture
 from services.node.gate import Gate
 from services.node.journal import MoveJournal
+from services.node.mover import Mover, OpenMoves
 from services.node.recovery import interrupted_events
 from services.node.resend import Resender, serve_commands
 from services.node.scp import ArchiveSCP
@@ -101,7 +102,8 @@ class Node:
             window=self.settings.publish_window,
         )
         self.recover()
-        scp = ArchiveSCP(self.settings, self.archive, self.capture, self.journal)
+        open_moves = OpenMoves()
+        scp = ArchiveSCP(self.settings, self.archive, self.capture, self.journal, open_moves)
         gate = Gate(self.settings, self.capture)
         ae = self.ae = build_ae(self.settings)
         server = edge.start(
@@ -120,7 +122,11 @@ class Node:
             self.outbox.depth(),
         )
         commands = asyncio.create_task(
-            serve_commands(Resender(self.settings, self.archive, self.capture), stop)
+            serve_commands(
+                Resender(self.settings, self.archive, self.capture),
+                stop,
+                Mover(self.settings, self.capture, open_moves),
+            )
         )
 
         def health() -> dict[str, Any]:

@@ -33,6 +33,7 @@ from services.node.archive import Archive
 from services.node.config import NodeSettings
 from services.node.dimse import Capture
 from services.node.jobs import Job
+from services.node.mover import Mover
 from services.node.sender import SendError, Target, emit_unsent, send_files
 
 log = logging.getLogger(__name__)
@@ -194,10 +195,21 @@ class Resender:
         emit_unsent(self.capture, job, group.destination_ae_title, uids, reason, detail)
 
 
-async def serve_commands(resender: Resender, stop: asyncio.Event) -> None:
-    """Consume the node's command queue until ``stop``; waits for a broker that is down."""
+async def serve_commands(
+    resender: Resender, stop: asyncio.Event, mover: Mover | None = None
+) -> None:
+    """Consume the node's command queue until ``stop``; waits for a broker that is down.
+
+    Resend commands go to ``resender``, move commands (``dimsebus.command.move``) to
+    ``mover``.
+    """
     settings = resender.settings
     worker = asyncio.create_task(resender.run(stop))
+
+    async def handle(event: ev.Event) -> None:
+        if mover is not None and isinstance(event, ev.MoveCommand):
+            return await mover.handle(event, resender.archive)
+        return await resender.handle(event)
 
     async def session(connection: AbstractConnection, stop: asyncio.Event) -> None:
         await ensure_topology(connection, settings.retention)
@@ -206,7 +218,7 @@ async def serve_commands(resender: Resender, stop: asyncio.Event) -> None:
         consumer = Consumer(
             channel,
             queue,
-            resender.handle,
+            handle,
             prefetch=settings.prefetch,
             max_body_bytes=settings.max_body_bytes,
         )

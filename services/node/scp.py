@@ -6,6 +6,7 @@ Each handler is a thin pynetdicom generator or function; the matching is
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Iterator
 from itertools import islice
@@ -17,13 +18,14 @@ from pynetdicom import evt
 from schemas import events as ev
 from schemas.limits import MAX_KEY_NAME_LENGTH, MAX_KEY_VALUE_LENGTH, MAX_KEYS, clip
 from services.clock import new_id, utc_now
-from services.node import admission, capture
+from services.node import admission, capture, moves
 from services.node.archive import Archive, Refused, StoredInstance
 from services.node.config import NodeSettings
 from services.node.contexts import storage_contexts
 from services.node.dimse import Capture
 from services.node.jobs import Job, Retrieval
 from services.node.journal import MoveJournal
+from services.node.mover import OpenMoves
 from services.node.query import QueryError, build_query
 from services.node.tls import association_tls
 
@@ -39,11 +41,13 @@ class ArchiveSCP:
         archive: Archive,
         capture_: Capture,
         journal: MoveJournal | None = None,
+        open_moves: OpenMoves | None = None,
     ) -> None:
         self.settings = settings
         self.archive = archive
         self.capture = capture_
         self.journal = journal
+        self.open_moves = open_moves
 
     def handlers(self) -> list[tuple[Any, ...]]:
         """The service handlers to bind on accepted associations."""
@@ -56,6 +60,51 @@ class ArchiveSCP:
         ]
 
     def on_c_store(self, event: evt.Event) -> int | Dataset:
+        """Store, and record the answer if the C-STORE-RQ is a sub-operation of the node's
+        own C-MOVE (``services.node.mover``)."""
+        status = self._store(event)
+        if self.open_moves is not None:
+            try:
+                self._note_own_move(event, status)
+            except Exception:  # the store's answer stands; the event is what is lost
+                log.exception("cannot record the C-STORE of the node's own C-MOVE")
+        return status
+
+    def _note_own_move(self, event: evt.Event, status: int | Dataset) -> None:
+        request: Any = event.request
+        assert self.open_moves is not None
+        move = moves.move_of_store(
+            self.settings.ae_title,
+            request.MoveOriginatorApplicationEntityTitle,
+            request.MoveOriginatorMessageID,
+            self.open_moves.snapshot(),
+        )
+        if move is None:
+            return
+        uid = str(request.AffectedSOPInstanceUID)
+        dataset = event.dataset if isinstance(status, int) and status == 0 else None
+        study = str(dataset.get("StudyInstanceUID", "")) or None if dataset else None
+        patient = str(dataset.get("PatientID", "")) or None if dataset else None
+        subject = self.capture.subjects([(uid, study, patient)])[uid]
+        code, comment = (status, None) if isinstance(status, int) else _status_values(status)
+        store = moves.ReceivedStore(
+            association=self.capture.state(event.assoc).ref,
+            presentation_context_id=event.context.context_id,
+            transfer_syntax_uid=str(event.context.transfer_syntax),
+            message_id=request.MessageID,
+            affected_sop_class_uid=str(request.AffectedSOPClassUID),
+            affected_sop_instance_uid=uid,
+            originator_message_id=request.MoveOriginatorMessageID,
+            requested_at=event.timestamp.astimezone(dt.UTC),
+            status=code,
+            error_comment=comment,
+            study_instance_uid=subject.study_instance_uid,
+            patient_id=subject.patient_id,
+        )
+        stamp = self.capture.stamp()
+        self.capture.emit(moves.answered_event(move, store, stamp, self.settings.ae_title))
+
+    def _store(self, event: evt.Event) -> int | Dataset:
         """Store into the archive, or answer why not (PS3.4 B.2.3; ``services.node.admission``).
 
         Invalid UIDs 0xC000, a data set that is not the request's 0xA900, another
@@ -264,6 +313,11 @@ def _refusal(refusal: admission.Refusal) -> Dataset:
     if refusal.element is not None:
         status.OffendingElement = [refusal.element]
     return status
+
+
+def _status_values(status: Dataset) -> tuple[int, str | None]:
+    comment = status.get("ErrorComment")
+    return int(status.Status), str(comment) if comment else None
 
 
 def _status(code: int, comment: str) -> Dataset:

@@ -1,0 +1,168 @@
+"""The node as Move SCU: C-MOVE commands in, a remote archive asked to move (PS3.4 C.4.2).
+
+A ``dimsebus.command.move`` from the node's queue makes the node open an
+association to the remote archive (Study Root, STUDY/SERIES/IMAGE level) and
+send one C-MOVE-RQ. Every C-MOVE-RSP becomes ``dicom.move.response.received``
+(``services.node.moves``). While the move is open its Message ID is kept in
+``OpenMoves``, so that when the node is its own destination the C-STORE-RQs
+it receives for the move (Move Originator AE Title = the node's, Message ID =
+the C-MOVE's) are recorded as ``dicom.cstore.response.sent`` by the Storage SCP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, sop_class
+
+from schemas import events as ev
+from services.errors import DimsebusError, Unprocessable
+from services.node import moves, salvage
+from services.node.archive import Archive
+from services.node.config import NodeSettings
+from services.node.dimse import Capture
+from services.node.jobs import Job
+from services.node.tls import association_tls
+
+log = logging.getLogger(__name__)
+
+STUDY_ROOT_MOVE = str(sop_class.StudyRootQueryRetrieveInformationModelMove)  # type: ignore[attr-defined]
+
+
+class MoveError(DimsebusError):
+    """The C-MOVE could not be requested: no association with the remote archive."""
+
+
+class OpenMoves:
+    """The node's C-MOVEs awaiting their final response, by Message ID (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._moves: dict[int, ev.MoveCommandData] = {}
+        self._last = 0
+
+    def open(self, data: ev.MoveCommandData) -> int:
+        """A Message ID for a new C-MOVE, unused by any open one."""
+        with self._lock:
+            self._last = moves.next_message_id(self._last, self._moves)
+            self._moves[self._last] = data
+            return self._last
+
+    def close(self, message_id: int) -> None:
+        """The C-MOVE got its final response (or none will come)."""
+        with self._lock:
+            self._moves.pop(message_id, None)
+
+    def snapshot(self) -> dict[int, ev.MoveCommandData]:
+        """The open moves now."""
+        with self._lock:
+            return dict(self._moves)
+
+
+@dataclass(frozen=True, slots=True)
+class MoveSummary:
+    """How a C-MOVE ended: its Message ID, final status and counts (None: no final response)."""
+
+    message_id: int
+    final: ev.MoveResponseData | None
+
+
+class Mover:
+    """Sends C-MOVE-RQs for move commands and captures every C-MOVE-RSP."""
+
+    def __init__(
+        self, settings: NodeSettings, capture_: Capture, open_moves: OpenMoves | None = None
+    ) -> None:
+        self.settings = settings
+        self.capture = capture_
+        self.open_moves = open_moves or OpenMoves()
+
+    def move(self, data: ev.MoveCommandData) -> MoveSummary:
+        """Ask the remote archive to move (blocking: a worker thread); one event per response."""
+        source = data.source
+        job = Job(data.operation, labels={**self.settings.labels, **data.labels})
+        assoc = self._ae().associate(
+            source.host,
+            source.port,
+            ae_title=source.ae_title,
+            evt_handlers=self.capture.handlers(job),
+            tls_args=association_tls(self.settings, source.host, source.tls),
+        )
+        if not assoc.is_established:
+            raise MoveError(
+                f"no association with {source.ae_title}@{source.host}:{source.port} "
+                f"(rejected, aborted or unreachable)"
+            )
+        message_id = self.open_moves.open(data)
+        final: ev.MoveResponseData | None = None
+        try:
+            responses = assoc.send_c_move(
+                moves.move_identifier(data),
+                data.destination_ae_title,
+                STUDY_ROOT_MOVE,
+                msg_id=message_id,
+            )
+            for status, identifier in responses:
+                if not status:  # no response: timeout, abort; the capture reports the end
+                    break
+                event = moves.response_event(
+                    data,
+                    self.capture.state(assoc).ref,
+                    message_id,
+                    _response(status, identifier),
+                    self.capture.stamp(),
+                )
+                self.capture.emit(event)
+                final = event.data if event.data.final else final
+        finally:
+            self.open_moves.close(message_id)
+            if assoc.is_established:
+                assoc.release()
+        return MoveSummary(message_id, final)
+
+    async def handle(self, event: ev.Event, archive: Archive) -> None:
+        """Run one move command; a redelivered command that was done is skipped."""
+        if not isinstance(event, ev.MoveCommand):
+            raise Unprocessable(f"the mover takes dimsebus.command.move, not {event.type}")
+        if event.data.node_id != self.settings.node_id:
+            raise Unprocessable(
+                f"command for node {event.data.node_id!r} reached node {self.settings.node_id!r}"
+            )
+        if not archive.claim_command(str(event.id)):
+            log.info("move command %s was already executed; skipped", event.id)
+            return
+        try:
+            await asyncio.to_thread(self.move, event.data)
+        except MoveError as exc:  # parked with the reason; a requeue runs it again
+            raise Unprocessable(f"move {event.data.operation.id}: {exc}") from exc
+        archive.command_done(str(event.id))
+
+    def _ae(self) -> AE:
+        ae = AE(ae_title=self.settings.ae_title)
+        ae.maximum_pdu_size = self.settings.max_pdu
+        ae.dimse_timeout = self.settings.dimse_timeout
+        ae.acse_timeout = self.settings.acse_timeout
+        ae.connection_timeout = self.settings.acse_timeout
+        ae.network_timeout = self.settings.network_timeout
+        ae.add_requested_context(STUDY_ROOT_MOVE)
+        return ae
+
+
+def _response(status: Dataset, identifier: Any) -> moves.MoveResponse:
+    failed: Any = getattr(identifier, "FailedSOPInstanceUIDList", None) if identifier else None
+    uids = [failed] if isinstance(failed, str) else list(failed or [])
+    comment = status.get("ErrorComment")
+    return moves.MoveResponse(
+        status=int(status.Status),
+        remaining=status.get("NumberOfRemainingSuboperations"),
+        completed=status.get("NumberOfCompletedSuboperations"),
+        failed=status.get("NumberOfFailedSuboperations"),
+        warning=status.get("NumberOfWarningSuboperations"),
+        error_comment=str(comment)[:1024] if comment else None,
+        failed_uids=salvage.split_uids(str(uid) for uid in uids if uid)[0],
+    )

@@ -1,0 +1,227 @@
+"""The node as Move SCU (issue 18, item 3): dcmtk's dcmqrscp is the remote archive.
+
+``dimsebus move`` publishes a ``dimsebus.command.move``; the node C-MOVEs from
+dcmqrscp to storescp, to a pynetdicom SCP that refuses some instances, or to
+itself, and every C-MOVE-RSP (and every C-STORE it answers for its own move)
+is an event on the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aio_pika.abc import AbstractRobustConnection
+from aiormq.exceptions import ChannelNotFoundEntity
+
+from schemas.envelope import CloudEvent
+from services.node.config import Peer
+from services.node.synthetic import write_study
+from tests.integration.conftest import TEST_PEERS, RunningNode, of_type, read_events
+from tests.integration.peers import ENV, answering_scp, dcmtk, free_port, storescp, wait_for_port
+
+pytestmark = pytest.mark.integration
+
+QRSCP = "QRSCP"
+
+
+@dataclass
+class Archive:
+    """A running dcmqrscp and the study it holds."""
+
+    port: int
+    study_uid: str
+    series_uid: str
+    instance_uids: list[str]
+
+    @property
+    def address(self) -> str:
+        return f"{QRSCP}@127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def dcmqrscp(folder: Path, count: int, destinations: dict[str, int]) -> Iterator[Archive]:
+    """dcmqrscp serving a synthetic study of ``count`` instances, moving to ``destinations``."""
+    storage = folder / "storage"
+    storage.mkdir(parents=True)
+    paths = write_study(folder / "study", count, patient_id="QR1", seed=str(folder))
+    subprocess.run([dcmtk("dcmqridx"), str(storage), *map(str, paths)], check=True, env=ENV)
+    port = free_port()
+    hosts = "\n".join(
+        f"dest{n} = ({ae}, 127.0.0.1, {dest_port})"
+        for n, (ae, dest_port) in enumerate(destinations.items())
+    )
+    config = folder / "dcmqrscp.cfg"
+    config.write_text(
+        f"NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 16\n"
+        f"HostTable BEGIN\n{hosts}\nHostTable END\n"
+        "VendorTable BEGIN\nVendorTable END\n"
+        f"AETable BEGIN\n{QRSCP} {storage} RW (200, 1024mb) ANY\nAETable END\n"
+    )
+    log = (folder / "dcmqrscp.log").open("ab")
+    process = subprocess.Popen(
+        [dcmtk("dcmqrscp"), "-d", "-s", "-c", str(config)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=ENV,
+    )
+    try:
+        wait_for_port(port)
+        from pydicom import dcmread
+
+        datasets = [dcmread(path, stop_before_pixels=True) for path in paths]
+        yield Archive(
+            port,
+            str(datasets[0].StudyInstanceUID),
+            str(datasets[0].SeriesInstanceUID),
+            [str(ds.SOPInstanceUID) for ds in datasets],
+        )
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+async def commands_queue(connection: AbstractRobustConnection, node: RunningNode) -> None:
+    """Wait until the node has declared its command queue (it does so once it runs)."""
+    async with asyncio.timeout(30):
+        while True:
+            channel = await connection.channel()
+            try:
+                await channel.get_queue(f"dimsebus.node.{node.settings.node_id}", ensure=True)
+                return
+            except ChannelNotFoundEntity:
+                await asyncio.sleep(0.1)
+            finally:
+                with contextlib.suppress(Exception):
+                    await channel.close()
+
+
+async def move(node: RunningNode, archive: Archive, destination: str, *keys: str) -> str:
+    """``dimsebus move`` to ``node``; returns the operation id it printed."""
+    argv = [sys.executable, "-m", "services", "move", "--from", archive.address, "--to"]
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [*argv, destination, *keys, "--node", node.settings.node_id],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**ENV, "DIMSEBUS_AMQP_URL": node.settings.amqp_url},
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def of_operation(events: list[CloudEvent], event_type: str, operation: str) -> list[Any]:
+    """The events of one type that belong to ``operation``."""
+    return [e for e in of_type(events, event_type) if str(e.data.operation.id) == operation]  # type: ignore[attr-defined]
+
+
+def final_response(operation: str) -> Callable[[list[CloudEvent]], bool]:
+    """Whether the log holds the move's final C-MOVE-RSP event."""
+
+    def seen(events: list[CloudEvent]) -> bool:
+        responses = of_operation(events, "dicom.move.response.received", operation)
+        return any(r.data.final for r in responses)
+
+    return seen
+
+
+async def test_a_study_is_moved_to_storescp_and_every_response_is_an_event(
+    tmp_path: Path, start_node: Any, connection: AbstractRobustConnection
+) -> None:
+    # given dcmqrscp holding a study of 5 instances, which it may move to storescp
+    with (
+        storescp(tmp_path / "received") as destination,
+        dcmqrscp(tmp_path / "qr", 5, {destination.ae_title: destination.port}) as archive,
+    ):
+        node = await start_node(instances=1)
+        await commands_queue(connection, node)
+        # when the node is told to move the study to storescp
+        operation = await move(node, archive, destination.ae_title, "--study", archive.study_uid)
+        events = await read_events(node.settings.amqp_url, node.source, final_response(operation))
+        # then each C-MOVE-RSP is an event of the move: pending ones counting down, then success
+        responses = [
+            r.data for r in of_operation(events, "dicom.move.response.received", operation)
+        ]
+        pending, final = responses[:-1], responses[-1]
+        assert final.final
+        assert (final.status, final.status_category) == (0x0000, "success")
+        assert (final.counts.completed, final.counts.failed) == (5, 0)
+        assert final.failed_sop_instance_uids == ()
+        assert pending
+        assert all(r.status_category == "pending" and not r.final for r in pending)
+        assert [r.counts.remaining for r in pending] == sorted(
+            (r.counts.remaining for r in pending), reverse=True
+        )
+        assert {r.message_id for r in responses} == {final.message_id}
+        assert final.association.peer_ae_title == QRSCP
+        assert final.move_destination == destination.ae_title
+        # and storescp got the study
+        assert len(destination.files()) == 5
+
+
+async def test_instances_refused_by_the_destination_are_listed_in_the_final_response(
+    tmp_path: Path, start_node: Any, connection: AbstractRobustConnection
+) -> None:
+    # given a destination that refuses one instance for want of room
+    refused: set[str] = set()
+    with (
+        answering_scp(lambda uid: 0xA700 if uid in refused else 0x0000, "ODDSCP") as port,
+        dcmqrscp(tmp_path / "qr", 4, {"ODDSCP": port}) as archive,
+    ):
+        refused.add(archive.instance_uids[1])
+        node = await start_node(instances=1)
+        await commands_queue(connection, node)
+        # when three of its instances are moved at IMAGE level
+        asked = archive.instance_uids[:3]
+        keys = ["--study", archive.study_uid, "--series", archive.series_uid]
+        for uid in asked:
+            keys += ["--instance", uid]
+        operation = await move(node, archive, "ODDSCP", *keys)
+        events = await read_events(node.settings.amqp_url, node.source, final_response(operation))
+    # then the final response is a warning naming exactly the refused instance
+    final = of_operation(events, "dicom.move.response.received", operation)[-1].data
+    assert final.final
+    assert final.status_category in ("warning", "failure")
+    assert (final.counts.completed, final.counts.failed) == (2, 1)
+    assert final.failed_sop_instance_uids == (archive.instance_uids[1],)
+
+
+async def test_the_node_as_destination_records_each_store_of_its_own_move(
+    tmp_path: Path, start_node: Any, connection: AbstractRobustConnection
+) -> None:
+    # given a node that lets dcmqrscp store to it, and dcmqrscp that knows the node
+    peers = {**TEST_PEERS, QRSCP: Peer(host="127.0.0.1", allow=frozenset({"echo", "store"}))}
+    node = await start_node(instances=1, peers=peers)
+    with dcmqrscp(tmp_path / "qr", 4, {node.settings.ae_title: node.settings.port}) as archive:
+        before = node.node.archive.count()
+        await commands_queue(connection, node)
+        # when the node moves the series to itself
+        keys = ("--study", archive.study_uid, "--series", archive.series_uid)
+        operation = await move(node, archive, node.settings.ae_title, *keys)
+
+        def stored(events: list[CloudEvent]) -> bool:
+            sent = of_operation(events, "dicom.cstore.response.sent", operation)
+            return final_response(operation)(events) and len(sent) >= 4
+
+        events = await read_events(node.settings.amqp_url, node.source, stored)
+    # then each C-STORE it received for the move is an event of the move, answered success
+    final = of_operation(events, "dicom.move.response.received", operation)[-1].data
+    assert (final.status_category, final.counts.completed) == ("success", 4)
+    sent = [e.data for e in of_operation(events, "dicom.cstore.response.sent", operation)]
+    assert sorted(s.affected_sop_instance_uid for s in sent) == sorted(archive.instance_uids)
+    assert all(s.status_category == "success" for s in sent)
+    assert {s.move_originator.message_id for s in sent} == {final.message_id}
+    assert {s.move_originator.ae_title for s in sent} == {node.settings.ae_title}
+    assert {s.association.peer_ae_title for s in sent} == {QRSCP}
+    assert {s.study_instance_uid for s in sent} == {archive.study_uid}
+    # and the node stored them
+    assert node.node.archive.count() == before + 4
