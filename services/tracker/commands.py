@@ -35,7 +35,8 @@ from services.retrier.app import send_commands
 from services.tracker.api import load_views
 from services.tracker.app import TrackerSettings, run_tracker
 from services.tracker.progress import retry_commands
-from services.tracker.store import open_store
+from services.tracker.store import TrackerStore, open_store
+from services.tracker.views import move_view
 
 moves_app = typer.Typer(
     help="C-MOVEs as the tracker folded them from the log.", no_args_is_help=True
@@ -239,17 +240,50 @@ def moves_wait(
     """
     settings = _wait_settings(move_id, timeout, interval, config, db)
     deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        store = open_store(settings.db)  # one connection for every read
+    except DimsebusError as exc:
+        fail(str(exc))
+    try:
+        view = _final_view(store, settings, move_id, deadline, interval)
+    finally:
+        store.close()
+    if view is None or view["outcome"] not in FINAL_EXIT_CODES:
+        _timed_out(move_id, view, timeout, as_json)
+    _print_view(view, as_json)
+    raise typer.Exit(FINAL_EXIT_CODES[view["outcome"]])
+
+
+def _final_view(
+    store: TrackerStore,
+    settings: TrackerSettings,
+    move_id: str,
+    deadline: float | None,
+    interval: float,
+) -> dict[str, Any] | None:
+    """The move once its outcome is final, or as it is at ``deadline`` (None: unknown).
+
+    Each state it waits in is one line on stderr (stdout is the final state's).
+    """
+    stall, said = dt.timedelta(seconds=settings.stall_after), ""
     while True:
-        found = _views(settings, move_id)
+        found = store.moves_starting_with(move_id)
         if len(found) > 1:
             fail(f"move id {move_id!r} matches {len(found)} moves")
-        view = found[0] if found else None
-        if view is not None and view["outcome"] in FINAL_EXIT_CODES:
-            _print_view(view, as_json)
-            raise typer.Exit(FINAL_EXIT_CODES[view["outcome"]])
+        view = move_view(found[0], utc_now(), stall) if found else None
+        state = (
+            f"move {view['move_id']} is {view['outcome']}"
+            if view
+            else f"no move matches {move_id!r} yet"
+        )
+        if state != said and (view is None or view["outcome"] not in FINAL_EXIT_CODES):
+            err.print(f"waiting: {state}", highlight=False, soft_wrap=True)
+            said = state
         left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            _timed_out(move_id, view, timeout, as_json)
+        if (view is not None and view["outcome"] in FINAL_EXIT_CODES) or (
+            left is not None and left <= 0
+        ):
+            return view
         time.sleep(interval if left is None else min(interval, left))
 
 

@@ -71,13 +71,13 @@ async def test_moves_wait_exits_0_with_the_final_state_of_a_real_move(
         )
         await moving
     # then it exits 0 and prints the final state
-    code, output = waited
-    assert code == 0, output
+    code, output, errors = waited
+    assert code == 0, errors
     assert f"move {move_id}  MOVESCU -> STORESCP  completed" in output
     assert "expected 50, completed 50, warning 0, failed 0, remaining 0" in output
     # and --json prints what `moves show --json` prints
-    code, output = await _dimsebus("moves", "wait", move_id, "--json", "--db", settings.db)
-    assert code == 0, output
+    code, output, errors = await _dimsebus("moves", "wait", move_id, "--json", "--db", settings.db)
+    assert code == 0, errors
     view = json.loads(output)
     assert (view["move_id"], view["outcome"]) == (move_id, "completed")
     assert view["counts"] == {"remaining": 0, "completed": 50, "failed": 0, "warning": 0}
@@ -108,14 +108,15 @@ async def _first_move_id(db: str, node: RunningNode) -> str:
     return found[0]
 
 
-async def _dimsebus(*argv: str) -> tuple[int | None, str]:
+async def _dimsebus(*argv: str) -> tuple[int | None, str, str]:
+    """Exit status, stdout and stderr of a `dimsebus` command."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "services",
         *argv,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+        stderr=asyncio.subprocess.PIPE,
     )
-    output, _ = await asyncio.wait_for(process.communicate(), 180)
-    return process.returncode, output.decode()
+    output, errors = await asyncio.wait_for(process.communicate(), 180)
+    return process.returncode, output.decode(), errors.decode()

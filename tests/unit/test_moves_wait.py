@@ -190,9 +190,11 @@ def test_wait_on_a_missing_database_does_not_wait_forever(tmp_path: Path) -> Non
 
 
 def test_wait_returns_when_the_tracker_commits_the_final_state(tmp_path: Path) -> None:
-    # given a `moves wait` started while the move is still running
-    running = story(CLOSE_IDS[0], "n1", 100, finished=False)
-    db = saved(tmp_path / "tracker.sqlite", running)
+    # given a `moves wait` that read the move while it was still running (it says so)
+    now = dt.datetime.now(dt.UTC)
+    db = saved(
+        tmp_path / "tracker.sqlite", story(CLOSE_IDS[0], "n1", 100, finished=False, start=now)
+    )
     process = subprocess.Popen(
         [sys.executable, "-m", "services", "moves", "wait", CLOSE_IDS[0][:13], "--db", db],
         stdout=subprocess.PIPE,
@@ -200,11 +202,13 @@ def test_wait_returns_when_the_tracker_commits_the_final_state(tmp_path: Path) -
         text=True,
     )
     try:
+        assert process.stderr is not None
+        assert process.stderr.readline() == f"waiting: move {CLOSE_IDS[0]} is in_progress\n"
         # when the tracker commits the move's final C-MOVE-RSP
-        saved(tmp_path / "tracker.sqlite", story(CLOSE_IDS[0], "n1", 100), offset=2)
+        saved(tmp_path / "tracker.sqlite", story(CLOSE_IDS[0], "n1", 100, start=now), offset=2)
         output, errors = process.communicate(timeout=30)
     finally:
         process.kill()
     # then it prints the final state and exits 1 (two sub-operations failed)
     assert process.returncode == 1, errors
-    assert "completed_with_failures" in output
+    assert f"move {CLOSE_IDS[0]}  MOVESCU -> STORESCP  completed_with_failures" in output
