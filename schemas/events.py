@@ -620,6 +620,20 @@ class MoveProgressData(Model):
         0, description="failed instances not listed; the tracker's API lists them all"
     )
     at: UtcDatetime
+    reason: Comment | None = Field(
+        None, description="why the move failed as a whole (outcome failed), else absent"
+    )
+
+
+class MoveFinishedData(MoveProgressData):
+    """The tracker's view of a C-MOVE whose outcome is final, numbered by revision."""
+
+    revision: Attempt = Field(
+        1,
+        description="1 for the move's first final outcome; one more each time the move "
+        "changes after it finished (a manual retry, a requeued parked item). A redelivery "
+        "repeats the same id and revision.",
+    )
 
 
 class MoveProgressed(CloudEvent):
@@ -633,7 +647,7 @@ class MoveFinished(CloudEvent):
     """The tracker decided a move's outcome."""
 
     type: Literal["dimsebus.move.finished"] = "dimsebus.move.finished"
-    data: MoveProgressData
+    data: MoveFinishedData
 
 
 class RetryData(Model):

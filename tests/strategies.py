@@ -135,18 +135,20 @@ contexts = st.builds(
     transfer_syntax_uid=st.none() | uids,
     accepted=st.booleans(),
 )
-progress = st.builds(
-    ev.MoveProgressData,
-    operation=operations,
-    node_id=words,
-    requestor_ae_title=st.none() | ae_titles,
-    destination_ae_title=st.none() | ae_titles,
-    expected=st.none() | counts,
-    counts=sub_counts,
-    outcome=st.sampled_from(get_args(ev.MoveOutcome)),
-    failed_instances=st.lists(failed_instances, max_size=3).map(tuple),
-    at=times,
-)
+_progress: dict[str, Any] = {
+    "operation": operations,
+    "node_id": words,
+    "requestor_ae_title": st.none() | ae_titles,
+    "destination_ae_title": st.none() | ae_titles,
+    "expected": st.none() | counts,
+    "counts": sub_counts,
+    "outcome": st.sampled_from(get_args(ev.MoveOutcome)),
+    "failed_instances": st.lists(failed_instances, max_size=3).map(tuple),
+    "at": times,
+    "reason": st.none() | words,
+}
+progress = st.builds(ev.MoveProgressData, **_progress)
+finished = st.builds(ev.MoveFinishedData, **_progress, revision=st.integers(1, 20))
 retries = st.builds(
     ev.RetryData,
     operation=operations,
@@ -270,7 +272,7 @@ DATA: dict[type[CloudEvent], st.SearchStrategy[Any]] = {
     ev.GetRequested: st.builds(ev.RetrieveRequestedData, **_retrieve),
     ev.GetCompleted: retrieve_completed(move=False),
     ev.MoveProgressed: progress,
-    ev.MoveFinished: progress,
+    ev.MoveFinished: finished,
     ev.RetryScheduled: retries,
     ev.RetryExhausted: retries,
     ev.CStoreUnsent: st.builds(

@@ -84,6 +84,33 @@ def decision_event(item: RetryItem, source: str) -> ev.RetryScheduled | ev.Retry
     )
 
 
+def operator_retry(command: ev.ResendSubOperations) -> ev.RetryScheduled:
+    """``dimsebus.retry.scheduled`` for a resend an operator sent now (`moves retry`, a requeue).
+
+    On the log before the command, it shows the tracker that the move's failed
+    instances are being retried: the move is ``retrying`` until their results are
+    in, and its next final outcome is a new revision of ``dimsebus.move.finished``.
+    """
+    data = command.data
+    return ev.RetryScheduled.model_validate(
+        {
+            "id": uuid5(NAMESPACE_URL, f"dimsebus:operator-retry:{command.id}"),
+            "source": command.source,
+            "time": command.time,
+            "subject": str(data.operation.id),
+            "data": ev.RetryData(
+                operation=data.operation,
+                node_id=data.node_id,
+                sop_instance_uids=data.sop_instance_uids,
+                attempt=data.attempt,
+                reason="an operator asked for a retry",
+                retry_at=command.time,
+                destination_ae_title=data.destination_ae_title,
+            ),
+        }
+    )
+
+
 def requeued(item: RetryItem, source: str, now: dt.datetime) -> ev.ResendSubOperations:
     """An operator's immediate retry of a parked decision: the same command, a new id."""
     command = item.command

@@ -30,12 +30,18 @@ from services.http import serving
 from services.metrics import TRACKER_APPLIED, GaugeCollector, OutboxCollector
 from services.settings import ServiceSettings
 from services.tracker import api
-from services.tracker.progress import MoveKey, MoveState, apply, move_key, outcome, progress_data
+from services.tracker.progress import (
+    MoveKey,
+    MoveState,
+    apply,
+    finish,
+    move_key,
+    progress_data,
+)
 from services.tracker.store import Rejected, TrackerStore, open_store
 
 log = logging.getLogger(__name__)
 DERIVED_IDS = uuid.UUID("5f1c3f43-8f0e-4a53-9a43-2c1a4f7d0a11")
-TERMINAL = frozenset({"completed", "completed_with_failures", "failed", "cancelled"})
 
 
 class TrackerSettings(ServiceSettings):
@@ -57,6 +63,18 @@ class TrackerSettings(ServiceSettings):
     start_from: Literal["first", "last", "next"] = Field(
         "first", description="where a tracker without a checkpoint starts reading the log"
     )
+    retries: bool = Field(
+        False,
+        description="a retrier decides about every node's failed sub-operations: a move "
+        "waits for its decisions (retrying) before it is finished",
+    )
+    retries_by_node: dict[str, bool] = Field(
+        default_factory=dict, description="node id -> retries, where it differs from retries"
+    )
+
+    def retries_for(self, node_id: str) -> bool:
+        """Whether a retrier decides about ``node_id``'s failures."""
+        return self.retries_by_node.get(node_id, self.retries)
 
 
 class Tracker:
@@ -94,8 +112,9 @@ class Tracker:
             after = apply(before, entry.event)
             if after is None or after is before:
                 continue
+            after, events = self._derive(after, entry.event, now)
             changed[key] = after
-            derived += self._derive(before, after, entry.event, now)
+            derived += events
         if derived:
             self.outbox.append(derived)
         if entries:
@@ -106,25 +125,36 @@ class Tracker:
         return derived
 
     def _derive(
-        self, before: MoveState | None, after: MoveState, event: CloudEvent, now: dt.datetime
-    ) -> list[CloudEvent]:
+        self, move: MoveState, event: CloudEvent, now: dt.datetime
+    ) -> tuple[MoveState, list[CloudEvent]]:
+        """The move with what the tracker derived from it, and the events to publish.
+
+        A final outcome is published once, numbered by its revision, which is kept
+        with the move (committed with the checkpoint): a restart or a replay of the
+        log derives the same revisions, and so the same event ids.
+        """
+        retries = self.settings.retries_for(move.node_id)
+        if move.retries_on != retries:
+            move = move.model_copy(update={"retries_on": retries})
         stall = dt.timedelta(seconds=self.settings.stall_after)
-        was = outcome(before, now, stall) if before else "in_progress"
-        data = progress_data(after, now, stall)
-        if data.outcome in TERMINAL and data.outcome != was:
-            return [self._event(ev.MoveFinished, after, data, "finished")]
+        data = progress_data(move, now, stall)
+        move, revision = finish(move, data.outcome, data.counts)
+        if revision is not None:
+            finished = ev.MoveFinishedData(**dict(data), revision=revision)
+            return move, [self._event(ev.MoveFinished, move, finished, f"finished|{revision}")]
         live = (now - event.time).total_seconds() <= self.settings.live_window
-        key = (after.source, after.move_id)
+        key = (move.source, move.move_id)
         clock = now.timestamp()
         if live and clock - self._last_progress.get(key, 0.0) >= self.settings.progress_interval:
             self._last_progress[key] = clock
-            return [self._event(ev.MoveProgressed, after, data, "progressed")]
-        return []
+            name = f"progressed|{data.outcome}|{len(move.seen)}"
+            return move, [self._event(ev.MoveProgressed, move, data, name)]
+        return move, []
 
     def _event(
         self, model: type[CloudEvent], move: MoveState, data: ev.MoveProgressData, kind: str
     ) -> CloudEvent:
-        name = f"{move.source}|{move.move_id}|{kind}|{data.outcome}|{len(move.seen)}"
+        name = f"{move.source}|{move.move_id}|{kind}"
         return model.model_validate(
             {
                 "id": uuid.uuid5(DERIVED_IDS, name),

@@ -25,6 +25,14 @@ from schemas.status import Service, describe_status
 Category = Literal["success", "warning", "failure", "cancel", "missing", "unsent"]
 MoveKey = tuple[str, UUID]
 FAILED: frozenset[str] = frozenset({"failure", "cancel", "missing", "unsent"})
+# Failures the retrier decides about (its queue's bindings): a cancelled sub-operation is not.
+DECIDED_BY_RETRIER: frozenset[str] = frozenset({"failure", "missing", "unsent"})
+# Reasons a move's sub-operations could not be sent that no retry can fix (the retrier's
+# policy gives them up at once): the move was refused as a whole.
+REFUSED_UNSENT: frozenset[str] = frozenset({"unknown_destination", "rejected_permanent"})
+TERMINAL: frozenset[str] = frozenset(
+    {"completed", "completed_with_failures", "failed", "cancelled"}
+)
 
 
 class InstanceOutcome(Model):
@@ -55,6 +63,18 @@ class RetryMark(Model):
     def rank(self) -> tuple[int, bool, str]:
         """Later attempts win; for one attempt, giving up wins over a schedule."""
         return (self.attempt, self.gave_up is not None, self.gave_up or "")
+
+
+class FinishMark(Model):
+    """The last ``dimsebus.move.finished`` the tracker derived: its revision and what it said.
+
+    ``outcome`` is None once the move left that final outcome (it is retrying again):
+    the next final outcome is a new revision, even if it says the same.
+    """
+
+    revision: int
+    outcome: str | None
+    counts: ev.SubOperationCounts | None
 
 
 class TimelineEntry(Model):
@@ -88,6 +108,11 @@ class MoveState(Model):
     completed_at: dt.datetime | None = None
     timeline: tuple[TimelineEntry, ...] = ()
     responses: dict[str, int] = Field(default_factory=dict)
+    unnamed: int = 0
+    # Set by the tracker's shell, not by ``apply``: whether a retrier decides about this
+    # node's failures (the tracker's ``retries`` setting), and the last finished it derived.
+    retries_on: bool = False
+    finished: FinishMark | None = None
 
     @property
     def node_id(self) -> str:
@@ -103,6 +128,7 @@ NODE_EVENTS = (
     ev.CStoreResponseReceived,
     ev.CStoreResponseMissing,
     ev.CStoreUnsent,
+    ev.MessageInvalid,
 )
 RETRY_EVENTS = (ev.RetryScheduled, ev.RetryExhausted)
 
@@ -119,6 +145,8 @@ def move_key(event: CloudEvent) -> MoveKey | None:
     else:
         return None
     operation = event.data.operation
+    if operation is None:  # a dicom.message.invalid that no operation owns
+        return None
     return (source, operation.id) if operation.kind == "move" else None
 
 
@@ -144,6 +172,8 @@ def apply(state: MoveState | None, event: CloudEvent) -> MoveState | None:
             return _unsent(move, event)
         case ev.RetryScheduled() | ev.RetryExhausted():
             return _retry(move, event)
+        case ev.MessageInvalid():
+            return _unnamed(move, event)
     return move
 
 
@@ -296,6 +326,16 @@ def _retry(move: MoveState, event: ev.RetryScheduled | ev.RetryExhausted) -> Mov
     )
 
 
+def _unnamed(move: MoveState, event: ev.MessageInvalid) -> MoveState:
+    """Sub-operations no per-instance event can name (invalid UIDs): counted, not named."""
+    data = event.data
+    count = data.count or 1
+    what = f"{count} sub-operation(s) without a valid UID: {data.error}"
+    return move.model_copy(
+        update={"unnamed": move.unnamed + count, "timeline": _with_entry(move, event, what)}
+    )
+
+
 def _outcome_of(event: ev.CStoreResponseReceived | ev.CStoreResponseMissing) -> InstanceOutcome:
     data = event.data
     if isinstance(event, ev.CStoreResponseReceived):
@@ -321,12 +361,18 @@ def _outcome_of(event: ev.CStoreResponseReceived | ev.CStoreResponseMissing) -> 
 
 
 def counts(move: MoveState) -> ev.SubOperationCounts:
-    """Completed, warning and failed sub-operations by their latest attempt; what remains."""
+    """Completed, warning and failed sub-operations by their latest attempt; what remains.
+
+    Once the final response came, sub-operations it counted that no event can name
+    (the node reported them only as invalid UIDs) are failed, not remaining.
+    """
     latest = [outcome.category for outcome in move.instances.values()]
     failed_elsewhere = [uid for uid in move.reported_failed if uid not in move.instances]
     failed = sum(category in FAILED for category in latest) + len(failed_elsewhere)
     accounted = len(move.instances) + len(failed_elsewhere)
     remaining = max(move.expected - accounted, 0) if move.expected is not None else None
+    if remaining and move.final_category is not None and remaining <= move.unnamed:
+        failed, remaining = failed + remaining, 0
     return ev.SubOperationCounts(
         remaining=remaining,
         completed=latest.count("success"),
@@ -340,25 +386,100 @@ def outcome(move: MoveState, now: dt.datetime, stall_after: dt.timedelta) -> ev.
 
     A move is finished once its final C-MOVE-RSP arrived and every sub-operation it
     counted is accounted for; a later retry can still turn failures into successes.
-    ``failed`` is a move that could not run its sub-operations at all (unknown
-    destination, unable to process); one whose sub-operations ran and failed,
-    even all of them, is ``completed_with_failures``, with the failures listed,
-    unless the retrier has scheduled another attempt for one of them: then it is
-    ``retrying``.
+    ``failed`` is a move refused as a whole: unable to process, an unknown
+    destination (0xA801), a destination that rejected the association for good;
+    nothing is retried. One whose sub-operations ran and failed, even all of them,
+    is ``completed_with_failures``, with the failures listed, unless the retrier
+    scheduled another attempt for one of them, or (``retries_on``) has not yet
+    decided about one: then it is ``retrying``, or ``stalled`` when no decision
+    came for ``stall_after``.
     """
     tally = counts(move)
+    stalled = move.last_event_at is not None and now - move.last_event_at > stall_after
     if move.final_category == "cancel":
         return "cancelled"
     if move.final_category is not None and tally.remaining == 0:
-        attempted = tally.completed + tally.warning + tally.failed
-        if move.final_category == "failure" and attempted == 0:
+        if _refused_as_a_whole(move, tally):
             return "failed"
         if tally.failed == 0:
             return "completed"
-        return "retrying" if _retry_pending(move) else "completed_with_failures"
-    if move.last_event_at is not None and now - move.last_event_at > stall_after:
-        return "stalled"
-    return "in_progress"
+        if _retry_pending(move):
+            return "retrying"
+        if move.retries_on and _undecided(move):
+            return "stalled" if stalled else "retrying"
+        return "completed_with_failures"
+    return "stalled" if stalled else "in_progress"
+
+
+def _refused_as_a_whole(move: MoveState, tally: ev.SubOperationCounts) -> bool:
+    """No sub-operation could run, and none ever will: the move failed."""
+    if move.final_category != "failure" or tally.completed or tally.warning:
+        return False
+    # 0xCxxx: unable to process. 0xA801 alone is not enough: pynetdicom answers an
+    # unreachable destination with it too, which a retry can fix.
+    status = move.final_status
+    if tally.failed == 0 or (status is not None and status >> 12 == 0xC):
+        return True
+    latest = list(move.instances.values())
+    return bool(latest) and all(
+        o.category == "unsent" and _unsent_reason(o) in REFUSED_UNSENT for o in latest
+    )
+
+
+def _unsent_reason(outcome: InstanceOutcome) -> str:
+    """The UnsentReason in an unsent outcome's reason ("not sent: REASON (detail)")."""
+    return outcome.reason.removeprefix("not sent: ").split(" ", 1)[0]
+
+
+def failure_reason(move: MoveState, tally: ev.SubOperationCounts) -> str | None:
+    """Why a move failed as a whole: the final response's status and why nothing was sent."""
+    if not _refused_as_a_whole(move, tally):
+        return None
+    parts = []
+    if move.final_status is not None:
+        info = describe_status(move.final_status, Service.QUERY_RETRIEVE)
+        parts.append(f"final C-MOVE-RSP {info.label} {info.description}")
+    unsent = sorted({o.reason for o in move.instances.values() if o.category == "unsent"})
+    parts += unsent[:1]
+    return clip("; ".join(parts)) or "the move could not run"
+
+
+def _undecided(move: MoveState) -> bool:
+    """A failure of the latest attempt that the retrier has not decided about yet."""
+    return any(
+        o.category in DECIDED_BY_RETRIER and not _decided(move.retries.get(o.sop_instance_uid), o)
+        for o in move.instances.values()
+    ) or any(uid not in move.instances for uid in move.reported_failed)
+
+
+def _decided(mark: RetryMark | None, latest: InstanceOutcome) -> bool:
+    """Whether the retrier scheduled the attempt after ``latest``, or gave it up."""
+    if mark is None:
+        return False
+    if mark.gave_up is not None:
+        return mark.attempt >= latest.attempt
+    return mark.attempt > latest.attempt
+
+
+def finish(
+    move: MoveState, result: ev.MoveOutcome, tally: ev.SubOperationCounts
+) -> tuple[MoveState, int | None]:
+    """The move with its finish mark updated, and the revision of a finished to publish, if any.
+
+    A final outcome is published once; the move leaving it (retrying again) and
+    reaching a final outcome again, or its counts changing, is the next revision.
+    """
+    mark = move.finished
+    if result not in TERMINAL:
+        if mark is None or mark.outcome is None:
+            return move, None
+        reopened = FinishMark(revision=mark.revision, outcome=None, counts=None)
+        return move.model_copy(update={"finished": reopened}), None
+    if mark is not None and (mark.outcome, mark.counts) == (result, tally):
+        return move, None
+    revision = (mark.revision if mark else 0) + 1
+    new = FinishMark(revision=revision, outcome=result, counts=tally)
+    return move.model_copy(update={"finished": new}), revision
 
 
 def retried_instances(move: MoveState) -> tuple[InstanceOutcome, ...]:
@@ -418,17 +539,19 @@ def progress_data(
 ) -> ev.MoveProgressData:
     """The derived events' payload for ``move``: the first failed instances, the rest counted."""
     failed = failed_instances(move)
+    tally = counts(move)
     return ev.MoveProgressData(
         operation=ev.Operation(kind="move", id=move.move_id),
         node_id=move.node_id,
         requestor_ae_title=move.requestor_ae_title,
         destination_ae_title=move.destination_ae_title,
         expected=move.expected,
-        counts=counts(move),
+        counts=tally,
         outcome=outcome(move, now, stall_after),
         failed_instances=failed[:MAX_FAILED_INSTANCES],
         failed_instances_omitted=max(len(failed) - MAX_FAILED_INSTANCES, 0),
         at=now,
+        reason=failure_reason(move, tally),
     )
 
 

@@ -9,6 +9,7 @@ from services.tracker.progress import (
     MoveState,
     counts,
     failed_instances,
+    failure_reason,
     outcome,
     retried_instances,
 )
@@ -26,6 +27,8 @@ def move_view(move: MoveState, now: dt.datetime, stall_after: dt.timedelta) -> d
         "query_level": move.query_level,
         "keys": move.keys,
         "outcome": outcome(move, now, stall_after),
+        "reason": failure_reason(move, tally),
+        "revision": move.finished.revision if move.finished else None,
         "expected": move.expected,
         "counts": tally.model_dump(),
         "final_status": None if move.final_status is None else f"0x{move.final_status:04X}",

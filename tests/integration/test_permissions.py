@@ -84,7 +84,7 @@ MAY_PUBLISH = {
     "tracker": {PUBLISHES[1]},
     "retrier": {PUBLISHES[2], PUBLISHES[3]},
     "audit": set(),
-    "operator": {PUBLISHES[3]},
+    "operator": {PUBLISHES[2], PUBLISHES[3]},  # its resends' dimsebus.retry.scheduled
 }
 
 

@@ -215,9 +215,10 @@ async def test_permanent_association_rejection_is_not_retried(
     with storescp(tmp_path / "refusing", "--refuse") as peer:
         node: RunningNode = await start_node(instances=5, destinations={"STORESCP": peer.port})
         await movescu(node, "STORESCP")
-        move = await settled(tracker.db, node, "completed_with_failures")
-    # then every instance is reported not sent, and given up without a retry
+        move = await settled(tracker.db, node, "failed")
+    # then every instance is reported not sent, and given up without a retry: the move failed
     assert move["counts"]["failed"] == 5
+    assert "rejected_permanent" in move["reason"]
     assert all(
         f["reason"].startswith("not sent: rejected_permanent") for f in move["failed_instances"]
     )
@@ -353,7 +354,7 @@ async def test_operator_retries_what_was_given_up(
     with storescp(tmp_path / "refusing", "--refuse", port=port):
         node: RunningNode = await start_node(instances=5, destinations={"STORESCP": port})
         await movescu(node, "STORESCP")
-        given_up = await settled(tracker.db, node, "completed_with_failures")
+        given_up = await settled(tracker.db, node, "failed")  # refused for good, until now
     assert "parked" in {r["state"] for r in retries(retrier, node)}
     # when the destination accepts again and an operator retries
     with storescp(tmp_path / "received", port=port) as peer:
