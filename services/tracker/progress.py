@@ -21,6 +21,7 @@ from schemas import events as ev
 from schemas.envelope import CloudEvent, Model
 from schemas.limits import MAX_FAILED_INSTANCES, chunked, clip
 from schemas.status import Service, describe_status
+from services.tracker import pulls  # Move SCU moves (it reads this module lazily)
 
 Category = Literal["success", "warning", "failure", "cancel", "missing", "unsent"]
 MoveKey = tuple[str, UUID]
@@ -138,6 +139,8 @@ def move_key(event: CloudEvent) -> MoveKey | None:
 
     The node's events name it by their source; the retrier's by the node id they carry.
     """
+    if isinstance(event, pulls.PULL_EVENTS):  # the node's own C-MOVEs, as Move SCU
+        return pulls.pull_key(event)
     if isinstance(event, NODE_EVENTS):
         source = event.source
     elif isinstance(event, RETRY_EVENTS):
@@ -172,6 +175,8 @@ def apply(state: MoveState | None, event: CloudEvent) -> MoveState | None:
             return _unsent(move, event)
         case ev.RetryScheduled() | ev.RetryExhausted():
             return _retry(move, event)
+        case ev.MoveResponseReceived() | ev.CStoreResponseSent():
+            return pulls.apply_pull(move, event)
         case ev.MessageInvalid():
             return _unnamed(move, event)
     return move
@@ -589,3 +594,4 @@ def retry_commands(
         for attempt, uids in sorted(by_attempt.items())
         for chunk in chunked(uids)
     ]
+

@@ -24,7 +24,7 @@ from aiormq.exceptions import ChannelNotFoundEntity
 from schemas.envelope import CloudEvent
 from services.node.config import Peer
 from services.node.synthetic import write_study
-from tests.integration.conftest import TEST_PEERS, RunningNode, of_type, read_events
+from tests.integration.conftest import TEST_PEERS, RunningNode, of_type, read_events, settled
 from tests.integration.peers import ENV, answering_scp, dcmtk, free_port, storescp, wait_for_port
 
 pytestmark = pytest.mark.integration
@@ -225,3 +225,21 @@ async def test_the_node_as_destination_records_each_store_of_its_own_move(
     assert {s.study_instance_uid for s in sent} == {archive.study_uid}
     # and the node stored them
     assert node.node.archive.count() == before + 4
+
+
+async def test_the_tracker_follows_the_nodes_move_to_itself(
+    tmp_path: Path, start_node: Any, start_tracker: Any, connection: AbstractRobustConnection
+) -> None:
+    # given a tracker, and a node that dcmqrscp may store to
+    settings = await start_tracker()
+    peers = {**TEST_PEERS, QRSCP: Peer(host="127.0.0.1", allow=frozenset({"echo", "store"}))}
+    node = await start_node(instances=1, peers=peers)
+    with dcmqrscp(tmp_path / "qr", 3, {node.settings.ae_title: node.settings.port}) as archive:
+        await commands_queue(connection, node)
+        # when the node moves the study to itself
+        operation = await move(node, archive, node.settings.ae_title, "--study", archive.study_uid)
+        # then the tracker reports the move completed, with every sub-operation counted
+        found = await settled(settings.db, node, "completed")
+    assert found["move_id"] == operation
+    assert found["counts"]["completed"] == 3
+    assert found["destination_ae_title"] == node.settings.ae_title

@@ -1,0 +1,107 @@
+"""The tracker's fold of the C-MOVEs the node sent as Move SCU to itself (issue 18, item 3).
+
+A move the node asked a remote archive for (``dimsebus.command.move``) is the
+same ``MoveState`` as the C-MOVEs the node serves, keyed by the node's source and
+the operation id, and gets the same states and outcome (``progress.outcome``).
+Its C-MOVE-RSPs (``dicom.move.response.received``) say how many sub-operations
+there are and how the move ended; when the node itself is the destination each
+sub-operation is named by the node's answer to it (``dicom.cstore.response.sent``).
+To another destination the responses only count the sub-operations, never name
+the ones that succeeded, which the tracker's per-instance counts need: those
+moves are not followed here (their events are on the log).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from schemas import events as ev
+from schemas.envelope import CloudEvent
+from schemas.status import Service, describe_status
+from services.tracker import progress  # progress.apply dispatches here: read it lazily
+
+if TYPE_CHECKING:
+    from services.tracker.progress import MoveKey, MoveState, TimelineEntry
+
+PULL_EVENTS = (ev.MoveResponseReceived, ev.CStoreResponseSent)
+
+
+def pull_key(event: CloudEvent) -> MoveKey | None:
+    """The move of a Move SCU event, if the node is its destination; else None."""
+    if isinstance(event, ev.MoveResponseReceived):
+        data = event.data
+        if data.move_destination != data.association.local_ae_title:
+            return None
+        return (event.source, data.operation.id)
+    if isinstance(event, ev.CStoreResponseSent):
+        return (event.source, event.data.operation.id)
+    return None
+
+
+def apply_pull(move: MoveState, event: CloudEvent) -> MoveState:
+    """Fold one C-MOVE-RSP, or the node's answer to one of the move's C-STOREs."""
+    if isinstance(event, ev.MoveResponseReceived):
+        return _responded(move, event)
+    if isinstance(event, ev.CStoreResponseSent):
+        return _stored(move, event)
+    return move
+
+
+def _responded(move: MoveState, event: ev.MoveResponseReceived) -> MoveState:
+    data = event.data
+    counts = data.counts
+    total = counts.completed + counts.failed + counts.warning + (counts.remaining or 0)
+    update: dict[str, object] = {
+        "requestor_ae_title": data.association.local_ae_title,
+        "destination_ae_title": data.move_destination,
+    }
+    if data.attempt == 1:  # a re-issued C-MOVE moves only some instances again
+        update |= {"association_id": data.association.id, "message_id": data.message_id}
+        if move.expected is None or data.final:
+            update["expected"] = total
+    if data.final and data.attempt == 1:
+        info = describe_status(data.status, Service.QUERY_RETRIEVE)
+        update |= {
+            "final_status": data.status,
+            "final_category": data.status_category,
+            "reported_failed": tuple(sorted(set(data.failed_sop_instance_uids))),
+            "completed_at": data.responded_at,
+            "timeline": _with_entry(
+                move,
+                event,
+                f"final C-MOVE-RSP from {data.association.peer_ae_title} {info.label} "
+                f"{info.description}: {counts.completed} completed, {counts.failed} failed, "
+                f"{counts.warning} warning",
+            ),
+        }
+    elif move.expected is None and not move.timeline:
+        what = f"C-MOVE-RQ to {data.association.peer_ae_title} for {data.move_destination}"
+        update["timeline"] = _with_entry(move, event, what)
+    return move.model_copy(update=update)
+
+
+def _stored(move: MoveState, event: ev.CStoreResponseSent) -> MoveState:
+    data = event.data
+    info = describe_status(data.status, Service.STORAGE)
+    outcome = progress.InstanceOutcome(
+        sop_instance_uid=data.affected_sop_instance_uid,
+        category=data.status_category,
+        status=data.status,
+        reason=f"{info.label} {info.description}",
+        attempt=data.attempt,
+        at=event.time,
+        event_id=event.id,
+    )
+    current = move.instances.get(outcome.sop_instance_uid)
+    if current is not None and outcome.rank <= current.rank:
+        return move
+    update: dict[str, object] = {"instances": {**move.instances, outcome.sop_instance_uid: outcome}}
+    if outcome.category != "success":
+        what = f"{outcome.sop_instance_uid} attempt {outcome.attempt}: {outcome.reason}"
+        update["timeline"] = _with_entry(move, event, what)
+    return move.model_copy(update=update)
+
+
+def _with_entry(move: MoveState, event: CloudEvent, what: str) -> tuple[TimelineEntry, ...]:
+    entry = progress.TimelineEntry(at=event.time, event_id=event.id, what=what)
+    return tuple(sorted((*move.timeline, entry), key=lambda e: (e.at, str(e.event_id))))

@@ -1,0 +1,138 @@
+"""The tracker follows the node's own C-MOVEs (Move SCU) to itself with the same states."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from uuid import UUID
+
+from schemas import events as ev
+from schemas.envelope import CloudEvent
+from services.node import moves
+from services.node.capture import Stamp
+from services.tracker import progress
+
+STUDY = "1.2.826.0.1.3680043.8.498.1"
+UIDS = [f"{STUDY}.1.{n}" for n in (1, 2, 3)]
+START = dt.datetime(2026, 11, 30, 3, 0, tzinfo=dt.UTC)
+SOURCE = "dimsebus://node/n1"
+STALL = dt.timedelta(minutes=5)
+TO_ARCHIVE = ev.AssociationRef(
+    id=UUID(int=7),
+    role="requestor",
+    local_ae_title="DIMSEBUS",
+    peer_ae_title="QRSCP",
+    peer_host="127.0.0.1",
+    peer_port=104,
+)
+FROM_ARCHIVE = TO_ARCHIVE.model_copy(update={"id": UUID(int=8), "role": "acceptor"})
+
+
+def command(destination: str = "DIMSEBUS") -> ev.MoveCommandData:
+    return ev.MoveCommandData.model_validate(
+        {
+            "operation": {"kind": "move", "id": UUID(int=1)},
+            "node_id": "n1",
+            "source": {"ae_title": "QRSCP", "host": "127.0.0.1", "port": 104},
+            "destination_ae_title": destination,
+            "query_level": "STUDY",
+            "study_instance_uid": STUDY,
+        }
+    )
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.n = 100
+
+    def stamp(self) -> Stamp:
+        self.n += 1
+        return Stamp(UUID(int=self.n), START + dt.timedelta(seconds=self.n), SOURCE)
+
+
+def response(
+    clock: Clock,
+    status: int,
+    done: int,
+    failed: tuple[str, ...] = (),
+    destination: str = "DIMSEBUS",
+) -> ev.MoveResponseReceived:
+    remaining = None if status not in moves.PENDING else 3 - done - len(failed)
+    values = moves.MoveResponse(status, remaining, done, len(failed), 0, failed_uids=failed)
+    return moves.response_event(command(destination), TO_ARCHIVE, 5, values, clock.stamp())
+
+
+def stored(clock: Clock, uid: str, status: int = 0) -> ev.CStoreResponseSent:
+    store = moves.ReceivedStore(
+        association=FROM_ARCHIVE,
+        presentation_context_id=1,
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        message_id=UIDS.index(uid) + 1,
+        affected_sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        affected_sop_instance_uid=uid,
+        originator_message_id=5,
+        requested_at=START,
+        status=status,
+    )
+    return moves.answered_event(command(), store, clock.stamp(), "DIMSEBUS")
+
+
+def fold(events: Sequence[CloudEvent]) -> progress.MoveState | None:
+    state = None
+    for event in events:
+        state = progress.apply(state, event)
+    return state
+
+
+def test_a_move_to_the_node_itself_completes_with_every_instance_named() -> None:
+    # given the node's own C-MOVE: pending responses, its answers to 3 C-STOREs, success
+    clock = Clock()
+    events: list[CloudEvent] = [response(clock, 0xFF00, 0)]
+    for done, uid in enumerate(UIDS, 1):
+        events += [stored(clock, uid), response(clock, 0xFF00, done)]
+    events.append(response(clock, 0x0000, 3))
+    # when the tracker folds them
+    move = fold(events)
+    # then the move is the node's, completed, with 3 completed sub-operations
+    assert move is not None
+    assert (move.source, move.move_id) == (SOURCE, UUID(int=1))
+    assert (move.requestor_ae_title, move.destination_ae_title) == ("DIMSEBUS", "DIMSEBUS")
+    assert progress.outcome(move, START, STALL) == "completed"
+    assert progress.counts(move) == ev.SubOperationCounts(remaining=0, completed=3)
+
+
+def test_a_refused_store_makes_it_complete_with_failures() -> None:
+    # given one of the three C-STOREs answered 0xA700 by the node, and the final warning
+    clock = Clock()
+    events: list[CloudEvent] = [stored(clock, UIDS[0]), stored(clock, UIDS[1], 0xA700)]
+    events.append(stored(clock, UIDS[2]))
+    events.append(response(clock, 0xB000, 2, (UIDS[1],)))
+    # when the tracker folds them
+    move = fold(events)
+    # then the move has one failure, named, with its status
+    assert move is not None
+    assert progress.outcome(move, START, STALL) == "completed_with_failures"
+    assert progress.counts(move) == ev.SubOperationCounts(remaining=0, completed=2, failed=1)
+    failed = progress.failed_instances(move)
+    assert [(f.sop_instance_uid, f.status) for f in failed] == [(UIDS[1], 0xA700)]
+
+
+def test_the_move_is_in_progress_until_the_final_response() -> None:
+    clock = Clock()
+    move = fold([response(clock, 0xFF00, 0), stored(clock, UIDS[0])])
+    assert move is not None
+    assert progress.outcome(move, START, STALL) == "in_progress"
+    assert progress.counts(move) == ev.SubOperationCounts(remaining=2, completed=1)
+
+
+def test_a_redelivered_event_changes_nothing() -> None:
+    clock = Clock()
+    first = stored(clock, UIDS[0])
+    once = fold([response(clock, 0xFF00, 0), first])
+    assert progress.apply(once, first) == once
+
+
+def test_a_move_to_another_destination_is_not_followed() -> None:
+    # its responses count the sub-operations but name none that succeeded
+    clock = Clock()
+    assert fold([response(clock, 0xFF00, 0, destination="STORESCP")]) is None
