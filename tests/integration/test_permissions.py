@@ -77,6 +77,7 @@ PUBLISHES = (
     (EVENTS_EXCHANGE, "dimsebus.move.finished"),
     (EVENTS_EXCHANGE, "dimsebus.retry.scheduled"),
     (COMMANDS_EXCHANGE, "dimsebus.command.resend.n1"),
+    (COMMANDS_EXCHANGE, "dimsebus.command.move.n1"),
 )
 MAY_PUBLISH = {
     "admin": set(PUBLISHES),
@@ -84,7 +85,7 @@ MAY_PUBLISH = {
     "tracker": {PUBLISHES[1]},
     "retrier": {PUBLISHES[2], PUBLISHES[3]},
     "audit": set(),
-    "operator": {PUBLISHES[2], PUBLISHES[3]},  # its resends' dimsebus.retry.scheduled
+    "operator": {PUBLISHES[2], PUBLISHES[3], PUBLISHES[4]},  # resends, their scheduled; moves
 }
 
 
