@@ -162,6 +162,7 @@ retries = st.builds(
 )
 _ended = st.builds(ev.AssociationEndedData, association=associations, at=times)
 
+
 @st.composite
 def move_responses(draw: st.DrawFn) -> ev.MoveResponseData:
     status = draw(statuses)

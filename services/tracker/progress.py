@@ -594,4 +594,3 @@ def retry_commands(
         for attempt, uids in sorted(by_attempt.items())
         for chunk in chunked(uids)
     ]
-
