@@ -1,7 +1,9 @@
 """Act on finished C-MOVEs: subscribe a queue of your own to ``dimsebus.move.finished``.
 
 The tracker publishes one ``dimsebus.move.finished`` per final outcome of a move
-on the topic exchange ``dimsebus.events``, with the event type as routing key.
+on the topic exchange ``dimsebus.events``, with the event type as routing key; a
+move that changes after it finished (a retry) is published again with the next
+``revision``. A redelivery repeats the event id, which this program skips.
 This program binds its own queue to that key, validates each message with the
 published models (``schemas``; other languages use schemas/json/*.json), acks
 it, and prints one line per move::
@@ -32,13 +34,18 @@ ROUTING_KEY = "dimsebus.move.finished"
 
 
 def describe(event: MoveFinished) -> str:
-    """One line: move id, requestor->destination, outcome, counts."""
+    """One line: move id, requestor->destination, outcome, counts (and why it failed)."""
     data, counts = event.data, event.data.counts
-    return (
+    line = (
         f"{data.operation.id}  {data.requestor_ae_title or '?'}->"
         f"{data.destination_ae_title or '?'}  {data.outcome}  completed={counts.completed} "
         f"warning={counts.warning} failed={counts.failed}"
     )
+    if data.revision > 1:  # the move changed after it finished (a retry): this is newer
+        line += f"  revision={data.revision}"
+    if data.reason:  # outcome failed: the move as a whole was refused
+        line += f"  reason={data.reason!r}"
+    return line
 
 
 def validated(message: AbstractIncomingMessage) -> MoveFinished | None:
