@@ -22,6 +22,7 @@ from aio_pika.abc import AbstractRobustConnection
 from aiormq.exceptions import ChannelNotFoundEntity
 
 from schemas.envelope import CloudEvent
+from services.bus.consumer import REASON_HEADER
 from services.node.config import Peer
 from services.node.synthetic import write_study
 from tests.integration.conftest import TEST_PEERS, RunningNode, of_type, read_events, settled
@@ -243,3 +244,23 @@ async def test_the_tracker_follows_the_nodes_move_to_itself(
     assert found["move_id"] == operation
     assert found["counts"]["completed"] == 3
     assert found["destination_ae_title"] == node.settings.ae_title
+
+
+async def test_a_move_from_an_archive_that_cannot_be_reached_is_parked_with_the_reason(
+    start_node: Any, connection: AbstractRobustConnection
+) -> None:
+    # given a node, and an archive address where nothing listens
+    node = await start_node(instances=1)
+    await commands_queue(connection, node)
+    nowhere = Archive(free_port(), "1.2.3", "1.2.3.4", [])
+    # when the node is told to move from it
+    operation = await move(node, nowhere, "STORESCP", "--study", "1.2.3")
+    # then the command is parked in the node's parking queue, saying why
+    channel = await connection.channel()
+    parking = await channel.get_queue(f"dimsebus.node.{node.settings.node_id}.dead", ensure=False)
+    async with asyncio.timeout(60):
+        while (message := await parking.get(no_ack=True, fail=False)) is None:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+    reason = str((message.headers or {}).get(REASON_HEADER, ""))
+    assert operation in reason
+    assert "no association with QRSCP@127.0.0.1" in reason
