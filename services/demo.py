@@ -195,6 +195,7 @@ async def run_demo(
         outbox_path=workdir / "tracker-outbox.sqlite",
         tracker_id="demo-tracker",
         start_from="next",
+        retries=True,  # the demo runs a retrier: a failure is final once it decided
     )
     retrier = RetrierSettings(
         amqp_url=url,

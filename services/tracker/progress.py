@@ -450,7 +450,11 @@ def failure_reason(move: MoveState, tally: ev.SubOperationCounts) -> str | None:
 
 
 def _undecided(move: MoveState) -> bool:
-    """A failure of the latest attempt that the retrier has not decided about yet."""
+    """A failure of the latest attempt that the retrier has not decided about yet.
+
+    An instance only the final response lists is one whose event is still on its
+    way (the node reports every listed instance, sent or not): it is waited for.
+    """
     return any(
         o.category in DECIDED_BY_RETRIER and not _decided(move.retries.get(o.sop_instance_uid), o)
         for o in move.instances.values()
