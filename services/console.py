@@ -41,6 +41,17 @@ def settings_or_exit(cls: type[S], config: Path | None, **flags: Any) -> S:
         fail(str(exc))
 
 
+def parse_labels(pairs: Sequence[str]) -> dict[str, str]:
+    """``--label k=v`` options as a map, or a DimsebusError naming the one that is not k=v."""
+    labels = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise DimsebusError(f"--label: {pair!r} is not k=v")
+        labels[key] = value
+    return labels
+
+
 def run_service(service: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run a long-running service until SIGINT or SIGTERM sets its stop event.
 

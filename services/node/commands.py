@@ -15,7 +15,15 @@ from rich.table import Table
 from schemas.status import Service, describe_status
 from services.bus.outbox import Outbox, read_depth
 from services.bus.relay import NICENESS, RelayProcess, run_relay
-from services.console import ConfigOption, HttpPortOption, console, err, fail, settings_or_exit
+from services.console import (
+    ConfigOption,
+    HttpPortOption,
+    console,
+    err,
+    fail,
+    parse_labels,
+    settings_or_exit,
+)
 from services.errors import DimsebusError
 from services.logs import configure_logging
 from services.node import exchange
@@ -146,7 +154,7 @@ def send(
     try:
         target = Target.parse(to, tls)
         association_tls(settings, target.host, target.tls)  # a bad [tls] fails before sending
-        labels = _labels(label or [])
+        labels = parse_labels(label or [])
         files = dicom_files(paths)
     except DimsebusError as exc:
         fail(str(exc))
@@ -194,16 +202,6 @@ def _send(
     depth = box.depth()
     box.close()
     return summary, depth
-
-
-def _labels(pairs: list[str]) -> dict[str, str]:
-    labels = {}
-    for pair in pairs:
-        key, equals, value = pair.partition("=")
-        if not equals or not key:
-            raise DimsebusError(f"--label: {pair!r} is not k=v")
-        labels[key] = value
-    return labels
 
 
 def _show_summary(summary: SendSummary, target: Target, depth: int, outbox: Path) -> None:

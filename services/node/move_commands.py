@@ -14,7 +14,7 @@ from services.bus.connection import confirming_channel, connect
 from services.bus.publisher import Publisher
 from services.bus.topology import COMMANDS_EXCHANGE
 from services.clock import new_id, utc_now
-from services.console import ConfigOption, console, fail, settings_or_exit
+from services.console import ConfigOption, console, fail, parse_labels, settings_or_exit
 from services.errors import DimsebusError, UnroutableEvent
 from services.node import moves
 from services.node.config import NodeSettings
@@ -99,7 +99,7 @@ def _command(
         "study_instance_uid": study,
         "series_instance_uids": series or None,
         "sop_instance_uids": instances or None,
-        "labels": _labels(labels or []),
+        "labels": parse_labels(labels or []),
     }
     try:
         validated = ev.MoveCommandData.model_validate(data)
@@ -117,16 +117,6 @@ def _command(
             "data": validated,
         }
     )
-
-
-def _labels(pairs: list[str]) -> dict[str, str]:
-    labels = {}
-    for pair in pairs:
-        key, equals, value = pair.partition("=")
-        if not equals or not key:
-            raise DimsebusError(f"--label: {pair!r} is not k=v")
-        labels[key] = value
-    return labels
 
 
 async def _publish(amqp_url: str, command: ev.MoveCommand) -> None:
