@@ -110,6 +110,12 @@ class MoveState(Model):
     timeline: tuple[TimelineEntry, ...] = ()
     responses: dict[str, int] = Field(default_factory=dict)
     unnamed: int = 0
+    # A Move SCU move to another destination (``pulls``): its final C-MOVE-RSP counts the
+    # sub-operations that completed, gave a warning or failed unlisted, but names none.
+    counted_only: bool = False
+    counted_completed: int = 0
+    counted_warning: int = 0
+    counted_failed: int = 0
     # Set by the tracker's shell, not by ``apply``: whether a retrier decides about this
     # node's failures (the tracker's ``retries`` setting), and the last finished it derived.
     retries_on: bool = False
@@ -369,19 +375,23 @@ def counts(move: MoveState) -> ev.SubOperationCounts:
     """Completed, warning and failed sub-operations by their latest attempt; what remains.
 
     Once the final response came, sub-operations it counted that no event can name
-    (the node reported them only as invalid UIDs) are failed, not remaining.
+    (the node reported them only as invalid UIDs) are failed, not remaining. A Move
+    SCU move to another destination adds what its final response counts but does
+    not name (``counted_*``) to the instances it names (the failed ones).
     """
     latest = [outcome.category for outcome in move.instances.values()]
     failed_elsewhere = [uid for uid in move.reported_failed if uid not in move.instances]
     failed = sum(category in FAILED for category in latest) + len(failed_elsewhere)
-    accounted = len(move.instances) + len(failed_elsewhere)
+    failed += move.counted_failed
+    unnamed_done = move.counted_completed + move.counted_warning + move.counted_failed
+    accounted = len(move.instances) + len(failed_elsewhere) + unnamed_done
     remaining = max(move.expected - accounted, 0) if move.expected is not None else None
     if remaining and move.final_category is not None and remaining <= move.unnamed:
         failed, remaining = failed + remaining, 0
     return ev.SubOperationCounts(
         remaining=remaining,
-        completed=latest.count("success"),
-        warning=latest.count("warning"),
+        completed=latest.count("success") + move.counted_completed,
+        warning=latest.count("warning") + move.counted_warning,
         failed=failed,
     )
 
@@ -454,11 +464,14 @@ def _undecided(move: MoveState) -> bool:
 
     An instance only the final response lists is one whose event is still on its
     way (the node reports every listed instance, sent or not): it is waited for.
+    Not so for a Move SCU move to another destination, whose final response is the
+    only word on its failures: the retrier's queue does not receive it, so no
+    decision is waited for (they are final as listed).
     """
     return any(
         o.category in DECIDED_BY_RETRIER and not _decided(move.retries.get(o.sop_instance_uid), o)
         for o in move.instances.values()
-    ) or any(uid not in move.instances for uid in move.reported_failed)
+    ) or (not move.counted_only and any(uid not in move.instances for uid in move.reported_failed))
 
 
 def _decided(mark: RetryMark | None, latest: InstanceOutcome) -> bool:

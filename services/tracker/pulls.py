@@ -6,9 +6,11 @@ the operation id, and gets the same states and outcome (``progress.outcome``).
 Its C-MOVE-RSPs (``dicom.move.response.received``) say how many sub-operations
 there are and how the move ended; when the node itself is the destination each
 sub-operation is named by the node's answer to it (``dicom.cstore.response.sent``).
-To another destination the responses only count the sub-operations, never name
-the ones that succeeded, which the tracker's per-instance counts need: those
-moves are not followed here (their events are on the log).
+To another destination the responses only count the sub-operations and name
+the failed ones: the move's final response (attempt 1) gives its completed and
+warning counts, and failures it counts but does not list (``counted_*`` in
+``MoveState``), beside the failed instances it lists (``reported_failed``), so
+the move ends completed, completed_with_failures or failed by that response.
 """
 
 from __future__ import annotations
@@ -27,12 +29,9 @@ PULL_EVENTS = (ev.MoveResponseReceived, ev.CStoreResponseSent)
 
 
 def pull_key(event: CloudEvent) -> MoveKey | None:
-    """The move of a Move SCU event, if the node is its destination; else None."""
+    """The move of a Move SCU event (to the node itself or to another destination)."""
     if isinstance(event, ev.MoveResponseReceived):
-        data = event.data
-        if data.move_destination != data.association.local_ae_title:
-            return None
-        return (event.source, data.operation.id)
+        return (event.source, event.data.operation.id)
     if isinstance(event, ev.CStoreResponseSent):
         return (event.source, event.data.operation.id)
     return None
@@ -55,6 +54,9 @@ def _responded(move: MoveState, event: ev.MoveResponseReceived) -> MoveState:
         "requestor_ae_title": data.association.local_ae_title,
         "destination_ae_title": data.move_destination,
     }
+    elsewhere = data.move_destination != data.association.local_ae_title
+    if elsewhere:  # no C-STORE of this move reaches the node: the responses only count
+        update["counted_only"] = True
     if data.attempt == 1:  # a re-issued C-MOVE moves only some instances again
         update |= {"association_id": data.association.id, "message_id": data.message_id}
         if move.expected is None or data.final:
@@ -74,10 +76,33 @@ def _responded(move: MoveState, event: ev.MoveResponseReceived) -> MoveState:
                 f"{counts.warning} warning",
             ),
         }
-    elif move.expected is None and not move.timeline:
-        what = f"C-MOVE-RQ to {data.association.peer_ae_title} for {data.move_destination}"
-        update["timeline"] = _with_entry(move, event, what)
+        if elsewhere:
+            update |= _counted(data)
+    elif not data.final and data.attempt == 1:
+        update["timeline"] = _first_pending(move, event)
     return move.model_copy(update=update)
+
+
+def _first_pending(move: MoveState, event: ev.MoveResponseReceived) -> tuple[TimelineEntry, ...]:
+    """The timeline with one "C-MOVE-RQ" entry: the earliest pending response's, in any order."""
+    data = event.data
+    what = f"C-MOVE-RQ to {data.association.peer_ae_title} for {data.move_destination}"
+    entry = progress.TimelineEntry(at=event.time, event_id=event.id, what=what)
+    earlier = [e for e in move.timeline if e.what == what]
+    if earlier and min(earlier[0], entry, key=lambda e: (e.at, str(e.event_id))) is earlier[0]:
+        return move.timeline
+    others = [e for e in move.timeline if e.what != what]
+    return tuple(sorted((*others, entry), key=lambda e: (e.at, str(e.event_id))))
+
+
+def _counted(data: ev.MoveResponseData) -> dict[str, object]:
+    """What a final response to another destination counts but does not name."""
+    listed = len(set(data.failed_sop_instance_uids))
+    return {
+        "counted_completed": data.counts.completed,
+        "counted_warning": data.counts.warning,
+        "counted_failed": max(data.counts.failed - listed, 0),
+    }
 
 
 def _stored(move: MoveState, event: ev.CStoreResponseSent) -> MoveState:

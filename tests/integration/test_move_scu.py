@@ -246,6 +246,48 @@ async def test_the_tracker_follows_the_nodes_move_to_itself(
     assert found["destination_ae_title"] == node.settings.ae_title
 
 
+async def test_the_tracker_follows_the_nodes_move_to_another_destination_by_its_counts(
+    tmp_path: Path, start_node: Any, start_tracker: Any, connection: AbstractRobustConnection
+) -> None:
+    # given a tracker with retries on, and storescp as the destination
+    settings = await start_tracker(retries=True)
+    with (
+        storescp(tmp_path / "received") as destination,
+        dcmqrscp(tmp_path / "qr", 3, {destination.ae_title: destination.port}) as archive,
+    ):
+        node = await start_node(instances=1)
+        await commands_queue(connection, node)
+        # when the node moves the study to storescp (no C-STORE of it reaches the node)
+        operation = await move(node, archive, destination.ae_title, "--study", archive.study_uid)
+        # then the tracker reports it completed by the final response's counts
+        found = await settled(settings.db, node, "completed")
+    assert found["move_id"] == operation
+    assert found["counts"] == {"remaining": 0, "completed": 3, "warning": 0, "failed": 0}
+    assert found["destination_ae_title"] == destination.ae_title
+
+
+async def test_the_tracker_lists_what_another_destination_refused(
+    tmp_path: Path, start_node: Any, start_tracker: Any, connection: AbstractRobustConnection
+) -> None:
+    # given a tracker with retries on, and a destination that refuses one instance
+    settings = await start_tracker(retries=True)
+    refused: set[str] = set()
+    with (
+        answering_scp(lambda uid: 0xA700 if uid in refused else 0x0000, "ODDSCP") as port,
+        dcmqrscp(tmp_path / "qr", 3, {"ODDSCP": port}) as archive,
+    ):
+        refused.add(archive.instance_uids[1])
+        node = await start_node(instances=1)
+        await commands_queue(connection, node)
+        # when the node moves the study there
+        await move(node, archive, "ODDSCP", "--study", archive.study_uid)
+        # then the move completes with that one failure, named (no retrier decides about it)
+        found = await settled(settings.db, node, "completed_with_failures")
+    assert found["counts"] == {"remaining": 0, "completed": 2, "warning": 0, "failed": 1}
+    failed = [f["sop_instance_uid"] for f in found["failed_instances"]]
+    assert failed == [archive.instance_uids[1]]
+
+
 async def test_a_move_from_an_archive_that_cannot_be_reached_is_parked_with_the_reason(
     start_node: Any, connection: AbstractRobustConnection
 ) -> None:

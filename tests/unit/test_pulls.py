@@ -1,4 +1,4 @@
-"""The tracker follows the node's own C-MOVEs (Move SCU) to itself with the same states."""
+"""The tracker follows the node's own C-MOVEs (Move SCU), to itself or elsewhere, alike."""
 
 from __future__ import annotations
 
@@ -132,7 +132,60 @@ def test_a_redelivered_event_changes_nothing() -> None:
     assert progress.apply(once, first) == once
 
 
-def test_a_move_to_another_destination_is_not_followed() -> None:
-    # its responses count the sub-operations but name none that succeeded
+def test_a_move_to_another_destination_completes_by_the_final_counts() -> None:
+    # given the node's C-MOVE to STORESCP: pending responses, then success counting 3
     clock = Clock()
-    assert fold([response(clock, 0xFF00, 0, destination="STORESCP")]) is None
+    events: list[CloudEvent] = [response(clock, 0xFF00, n, destination="STORESCP") for n in (0, 1)]
+    events.append(response(clock, 0x0000, 3, destination="STORESCP"))
+    # when the tracker folds them
+    move = fold(events)
+    # then the move completed with the 3 sub-operations the final response counts
+    assert move is not None
+    assert move.destination_ae_title == "STORESCP"
+    assert progress.outcome(move, START, STALL) == "completed"
+    assert progress.counts(move) == ev.SubOperationCounts(remaining=0, completed=3)
+
+
+def test_another_destination_that_refuses_some_completes_with_them_listed() -> None:
+    # given a final warning counting 2 completed and listing 1 failed, retries on
+    clock = Clock()
+    move = fold([response(clock, 0xB000, 2, (UIDS[1],), destination="STORESCP")])
+    assert move is not None
+    move = move.model_copy(update={"retries_on": True})
+    # then the move ends completed_with_failures (no retrier decides about them yet)
+    assert progress.outcome(move, START, STALL) == "completed_with_failures"
+    assert progress.counts(move) == ev.SubOperationCounts(remaining=0, completed=2, failed=1)
+    assert [f.sop_instance_uid for f in progress.failed_instances(move)] == [UIDS[1]]
+
+
+def test_another_destination_failing_unlisted_instances_counts_them_failed() -> None:
+    # given a final failure counting 2 failed but listing only one of them
+    clock = Clock()
+    values = moves.MoveResponse(0xA702, None, 1, 2, 0, failed_uids=(UIDS[2],))
+    final = moves.response_event(command("STORESCP"), TO_ARCHIVE, 5, values, clock.stamp())
+    move = fold([response(clock, 0xFF00, 0, destination="STORESCP"), final])
+    assert move is not None
+    assert progress.outcome(move, START, STALL) == "completed_with_failures"
+    assert progress.counts(move) == ev.SubOperationCounts(remaining=0, completed=1, failed=2)
+
+
+def test_another_destination_refused_as_a_whole_is_failed() -> None:
+    # given an archive that answers 0xA801 (move destination unknown), nothing counted
+    clock = Clock()
+    move = fold([response(clock, 0xA801, 0, destination="NOWHERE")])
+    assert move is not None
+    assert progress.outcome(move, START, STALL) == "failed"
+    assert progress.failure_reason(move, progress.counts(move)) is not None
+
+
+def test_another_destination_folds_the_same_in_any_order() -> None:
+    clock = Clock()
+    events: list[CloudEvent] = [response(clock, 0xFF00, n, destination="STORESCP") for n in (0, 1)]
+    events.append(response(clock, 0xB000, 2, (UIDS[1],), destination="STORESCP"))
+    forward, backward = fold(events), fold([*reversed(events), events[0]])
+    assert forward is not None
+    assert backward is not None
+    assert progress.counts(forward) == progress.counts(backward)
+    assert forward.model_copy(update={"seen": frozenset()}) == backward.model_copy(
+        update={"seen": frozenset()}
+    )
