@@ -32,6 +32,7 @@ from services.node.tls import association_tls
 log = logging.getLogger(__name__)
 
 STUDY_ROOT_MOVE = str(sop_class.StudyRootQueryRetrieveInformationModelMove)  # type: ignore[attr-defined]
+STUDY_ROOT_FIND = str(sop_class.StudyRootQueryRetrieveInformationModelFind)  # type: ignore[attr-defined]
 
 
 class MoveError(DimsebusError):
@@ -82,8 +83,13 @@ class Mover:
         self.capture = capture_
         self.open_moves = open_moves or OpenMoves()
 
-    def move(self, data: ev.MoveCommandData) -> MoveSummary:
-        """Ask the remote archive to move (blocking: a worker thread); one event per response."""
+    def move(self, data: ev.MoveCommandData) -> list[MoveSummary]:
+        """Ask the remote archive to move (blocking: a worker thread); one event per response.
+
+        IMAGE level without the series, which a hierarchical archive needs, first asks
+        the archive (C-FIND, SERIES then IMAGE level) which series each instance is
+        in, and sends one C-MOVE-RQ per series on the same association.
+        """
         source = data.source
         job = Job(data.operation, labels={**self.settings.labels, **data.labels})
         assoc = self._ae().associate(
@@ -98,6 +104,18 @@ class Mover:
                 f"no association with {source.ae_title}@{source.host}:{source.port} "
                 f"(rejected, aborted or unreachable)"
             )
+        try:
+            commands = [data]
+            if data.query_level == "IMAGE" and not data.series_instance_uids:
+                commands = moves.by_series(data, _series_of(assoc, data.study_instance_uid))
+            return [self._move_one(assoc, command) for command in commands]
+        except (moves.MoveCommandError, ValueError) as exc:
+            raise MoveError(str(exc)) from exc
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    def _move_one(self, assoc: Any, data: ev.MoveCommandData) -> MoveSummary:
         message_id = self.open_moves.open(data)
         final: ev.MoveResponseData | None = None
         try:
@@ -121,8 +139,6 @@ class Mover:
                 final = event.data if event.data.final else final
         finally:
             self.open_moves.close(message_id)
-            if assoc.is_established:
-                assoc.release()
         return MoveSummary(message_id, final)
 
     async def handle(self, event: ev.Event, archive: Archive) -> None:
@@ -150,7 +166,30 @@ class Mover:
         ae.connection_timeout = self.settings.acse_timeout
         ae.network_timeout = self.settings.network_timeout
         ae.add_requested_context(STUDY_ROOT_MOVE)
+        ae.add_requested_context(STUDY_ROOT_FIND)
         return ae
+
+
+def _series_of(assoc: Any, study: str) -> dict[str, str]:
+    """SOP Instance UID -> Series Instance UID of every instance of ``study`` at the archive."""
+    found: dict[str, str] = {}
+    for series in _found(assoc, moves.series_query(study), "SeriesInstanceUID"):
+        for uid in _found(assoc, moves.instance_query(study, series), "SOPInstanceUID"):
+            found[uid] = series
+    return found
+
+
+def _found(assoc: Any, identifier: Dataset, key: str) -> list[str]:
+    """One C-FIND's matches' ``key`` values; a failed or missing response is a MoveError."""
+    values = []
+    for status, match in assoc.send_c_find(identifier, STUDY_ROOT_FIND):
+        code = int(status.Status) if status else None
+        if code in moves.PENDING and match is not None and match.get(key):
+            values.append(str(match.get(key)))
+        elif code != 0x0000 and code not in moves.PENDING:
+            what = "no response" if code is None else f"status 0x{code:04X}"
+            raise MoveError(f"C-FIND ({identifier.QueryRetrieveLevel} level) failed: {what}")
+    return values
 
 
 def _response(status: Dataset, identifier: Any) -> moves.MoveResponse:

@@ -197,3 +197,50 @@ def parse_remote(text: str, option: str = "--from") -> tuple[str, str, int]:
     if not (at and colon and ae_title and host and port.isdigit() and 0 < int(port) < 65536):
         raise MoveCommandError(f"{option}: {text!r} is not AE@HOST:PORT (e.g. PACS@10.0.0.5:104)")
     return ae_title, host, int(port)
+
+
+def series_query(study_instance_uid: str) -> Dataset:
+    """The C-FIND-RQ identifier for every series of a study (Study Root, SERIES level)."""
+    identifier = Dataset()
+    identifier.QueryRetrieveLevel = "SERIES"
+    identifier.StudyInstanceUID = study_instance_uid
+    identifier.SeriesInstanceUID = ""
+    return identifier
+
+
+def instance_query(study_instance_uid: str, series_instance_uid: str) -> Dataset:
+    """The C-FIND-RQ identifier for every instance of one series (IMAGE level, hierarchical)."""
+    identifier = series_query(study_instance_uid)
+    identifier.QueryRetrieveLevel = "IMAGE"
+    identifier.SeriesInstanceUID = series_instance_uid
+    identifier.SOPInstanceUID = ""
+    return identifier
+
+
+def by_series(data: ev.MoveCommandData, series_of: Mapping[str, str]) -> list[ev.MoveCommandData]:
+    """An IMAGE-level move without its series as one move per series (a hierarchical archive).
+
+    ``series_of`` maps each SOP Instance UID the archive holds to its series. An
+    instance the archive does not hold in the study is an error naming it; so is a
+    first attempt spanning several series (``dimsebus move`` takes one).
+    """
+    wanted = list(data.sop_instance_uids or ())
+    unknown = [uid for uid in wanted if uid not in series_of]
+    if unknown:
+        raise MoveCommandError(
+            f"{len(unknown)} instance(s) not in study {data.study_instance_uid} at "
+            f"{data.source.ae_title}: {', '.join(unknown[:3])}"
+        )
+    groups: dict[str, list[str]] = {}
+    for uid in wanted:
+        groups.setdefault(series_of[uid], []).append(uid)
+    if data.attempt == 1 and len(groups) > 1:
+        raise MoveCommandError(
+            f"--instance: the instances are in {len(groups)} series; a move takes one"
+        )
+    return [
+        ev.MoveCommandData.model_validate(
+            data.model_dump() | {"series_instance_uids": [series], "sop_instance_uids": uids}
+        )
+        for series, uids in sorted(groups.items())
+    ]

@@ -196,6 +196,31 @@ async def test_instances_refused_by_the_destination_are_listed_in_the_final_resp
     assert final.failed_sop_instance_uids == (archive.instance_uids[1],)
 
 
+async def test_instances_are_moved_without_their_series_which_the_node_finds(
+    tmp_path: Path, start_node: Any, connection: AbstractRobustConnection
+) -> None:
+    # given dcmqrscp (hierarchical: IMAGE level needs the series) holding 4 instances
+    with (
+        storescp(tmp_path / "received") as destination,
+        dcmqrscp(tmp_path / "qr", 4, {destination.ae_title: destination.port}) as archive,
+    ):
+        node = await start_node(instances=1)
+        await commands_queue(connection, node)
+        # when two of them are moved by study and instance only
+        asked = archive.instance_uids[1:3]
+        keys = ["--study", archive.study_uid, "--instance", asked[0], "--instance", asked[1]]
+        operation = await move(node, archive, destination.ae_title, *keys)
+        events = await read_events(node.settings.amqp_url, node.source, final_response(operation))
+        # then the node found their series and the archive moved exactly those two
+        final = of_operation(events, "dicom.move.response.received", operation)[-1].data
+        assert (final.status_category, final.counts.completed, final.counts.failed) == (
+            "success",
+            2,
+            0,
+        )
+        assert len(destination.files()) == 2
+
+
 async def test_the_node_as_destination_records_each_store_of_its_own_move(
     tmp_path: Path, start_node: Any, connection: AbstractRobustConnection
 ) -> None:
@@ -298,11 +323,32 @@ async def test_a_move_from_an_archive_that_cannot_be_reached_is_parked_with_the_
     # when the node is told to move from it
     operation = await move(node, nowhere, "STORESCP", "--study", "1.2.3")
     # then the command is parked in the node's parking queue, saying why
+    reason = await parked_reason(connection, node)
+    assert operation in reason
+    assert "no association with QRSCP@127.0.0.1" in reason
+
+
+async def test_an_instance_the_archive_does_not_hold_parks_the_move_naming_it(
+    tmp_path: Path, start_node: Any, connection: AbstractRobustConnection
+) -> None:
+    # given dcmqrscp holding a study of 2 instances
+    with dcmqrscp(tmp_path / "qr", 2, {"STORESCP": free_port()}) as archive:
+        node = await start_node(instances=1)
+        await commands_queue(connection, node)
+        # when an instance it does not hold is moved without its series
+        missing = "1.2.826.0.1.3680043.8.498.999"
+        await move(node, archive, "STORESCP", "--study", archive.study_uid, "--instance", missing)
+        # then the command is parked, naming the instance
+        reason = await parked_reason(connection, node)
+    assert f"not in study {archive.study_uid}" in reason
+    assert missing in reason
+
+
+async def parked_reason(connection: AbstractRobustConnection, node: RunningNode) -> str:
+    """The reason of the first command parked in the node's parking queue."""
     channel = await connection.channel()
     parking = await channel.get_queue(f"dimsebus.node.{node.settings.node_id}.dead", ensure=False)
     async with asyncio.timeout(60):
         while (message := await parking.get(no_ack=True, fail=False)) is None:  # noqa: ASYNC110
             await asyncio.sleep(0.1)
-    reason = str((message.headers or {}).get(REASON_HEADER, ""))
-    assert operation in reason
-    assert "no association with QRSCP@127.0.0.1" in reason
+    return str((message.headers or {}).get(REASON_HEADER, ""))

@@ -186,3 +186,50 @@ def test_the_answer_to_a_moves_store_is_an_event_of_the_move() -> None:
     assert data.operation == ev.Operation(kind="move", id=UUID(int=1))
     assert data.move_originator == ev.MoveOriginator(ae_title="DIMSEBUS", message_id=5)
     assert (data.attempt, data.status, data.error_comment) == (2, 0xA700, "no space")
+
+
+def test_instances_without_their_series_are_moved_one_move_per_series() -> None:
+    # given a re-issued IMAGE-level move of 3 instances the archive holds in 2 series
+    a, b = f"{STUDY}.2", f"{STUDY}.3"
+    found = {f"{a}.1": a, f"{a}.2": a, f"{b}.1": b, f"{b}.9": b}
+    data = command("IMAGE", sop_instance_uids=[f"{b}.1", f"{a}.1", f"{a}.2"], attempt=2)
+    # when they are grouped by the series the archive answered
+    split = moves.by_series(data, found)
+    # then one move per series, each naming its series and only the instances asked for
+    assert [(m.series_instance_uids, m.sop_instance_uids) for m in split] == [
+        ((a,), (f"{a}.1", f"{a}.2")),
+        ((b,), (f"{b}.1",)),
+    ]
+    assert {(m.operation, m.attempt, m.destination_ae_title) for m in split} == {
+        (data.operation, 2, "STORESCP")
+    }
+
+
+def test_an_instance_the_archive_does_not_hold_is_named() -> None:
+    data = command("IMAGE", sop_instance_uids=[f"{SERIES}.1", f"{SERIES}.7"])
+    with pytest.raises(
+        moves.MoveCommandError, match=rf"1 instance\(s\) not in study .*{SERIES}\.7"
+    ):
+        moves.by_series(data, {f"{SERIES}.1": SERIES})
+
+
+def test_a_first_attempt_spanning_several_series_is_refused() -> None:
+    data = command("IMAGE", sop_instance_uids=[f"{STUDY}.2.1", f"{STUDY}.3.1"])
+    found = {f"{STUDY}.2.1": f"{STUDY}.2", f"{STUDY}.3.1": f"{STUDY}.3"}
+    with pytest.raises(moves.MoveCommandError, match="in 2 series"):
+        moves.by_series(data, found)
+
+
+def test_the_finds_ask_for_the_series_then_their_instances() -> None:
+    series = moves.series_query(STUDY)
+    assert (series.QueryRetrieveLevel, series.StudyInstanceUID, series.SeriesInstanceUID) == (
+        "SERIES",
+        STUDY,
+        "",
+    )
+    image = moves.instance_query(STUDY, SERIES)
+    assert (image.QueryRetrieveLevel, image.SeriesInstanceUID, image.SOPInstanceUID) == (
+        "IMAGE",
+        SERIES,
+        "",
+    )
