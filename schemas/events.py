@@ -575,6 +575,10 @@ class MoveResponseData(Model):
     )
     labels: Labels = Field(default_factory=dict)
     responded_at: UtcDatetime
+    source: RemoteAE | None = Field(
+        None, description="the archive asked to move, as the move command named it"
+    )
+    study_instance_uid: UID | None = Field(None, description="the study the move command named")
 
     @model_validator(mode="after")
     def _status_matches_category(self) -> Self:

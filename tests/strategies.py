@@ -182,7 +182,12 @@ def move_responses(draw: st.DrawFn) -> ev.MoveResponseData:
         failed_sop_instance_uids_omitted=draw(counts),
         labels=draw(labels),
         responded_at=draw(times),
+        source=draw(st.none() | remote_aes),
+        study_instance_uid=draw(st.none() | uids),
     )
+
+
+remote_aes = st.builds(ev.RemoteAE, ae_title=ae_titles, host=hosts, port=ports, tls=st.booleans())
 
 
 @st.composite

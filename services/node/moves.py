@@ -109,6 +109,8 @@ def response_event(
         failed_sop_instance_uids_omitted=max(len(failed) - MAX_UIDS, 0),
         labels=data.labels,
         responded_at=stamp.time,
+        source=data.source,
+        study_instance_uid=data.study_instance_uid,
     )
     return ev.MoveResponseReceived.model_validate(
         {

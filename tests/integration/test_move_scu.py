@@ -165,6 +165,9 @@ async def test_a_study_is_moved_to_storescp_and_every_response_is_an_event(
         assert {r.message_id for r in responses} == {final.message_id}
         assert final.association.peer_ae_title == QRSCP
         assert final.move_destination == destination.ae_title
+        assert final.study_instance_uid == archive.study_uid
+        assert final.source is not None
+        assert (final.source.ae_title, final.source.port) == (QRSCP, archive.port)
         # and storescp got the study
         assert len(destination.files()) == 5
 

@@ -120,6 +120,9 @@ def test_a_pending_response_carries_the_counts_and_no_uids() -> None:
     assert data.counts == ev.SubOperationCounts(remaining=8, completed=2)
     assert data.failed_sop_instance_uids == ()
     assert data.labels == {"job": "j1"}
+    # and names the archive and the study, where a re-issued C-MOVE would go
+    assert data.source == command().source
+    assert data.study_instance_uid == STUDY
 
 
 def test_the_final_response_lists_the_failed_instances_capped() -> None:
