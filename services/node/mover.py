@@ -59,10 +59,10 @@ class OpenMoves:
         with self._lock:
             self._moves.pop(message_id, None)
 
-    def snapshot(self) -> dict[int, ev.MoveCommandData]:
-        """The open moves now."""
+    def get(self, message_id: int, /) -> ev.MoveCommandData | None:
+        """The open C-MOVE with ``message_id``, if any."""
         with self._lock:
-            return dict(self._moves)
+            return self._moves.get(message_id)
 
 
 @dataclass(frozen=True, slots=True)

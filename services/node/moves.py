@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Container, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from pydicom.dataset import Dataset
 
@@ -123,11 +124,18 @@ def response_event(
     )
 
 
+class OpenMovesView(Protocol):
+    """Where the node's open C-MOVEs are looked up by Message ID (a dict will do)."""
+
+    def get(self, message_id: int, /) -> ev.MoveCommandData | None:
+        """The open C-MOVE with ``message_id``, if any."""
+
+
 def move_of_store(
     own_ae_title: str,
     originator_ae_title: str | None,
     originator_message_id: int | None,
-    open_moves: Mapping[int, ev.MoveCommandData],
+    open_moves: OpenMovesView,
 ) -> ev.MoveCommandData | None:
     """The node's own open C-MOVE that a received C-STORE-RQ is a sub-operation of, if any."""
     if not originator_ae_title or originator_message_id is None:

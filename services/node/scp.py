@@ -77,7 +77,7 @@ class ArchiveSCP:
             self.settings.ae_title,
             request.MoveOriginatorApplicationEntityTitle,
             request.MoveOriginatorMessageID,
-            self.open_moves.snapshot(),
+            self.open_moves,
         )
         if move is None:
             return
