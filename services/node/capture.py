@@ -15,7 +15,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 from uuid import UUID
 
 from pydantic import ValidationError
@@ -31,6 +31,8 @@ from services.node.salvage import (
     status_problem,
     text,
 )
+
+E = TypeVar("E", bound=CloudEvent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +176,7 @@ def missing_event(
         return _invalid_exchange(
             sent, response, error if error in detail else f"{error}; {detail}", stamp
         )
-    return _envelope(ev.CStoreResponseMissing, data, sent.affected_sop_instance_uid, stamp)
+    return envelope(ev.CStoreResponseMissing, data, sent.affected_sop_instance_uid, stamp)
 
 
 def unmatched_event(response: StoreResponse, association_id: UUID, stamp: Stamp) -> CloudEvent:
@@ -208,7 +210,7 @@ def _received_event(sent: SentStore, response: StoreResponse, stamp: Stamp) -> C
             "responded_at": stamp.time,
         }
     )
-    return _envelope(ev.CStoreResponseReceived, data, sent.affected_sop_instance_uid, stamp)
+    return envelope(ev.CStoreResponseReceived, data, sent.affected_sop_instance_uid, stamp)
 
 
 def _invalid_exchange(
@@ -249,7 +251,7 @@ def unsent_event(
         detail=detail[:1024],
         at=stamp.time,
     )
-    return _envelope(ev.CStoreUnsent, data, str(operation.id), stamp)
+    return envelope(ev.CStoreUnsent, data, str(operation.id), stamp)
 
 
 def unsent_reason(
@@ -267,7 +269,8 @@ def unsent_reason(
     return "unreachable", f"no association with {destination}"
 
 
-def _envelope(model: type[CloudEvent], data: object, subject: str, stamp: Stamp) -> CloudEvent:
+def envelope(model: type[E], data: object, subject: str, stamp: Stamp) -> E:
+    """An event of ``model``: ``data`` under the envelope of ``stamp``, about ``subject``."""
     return model.model_validate(
         {
             "id": stamp.id,
@@ -290,7 +293,7 @@ def association_event(
         "aborted": ev.AssociationAborted,
     }[kind]
     data = {"association": association, "at": stamp.time, **details}
-    return _envelope(model, data, str(association.id), stamp)
+    return envelope(model, data, str(association.id), stamp)
 
 
 def access_refused_event(
@@ -298,7 +301,7 @@ def access_refused_event(
 ) -> CloudEvent:
     """``dicom.access.refused``: an association or request the node's access control refused."""
     data = {"association": association, "at": stamp.time, **details}
-    return _envelope(ev.AccessRefused, data, str(association.id), stamp)
+    return envelope(ev.AccessRefused, data, str(association.id), stamp)
 
 
 def retrieve_requested_event(
@@ -307,7 +310,7 @@ def retrieve_requested_event(
     """``dicom.move.requested`` or ``dicom.get.requested``."""
     operation = data["operation"]
     assert isinstance(operation, ev.Operation)
-    return _envelope(model, data, str(operation.id), stamp)
+    return envelope(model, data, str(operation.id), stamp)
 
 
 def retrieve_completed_event(
@@ -323,7 +326,7 @@ def retrieve_completed_event(
         "status_category": info.category.value,
         "completed_at": stamp.time,
     }
-    return _envelope(model, payload, str(operation.id), stamp)
+    return envelope(model, payload, str(operation.id), stamp)
 
 
 def missing_reason(abort_source: str | None, waited: float, dimse_timeout: float) -> str:

@@ -21,7 +21,7 @@ from schemas import events as ev
 from schemas.limits import MAX_UIDS
 from schemas.status import Service, describe_status
 from services.errors import DimsebusError
-from services.node.capture import Stamp
+from services.node.capture import Stamp, envelope
 
 PENDING = (0xFF00, 0xFF01)
 MAX_MESSAGE_ID = 0xFFFF
@@ -113,15 +113,7 @@ def response_event(
         source=data.source,
         study_instance_uid=data.study_instance_uid,
     )
-    return ev.MoveResponseReceived.model_validate(
-        {
-            "id": stamp.id,
-            "source": stamp.source,
-            "time": stamp.time,
-            "subject": str(data.operation.id),
-        }
-        | {"data": payload}
-    )
+    return envelope(ev.MoveResponseReceived, payload, str(data.operation.id), stamp)
 
 
 class OpenMovesView(Protocol):
@@ -189,15 +181,7 @@ def answered_event(
         error_comment=store.error_comment,
         responded_at=stamp.time,
     )
-    return ev.CStoreResponseSent.model_validate(
-        {
-            "id": stamp.id,
-            "source": stamp.source,
-            "time": stamp.time,
-            "subject": store.affected_sop_instance_uid,
-        }
-        | {"data": payload}
-    )
+    return envelope(ev.CStoreResponseSent, payload, store.affected_sop_instance_uid, stamp)
 
 
 def parse_remote(text: str, option: str = "--from") -> tuple[str, str, int]:
