@@ -42,9 +42,9 @@ from services.retrier.policy import RetryPolicy
 from services.settings import ServiceSettings
 from services.tracker.api import load_views
 from services.tracker.app import TrackerSettings, run_tracker
+from services.tracker.progress import TERMINAL
 
 STUDY_ROOT_MOVE = next(uid for uid in QUERY_RETRIEVE if uid.endswith("2.2"))
-FINISHED = ("completed", "completed_with_failures", "failed", "cancelled")
 SETTLE_SECONDS = 8.0
 
 
@@ -330,7 +330,7 @@ async def _follow(
             # reach the tracker, a move with failures looks finished for a moment.
             if view["outcome"] == "completed":
                 return view
-            if view["outcome"] in FINISHED:
+            if view["outcome"] in TERMINAL:
                 ended_since = ended_since or time.monotonic()
                 if time.monotonic() - ended_since >= SETTLE_SECONDS:
                     return view

@@ -34,7 +34,7 @@ from services.logs import configure_logging
 from services.retrier.app import send_commands
 from services.tracker.api import load_views
 from services.tracker.app import TrackerSettings, run_tracker
-from services.tracker.progress import retry_commands
+from services.tracker.progress import TERMINAL, retry_commands
 from services.tracker.store import TrackerStore, open_store
 from services.tracker.views import move_view
 
@@ -42,7 +42,7 @@ moves_app = typer.Typer(
     help="C-MOVEs as the tracker folded them from the log.", no_args_is_help=True
 )
 
-FINAL_EXIT_CODES = {"completed": 0, "completed_with_failures": 1, "failed": 1, "cancelled": 1}
+FINAL_EXIT_CODES = {outcome: 0 if outcome == "completed" else 1 for outcome in TERMINAL}
 """The outcomes `moves wait` stops at, and its exit status for each (3 is a timeout)."""
 TIMED_OUT = 3
 SHORTEST_ID = 8
