@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from schemas import events as ev
 from schemas.envelope import CloudEvent
+from schemas.limits import chunked
 from services.node.capture import Stamp, unsent_event
 from services.node.journal import OpenMove
 from services.node.salvage import split_uids
@@ -34,12 +35,12 @@ def interrupted_events(
     )
     # An archive filled before UIDs were validated may hold invalid ones, which no event
     # can carry (nor a resend request): they are counted in ``unanswered`` only.
-    resendable = list(split_uids(unanswered)[0])
+    resendable = split_uids(unanswered)[0]
     unsent = [
         unsent_event(
             data.operation,
             data.move_destination,
-            resendable[start : start + UNSENT_CHUNK],
+            list(chunk),
             1,
             originator,
             labels,
@@ -47,7 +48,7 @@ def interrupted_events(
             detail,
             stamp(),
         )
-        for start in range(0, len(resendable), UNSENT_CHUNK)
+        for chunk in chunked(resendable, UNSENT_CHUNK)
     ]
     now = stamp()
     interrupted = ev.MoveInterrupted.model_validate(
