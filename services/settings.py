@@ -1,19 +1,29 @@
 """Configuration from pydantic-settings: flags override ``DIMSEBUS_*`` variables, which
 override the TOML file, which overrides the defaults.
+
+A variable's value is read as the same key's value in the TOML file would be:
+``DIMSEBUS_PORT=11113`` is the integer 11113, ``DIMSEBUS_TLS__SCP=false`` a boolean,
+``DIMSEBUS_LABELS='{site = "east"}'`` a table (JSON works too).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import tomllib
+import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
-from pydantic import AfterValidator, AliasChoices, Field, ValidationError
+from pydantic import AfterValidator, AliasChoices, BaseModel, Field, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -39,7 +49,9 @@ def _check_max_age(value: str) -> str:
 class ServiceSettings(BaseSettings):
     """What every service needs: the broker and the event log's retention."""
 
-    model_config = SettingsConfigDict(env_prefix="DIMSEBUS_", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="DIMSEBUS_", extra="forbid", env_nested_delimiter="__"
+    )
 
     amqp_url: Annotated[str, AfterValidator(_check_amqp_url)] = Field(
         DEFAULT_AMQP_URL,
@@ -79,7 +91,99 @@ class ServiceSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+        return init_settings, TomlEnvSource(settings_cls), TomlConfigSettingsSource(settings_cls)
+
+
+class TomlEnvSource(EnvSettingsSource):
+    """``DIMSEBUS_*`` variables, each value read as a TOML value of its key.
+
+    pydantic-settings hands a scalar variable to the model as text and leaves the
+    conversion to pydantic's lax mode; the strict DICOM types of the contract
+    (``Port``: ``Strict()`` in a field's metadata) refuse text, so ``DIMSEBUS_PORT``
+    failed where ``port = 11113`` in the file passed. Here every value that should be a
+    number or a boolean is parsed as TOML first, at the top level and under ``__``.
+    """
+
+    def prepare_field_value(
+        self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool
+    ) -> Any:
+        prepared = super().prepare_field_value(field_name, field, value, value_is_complex)
+        return as_toml(field.annotation, prepared) if isinstance(prepared, str) else prepared
+
+    def explode_env_vars(
+        self, field_name: str, field: FieldInfo, env_vars: Mapping[str, str | None]
+    ) -> dict[str, Any]:
+        exploded = super().explode_env_vars(field_name, field, env_vars)
+        typed: dict[str, Any] = as_toml(field.annotation, exploded)
+        return typed
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        """A table or an array as JSON, or else as a TOML inline table or array."""
+        try:
+            return super().decode_complex_value(field_name, field, value)
+        except ValueError:
+            if not isinstance(value, str):
+                raise
+        try:
+            return tomllib.loads(f"value = {value}")["value"]
+        except tomllib.TOMLDecodeError:
+            raise ValueError(
+                f"DIMSEBUS_{field_name.upper()}: {value!r} is neither JSON nor a TOML value"
+            ) from None
+
+
+_SCALARS = (int, float, bool)
+
+
+def as_toml(annotation: Any, value: Any) -> Any:
+    """``value`` with each text that ``annotation`` wants as a number or boolean parsed as TOML.
+
+    Text that is not such a TOML value stays as it is, for the model to reject by name.
+    """
+    if get_origin(annotation) is Annotated:
+        return as_toml(get_args(annotation)[0], value)
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [arg for arg in get_args(annotation) if arg is not type(None)]
+        if isinstance(value, str):
+            return _scalar(value) if all(_base(m) in _SCALARS for m in members) else value
+        for member in members:
+            if isinstance(value, dict) and _holds_mapping(member):
+                return as_toml(member, value)
+        return value
+    if isinstance(value, str):
+        return _scalar(value) if _base(annotation) in _SCALARS else value
+    if isinstance(value, dict):
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return {key: as_toml(_field_type(annotation, key), item) for key, item in value.items()}
+        if get_origin(annotation) is dict:
+            item_type = get_args(annotation)[-1]
+            return {key: as_toml(item_type, item) for key, item in value.items()}
+    return value
+
+
+def _scalar(text: str) -> Any:
+    try:
+        parsed = tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+    return parsed if isinstance(parsed, _SCALARS) else text
+
+
+def _base(annotation: Any) -> Any:
+    return _base(get_args(annotation)[0]) if get_origin(annotation) is Annotated else annotation
+
+
+def _holds_mapping(annotation: Any) -> bool:
+    base = _base(annotation)
+    return get_origin(base) is dict or (isinstance(base, type) and issubclass(base, BaseModel))
+
+
+def _field_type(model: type[BaseModel], key: str) -> Any:
+    """The annotation of ``model``'s field named ``key`` (any case); Any if it has none."""
+    for name, field in model.model_fields.items():
+        if name.lower() == key.lower():
+            return field.annotation
+    return Any
 
 
 S = TypeVar("S", bound=ServiceSettings)
@@ -98,19 +202,36 @@ def load_settings(cls: type[S], config_file: Path | None = None, **flags: Any) -
     try:
         return source(**given)
     except ValidationError as exc:
-        raise ConfigError(describe_config_error(exc, config_file)) from exc
+        raise ConfigError(describe_config_error(exc, config_file, set(given))) from exc
+    except SettingsError as exc:  # a variable's table or array that does not parse
+        raise ConfigError(str(exc.__cause__ or exc)) from exc
     except ValueError as exc:  # a TOML syntax error
         raise ConfigError(f"{config_file}: {exc}") from exc
 
 
-def describe_config_error(exc: ValidationError, config_file: Path | None) -> str:
-    """One line per bad setting, naming the field and the value."""
-    where = f"{config_file}: " if config_file else ""
+def describe_config_error(
+    exc: ValidationError, config_file: Path | None, flags: set[str] | frozenset[str] = frozenset()
+) -> str:
+    """One part per bad setting, naming where it came from, the field and the value."""
     problems = []
     for error in exc.errors(include_url=False):
-        field = ".".join(str(part) for part in error["loc"])
-        problems.append(f"{field}: {error['msg']} (got {error.get('input')!r})")
-    return where + "; ".join(problems)
+        loc = [str(part) for part in error["loc"]]
+        where = _origin(loc, config_file, flags)
+        field = ".".join(loc)
+        problems.append(f"{where}{field}: {error['msg']} (got {error.get('input')!r})")
+    return "; ".join(problems)
+
+
+def _origin(loc: list[str], config_file: Path | None, flags: set[str] | frozenset[str]) -> str:
+    """``DIMSEBUS_X: `` if a variable set the value at ``loc``, ``FILE: `` if the file did."""
+    if loc and loc[0] in flags:
+        return ""
+    names = {name.upper() for name in os.environ}
+    for depth in range(len(loc), 0, -1):
+        variable = "DIMSEBUS_" + "__".join(loc[:depth]).upper()
+        if variable in names:
+            return f"{variable}: "
+    return f"{config_file}: " if config_file else ""
 
 
 def masked(settings: BaseSettings) -> Mapping[str, Any]:
