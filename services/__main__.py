@@ -1,5 +1,5 @@
 """``python -m services`` is the ``dimsebus`` command."""
 
-from services.cli import app
+from services.cli import main
 
-app()
+main()

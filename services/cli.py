@@ -6,8 +6,10 @@ import asyncio
 import fnmatch
 import json
 import logging
+import sys
+import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -22,10 +24,10 @@ from services.audit.commands import audit_app
 from services.bus.connection import connect
 from services.bus.log import LogEntry, LogReader, parse_offset
 from services.bus.topology import declare_topology
-from services.console import ConfigOption, console, err, fail, settings_or_exit
+from services.console import ConfigOption, console, err, fail, say_error, settings_or_exit
 from services.demo import DemoSummary, progress_bars, run_demo
-from services.errors import DimsebusError
-from services.logs import configure_logging
+from services.errors import ConfigError, DimsebusError
+from services.logs import configure_logging, debugging, describe, set_debug
 from services.node.commands import archive_app, node_app, outbox_app, send
 from services.node.config import NodeSettings
 from services.node.move_commands import move
@@ -62,6 +64,49 @@ SERVICES: dict[str, type[ServiceSettings]] = {
 }
 T = TypeVar("T")
 AmqpOption = Annotated[str | None, typer.Option("--amqp-url", help="RabbitMQ URL")]
+
+
+@app.callback()
+def dimsebus(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", envvar="DIMSEBUS_DEBUG", help="show tracebacks (errors are one line)"
+        ),
+    ] = False,
+) -> None:
+    """DICOM C-STORE responses as events on RabbitMQ."""
+    set_debug(debug)
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """The ``dimsebus`` command, where every failure nothing else caught becomes one line.
+
+    Usage errors stay click's (exit 2); a ``ConfigError`` is bad input (exit 2); any
+    other exception is a failure at run time: ``error: Type: message``, exit 1. With
+    ``--debug`` (or ``DIMSEBUS_DEBUG=1``) the exception's traceback is shown instead.
+    """
+    threading.excepthook = _thread_failed
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=list(args) if args is not None else None, prog_name="dimsebus")
+    except Exception as exc:
+        if debugging():
+            raise
+        if isinstance(exc, ConfigError):
+            say_error(str(exc))
+            sys.exit(2)
+        say_error(str(exc) if isinstance(exc, DimsebusError) else describe(exc))
+        sys.exit(1)
+
+
+def _thread_failed(failure: threading.ExceptHookArgs) -> None:
+    """A thread that died of an exception: one line, or its traceback in debug mode."""
+    if debugging() or failure.exc_value is None:
+        threading.__excepthook__(failure)
+        return
+    name = failure.thread.name if failure.thread is not None else "a thread"
+    say_error(f"{name}: {describe(failure.exc_value)}")
 
 
 def _settings(config: Path | None, amqp_url: str | None) -> ServiceSettings:

@@ -11,6 +11,7 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from services.errors import DimsebusError
@@ -27,10 +28,16 @@ HttpPortOption = Annotated[
 ]
 
 
-def fail(message: str) -> NoReturn:
-    """Print one clear line naming the problem, and exit 2."""
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)  # one line
-    raise typer.Exit(2)
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print one clear line naming the problem, and exit 2 (bad input) or ``code``."""
+    say_error(message)
+    raise typer.Exit(code)
+
+
+def say_error(message: str) -> None:
+    """``error: message`` on stderr, on one line however long, as plain text (no markup)."""
+    line = " ".join(message.split())
+    err.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def settings_or_exit(cls: type[S], config: Path | None, **flags: Any) -> S:
