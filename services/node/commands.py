@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
+import logging
+import socket
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,6 +17,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from schemas.dicom import check_ae_title
 from schemas.status import Service, describe_status
 from services.bus.outbox import Outbox, read_depth
 from services.bus.relay import NICENESS, RelayProcess, run_relay
@@ -25,7 +31,7 @@ from services.console import (
     settings_or_exit,
 )
 from services.errors import DimsebusError
-from services.logs import configure_logging
+from services.logs import configure_logging, debugging
 from services.node import exchange
 from services.node.app import run_node
 from services.node.archive import Archive, ArchiveError
@@ -78,9 +84,10 @@ def node(
 def node_status(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object")] = False,
+    config: ConfigOption = None,
 ) -> None:
     """Show the outbox depth (events not yet confirmed by the broker) and the archive size."""
-    settings = node_settings(ctx.obj)
+    settings = node_settings(config or ctx.obj)  # --config after `status`, or before it
     archive = Archive(settings.archive_path)
     status = {
         "node_id": settings.node_id,
@@ -149,21 +156,92 @@ def send(
     ] = False,
 ) -> None:
     """C-STORE files or folders to a peer; every C-STORE-RSP becomes an event on RabbitMQ."""
-    configure_logging("WARNING")
+    configure_logging("DEBUG" if debugging() else "ERROR")  # its failure is one line
     settings = node_settings(config, amqp_url=amqp_url, outbox_path=outbox)
+    target = parse_target(to, tls)
     try:
-        target = Target.parse(to, tls)
         association_tls(settings, target.host, target.tls)  # a bad [tls] fails before sending
         labels = parse_labels(label or [])
         files = dicom_files(paths)
     except DimsebusError as exc:
         fail(str(exc))
-    summary, depth = _send(settings, target, files, labels)
+    with _peer_trouble() as trouble:
+        summary, depth = _send(settings, target, files, labels, trouble)
     _show_summary(summary, target, depth, settings.outbox_path)
 
 
+def parse_target(text: str, tls: bool) -> Target:
+    """``--to AE@HOST:PORT`` checked whole before anything is sent, or one line and an exit.
+
+    A bad AE title or port is exit 2; a host that does not resolve is exit 1. An IPv6
+    address is written in brackets, ``STORESCP@[::1]:11112``.
+    """
+    port = text.rpartition(":")[2]
+    if port and not (port.isascii() and port.isdigit()):
+        fail(f"--to: port {port!r} of {text!r} is not a number from 1 to 65535")
+    try:
+        target = Target.parse(text, tls)
+        check_ae_title(target.ae_title)
+    except (DimsebusError, ValueError) as exc:
+        fail(str(exc) if isinstance(exc, DimsebusError) else f"--to: {exc}")
+    host = _unbracketed(target.host, text)
+    try:
+        socket.getaddrinfo(host, target.port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        fail(f"--to: host {host!r} does not resolve: {getattr(exc, 'strerror', exc)}", code=1)
+    return Target(target.ae_title, host, target.port, target.tls)
+
+
+def _bracketed(host: str) -> str:
+    """A host as ``--to`` writes it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
+
+
+def _unbracketed(host: str, text: str) -> str:
+    """``[::1]`` as ``::1``; brackets around anything but an IPv6 address are an error."""
+    if not (host.startswith("[") or host.endswith("]")):
+        return host
+    inside = host.removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.IPv6Address(inside)
+    except ValueError:
+        fail(f"--to: {host!r} of {text!r} is not an IPv6 address in brackets, e.g. [::1]")
+    return inside
+
+
+class _LastError(logging.Handler):
+    """The last error pynetdicom logged: why a peer did not answer, for the one error line."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.last = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage()
+
+
+@contextlib.contextmanager
+def _peer_trouble() -> Iterator[_LastError]:
+    """pynetdicom's errors kept for the error line instead of logged (unless debugging)."""
+    trouble, log = _LastError(), logging.getLogger("pynetdicom")
+    if debugging():
+        yield trouble
+        return
+    log.addHandler(trouble)
+    log.propagate = False
+    try:
+        yield trouble
+    finally:
+        log.removeHandler(trouble)
+        log.propagate = True
+
+
 def _send(
-    settings: NodeSettings, target: Target, files: list[Path], labels: dict[str, str]
+    settings: NodeSettings,
+    target: Target,
+    files: list[Path],
+    labels: dict[str, str],
+    trouble: _LastError,
 ) -> tuple[SendSummary, int]:
     box = Outbox(settings.outbox_path, checkpoints=False)
     relay = RelayProcess(
@@ -193,9 +271,9 @@ def _send(
                 archive=archive,
             )
         relay.wait_empty(within=30.0)
-    except DimsebusError as exc:
+    except DimsebusError as exc:  # the peer refused or went away: a failure at run time
         relay.wait_empty(within=30.0)  # what was captured (and why the rest was not sent)
-        fail(str(exc))
+        fail(f"{exc} ({trouble.last})" if trouble.last else str(exc), code=1)
     finally:
         relay.stop()
         archive.close()
@@ -206,7 +284,7 @@ def _send(
 
 def _show_summary(summary: SendSummary, target: Target, depth: int, outbox: Path) -> None:
     table = Table(
-        title=f"sent to {target.ae_title}@{target.host}:{target.port} "
+        title=f"sent to {target.ae_title}@{_bracketed(target.host)}:{target.port} "
         f"(operation {summary.operation.id})"
     )
     for column in ("status", "meaning", "count"):
@@ -235,6 +313,8 @@ def _progress() -> Progress:
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=console,
+        transient=True,  # what it did is printed after it
+        disable=not console.is_terminal,  # a file or pipe gets that alone
     )
 
 
@@ -244,6 +324,7 @@ def outbox_relay(
     name: Annotated[str, typer.Option(help="connection name shown by RabbitMQ")] = "dimsebus-relay",
     window: Annotated[int, typer.Option(min=1, help="unconfirmed publishes in flight")] = 256,
     amqp_url: Annotated[str | None, typer.Option(help="RabbitMQ URL")] = None,
+    config: ConfigOption = None,
     niceness: Annotated[
         int,
         typer.Option(
@@ -253,7 +334,7 @@ def outbox_relay(
 ) -> None:
     """Publish an outbox's events with confirms until stopped (nodes run one of these)."""
     configure_logging()
-    settings = node_settings(None, amqp_url=amqp_url)
+    settings = node_settings(config, amqp_url=amqp_url)
     if not outbox.exists():
         fail(f"--outbox: {str(outbox)!r} does not exist")
     formats = {exchange.FORMAT: exchange.event_of}

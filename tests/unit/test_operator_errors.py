@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from services.audit.app import AuditSettings
@@ -111,3 +113,187 @@ def test_the_node_examples_own_variable_example_starts() -> None:
     )
     assert result.exit_code == 0, result.output
     assert '"port": 11113' in result.output
+
+
+# Row 2: `dimsebus send --to` names what is wrong with the peer, before anything is sent.
+
+
+@pytest.mark.parametrize(
+    ("to", "code", "named"),
+    [
+        ("ABCDEFGHIJKLMNOPQ@127.0.0.1:11112", 2, "length 17 is not 1 to 16"),
+        ("A\\B@127.0.0.1:11112", 2, "it contains a backslash"),
+        ("STORESCP@127.0.0.1:\u00b2", 2, "port '\u00b2' of"),
+        ("STORESCP@[nohost]:104", 2, "is not an IPv6 address in brackets"),
+        ("STORESCP@no-such-host.invalid:104", 1, "host 'no-such-host.invalid' does not resolve"),
+    ],
+)
+def test_send_names_a_bad_peer_in_one_line(tmp_path: Path, to: str, code: int, named: str) -> None:
+    outbox = str(tmp_path / "outbox.sqlite")
+    result = CliRunner().invoke(app, ["send", str(tmp_path), "--to", to, "--outbox", outbox])
+    assert result.exit_code == code, result.output
+    line = one_line(result.output)
+    assert line.startswith("error: --to: ")
+    assert named in line
+
+
+def test_an_ipv6_peer_is_written_in_brackets() -> None:
+    from services.node.commands import parse_target
+
+    target = parse_target("STORESCP@[::1]:11112", tls=False)
+    assert (target.ae_title, target.host, target.port) == ("STORESCP", "::1", 11112)
+
+
+# Row 3: one place turns what nothing else caught into one line; --debug shows the traceback.
+
+
+def test_an_unexpected_failure_is_one_line_and_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from services.cli import main
+
+    monkeypatch.delenv("DIMSEBUS_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as caught:
+        main(["schemas", "export", "/proc/dimsebus/schemas"])  # /proc takes no new folder
+    assert caught.value.code == 1
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("error: FileNotFoundError: ")
+    assert "/proc/dimsebus" in line
+
+
+@pytest.mark.parametrize("debug", [["--debug"], []])
+def test_debug_shows_the_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], debug: list[str]
+) -> None:
+    from services.cli import main
+
+    if not debug:
+        monkeypatch.setenv("DIMSEBUS_DEBUG", "1")
+    with pytest.raises(FileNotFoundError):
+        main([*debug, "schemas", "export", "/proc/dimsebus/schemas"])
+
+
+def test_usage_errors_stay_clicks_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from services.cli import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(["node", "status", "--no-such-option"])
+    assert caught.value.code == 2
+    assert "No such option: --no-such-option" in capsys.readouterr().err
+
+
+def test_a_config_error_that_escapes_is_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services import cli
+    from services.errors import ConfigError
+
+    def broken(directory: Path) -> None:
+        raise ConfigError("schemas: a bad value")
+
+    monkeypatch.delenv("DIMSEBUS_DEBUG", raising=False)
+    monkeypatch.setattr(cli, "render", lambda: broken(Path()))
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["schemas", "export", "unused"])
+    assert caught.value.code == 2
+    assert one_line(capsys.readouterr().err) == "error: schemas: a bad value"
+
+
+def test_logged_exceptions_are_one_line_unless_debugging(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from services.logs import configure_logging, set_debug
+
+    monkeypatch.delenv("DIMSEBUS_DEBUG", raising=False)
+    configure_logging(json_logs=True)
+    try:
+        raise OSError(98, "Address already in use")
+    except OSError:
+        logging.getLogger("services.node.app").exception("the node did not start")
+    line = one_line(capsys.readouterr().err)
+    assert "the node did not start: OSError: [Errno 98] Address already in use" in line
+    set_debug(True)
+    try:
+        try:
+            raise OSError(98, "Address already in use")
+        except OSError:
+            logging.getLogger("services.node.app").exception("the node did not start")
+        assert "Traceback" in capsys.readouterr().err
+    finally:
+        set_debug(False)
+        logging.basicConfig(handlers=[], force=True)
+
+
+# Row 4: --config is taken after the verb by every command that reads settings.
+
+NO_SETTINGS = {("schemas", "export")}
+"""Commands that read no settings, so take no --config."""
+
+
+def _leaves(command: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """Every command that runs something, by its path: sub-commands, and groups that run."""
+    subs: dict[str, Any] = getattr(command, "commands", {})
+    found = [(path, command)] if path and (not subs or command.invoke_without_command) else []
+    for name, sub in subs.items():
+        found += _leaves(sub, (*path, name))
+    return found
+
+
+def test_every_command_that_reads_settings_takes_config() -> None:
+    leaves = _leaves(typer.main.get_command(app))
+    missing = [
+        " ".join(path)
+        for path, command in leaves
+        if path not in NO_SETTINGS and not any("--config" in p.opts for p in command.params)
+    ]
+    assert len(leaves) > 25
+    assert missing == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["node", "status"],
+        ["node"],
+        ["archive", "import", "x.dcm"],
+        ["outbox", "relay", "--outbox", "x.sqlite"],
+        ["send", "x.dcm", "--to", "A@h:104"],
+        ["move", "--from", "A@h:104", "--to", "B", "--study", "1.2"],
+        ["tracker"],
+        ["moves", "list"],
+        ["moves", "show", "abc"],
+        ["moves", "wait", "abc"],
+        ["moves", "retry", "abc"],
+        ["moves", "rejected"],
+        ["moves", "watch"],
+        ["retrier"],
+        ["retries", "list"],
+        ["retries", "requeue", "--all"],
+        ["retries", "purge"],
+        ["audit"],
+        ["audit", "verify"],
+        ["audit", "query"],
+        ["audit", "replay"],
+        ["events", "tail"],
+        ["topology", "declare"],
+        ["config", "show", "node"],
+        ["demo"],
+    ],
+)
+def test_config_after_the_verb(argv: list[str]) -> None:
+    result = CliRunner().invoke(app, [*argv, "--config", "/nonexistent.toml"])
+    assert result.exit_code == 2, result.output
+    assert one_line(result.output) == "error: --config: '/nonexistent.toml' is not a readable file"
+
+
+def test_config_before_the_verb_still_works(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(f'node_id = "n1"\narchive_path = "{tmp_path / "archive"}"\n')
+    for argv in (["node", "--config", str(config), "status"], ["node", "status", "--config"]):
+        if argv[-1] == "--config":
+            argv.append(str(config))
+        result = CliRunner().invoke(app, [*argv, "--json"])
+        assert result.exit_code == 0, result.output
+        assert '"node_id": "n1"' in result.output
