@@ -1,4 +1,10 @@
-"""How a move reads to an operator or a script: the JSON of `dimsebus moves show --json`."""
+"""How a move reads to an operator or a script: the JSON of `dimsebus moves show --json`.
+
+The API (``GET /moves/{id}``) serves these views as they are, and the CLI prints their
+values through ``as_text``, so the two never disagree: a count that is not known yet
+(no final response: ``expected``, ``counts.remaining``) is ``null`` in JSON and ``?`` on
+a terminal, and a known 0 is 0 in both.
+"""
 
 from __future__ import annotations
 
@@ -63,6 +69,15 @@ def move_view(move: MoveState, now: dt.datetime, stall_after: dt.timedelta) -> d
         },
         "timeline": [{"at": _text(e.at), "what": e.what} for e in move.timeline],
     }
+
+
+UNKNOWN = "?"
+"""How the CLI shows a value the view has as None (JSON null): not known yet."""
+
+
+def as_text(value: object) -> str:
+    """A view's value as the CLI prints it: None is ``?``; anything else, 0 too, as itself."""
+    return UNKNOWN if value is None else str(value)
 
 
 def _text(value: object) -> str | None:
