@@ -16,6 +16,8 @@ and time, so the event is the same whenever, and however often, it is made.
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.envelope import CloudEvent
+from services.errors import ConfigError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -111,11 +114,22 @@ class Outbox:
 
         ``checkpoints=False`` is for the writer on the DICOM path: it leaves copying the
         WAL into the database (and that copy's fsync) to the relay's connection, which
-        runs SQLite's automatic checkpoints after its deletes.
+        runs SQLite's automatic checkpoints after its deletes. A path that cannot hold
+        an outbox (a folder, another kind of file, no write access) is a ``ConfigError``
+        naming it and why.
         """
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        db: sqlite3.Connection | None = None
+        try:
+            db = self._db = _open(path)
+            self._prepare(checkpoints)
+        except (OSError, sqlite3.Error) as exc:
+            if db is not None:
+                db.close()
+            raise ConfigError(f"outbox {str(path)!r}: {unusable(path, exc)}") from exc
+        self._lock = threading.Lock()
+
+    def _prepare(self, checkpoints: bool) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         if not checkpoints:
@@ -131,7 +145,6 @@ class Outbox:
             "CREATE UNIQUE INDEX IF NOT EXISTS outbox_event_id ON outbox (event_id) "
             "WHERE format IS NULL"
         )
-        self._lock = threading.Lock()
 
     def close(self) -> None:
         """Close the file; rows stay for the next start."""
@@ -243,6 +256,34 @@ class Outbox:
         """How many events await their confirm."""
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
+    return sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+
+
+def unusable(path: Path, exc: BaseException) -> str:
+    """Why an SQLite file cannot be opened at ``path``, in a few words (``exc`` as a last word)."""
+    if path.is_dir():
+        return "is a directory, not an SQLite file"
+    if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
+        return "is not an SQLite file"
+    if isinstance(exc, OSError):
+        return f"cannot be created ({exc.strerror or exc})"
+    if not path.exists():
+        try:  # SQLite says only "unable to open database file": ask the OS why
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+        except OSError as denied:
+            return f"cannot be created ({denied.strerror or denied})"
+    folder = path.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"its folder {str(folder)!r} is not writable"
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return "is not readable and writable by this user"
+    return f"cannot be opened as an SQLite file ({exc})"
 
 
 def read_relay_stats(path: Path) -> RelayStats:

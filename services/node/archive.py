@@ -6,6 +6,7 @@ overwrite of another patient's instance), where files go by ``services.node.file
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
+from services.bus.outbox import unusable
+from services.errors import ConfigError
 from services.node import admission
 from services.node.admission import ArchiveError, Refused
 from services.node.files import ArchiveFiles, identifiers
@@ -69,15 +72,33 @@ class StoredInstance:
         return dcmread(self.path)
 
 
+def _unusable(root: Path, exc: BaseException) -> str:
+    if root.exists() and not root.is_dir():
+        return "is a file, not a folder"
+    if isinstance(exc, OSError):
+        return f"cannot be used as the archive folder ({exc.strerror or exc})"
+    return f"its index {str(root / 'index.sqlite')!r} {unusable(root / 'index.sqlite', exc)}"
+
+
 class Archive:
     """Files under ``root``/files, indexed in ``root``/index.sqlite; safe across threads."""
 
     def __init__(self, root: Path) -> None:
+        """Open (or create) the archive; a ``ConfigError`` names a ``root`` that cannot hold one."""
         self.root = root
-        self.files = ArchiveFiles(root / "files")
-        self._db = sqlite3.connect(root / "index.sqlite", check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        index = root / "index.sqlite"
+        db: sqlite3.Connection | None = None
+        try:
+            self.files = ArchiveFiles(root / "files")
+            if index.is_dir():
+                raise IsADirectoryError(errno.EISDIR, "is a directory", str(index))
+            db = self._db = sqlite3.connect(index, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            if db is not None:
+                db.close()
+            raise ConfigError(f"archive_path {str(root)!r}: {_unusable(root, exc)}") from exc
         self._lock = threading.Lock()
 
     def close(self) -> None:
