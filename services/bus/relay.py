@@ -5,7 +5,8 @@ The relay runs beside the DICOM process, not inside it: publishing costs CPU
 and slow C-STORE traffic, which DESIGN.md rule 4 forbids. The DICOM side only
 appends to the SQLite outbox; the relay polls it, publishes the oldest rows and
 deletes each one after its confirm. One relay per outbox (a file lock), and a
-relay whose parent dies stops, so a restarted node does not race an orphan.
+relay whose parent dies stops within a second (``services.bus.lifeline``), so a
+restarted node does not race an orphan.
 Rows spooled as records (``Outbox.append_record``) are made into their events
 here, by the function its ``formats`` names for the record's format.
 """
@@ -27,9 +28,10 @@ from pathlib import Path
 from aio_pika.abc import AbstractRobustConnection
 
 from schemas.envelope import CloudEvent
+from services.bus import lifeline
 from services.bus.batch import Outgoing, PublishOutcome
 from services.bus.codec import outgoing, outgoing_event
-from services.bus.connection import confirming_channel, connect
+from services.bus.connection import confirming_channel, connect, describe
 from services.bus.log import LogReader
 from services.bus.outbox import Outbox, OutboxRow, read_depth
 from services.bus.publisher import Publisher
@@ -96,7 +98,9 @@ class OutboxRelay:
             try:
                 connection = await connect(self._url, self._name)
             except Exception as exc:
-                log.warning("broker unreachable (%r); outbox depth %d", exc, self._outbox.depth())
+                log.warning(
+                    "broker unreachable (%s); outbox depth %d", describe(exc), self._outbox.depth()
+                )
                 await sleep_unless(stop, delay)
                 delay = min(delay * 2, 10.0)
                 continue
@@ -106,7 +110,9 @@ class OutboxRelay:
                     delay = 0.5
                 except Exception as exc:  # a broker that is still starting, a closed channel
                     log.warning(
-                        "relay interrupted (%r); outbox depth %d", exc, self._outbox.depth()
+                        "relay interrupted (%s); outbox depth %d",
+                        describe(exc),
+                        self._outbox.depth(),
                     )
                     await sleep_unless(stop, delay)
                     delay = min(delay * 2, 10.0)
@@ -237,12 +243,16 @@ def run_relay(
     formats: RecordFormats | None = None,
     niceness: int = NICENESS,
 ) -> None:
-    """The relay process: publish ``outbox_path`` until SIGTERM, or until the parent dies."""
+    """The relay process: publish ``outbox_path`` until SIGTERM, or until the parent dies.
+
+    ``RelayProcess`` starts it through ``services.bus.lifeline``, which ties it to its
+    parent before it loads anything; started otherwise, it is tied to its parent here.
+    """
+    lifeline.hold()
     if niceness:
         os.nice(niceness)
     lock = (outbox_path.parent / f"{outbox_path.name}.relay.lock").open("w")
     fcntl.flock(lock, fcntl.LOCK_EX)  # one relay per outbox: a second one waits its turn
-    parent = os.getppid()
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -251,19 +261,10 @@ def run_relay(
             loop.add_signal_handler(signum, stop.set)
         outbox = Outbox(outbox_path)
         relay = OutboxRelay(outbox, amqp_url, name=name, window=window, formats=formats)
-        watch = asyncio.create_task(_stop_when_orphaned(parent, stop))
         await relay.run(stop)
-        watch.cancel()
         outbox.close()
 
     asyncio.run(main())
-
-
-async def _stop_when_orphaned(parent: int, stop: asyncio.Event) -> None:
-    while os.getppid() == parent:  # noqa: ASYNC110 - no event tells a process its parent died
-        await asyncio.sleep(0.2)
-    log.warning("parent process %d is gone; relay stops", parent)
-    stop.set()
 
 
 class RelayProcess:
@@ -274,7 +275,7 @@ class RelayProcess:
         argv = [
             sys.executable,
             "-m",
-            "services",
+            "services.bus.lifeline",  # then ``services``: tied to this process from the start
             "outbox",
             "relay",
             "--outbox",
@@ -284,7 +285,11 @@ class RelayProcess:
             "--window",
             str(window),
         ]
-        env = {**os.environ, "DIMSEBUS_AMQP_URL": amqp_url}
+        env = {
+            **os.environ,
+            "DIMSEBUS_AMQP_URL": amqp_url,
+            **lifeline.child_environment(),
+        }
         self._process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
 
     def cpu_seconds(self) -> float:

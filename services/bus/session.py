@@ -19,8 +19,10 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractConnection
 
+from services.bus.connection import describe, masked, refusal
 from services.bus.consumer import Consumer
 from services.clock import sleep_unless
+from services.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +41,25 @@ async def supervised(
     """Run ``session(connection, stop)`` on a fresh connection until ``stop`` is set.
 
     The session returns when ``stop`` is set; if the connection is lost or the
-    session fails first, it is cancelled, and run again on a new connection.
+    session fails first, it is cancelled, and run again on a new connection. A broker
+    that refuses the first connection (a wrong password, a vhost that does not exist)
+    raises ``ConfigError``: a start-up mistake, which no retry fixes.
     """
     delay = first_delay
+    connected_once = False
     while not stop.is_set():
         try:
             connection = await aio_pika.connect(url, client_properties={"connection_name": name})
         except Exception as exc:
-            log.warning("%s cannot reach the broker (%r); trying again in %.1f s", name, exc, delay)
+            refused = refusal(exc)
+            if refused is not None and not connected_once:
+                raise ConfigError(f"amqp_url {masked(url)}: {refused}") from exc
+            why = describe(exc)
+            log.warning("%s cannot reach the broker (%s); trying again in %.1f s", name, why, delay)
             await sleep_unless(stop, delay)
             delay = min(delay * 2, max_delay)
             continue
+        connected_once = True
         lost = asyncio.Event()
         connection.close_callbacks.add(lambda *_, lost=lost: lost.set())
         try:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, sop_class
 
+from services.bus.connection import check_access
 from services.bus.outbox import Outbox
 from services.bus.relay import RelayProcess
 from services.clock import sleep_unless
 from services.console import run_service
+from services.errors import ConfigError
 from services.http import serving
 from services.metrics import GaugeCollector, OutboxCollector
 from services.node import server as edge
@@ -94,24 +97,51 @@ class Node:
             self.capture.emit(*events)
 
     async def serve(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-        """Serve DICOM and relay events until ``stop`` is set."""
-        relay = RelayProcess(
-            self.settings.outbox_path,
-            self.settings.amqp_url,
-            name=f"dimsebus-node-{self.settings.node_id}",
-            window=self.settings.publish_window,
-        )
-        self.recover()
-        open_moves = OpenMoves()
-        scp = ArchiveSCP(self.settings, self.archive, self.capture, self.journal, open_moves)
-        gate = Gate(self.settings, self.capture)
-        ae = self.ae = build_ae(self.settings)
-        server = edge.start(
-            ae,
-            self.settings,
-            evt_handlers=[*self.capture.handlers(), *gate.handlers(), *scp.handlers()],
-            ssl_context=scp_context(self.settings),
-        )
+        """Serve DICOM and relay events until ``stop`` is set.
+
+        A start that fails (the broker refuses the URL, the port is taken) raises
+        ``ConfigError`` before the relay starts; whatever fails later stops the relay.
+        """
+        try:
+            await check_access(self.settings.amqp_url, f"dimsebus-node-{self.settings.node_id}")
+            self.recover()
+            open_moves = OpenMoves()
+            scp = ArchiveSCP(self.settings, self.archive, self.capture, self.journal, open_moves)
+            gate = Gate(self.settings, self.capture)
+            ae = self.ae = build_ae(self.settings)
+            server = listen(
+                ae,
+                self.settings,
+                [*self.capture.handlers(), *gate.handlers(), *scp.handlers()],
+            )
+        except BaseException:
+            self.close()
+            raise
+        relay: RelayProcess | None = None
+        try:
+            relay = RelayProcess(
+                self.settings.outbox_path,
+                self.settings.amqp_url,
+                name=f"dimsebus-node-{self.settings.node_id}",
+                window=self.settings.publish_window,
+            )
+            await self._serve(stop, ready, relay, open_moves)
+        finally:
+            stop.set()
+            server.shutdown()
+            ae.shutdown()
+            if relay is not None:
+                await asyncio.to_thread(relay.wait_empty, 5.0)
+                relay.stop()
+            self.close()
+
+    async def _serve(
+        self,
+        stop: asyncio.Event,
+        ready: asyncio.Event | None,
+        relay: RelayProcess,
+        open_moves: OpenMoves,
+    ) -> None:
         log.info(
             "node %s listening as %s on %s:%d; archive %d instances; outbox depth %d",
             self.settings.node_id,
@@ -156,13 +186,23 @@ class Node:
         finally:
             stop.set()
             await commands
-            server.shutdown()
-            ae.shutdown()
-            await asyncio.to_thread(relay.wait_empty, 5.0)
-            relay.stop()
-            self.journal.close()
-            self.outbox.close()
-            self.archive.close()
+
+    def close(self) -> None:
+        """Close the move journal, the outbox and the archive."""
+        self.journal.close()
+        self.outbox.close()
+        self.archive.close()
+
+
+def listen(ae: AE, settings: NodeSettings, handlers: list[Any]) -> edge.EdgeServer:
+    """Listen on the node's port, or raise ``ConfigError`` naming the port and why not."""
+    try:
+        return edge.start(ae, settings, handlers, ssl_context=scp_context(settings))
+    except OSError as exc:
+        where = f"port {settings.port} on {settings.host}"
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"{where} is in use (another node, or another program)") from exc
+        raise ConfigError(f"{where}: cannot listen ({exc.strerror or exc})") from exc
 
 
 def run_node(settings: NodeSettings) -> None:
