@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from aiormq.exceptions import AMQPConnectionError
+from aiormq.exceptions import AMQPConnectionError, ProbableAuthenticationError
 from rich.console import Console
 from rich.table import Table
 
@@ -77,6 +77,8 @@ def dimsebus(
 ) -> None:
     """DICOM C-STORE responses as events on RabbitMQ."""
     set_debug(debug)
+    if not debug:  # a command's failure is its one line, not also the library's log of it
+        logging.basicConfig(handlers=[logging.NullHandler()])
 
 
 def main(args: Sequence[str] | None = None) -> None:
@@ -288,7 +290,9 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coroutine)
     except DimsebusError as exc:
         fail(str(exc))
-    except (OSError, AMQPConnectionError) as exc:
-        fail(f"cannot reach RabbitMQ ({exc}); start it or pass --amqp-url")
+    except ProbableAuthenticationError as exc:  # bad input: the user or password
+        fail(f"RabbitMQ refused the login ({exc}); check the user and password of --amqp-url")
+    except (OSError, AMQPConnectionError) as exc:  # a failure at run time
+        fail(f"cannot reach RabbitMQ ({exc}); start it or pass --amqp-url", code=1)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None

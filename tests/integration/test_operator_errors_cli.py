@@ -146,3 +146,15 @@ def test_node_status_takes_config_after_the_verb(tmp_path: Path) -> None:
     assert after.returncode == before.returncode == 0, after.stderr + before.stderr
     assert after.stdout == before.stdout
     assert '"node_id": "n1"' in after.stdout
+
+
+def test_rabbitmq_down_is_exit_1_and_a_refused_login_exit_2(amqp_url: str) -> None:
+    # given a broker port where nothing listens
+    down = dimsebus("events", "tail", "--amqp-url", f"amqp://guest:guest@127.0.0.1:{free_port()}/")
+    assert down.returncode == 1
+    assert one_line(down.stderr).startswith("error: cannot reach RabbitMQ (")
+    # given the real broker and a wrong password
+    host = amqp_url.split("@", 1)[1]
+    refused = dimsebus("topology", "declare", "--amqp-url", f"amqp://guest:wrong-pw@{host}")
+    assert refused.returncode == 2
+    assert one_line(refused.stderr).startswith("error: RabbitMQ refused the login (ACCESS_REFUSED")
