@@ -176,8 +176,8 @@ def parse_target(text: str, tls: bool) -> Target:
     A bad AE title or port is exit 2; a host that does not resolve is exit 1. An IPv6
     address is written in brackets, ``STORESCP@[::1]:11112``.
     """
-    port = text.rpartition(":")[2]
-    if port and not (port.isascii() and port.isdigit()):
+    _, colon, port = text.partition("@")[2].rpartition(":")
+    if colon and port and not (port.isascii() and port.isdigit()):
         fail(f"--to: port {port!r} of {text!r} is not a number from 1 to 65535")
     try:
         target = Target.parse(text, tls)

@@ -373,3 +373,12 @@ async def test_cli_and_api_show_the_same_values(moves_db: str) -> None:
         rows = [[cell.strip() for cell in line.split("\u2502")[1:-1]] for line in lines]
         row = next(r for r in rows if r and r[0] and view["move_id"].startswith(r[0]))
         assert row[6] == as_text(view["expected"])  # the expected column
+
+
+@pytest.mark.parametrize("to", ["STORESCP@localhost", "STORESCP", "@h:104", "STORESCP@:104"])
+def test_send_names_a_to_that_is_not_ae_at_host_port(tmp_path: Path, to: str) -> None:
+    result = CliRunner().invoke(app, ["send", str(tmp_path), "--to", to])
+    assert result.exit_code == 2
+    assert one_line(result.output) == (
+        f"error: --to: {to!r} is not AE@HOST:PORT (e.g. STORESCP@127.0.0.1:11112)"
+    )
