@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -156,7 +157,7 @@ def send(
     ] = False,
 ) -> None:
     """C-STORE files or folders to a peer; every C-STORE-RSP becomes an event on RabbitMQ."""
-    configure_logging("DEBUG" if debugging() else "ERROR")  # its failure is one line
+    configure_logging("WARNING" if debugging() else "ERROR")  # its failure is one line
     settings = node_settings(config, amqp_url=amqp_url, outbox_path=outbox)
     target = parse_target(to, tls)
     try:
@@ -165,9 +166,13 @@ def send(
         files = dicom_files(paths)
     except DimsebusError as exc:
         fail(str(exc))
+    if not files:
+        fail(f"no files in {', '.join(map(str, paths))}: nothing to send")
     with _peer_trouble() as trouble:
         summary, depth = _send(settings, target, files, labels, trouble)
     _show_summary(summary, target, depth, settings.outbox_path)
+    if len(summary.unreadable) == len(files):  # each is named above
+        fail(f"none of the {len(files)} files is DICOM: nothing was sent")
 
 
 def parse_target(text: str, tls: bool) -> Target:
@@ -298,7 +303,7 @@ def _show_summary(summary: SendSummary, target: Target, depth: int, outbox: Path
         table.add_row("-", "not DICOM, not sent", str(len(summary.unreadable)))
     console.print(table)
     for problem in summary.unreadable:
-        err.print(f"skipped {problem}", highlight=False)
+        err.print(f"skipped {escape(problem)}", highlight=False, soft_wrap=True)
     if depth:
         err.print(
             f"{depth} events wait in {outbox}; "

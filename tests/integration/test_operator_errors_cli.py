@@ -158,3 +158,28 @@ def test_rabbitmq_down_is_exit_1_and_a_refused_login_exit_2(amqp_url: str) -> No
     refused = dimsebus("topology", "declare", "--amqp-url", f"amqp://guest:wrong-pw@{host}")
     assert refused.returncode == 2
     assert one_line(refused.stderr).startswith("error: RabbitMQ refused the login (ACCESS_REFUSED")
+
+
+def test_send_of_files_that_are_not_dicom_is_exit_2(
+    tmp_path: Path, node_env: dict[str, str]
+) -> None:
+    # given two files that are not DICOM
+    (tmp_path / "junk").mkdir()
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / "junk" / name).write_text("not DICOM")
+    # when they are sent
+    result = dimsebus(
+        "send",
+        str(tmp_path / "junk"),
+        "--to",
+        "STORESCP@127.0.0.1:104",
+        "--outbox",
+        str(tmp_path / "send-outbox.sqlite"),
+        env={**node_env, "COLUMNS": "300"},
+    )
+    # then each is named, and the last line says nothing was sent
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == "error: none of the 2 files is DICOM: nothing was sent"
+    assert sum(line.startswith("skipped ") for line in lines) == 2
+    assert "Traceback" not in result.stderr

@@ -382,3 +382,12 @@ def test_send_names_a_to_that_is_not_ae_at_host_port(tmp_path: Path, to: str) ->
     assert one_line(result.output) == (
         f"error: --to: {to!r} is not AE@HOST:PORT (e.g. STORESCP@127.0.0.1:11112)"
     )
+
+
+def test_send_of_an_empty_folder_is_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    outbox = str(tmp_path / "outbox.sqlite")
+    argv = ["send", "--to", "STORESCP@127.0.0.1:104", "--outbox", outbox, str(tmp_path / "empty")]
+    result = CliRunner().invoke(app, argv)
+    assert result.exit_code == 2
+    assert one_line(result.output).endswith("empty: nothing to send")
