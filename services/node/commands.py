@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
-import ipaddress
 import json
-import logging
-import socket
 import sqlite3
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +13,6 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from schemas.dicom import check_ae_title
 from schemas.status import Service, describe_status
 from services.bus.outbox import Outbox, read_depth
 from services.bus.relay import NICENESS, RelayProcess, run_relay
@@ -39,6 +33,7 @@ from services.node.archive import Archive, ArchiveError
 from services.node.config import NodeSettings
 from services.node.dimse import Capture
 from services.node.sender import SendSummary, Target, dicom_files, send_files
+from services.node.target_option import LastError, bracketed, parse_target, peer_trouble
 from services.node.tls import association_tls, scp_context
 
 node_app = typer.Typer(help="Run the DICOM node, or look at it.", invoke_without_command=True)
@@ -168,77 +163,11 @@ def send(
         fail(str(exc))
     if not files:
         fail(f"no files in {', '.join(map(str, paths))}: nothing to send")
-    with _peer_trouble() as trouble:
+    with peer_trouble() as trouble:
         summary, depth = _send(settings, target, files, labels, trouble)
     _show_summary(summary, target, depth, settings.outbox_path)
     if len(summary.unreadable) == len(files):  # each is named above
         fail(f"none of the {len(files)} files is DICOM: nothing was sent")
-
-
-def parse_target(text: str, tls: bool) -> Target:
-    """``--to AE@HOST:PORT`` checked whole before anything is sent, or one line and an exit.
-
-    A bad AE title or port is exit 2; a host that does not resolve is exit 1. An IPv6
-    address is written in brackets, ``STORESCP@[::1]:11112``.
-    """
-    _, colon, port = text.partition("@")[2].rpartition(":")
-    if colon and port and not (port.isascii() and port.isdigit()):
-        fail(f"--to: port {port!r} of {text!r} is not a number from 1 to 65535")
-    try:
-        target = Target.parse(text, tls)
-        check_ae_title(target.ae_title)
-    except (DimsebusError, ValueError) as exc:
-        fail(str(exc) if isinstance(exc, DimsebusError) else f"--to: {exc}")
-    host = _unbracketed(target.host, text)
-    try:
-        socket.getaddrinfo(host, target.port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError) as exc:
-        fail(f"--to: host {host!r} does not resolve: {getattr(exc, 'strerror', exc)}", code=1)
-    return Target(target.ae_title, host, target.port, target.tls)
-
-
-def _bracketed(host: str) -> str:
-    """A host as ``--to`` writes it: an IPv6 address in brackets."""
-    return f"[{host}]" if ":" in host else host
-
-
-def _unbracketed(host: str, text: str) -> str:
-    """``[::1]`` as ``::1``; brackets around anything but an IPv6 address are an error."""
-    if not (host.startswith("[") or host.endswith("]")):
-        return host
-    inside = host.removeprefix("[").removesuffix("]")
-    try:
-        ipaddress.IPv6Address(inside)
-    except ValueError:
-        fail(f"--to: {host!r} of {text!r} is not an IPv6 address in brackets, e.g. [::1]")
-    return inside
-
-
-class _LastError(logging.Handler):
-    """The last error pynetdicom logged: why a peer did not answer, for the one error line."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.last = ""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.last = record.getMessage()
-
-
-@contextlib.contextmanager
-def _peer_trouble() -> Iterator[_LastError]:
-    """pynetdicom's errors kept for the error line instead of logged (unless debugging)."""
-    trouble, log = _LastError(), logging.getLogger("pynetdicom")
-    if debugging():
-        yield trouble
-        return
-    log.addHandler(trouble)
-    log.propagate = False
-    try:
-        yield trouble
-    finally:
-        log.removeHandler(trouble)
-        log.propagate = True
 
 
 def _send(
@@ -246,7 +175,7 @@ def _send(
     target: Target,
     files: list[Path],
     labels: dict[str, str],
-    trouble: _LastError,
+    trouble: LastError,
 ) -> tuple[SendSummary, int]:
     box = Outbox(settings.outbox_path, checkpoints=False)
     relay = RelayProcess(
@@ -289,7 +218,7 @@ def _send(
 
 def _show_summary(summary: SendSummary, target: Target, depth: int, outbox: Path) -> None:
     table = Table(
-        title=f"sent to {target.ae_title}@{_bracketed(target.host)}:{target.port} "
+        title=f"sent to {target.ae_title}@{bracketed(target.host)}:{target.port} "
         f"(operation {summary.operation.id})"
     )
     for column in ("status", "meaning", "count"):

@@ -146,7 +146,7 @@ def test_send_names_a_bad_peer_in_one_line(tmp_path: Path, to: str, code: int, n
 
 
 def test_an_ipv6_peer_is_written_in_brackets() -> None:
-    from services.node.commands import parse_target
+    from services.node.target_option import parse_target
 
     target = parse_target("STORESCP@[::1]:11112", tls=False)
     assert (target.ae_title, target.host, target.port) == ("STORESCP", "::1", 11112)
