@@ -152,6 +152,15 @@ class FailedInstance(Model):
     gave_up: Comment | None = None
 
 
+class RemoteAE(Model):
+    """A remote application entity the node opens an association to."""
+
+    ae_title: AETitle
+    host: Host
+    port: Port
+    tls: bool = False
+
+
 # -- C-STORE ---------------------------------------------------------------------------
 
 
@@ -230,6 +239,12 @@ class CStoreUnsentData(Model):
     reason: UnsentReason
     detail: Comment
     at: UtcDatetime
+    source: RemoteAE | None = Field(
+        None,
+        description="the remote archive a re-issued C-MOVE (Move SCU) could not be asked to "
+        "move these instances from; absent: the node sends them itself",
+    )
+    study_instance_uid: UID | None = Field(None, description="their study, with source")
 
 
 class CStoreUnsent(CloudEvent):
@@ -508,15 +523,6 @@ MoveLevel = Literal["STUDY", "SERIES", "IMAGE"]
 UIDList = Annotated[tuple[UID, ...], Field(max_length=MAX_UIDS)]
 
 
-class RemoteAE(Model):
-    """A remote application entity the node opens an association to."""
-
-    ae_title: AETitle
-    host: Host
-    port: Port
-    tls: bool = False
-
-
 class MoveCommandData(Model):
     """What the node must ask a remote archive to move, and where (PS3.4 C.4.2, Study Root).
 
@@ -579,11 +585,42 @@ class MoveResponseData(Model):
         None, description="the archive asked to move, as the move command named it"
     )
     study_instance_uid: UID | None = Field(None, description="the study the move command named")
+    sop_instance_uids: UIDList | None = Field(
+        None,
+        description="the instances the C-MOVE-RQ asked for (IMAGE level), as the command "
+        "named them; absent at STUDY and SERIES level",
+    )
 
     @model_validator(mode="after")
     def _status_matches_category(self) -> Self:
         _check_category(self.status, self.status_category, Service.QUERY_RETRIEVE)
         return self
+
+    def instance_outcomes(self) -> dict[str, Literal["success", "warning", "failure"]]:
+        """What a final response says of each instance it was asked for (IMAGE level).
+
+        The listed ones failed. The archive counts the others without naming them:
+        the first ``completed`` of them (by UID) are counted completed, the next
+        ``warning`` warning, and any left over failed (counted failed but not listed,
+        or not matched at all). Empty for a pending response or one of a C-MOVE that
+        named no instances (PS3.4 C.4.2.1.5: the counts are all it says of them).
+        """
+        if not self.final or not self.sop_instance_uids:
+            return {}
+        listed = set(self.failed_sop_instance_uids)
+        others = sorted(set(self.sop_instance_uids) - listed)
+        done = self.counts.completed
+        named: dict[str, Literal["success", "warning", "failure"]] = dict.fromkeys(
+            listed & set(self.sop_instance_uids), "failure"
+        )
+        for index, uid in enumerate(others):
+            if index < done:
+                named[uid] = "success"
+            elif index < done + self.counts.warning:
+                named[uid] = "warning"
+            else:
+                named[uid] = "failure"
+        return named
 
 
 class MoveResponseReceived(CloudEvent):
@@ -685,7 +722,13 @@ class RetryExhausted(CloudEvent):
 
 
 class ResendData(Model):
-    """Which instances the node must send again, and where."""
+    """Which instances the node must send again, and where.
+
+    With ``source``, the instances were pulled from a remote archive (the node's
+    C-MOVE as Move SCU): the node asks that archive again, by a C-MOVE at IMAGE
+    level of exactly these instances of ``study_instance_uid``, instead of
+    sending them from its own archive.
+    """
 
     operation: Operation
     node_id: NodeId
@@ -694,6 +737,23 @@ class ResendData(Model):
     move_originator: MoveOriginator | None
     attempt: Attempt
     labels: Labels = Field(default_factory=dict)
+    source: RemoteAE | None = Field(
+        None,
+        description="the remote archive to C-MOVE the instances from again (a move the "
+        "node requested as Move SCU); absent: the node sends them itself",
+    )
+    study_instance_uid: UID | None = Field(
+        None, description="the instances' study, which a C-MOVE from source names"
+    )
+
+    @model_validator(mode="after")
+    def _pull_names_its_study(self) -> Self:
+        if self.source is not None:
+            if self.operation.kind != "move":
+                raise ValueError(f"source: a {self.operation.kind} is not re-issued as a C-MOVE")
+            if self.study_instance_uid is None:
+                raise ValueError("study_instance_uid: a C-MOVE from source names the study")
+        return self
 
 
 class ResendSubOperations(CloudEvent):

@@ -184,6 +184,7 @@ def move_responses(draw: st.DrawFn) -> ev.MoveResponseData:
         responded_at=draw(times),
         source=draw(st.none() | remote_aes),
         study_instance_uid=draw(st.none() | uids),
+        sop_instance_uids=draw(st.none() | st.lists(uids, max_size=3).map(tuple)),
     )
 
 
@@ -292,6 +293,8 @@ DATA: dict[type[CloudEvent], st.SearchStrategy[Any]] = {
         reason=st.sampled_from(get_args(ev.UnsentReason)),
         detail=words,
         at=times,
+        source=st.none() | remote_aes,
+        study_instance_uid=st.none() | uids,
     ),
     ev.MessageInvalid: st.builds(
         ev.MessageInvalidData,
@@ -313,6 +316,17 @@ DATA: dict[type[CloudEvent], st.SearchStrategy[Any]] = {
         destination_ae_title=ae_titles,
         move_originator=originators,
         attempt=st.integers(1, 20),
+    )
+    | st.builds(  # a pull's: C-MOVE again from the archive (source), in the study
+        ev.ResendData,
+        operation=st.builds(ev.Operation, kind=st.just("move"), id=st.uuids()),
+        node_id=st.from_regex(r"\A[A-Za-z0-9_.\-]{1,64}\Z"),
+        sop_instance_uids=st.lists(uids, min_size=1, max_size=3).map(tuple),
+        destination_ae_title=ae_titles,
+        move_originator=st.none(),
+        attempt=st.integers(2, 20),
+        source=remote_aes,
+        study_instance_uid=uids,
     ),
 }
 
