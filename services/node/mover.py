@@ -36,7 +36,14 @@ STUDY_ROOT_FIND = str(sop_class.StudyRootQueryRetrieveInformationModelFind)  # t
 
 
 class MoveError(DimsebusError):
-    """The C-MOVE could not be requested: no association with the remote archive."""
+    """The C-MOVE could not be requested: no association with the remote archive.
+
+    ``reason`` says so in ``dicom.cstore.unsent`` terms, for a re-issued C-MOVE.
+    """
+
+    def __init__(self, message: str, reason: ev.UnsentReason = "unreachable") -> None:
+        super().__init__(message)
+        self.reason: ev.UnsentReason = reason
 
 
 class OpenMoves:
@@ -71,6 +78,7 @@ class MoveSummary:
 
     message_id: int
     final: ev.MoveResponseData | None
+    command: ev.MoveCommandData | None = None
 
 
 class Mover:
@@ -108,9 +116,15 @@ class Mover:
             commands = [data]
             if data.query_level == "IMAGE" and not data.series_instance_uids:
                 commands = moves.by_series(data, _series_of(assoc, data.study_instance_uid))
-            return [self._move_one(assoc, command) for command in commands]
-        except (moves.MoveCommandError, ValueError) as exc:
-            raise MoveError(str(exc)) from exc
+            # One C-MOVE-RQ after the other; none on an association the archive ended.
+            return [
+                self._move_one(assoc, command)
+                if assoc.is_established
+                else MoveSummary(0, None, command)
+                for command in commands
+            ]
+        except ValueError as exc:  # moves.MoveCommandError: not held in the study, and so on
+            raise MoveError(str(exc), "not_found") from exc
         finally:
             if assoc.is_established:
                 assoc.release()
@@ -139,7 +153,7 @@ class Mover:
                 final = event.data if event.data.final else final
         finally:
             self.open_moves.close(message_id)
-        return MoveSummary(message_id, final)
+        return MoveSummary(message_id, final, data)
 
     async def handle(self, event: ev.Event, archive: Archive) -> None:
         """Run one move command; a redelivered command that was done is skipped."""
@@ -157,6 +171,50 @@ class Mover:
         except MoveError as exc:  # parked with the reason; a requeue runs it again
             raise Unprocessable(f"move {event.data.operation.id}: {exc}") from exc
         archive.command_done(str(event.id))
+
+    async def reissue(self, command: ev.ResendSubOperations, archive: Archive) -> None:
+        """Retry a pull: C-MOVE exactly the failed instances again, at IMAGE level.
+
+        The same operation and the command's attempt, so the tracker folds the
+        responses into the same move. When the archive cannot be asked, or a
+        C-MOVE-RQ gets no final response, ``dicom.cstore.unsent`` names its
+        instances (and the archive), and the retrier decides again.
+        """
+        if command.data.node_id != self.settings.node_id:
+            raise Unprocessable(
+                f"command for node {command.data.node_id!r} reached node {self.settings.node_id!r}"
+            )
+        if not archive.claim_command(str(command.id)):
+            log.info("resend command %s was already executed; skipped", command.id)
+            return
+        try:
+            data = moves.reissued(command)
+        except moves.MoveCommandError as exc:
+            raise Unprocessable(str(exc)) from exc
+        source = f"{data.source.ae_title}@{data.source.host}:{data.source.port}"
+        log.info(
+            "re-issuing a C-MOVE of %d instance(s) of %s from %s (attempt %d)",
+            len(command.data.sop_instance_uids),
+            data.operation.id,
+            source,
+            data.attempt,
+        )
+        unsent: list[ev.CStoreUnsent] = []
+        try:
+            summaries = await asyncio.to_thread(self.move, data)
+        except MoveError as exc:
+            detail = f"C-MOVE from {source}: {exc}"
+            unsent.append(moves.unsent_event(data, exc.reason, detail, self.capture.stamp()))
+        else:
+            detail = f"no final C-MOVE-RSP from {source} (timeout or abort)"
+            unsent += [
+                moves.unsent_event(s.command, "association_lost", detail, self.capture.stamp())
+                for s in summaries
+                if s.final is None and s.command is not None
+            ]
+        if unsent:
+            self.capture.emit(*unsent)
+        archive.command_done(str(command.id))
 
     def _ae(self) -> AE:
         ae = AE(ae_title=self.settings.ae_title)

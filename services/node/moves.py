@@ -18,7 +18,7 @@ from typing import Protocol
 from pydicom.dataset import Dataset
 
 from schemas import events as ev
-from schemas.limits import MAX_UIDS
+from schemas.limits import MAX_UIDS, clip
 from schemas.status import Service, describe_status
 from services.errors import DimsebusError
 from services.node.capture import Stamp, envelope
@@ -112,8 +112,54 @@ def response_event(
         responded_at=stamp.time,
         source=data.source,
         study_instance_uid=data.study_instance_uid,
+        sop_instance_uids=data.sop_instance_uids if data.query_level == "IMAGE" else None,
     )
     return envelope(ev.MoveResponseReceived, payload, str(data.operation.id), stamp)
+
+
+def reissued(command: ev.ResendSubOperations) -> ev.MoveCommandData:
+    """The C-MOVE that retries a pull: exactly the failed instances, at IMAGE level.
+
+    Same operation (the tracker folds it into the same move), the command's attempt;
+    without their series, which the node asks the archive for (``by_series``).
+    """
+    data = command.data
+    if data.source is None or data.study_instance_uid is None:
+        raise MoveCommandError(f"resend {command.id} names no archive to C-MOVE from (source)")
+    return ev.MoveCommandData(
+        operation=data.operation,
+        node_id=data.node_id,
+        source=data.source,
+        destination_ae_title=data.destination_ae_title,
+        query_level="IMAGE",
+        study_instance_uid=data.study_instance_uid,
+        sop_instance_uids=data.sop_instance_uids,
+        attempt=data.attempt,
+        labels=data.labels,
+    )
+
+
+def unsent_event(
+    data: ev.MoveCommandData, reason: ev.UnsentReason, detail: str, stamp: Stamp
+) -> ev.CStoreUnsent:
+    """``dicom.cstore.unsent`` for a re-issued C-MOVE that could not be asked or answered.
+
+    It names the archive and study, so that the retrier's next attempt is again a
+    C-MOVE from that archive.
+    """
+    payload = ev.CStoreUnsentData(
+        operation=data.operation,
+        destination_ae_title=data.destination_ae_title,
+        sop_instance_uids=data.sop_instance_uids or (),
+        attempt=data.attempt,
+        labels=data.labels,
+        reason=reason,
+        detail=clip(detail),
+        at=stamp.time,
+        source=data.source,
+        study_instance_uid=data.study_instance_uid,
+    )
+    return envelope(ev.CStoreUnsent, payload, str(data.operation.id), stamp)
 
 
 class OpenMovesView(Protocol):

@@ -1,7 +1,9 @@
 """The node's side of retries: resend commands in, failed instances sent again.
 
 Commands come from the node's queue ``dimsebus.node.<node-id>``. A C-MOVE's
-instances are sent again from the archive to the same destination, a
+instances are sent again from the archive to the same destination (a C-MOVE the
+node itself requested from a remote archive, a resend with ``source``, is asked
+of that archive again by the Mover, at IMAGE level), a
 ``dimsebus send`` job's from the same files to the same peer, each with its
 ``attempt`` and the original operation and move originator, so that the
 tracker folds the results into the same move. Commands that arrive together
@@ -89,6 +91,11 @@ class Resender:
         if event.data.node_id != self.settings.node_id:
             raise Unprocessable(
                 f"command for node {event.data.node_id!r} reached node {self.settings.node_id!r}"
+            )
+        if event.data.source is not None:  # serve_commands hands these to the Mover
+            raise Unprocessable(
+                f"resend {event.id} re-issues a C-MOVE from {event.data.source.ae_title}; "
+                "this node runs no Move SCU"
             )
         if event.id in self._running:
             return await asyncio.shield(self._running[event.id])
@@ -209,6 +216,8 @@ async def serve_commands(
     async def handle(event: ev.Event) -> None:
         if mover is not None and isinstance(event, ev.MoveCommand):
             return await mover.handle(event, resender.archive)
+        if mover is not None and isinstance(event, ev.ResendSubOperations) and event.data.source:
+            return await mover.reissue(event, resender.archive)  # a pull: ask the archive again
         return await resender.handle(event)
 
     async def session(connection: AbstractConnection, stop: asyncio.Event) -> None:

@@ -59,6 +59,11 @@ RETRIER_QUEUE = WorkQueue(
         "dicom.cstore.response.received.warning",
         "dicom.cstore.response.missing.#",
         "dicom.cstore.unsent.#",
+        # The node's own C-MOVEs (Move SCU): a final response's failed instances. Pending
+        # responses (.pending) and cancelled moves (.cancel) are not decided about.
+        "dicom.move.response.received.success",
+        "dicom.move.response.received.warning",
+        "dicom.move.response.received.failure",
     ),
 )
 

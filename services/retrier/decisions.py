@@ -54,6 +54,8 @@ def resend_command(
                 move_originator=failure.move_originator,
                 attempt=attempt,
                 labels=failure.labels,
+                source=failure.archive,
+                study_instance_uid=failure.study_instance_uid if failure.archive else None,
             ),
         }
     )

@@ -69,6 +69,8 @@ class Failure:
     status: int | None
     transient: bool
     reason: str
+    archive: ev.RemoteAE | None = None
+    study_instance_uid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +120,60 @@ def failure_of(event: ev.Event, policy: RetryPolicy) -> Failure | None:
                 status=None,
                 transient=unsent.reason in TRANSIENT_UNSENT,
                 reason=f"not sent: {unsent.reason} ({unsent.detail})",
+                archive=unsent.source,
+                study_instance_uid=unsent.study_instance_uid,
             )
+        case ev.MoveResponseReceived():
+            return _pulled(event)
     return None
+
+
+def _pulled(event: ev.MoveResponseReceived) -> Failure | None:
+    """The instances a final C-MOVE-RSP of the node's own C-MOVE (Move SCU) says failed.
+
+    The listed ones, and of a C-MOVE that named its instances those its counts leave
+    unaccounted for (``MoveResponseData.instance_outcomes``). A retry re-issues the
+    C-MOVE for them at IMAGE level. A move refused as a whole (0xA801 destination
+    unknown to the archive, 0xA900, 0xCxxx) cannot succeed again; a response that
+    names no archive (an event older than ``source``) cannot be re-issued: both are
+    given up, so that the tracker learns the decision.
+    """
+    data = event.data
+    if not data.final or data.status_category == "cancel":
+        return None
+    named = data.instance_outcomes()
+    listed = set(data.failed_sop_instance_uids)
+    uids = tuple(sorted(listed | {uid for uid, what in named.items() if what == "failure"}))
+    if not uids:
+        return None
+    info = describe_status(data.status, Service.QUERY_RETRIEVE)
+    refused = data.status_category == "failure" and not info.retryable
+    # Nothing listed and nothing counted failed: the instances were not matched at all.
+    unmatched = not listed and data.counts.failed == 0
+    archive = data.association.peer_ae_title
+    reason = f"C-MOVE from {archive}: final C-MOVE-RSP {info.label} {info.description}"
+    if unmatched:
+        reason += f" ({len(uids)} of the instances asked for not matched at the archive)"
+    if data.source is None or data.study_instance_uid is None:
+        reason += " (the event names no archive to ask again)"
+    return Failure(
+        event_id=event.id,
+        node_id=event.source.rsplit("/", 1)[-1],
+        operation=data.operation,
+        sop_instance_uids=uids,
+        destination_ae_title=data.move_destination,
+        move_originator=None,  # the node is the originator; a new C-MOVE has its own ids
+        labels=dict(data.labels),
+        attempt=data.attempt,
+        category="failure",
+        status=data.status,
+        transient=not (
+            refused or unmatched or data.source is None or data.study_instance_uid is None
+        ),
+        reason=reason + (f": {data.error_comment}" if data.error_comment else ""),
+        archive=data.source,
+        study_instance_uid=data.study_instance_uid,
+    )
 
 
 def _received(event: ev.CStoreResponseReceived, policy: RetryPolicy) -> Failure | None:
@@ -156,6 +210,8 @@ def _failure(
     status: int | None,
     transient: bool,
     reason: str,
+    archive: ev.RemoteAE | None = None,
+    study_instance_uid: str | None = None,
 ) -> Failure:
     return Failure(
         event_id=event.id,
@@ -170,6 +226,8 @@ def _failure(
         status=status,
         transient=transient,
         reason=reason,
+        archive=archive,
+        study_instance_uid=study_instance_uid,
     )
 
 
