@@ -46,11 +46,14 @@ class InstanceOutcome(Model):
     attempt: int
     at: dt.datetime
     event_id: UUID
+    # Told by a final C-MOVE-RSP's counts (``pulls``), not by an event about the instance.
+    counted: bool = False
 
     @property
-    def rank(self) -> tuple[int, dt.datetime, str]:
-        """Later attempts win; within one, the later response (event id breaks ties)."""
-        return (self.attempt, self.at, str(self.event_id))
+    def rank(self) -> tuple[int, bool, dt.datetime, str]:
+        """Later attempts win; within one, an event about the instance over a final
+        response's counts, then the later response (event id breaks ties)."""
+        return (self.attempt, not self.counted, self.at, str(self.event_id))
 
 
 class RetryMark(Model):
@@ -110,8 +113,13 @@ class MoveState(Model):
     timeline: tuple[TimelineEntry, ...] = ()
     responses: dict[str, int] = Field(default_factory=dict)
     unnamed: int = 0
-    # A Move SCU move to another destination (``pulls``): its final C-MOVE-RSP counts the
-    # sub-operations that completed, gave a warning or failed unlisted, but names none.
+    # A Move SCU move (``pulls``): the archive asked, and the study (what a re-issued
+    # C-MOVE names). To another destination (``counted_only``) a final C-MOVE-RSP that
+    # names no instances (STUDY, SERIES level) counts the sub-operations that completed,
+    # gave a warning or failed unlisted, but names none.
+    pulled: bool = False
+    archive: ev.RemoteAE | None = None
+    study_instance_uid: str | None = None
     counted_only: bool = False
     counted_completed: int = 0
     counted_warning: int = 0
@@ -263,7 +271,7 @@ def _response(
 ) -> MoveState:
     outcome = _outcome_of(event)
     kind = _response_kind(event)
-    move = _with_outcomes(move, [outcome]).model_copy(
+    move = with_outcomes(move, [outcome]).model_copy(
         update={"responses": {**move.responses, kind: move.responses.get(kind, 0) + 1}}
     )
     if outcome.category != "success":
@@ -301,12 +309,13 @@ def _unsent(move: MoveState, event: ev.CStoreUnsent) -> MoveState:
         )
         for uid in data.sop_instance_uids
     ]
-    move = _with_outcomes(move, outcomes)
+    move = with_outcomes(move, outcomes)
     what = f"{len(outcomes)} instance(s) attempt {data.attempt}: {reason}"
     return move.model_copy(update={"timeline": _with_entry(move, event, what)})
 
 
-def _with_outcomes(move: MoveState, outcomes: list[InstanceOutcome]) -> MoveState:
+def with_outcomes(move: MoveState, outcomes: list[InstanceOutcome]) -> MoveState:
+    """``move`` with each outcome that outranks the instance's current one."""
     newer = {
         o.sop_instance_uid: o
         for o in outcomes
@@ -428,12 +437,18 @@ def outcome(move: MoveState, now: dt.datetime, stall_after: dt.timedelta) -> ev.
 
 def _refused_as_a_whole(move: MoveState, tally: ev.SubOperationCounts) -> bool:
     """No sub-operation could run, and none ever will: the move failed."""
+    if move.pulled and move.expected == 0 and not (tally.completed or tally.warning):
+        return True  # the archive matched nothing: no retry can find it
     if move.final_category != "failure" or tally.completed or tally.warning:
         return False
-    # 0xCxxx: unable to process. 0xA801 alone is not enough: pynetdicom answers an
-    # unreachable destination with it too, which a retry can fix.
+    # 0xCxxx: unable to process. 0xA801 alone is not enough when the node served the
+    # move: pynetdicom answers an unreachable destination with it too, which a retry
+    # can fix. An archive the node asked (a pull) says so of a destination it does
+    # not know, and the retrier gives it up.
     status = move.final_status
     if tally.failed == 0 or (status is not None and status >> 12 == 0xC):
+        return True
+    if move.pulled and status == 0xA801:
         return True
     latest = list(move.instances.values())
     return bool(latest) and all(
@@ -462,25 +477,28 @@ def failure_reason(move: MoveState, tally: ev.SubOperationCounts) -> str | None:
 def _undecided(move: MoveState) -> bool:
     """A failure of the latest attempt that the retrier has not decided about yet.
 
-    An instance only the final response lists is one whose event is still on its
-    way (the node reports every listed instance, sent or not): it is waited for.
-    Not so for a Move SCU move to another destination, whose final response is the
-    only word on its failures: the retrier's queue does not receive it, so no
-    decision is waited for (they are final as listed).
+    An instance only the final response lists (attempt 1) is decided about too: the
+    retrier decides from the node's event about it (still on its way when the node
+    served the move: it reports every listed instance, sent or not) or, for a Move
+    SCU move, from that final response itself. Failures a final response counts but
+    does not name are final as counted: no decision can name them.
     """
-    return any(
-        o.category in DECIDED_BY_RETRIER and not _decided(move.retries.get(o.sop_instance_uid), o)
+    latest = [
+        (o.sop_instance_uid, o.attempt)
         for o in move.instances.values()
-    ) or (not move.counted_only and any(uid not in move.instances for uid in move.reported_failed))
+        if o.category in DECIDED_BY_RETRIER
+    ]
+    latest += [(uid, 1) for uid in move.reported_failed if uid not in move.instances]
+    return any(not _decided(move.retries.get(uid), attempt) for uid, attempt in latest)
 
 
-def _decided(mark: RetryMark | None, latest: InstanceOutcome) -> bool:
-    """Whether the retrier scheduled the attempt after ``latest``, or gave it up."""
+def _decided(mark: RetryMark | None, attempt: int) -> bool:
+    """Whether the retrier scheduled the attempt after ``attempt``, or gave it up."""
     if mark is None:
         return False
     if mark.gave_up is not None:
-        return mark.attempt >= latest.attempt
-    return mark.attempt > latest.attempt
+        return mark.attempt >= attempt
+    return mark.attempt > attempt
 
 
 def finish(
@@ -585,7 +603,7 @@ def retry_commands(
         return []
     originator = (
         ev.MoveOriginator(ae_title=move.requestor_ae_title, message_id=move.message_id)
-        if move.requestor_ae_title is not None and move.message_id is not None
+        if move.requestor_ae_title is not None and move.message_id is not None and not move.pulled
         else None
     )
     by_attempt: dict[int, list[str]] = {}
@@ -605,6 +623,9 @@ def retry_commands(
                     destination_ae_title=move.destination_ae_title,
                     move_originator=originator,
                     attempt=attempt,
+                    # a pull is asked of its archive again (None: sent from the node's own)
+                    source=move.archive if move.study_instance_uid else None,
+                    study_instance_uid=move.study_instance_uid if move.archive else None,
                 ),
             }
         )

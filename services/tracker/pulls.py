@@ -1,4 +1,4 @@
-"""The tracker's fold of the C-MOVEs the node sent as Move SCU to itself (issue 18, item 3).
+"""The tracker's fold of the C-MOVEs the node sent as Move SCU (issue 18, item 3).
 
 A move the node asked a remote archive for (``dimsebus.command.move``) is the
 same ``MoveState`` as the C-MOVEs the node serves, keyed by the node's source and
@@ -7,15 +7,19 @@ Its C-MOVE-RSPs (``dicom.move.response.received``) say how many sub-operations
 there are and how the move ended; when the node itself is the destination each
 sub-operation is named by the node's answer to it (``dicom.cstore.response.sent``).
 To another destination the responses only count the sub-operations and name
-the failed ones: the move's final response (attempt 1) gives its completed and
-warning counts, and failures it counts but does not list (``counted_*`` in
-``MoveState``), beside the failed instances it lists (``reported_failed``), so
-the move ends completed, completed_with_failures or failed by that response.
+the failed ones. A final response to a C-MOVE that named its instances (IMAGE
+level, and every re-issued C-MOVE of the retrier, attempt 2 or later) accounts
+for each of them (``MoveResponseData.instance_outcomes``): a retried instance
+that arrives turns its failure into a success. The first C-MOVE's final
+response at STUDY or SERIES level gives its completed and warning counts, and
+failures it counts but does not list (``counted_*`` in ``MoveState``), beside
+the failed instances it lists (``reported_failed``), which the retrier decides
+about.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from schemas import events as ev
 from schemas.envelope import CloudEvent
@@ -50,9 +54,13 @@ def _responded(move: MoveState, event: ev.MoveResponseReceived) -> MoveState:
     data = event.data
     counts = data.counts
     total = counts.completed + counts.failed + counts.warning + (counts.remaining or 0)
+    named = data.instance_outcomes()
     update: dict[str, object] = {
         "requestor_ae_title": data.association.local_ae_title,
         "destination_ae_title": data.move_destination,
+        "pulled": True,
+        "archive": data.source or move.archive,
+        "study_instance_uid": data.study_instance_uid or move.study_instance_uid,
     }
     elsewhere = data.move_destination != data.association.local_ae_title
     if elsewhere:  # no C-STORE of this move reaches the node: the responses only count
@@ -62,25 +70,70 @@ def _responded(move: MoveState, event: ev.MoveResponseReceived) -> MoveState:
         if move.expected is None or data.final:
             update["expected"] = total
     if data.final and data.attempt == 1:
-        info = describe_status(data.status, Service.QUERY_RETRIEVE)
         update |= {
             "final_status": data.status,
             "final_category": data.status_category,
-            "reported_failed": tuple(sorted(set(data.failed_sop_instance_uids))),
             "completed_at": data.responded_at,
-            "timeline": _with_entry(
-                move,
-                event,
-                f"final C-MOVE-RSP from {data.association.peer_ae_title} {info.label} "
-                f"{info.description}: {counts.completed} completed, {counts.failed} failed, "
-                f"{counts.warning} warning",
-            ),
         }
-        if elsewhere:
-            update |= _counted(data)
+        if named:  # IMAGE level: each instance asked for is accounted for by name
+            update["expected"] = min(total, len(named))
+        else:  # STUDY or SERIES level: the listed failures, and counts
+            update["reported_failed"] = tuple(sorted(set(data.failed_sop_instance_uids)))
+            if elsewhere:
+                update |= _counted(data)
     elif not data.final and data.attempt == 1:
         update["timeline"] = _first_pending(move, event)
-    return move.model_copy(update=update)
+    if data.final:
+        update["timeline"] = _with_entry(move, event, _final_entry(data))
+    move = move.model_copy(update=update)
+    return _with_named(move, event, named) if named else move
+
+
+def _final_entry(data: ev.MoveResponseData) -> str:
+    counts, info = data.counts, describe_status(data.status, Service.QUERY_RETRIEVE)
+    attempt = f" (attempt {data.attempt})" if data.attempt > 1 else ""
+    return (
+        f"final C-MOVE-RSP{attempt} from {data.association.peer_ae_title} {info.label} "
+        f"{info.description}: {counts.completed} completed, {counts.failed} failed, "
+        f"{counts.warning} warning"
+    )
+
+
+def _with_named(
+    move: MoveState,
+    event: ev.MoveResponseReceived,
+    named: dict[str, Literal["success", "warning", "failure"]],
+) -> MoveState:
+    """The outcome a final response gives each instance its C-MOVE-RQ named (IMAGE level).
+
+    An event about the instance itself (the node as destination) outranks it.
+    """
+    data = event.data
+    info = describe_status(data.status, Service.QUERY_RETRIEVE)
+    listed = set(data.failed_sop_instance_uids)
+    outcomes = [
+        progress.InstanceOutcome(
+            sop_instance_uid=uid,
+            category=category,
+            status=data.status if category == "failure" else None,
+            reason=_named_reason(category, uid in listed, info.label, data.counts),
+            attempt=data.attempt,
+            at=event.time,
+            event_id=event.id,
+            counted=True,
+        )
+        for uid, category in sorted(named.items())
+    ]
+    return progress.with_outcomes(move, outcomes)
+
+
+def _named_reason(category: str, listed: bool, status: str, counts: ev.SubOperationCounts) -> str:
+    if listed:
+        return f"listed failed by the final C-MOVE-RSP ({status})"
+    tally = f"{counts.completed} completed, {counts.warning} warning, {counts.failed} failed"
+    if category == "failure":
+        return f"not accounted for by the final C-MOVE-RSP ({status}: {tally})"
+    return f"counted {category} by the final C-MOVE-RSP ({status}: {tally})"
 
 
 def _first_pending(move: MoveState, event: ev.MoveResponseReceived) -> tuple[TimelineEntry, ...]:

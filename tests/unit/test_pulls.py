@@ -147,12 +147,11 @@ def test_a_move_to_another_destination_completes_by_the_final_counts() -> None:
 
 
 def test_another_destination_that_refuses_some_completes_with_them_listed() -> None:
-    # given a final warning counting 2 completed and listing 1 failed, retries on
+    # given a final warning counting 2 completed and listing 1 failed, retries off
     clock = Clock()
     move = fold([response(clock, 0xB000, 2, (UIDS[1],), destination="STORESCP")])
     assert move is not None
-    move = move.model_copy(update={"retries_on": True})
-    # then the move ends completed_with_failures (no retrier decides about them yet)
+    # then the move ends completed_with_failures, the listed instance failed
     assert progress.outcome(move, START, STALL) == "completed_with_failures"
     assert progress.counts(move) == ev.SubOperationCounts(remaining=0, completed=2, failed=1)
     assert [f.sop_instance_uid for f in progress.failed_instances(move)] == [UIDS[1]]
