@@ -25,7 +25,16 @@ from schemas.envelope import CloudEvent
 from services.bus.consumer import REASON_HEADER
 from services.node.config import Peer
 from services.node.synthetic import write_study
-from tests.integration.conftest import TEST_PEERS, RunningNode, of_type, read_events, settled
+from services.retrier.app import RetrierSettings, run_retrier
+from services.retrier.policy import RetryPolicy
+from tests.integration.conftest import (
+    TEST_PEERS,
+    RunningNode,
+    Services,
+    of_type,
+    read_events,
+    settled,
+)
 from tests.integration.peers import ENV, answering_scp, dcmtk, free_port, storescp, wait_for_port
 
 pytestmark = pytest.mark.integration
@@ -68,7 +77,7 @@ def dcmqrscp(folder: Path, count: int, destinations: dict[str, int]) -> Iterator
     )
     log = (folder / "dcmqrscp.log").open("ab")
     process = subprocess.Popen(
-        [dcmtk("dcmqrscp"), "-d", "-s", "-c", str(config)],
+        [dcmtk("dcmqrscp"), "-d", "-c", str(config)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=ENV,
@@ -125,12 +134,12 @@ def of_operation(events: list[CloudEvent], event_type: str, operation: str) -> l
     return [e for e in of_type(events, event_type) if str(e.data.operation.id) == operation]  # type: ignore[attr-defined]
 
 
-def final_response(operation: str) -> Callable[[list[CloudEvent]], bool]:
-    """Whether the log holds the move's final C-MOVE-RSP event."""
+def final_response(operation: str, attempt: int = 1) -> Callable[[list[CloudEvent]], bool]:
+    """Whether the log holds the move's final C-MOVE-RSP event (of ``attempt``)."""
 
     def seen(events: list[CloudEvent]) -> bool:
         responses = of_operation(events, "dicom.move.response.received", operation)
-        return any(r.data.final for r in responses)
+        return any(r.data.final and r.data.attempt == attempt for r in responses)
 
     return seen
 
@@ -297,8 +306,9 @@ async def test_the_tracker_follows_the_nodes_move_to_another_destination_by_its_
 async def test_the_tracker_lists_what_another_destination_refused(
     tmp_path: Path, start_node: Any, start_tracker: Any, connection: AbstractRobustConnection
 ) -> None:
-    # given a tracker with retries on, and a destination that refuses one instance
-    settings = await start_tracker(retries=True)
+    # given a tracker with retries off (no retrier decides), and a destination that
+    # refuses one instance
+    settings = await start_tracker()
     refused: set[str] = set()
     with (
         answering_scp(lambda uid: 0xA700 if uid in refused else 0x0000, "ODDSCP") as port,
@@ -309,11 +319,95 @@ async def test_the_tracker_lists_what_another_destination_refused(
         await commands_queue(connection, node)
         # when the node moves the study there
         await move(node, archive, "ODDSCP", "--study", archive.study_uid)
-        # then the move completes with that one failure, named (no retrier decides about it)
+        # then the move completes with that one failure, named
         found = await settled(settings.db, node, "completed_with_failures")
     assert found["counts"] == {"remaining": 0, "completed": 2, "warning": 0, "failed": 1}
     failed = [f["sop_instance_uid"] for f in found["failed_instances"]]
     assert failed == [archive.instance_uids[1]]
+
+
+async def test_the_retrier_re_issues_the_failed_instances_and_the_move_completes(
+    tmp_path: Path,
+    amqp_url: str,
+    start_node: Any,
+    start_tracker: Any,
+    services: Services,
+    connection: AbstractRobustConnection,
+) -> None:
+    # given a destination that refuses (0xA700) the first C-STORE of two instances and
+    # takes them the next time, a tracker with retries on and a retrier with a 1 s delay
+    refused: set[str] = set()
+    stores: dict[str, int] = {}
+
+    def status_for(uid: str) -> int:
+        stores[uid] = stores.get(uid, 0) + 1
+        return 0xA700 if uid in refused and stores[uid] == 1 else 0x0000
+
+    tracker = await start_tracker(retries=True)
+    policy = RetryPolicy(max_attempts=3, initial_delay=1.0, multiplier=1.0, jitter=0.0)
+    retrier = RetrierSettings(
+        amqp_url=amqp_url, db=tmp_path / "retrier.sqlite", retrier_id="pulls", policy=policy
+    )
+    await services.start(run_retrier, retrier)
+    with (
+        answering_scp(status_for, "ODDSCP") as port,
+        dcmqrscp(tmp_path / "qr", 4, {"ODDSCP": port}) as archive,
+    ):
+        refused.update({archive.instance_uids[1], archive.instance_uids[3]})
+        node = await start_node(instances=1)
+        await commands_queue(connection, node)
+        # when the node moves the study there
+        operation = await move(node, archive, "ODDSCP", "--study", archive.study_uid)
+        # then the move ends completed: the retry brought the two refused instances
+        found = await settled(tracker.db, node, "completed", within=90)
+    assert found["move_id"] == operation
+    assert found["counts"] == {"remaining": 0, "completed": 4, "warning": 0, "failed": 0}
+    retried = {r["sop_instance_uid"]: r["attempts"] for r in found["retried_instances"]}
+    assert retried == dict.fromkeys(sorted(refused), 2), found["timeline"]
+    # and the destination got exactly the refused ones twice, the others once
+    assert stores == {uid: 2 if uid in refused else 1 for uid in archive.instance_uids}
+    # and the retry was one IMAGE-level C-MOVE naming exactly them, which succeeded
+    events = await read_events(node.settings.amqp_url, node.source, final_response(operation, 2))
+    finals = [
+        r.data
+        for r in of_operation(events, "dicom.move.response.received", operation)
+        if r.data.final
+    ]
+    assert [(r.attempt, r.status_category) for r in finals] == [(1, "warning"), (2, "success")]
+    assert sorted(finals[0].failed_sop_instance_uids) == sorted(refused)
+    assert finals[0].sop_instance_uids is None  # the first C-MOVE was at STUDY level
+    assert sorted(finals[1].sop_instance_uids or ()) == sorted(refused)  # IMAGE level
+    # as dcmqrscp received it: the study, then exactly the refused instances
+    requests = move_requests(tmp_path / "qr" / "dcmqrscp.log")
+    assert requests == [("STUDY", set()), ("IMAGE", refused)]
+    # and the tracker published one dimsebus.move.finished: completed
+    finished = await finished_of(amqp_url, operation)
+    assert [(f.data.outcome, f.data.revision) for f in finished] == [("completed", 1)]
+
+
+def move_requests(log: Path) -> list[tuple[str, set[str]]]:
+    """Each C-MOVE-RQ identifier in dcmqrscp's log: its level and SOP Instance UIDs."""
+    found: list[tuple[str, set[str]]] = []
+    for line in log.read_text(errors="replace").splitlines():
+        if "Move SCP Request Identifiers:" in line:
+            found.append(("", set()))
+        elif found and line.startswith("I: (") and not found[-1][0]:
+            value = line.partition("[")[2].partition("]")[0]
+            if "SOPInstanceUID" in line and value:
+                found[-1][1].update(value.split("\\"))
+            elif "QueryRetrieveLevel" in line:
+                found[-1] = (value, found[-1][1])
+    return found
+
+
+async def finished_of(amqp_url: str, operation: str) -> list[Any]:
+    """The tracker's ``dimsebus.move.finished`` events of one move, once there is one."""
+
+    def one(events: list[CloudEvent]) -> bool:
+        return bool(of_operation(events, "dimsebus.move.finished", operation))
+
+    events = await read_events(amqp_url, "dimsebus://tracker/t1", one)
+    return of_operation(events, "dimsebus.move.finished", operation)
 
 
 async def test_a_move_from_an_archive_that_cannot_be_reached_is_parked_with_the_reason(
