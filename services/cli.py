@@ -14,14 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from aiormq.exceptions import AMQPConnectionError, ProbableAuthenticationError
+from aiormq.exceptions import AMQPConnectionError
 from rich.console import Console
 from rich.table import Table
 
 from schemas.export import render
 from services.audit.app import AuditSettings
 from services.audit.commands import audit_app
-from services.bus.connection import connect
+from services.bus.connection import connect, refusal
 from services.bus.log import LogEntry, LogReader, parse_offset
 from services.bus.topology import declare_topology
 from services.console import ConfigOption, console, err, fail, say_error, settings_or_exit
@@ -286,13 +286,17 @@ def _show_demo(summary: DemoSummary, out: Console) -> None:
 
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a command's coroutine; a broker's refusal is bad input, its absence a failure."""
     try:
         return asyncio.run(coroutine)
     except DimsebusError as exc:
         fail(str(exc))
-    except ProbableAuthenticationError as exc:  # bad input: the user or password
-        fail(f"RabbitMQ refused the login ({exc}); check the user and password of --amqp-url")
-    except (OSError, AMQPConnectionError) as exc:  # a failure at run time
-        fail(f"cannot reach RabbitMQ ({exc}); start it or pass --amqp-url", code=1)
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    except Exception as exc:
+        refused = refusal(exc)  # the user, password or vhost: it stays so
+        if refused is not None:
+            fail(f"--amqp-url: {refused}")
+        if isinstance(exc, OSError | AMQPConnectionError):  # down, or not there yet
+            fail(f"cannot reach RabbitMQ ({exc}); start it or pass --amqp-url", code=1)
+        raise

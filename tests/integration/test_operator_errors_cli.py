@@ -148,7 +148,7 @@ def test_node_status_takes_config_after_the_verb(tmp_path: Path) -> None:
     assert '"node_id": "n1"' in after.stdout
 
 
-def test_rabbitmq_down_is_exit_1_and_a_refused_login_exit_2(amqp_url: str) -> None:
+def test_rabbitmq_down_is_exit_1_and_a_refusal_exit_2(amqp_url: str) -> None:
     # given a broker port where nothing listens
     down = dimsebus("events", "tail", "--amqp-url", f"amqp://guest:guest@127.0.0.1:{free_port()}/")
     assert down.returncode == 1
@@ -157,7 +157,15 @@ def test_rabbitmq_down_is_exit_1_and_a_refused_login_exit_2(amqp_url: str) -> No
     host = amqp_url.split("@", 1)[1]
     refused = dimsebus("topology", "declare", "--amqp-url", f"amqp://guest:wrong-pw@{host}")
     assert refused.returncode == 2
-    assert one_line(refused.stderr).startswith("error: RabbitMQ refused the login (ACCESS_REFUSED")
+    line = one_line(refused.stderr)
+    assert line.startswith("error: --amqp-url: the broker refused the connection: 403 ACCESS_")
+    # given a vhost that does not exist: the broker's own reason
+    user = amqp_url.rsplit("/", 1)[0]
+    missing = dimsebus("events", "tail", "--amqp-url", f"{user}/no-such-vhost-{uuid.uuid4().hex}")
+    assert missing.returncode == 2
+    line = one_line(missing.stderr)
+    assert line.startswith("error: --amqp-url: the broker refused the connection: 530 NOT_ALLOWED")
+    assert "no-such-vhost" in line
 
 
 def test_send_of_files_that_are_not_dicom_is_exit_2(
