@@ -143,7 +143,9 @@ def _pulled(event: ev.MoveResponseReceived) -> Failure | None:
         return None
     named = data.instance_outcomes()
     listed = set(data.failed_sop_instance_uids)
-    uids = tuple(sorted(listed | {uid for uid, what in named.items() if what == "failure"}))
+    # Of a C-MOVE that named its instances, only those: at most as many as it asked for.
+    failed = {uid for uid, what in named.items() if what == "failure"} if named else listed
+    uids = tuple(sorted(failed))
     if not uids:
         return None
     info = describe_status(data.status, Service.QUERY_RETRIEVE)
