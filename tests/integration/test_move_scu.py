@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,13 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from aiormq.exceptions import ChannelNotFoundEntity
 
+from schemas import events as ev
 from schemas.envelope import CloudEvent
+from services.bus.connection import confirming_channel
 from services.bus.consumer import REASON_HEADER
+from services.bus.publisher import Publisher
+from services.bus.topology import COMMANDS_EXCHANGE
+from services.clock import utc_now
 from services.node.config import Peer
 from services.node.synthetic import write_study
 from services.retrier.app import RetrierSettings, run_retrier
@@ -398,6 +404,52 @@ def move_requests(log: Path) -> list[tuple[str, set[str]]]:
             elif "QueryRetrieveLevel" in line:
                 found[-1] = (value, found[-1][1])
     return found
+
+
+async def test_a_retry_whose_archive_cannot_be_reached_is_unsent_naming_the_archive(
+    amqp_url: str, start_node: Any, connection: AbstractRobustConnection
+) -> None:
+    # given a node, and a retry of a pull from an archive where nothing listens
+    node = await start_node(instances=1)
+    await commands_queue(connection, node)
+    archive = ev.RemoteAE(ae_title=QRSCP, host="127.0.0.1", port=free_port())
+    operation = ev.Operation(kind="move", id=uuid.uuid4())
+    command = ev.ResendSubOperations.model_validate(
+        {
+            "id": uuid.uuid4(),
+            "source": "dimsebus://retrier/test",
+            "time": utc_now(),
+            "subject": str(operation.id),
+            "data": ev.ResendData(
+                operation=operation,
+                node_id=node.settings.node_id,
+                sop_instance_uids=("1.2.826.0.1.3680043.8.498.7",),
+                destination_ae_title="STORESCP",
+                move_originator=None,
+                attempt=2,
+                source=archive,
+                study_instance_uid="1.2.826.0.1.3680043.8.498.1",
+            ),
+        }
+    )
+    # when the node gets the command
+    await Publisher(await confirming_channel(connection)).publish(command, COMMANDS_EXCHANGE)
+
+    def unsent(events: list[CloudEvent]) -> bool:
+        return bool(of_operation(events, "dicom.cstore.unsent", str(operation.id)))
+
+    events = await read_events(amqp_url, node.source, unsent)
+    # then it says the instance was not sent, naming the archive, so a retry asks it again
+    found = of_operation(events, "dicom.cstore.unsent", str(operation.id))
+    assert len(found) == 1
+    data = found[0].data
+    assert (data.reason, data.attempt, data.sop_instance_uids) == (
+        "unreachable",
+        2,
+        command.data.sop_instance_uids,
+    )
+    assert (data.source, data.study_instance_uid) == (archive, command.data.study_instance_uid)
+    assert data.destination_ae_title == "STORESCP"
 
 
 async def finished_of(amqp_url: str, operation: str) -> list[Any]:
