@@ -36,7 +36,7 @@ from services.tracker.api import load_views
 from services.tracker.app import TrackerSettings, run_tracker
 from services.tracker.progress import TERMINAL, retry_commands
 from services.tracker.store import TrackerStore, open_store
-from services.tracker.views import move_view
+from services.tracker.views import as_text, move_view
 
 moves_app = typer.Typer(
     help="C-MOVEs as the tracker folded them from the log.", no_args_is_help=True
@@ -137,12 +137,12 @@ def moves_list(
     for v in views:
         table.add_row(
             v["move_id"][:width],
-            v["requestor_ae_title"] or "?",
-            v["destination_ae_title"] or "?",
+            as_text(v["requestor_ae_title"]),
+            as_text(v["destination_ae_title"]),
             v["outcome"],
             str(v["counts"]["completed"] + v["counts"]["warning"]),
             str(v["counts"]["failed"]),
-            str(v["expected"] or "?"),
+            as_text(v["expected"]),  # a move that matched nothing expects 0, not ?
             (v["started_at"] or "")[:19],
         )
     _print_table(table)
@@ -326,12 +326,12 @@ def _timed_out(
 
 
 def _print_summary(view: dict[str, Any]) -> None:
-    c = view["counts"]
+    c = {name: as_text(count) for name, count in view["counts"].items()}
     console.print(
-        f"move {view['move_id']}  {view['requestor_ae_title']} -> {view['destination_ae_title']}  "
-        f"[bold]{view['outcome']}[/bold]\n"
-        f"expected {view['expected']}, completed {c['completed']}, warning {c['warning']}, "
-        f"failed {c['failed']}, remaining {c['remaining']}",
+        f"move {view['move_id']}  {as_text(view['requestor_ae_title'])} -> "
+        f"{as_text(view['destination_ae_title'])}  [bold]{view['outcome']}[/bold]\n"
+        f"expected {as_text(view['expected'])}, completed {c['completed']}, "
+        f"warning {c['warning']}, failed {c['failed']}, remaining {c['remaining']}",
         highlight=False,
         soft_wrap=True,  # one line per fact, however narrow the terminal: scripts read it
     )

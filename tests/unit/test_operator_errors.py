@@ -348,11 +348,6 @@ async def _api_views(db: str) -> list[dict[str, Any]]:
         return [await (await client.get(f"/moves/{v['move_id']}")).json() for v in listed]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs services/tracker/commands.py to print values through views.as_text "
-    "(diff in issue 19's report for its owner)",
-)
 async def test_cli_and_api_show_the_same_values(moves_db: str) -> None:
     # given the API's view of every move
     views = await _api_views(moves_db)
