@@ -138,6 +138,31 @@ def answering_scp(status_for: Callable[[str], int], ae_title: str = "ODDSCP") ->
         server.shutdown()
 
 
+@contextlib.contextmanager
+def refusing_scp(ae_title: str = "STORESCP", port: int | None = None) -> Iterator[int]:
+    """A pynetdicom SCP that rejects every association for good; yields its port.
+
+    The A-ASSOCIATE-RJ is rejected-permanent, service user, calling AE title not
+    recognised (PS3.8 9.3.4). Not dcmtk's ``storescp --refuse``: it drops the connection
+    right after its A-ASSOCIATE-RJ, and about one association in seven (15 of 100 on the
+    development machine) pynetdicom sees that as a lost connection, an abort, instead of
+    the rejection: the node then reports a transient failure, which is retried, and no
+    rejection that the audit trail would alert on.
+    """
+    from pynetdicom import AE, AllStoragePresentationContexts
+
+    ae = AE(ae_title=ae_title)
+    ae.supported_contexts = AllStoragePresentationContexts
+    ae.require_calling_aet = ["NOBODY"]
+    port = port or free_port()
+    server = ae.start_server(("127.0.0.1", port), block=False)
+    try:
+        yield port
+    finally:
+        assert server is not None
+        server.shutdown()
+
+
 @dataclass
 class Rsyslog:
     """A running rsyslogd that takes syslog over TCP on loopback and writes what it got."""
