@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -15,13 +13,17 @@ from typing import Any
 import pytest
 from aiormq.exceptions import AMQPError
 
+from schemas import events as ev
 from schemas.envelope import CloudEvent
-from services.bus.connection import connect
+from services.bus.connection import confirming_channel, connect
 from services.bus.log import LogReader
+from services.bus.publisher import Publisher
+from services.clock import utc_now
 from services.node.app import Node
 from services.node.archive import Archive
 from services.node.config import Destination, NodeSettings, Peer
 from services.node.synthetic import write_study
+from services.tracker.api import load_views
 from services.tracker.app import TrackerSettings, run_tracker
 from tests.integration.peers import dcmtk, free_port, run_tool, wait_for_port
 
@@ -136,6 +138,13 @@ class Services:
         await asyncio.wait_for(ready.wait(), 20)
         return stop
 
+    async def stop(self, stop: asyncio.Event) -> None:
+        """Stop the service that ``start`` returned ``stop`` for, and wait for it to end."""
+        for event, task in self._running:
+            if event is stop:
+                event.set()
+                await asyncio.wait_for(task, 30)
+
     async def stop_all(self) -> None:
         """Stop every service started, and wait for each to end."""
         for stop, task in self._running:
@@ -225,11 +234,15 @@ async def _read(
                     return
 
 
-async def until(condition: Callable[[], bool], within: float = 60.0) -> None:
-    """Wait until ``condition()`` holds (polled every 20 ms), or fail after ``within`` s."""
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110 - polling what a test watches
-            await asyncio.sleep(0.02)
+async def until(condition: Callable[[], bool], within: float = 60.0, what: str = "") -> None:
+    """Wait until ``condition()`` holds (polled every 20 ms); fail after ``within`` s naming
+    ``what`` was awaited."""
+    try:
+        async with asyncio.timeout(within):
+            while not condition():  # noqa: ASYNC110 - polling what a test watches
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"waited {within} s for {what or condition}") from None
 
 
 def of_type(events: list[CloudEvent], event_type: str) -> list[CloudEvent]:
@@ -238,22 +251,73 @@ def of_type(events: list[CloudEvent], event_type: str) -> list[CloudEvent]:
 
 
 def moves_of(db: str, node: RunningNode) -> list[dict[str, Any]]:
-    """What `dimsebus moves list --json` prints, for this node's moves."""
-    result = subprocess.run(
-        [sys.executable, "-m", "services", "moves", "list", "--json", "--db", db],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    return [m for m in json.loads(result.stdout) if m["node_id"] == node.settings.node_id]
+    """What `dimsebus moves list --json` prints, for this node's moves (read in-process)."""
+    views = load_views(TrackerSettings(db=db))
+    return [m for m in json.loads(json.dumps(views)) if m["node_id"] == node.settings.node_id]
 
 
 async def settled(db: str, node: RunningNode, outcome: str, within: float = 60) -> dict[str, Any]:
-    """The node's one move once the tracker reports ``outcome`` for it."""
-    async with asyncio.timeout(within):
-        while True:
-            moves = await asyncio.to_thread(moves_of, db, node)
-            if moves and moves[0]["outcome"] == outcome:
-                return moves[0]
-            await asyncio.sleep(0.5)
+    """The node's one move once the tracker reports ``outcome`` for it (its store, polled)."""
+    moves: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                moves = await asyncio.to_thread(moves_of, db, node)
+                if moves and moves[0]["outcome"] == outcome:
+                    return moves[0]
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        seen = [(m["outcome"], m["counts"]) for m in moves]
+        raise AssertionError(
+            f"waited {within} s for the move of {node.settings.node_id} to be {outcome}; "
+            f"the tracker's store has {seen}"
+        ) from None
+
+
+def log_marker() -> CloudEvent:
+    """An event no test waits for: the association release of a peer that never was."""
+    association = ev.AssociationRef(
+        id=uuid.uuid4(),
+        role="acceptor",
+        local_ae_title="DIMSEBUS",
+        peer_ae_title="MARKER",
+        peer_host="127.0.0.1",
+        peer_port=1,
+    )
+    return ev.AssociationReleased.model_validate(
+        {
+            "id": uuid.uuid4(),
+            "source": f"dimsebus://test/marker-{uuid.uuid4().hex[:8]}",
+            "time": utc_now(),
+            "subject": str(association.id),
+            "data": {"association": association, "at": utc_now()},
+        }
+    )
+
+
+async def log_until_now(amqp_url: str, source: str) -> list[CloudEvent]:
+    """Every event of ``source`` on the log, up to a marker published now.
+
+    The marker is an event of its own source, published after everything the caller
+    waited for; the log keeps the order of arrival, so reading up to it reads all of it.
+    """
+    marker = log_marker()
+    connection = await connect(amqp_url, "dimsebus-test-marker")
+    async with connection:
+        await Publisher(await confirming_channel(connection)).publish(marker)
+    found: list[CloudEvent] = []
+
+    async def until_marker() -> None:
+        connection = await connect(amqp_url, "dimsebus-test-reader")
+        async with connection, LogReader(await connection.channel(), "first") as log:
+            async for entry in log:
+                if entry.event is not None and entry.event.id == marker.id:
+                    return
+                if entry.event is not None and entry.event.source == source:
+                    found.append(entry.event)
+
+    try:
+        await asyncio.wait_for(until_marker(), 60)
+    except TimeoutError:
+        raise AssertionError(f"the log did not reach the marker {marker.id} within 60 s") from None
+    return found
