@@ -19,11 +19,18 @@ import pytest
 from schemas.examples import move_story, sequential_ids
 from services.audit.app import AuditSettings, deliver, run_audit
 from services.audit.chain import verify
-from services.audit.store import AuditStore
+from services.audit.store import AuditStore, Query
 from services.bus.connection import confirming_channel, connect
 from services.bus.publisher import Publisher
-from tests.integration.conftest import RunningNode, Services, movescu, of_type, read_events
-from tests.integration.peers import free_port, rsyslog, storescp
+from tests.integration.conftest import (
+    RunningNode,
+    Services,
+    log_marker,
+    movescu,
+    of_type,
+    read_events,
+)
+from tests.integration.peers import free_port, refusing_scp, rsyslog, storescp
 
 pytestmark = pytest.mark.integration
 AuditFactory = Callable[..., Any]
@@ -63,14 +70,18 @@ async def cli(*argv: str) -> tuple[int, str]:
 
 
 async def recorded(db: str, move_id: str, count: int, within: float = 60.0) -> list[dict[str, Any]]:
-    """`dimsebus audit query --move ID --json`, once it lists ``count`` transfers."""
-    async with asyncio.timeout(within):
-        while True:
-            _, output = await cli("audit", "query", "--db", db, "--move", move_id, "--json")
-            records = json.loads(output)
-            if len(of_kind(records, RECEIVED)) >= count:
-                return list(records)
-            await asyncio.sleep(0.5)
+    """`dimsebus audit query --move ID --json`, once the store holds ``count`` transfers."""
+
+    def transfers() -> int:
+        store = AuditStore.open(db)
+        try:
+            return sum(r.event_type == RECEIVED for r in store.records(Query(move=move_id)))
+        finally:
+            store.close()
+
+    await _until(lambda: transfers() >= count, within, f"{count} transfers of move {move_id}")
+    _, output = await cli("audit", "query", "--db", db, "--move", move_id, "--json")
+    return list(json.loads(output))
 
 
 def of_kind(records: list[dict[str, Any]], event_type: str) -> list[dict[str, Any]]:
@@ -106,13 +117,18 @@ async def test_a_move_is_audited_verified_and_tampering_is_found(
     before = await asyncio.to_thread(_count, audit.db)
     status, output = await cli("audit", "replay", "--db", audit.db, "--amqp-url", amqp_url)
     assert status == 0, output
+    # (and, after it, a marker event: once the service recorded the marker, it has handled
+    # the event delivered again, for it handles events one at a time in arrival order)
+    marker = log_marker()
     connection = await connect(amqp_url, "dimsebus-test-redeliver")
     async with connection:
-        await Publisher(await confirming_channel(connection)).publish(events[5])
-    await asyncio.sleep(2)
+        publisher = Publisher(await confirming_channel(connection))
+        await publisher.publish(events[5])
+        await publisher.publish(marker)
+    await _until(lambda: _holds(audit.db, str(marker.id)), what=f"the marker {marker.id} recorded")
     # then no record is added twice
     assert "0 new records" in output
-    assert await asyncio.to_thread(_count, audit.db) == before
+    assert await asyncio.to_thread(_count, audit.db) == before + 1
     # when one row is edited in the database behind the service's back
     tampered = transfers[40]["seq"]
     with sqlite3.connect(audit.db) as db:
@@ -122,6 +138,14 @@ async def test_a_move_is_audited_verified_and_tampering_is_found(
     assert status == 1
     assert f"BROKEN at record {tampered}:" in output
     assert "content does not match its hash" in output
+
+
+def _holds(db: str, event_id: str) -> bool:
+    store = AuditStore.open(db)
+    try:
+        return any(r.event_id == event_id for r in store.records())
+    finally:
+        store.close()
 
 
 def _count(db: str) -> int:
@@ -141,12 +165,14 @@ def _event_ids(messages: list[ET.Element]) -> list[str]:
     return [str(m.find("EventIdentification/EventID").get("originalText")) for m in messages]  # type: ignore[union-attr]
 
 
-async def _until(condition: Callable[[], bool], within: float = 60.0) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            if await asyncio.to_thread(condition):
-                return
-            await asyncio.sleep(0.3)
+async def _until(condition: Callable[[], bool], within: float = 60.0, what: str = "") -> None:
+    """Wait until ``condition()`` (run on a thread) holds; fail naming ``what`` was awaited."""
+    try:
+        async with asyncio.timeout(within):
+            while not await asyncio.to_thread(condition):  # noqa: ASYNC110 - a fact to poll
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"waited {within} s for {what or condition}") from None
 
 
 def about(messages: list[ET.Element], text: str) -> list[str]:
@@ -167,7 +193,10 @@ async def test_audit_messages_reach_rsyslog_and_survive_its_outage(
             # when a move runs
             await movescu(node, "STORESCP")
             # then rsyslog receives one begin and one transferred message for its study
-            await _until(lambda: len(about(_messages(collector), node.study_uid)) >= 2)
+            await _until(
+                lambda: len(about(_messages(collector), node.study_uid)) >= 2,
+                what="rsyslog to receive the first move's begin and transferred messages",
+            )
             first = _messages(collector)
     assert about(first, node.study_uid) == [begin, transferred]
     (message,) = [
@@ -182,20 +211,29 @@ async def test_audit_messages_reach_rsyslog_and_survive_its_outage(
     # when the collector is down while another move and a refused association happen
     with (
         storescp(tmp_path / "again") as peer,
-        storescp(tmp_path / "refusing", "--refuse", ae_title="REFUSER") as refuser,
+        refusing_scp(ae_title="REFUSER") as refuser,
     ):
         second: RunningNode = await start_node(
-            instances=5, destinations={"STORESCP": peer.port, "REFUSER": refuser.port}
+            instances=5, destinations={"STORESCP": peer.port, "REFUSER": refuser}
         )
         await movescu(second, "STORESCP")
         await movescu(second, "REFUSER")
         store = AuditStore.open(audit.db)
-        await _until(lambda: store.spool_depth() >= 3)
+        await _until(
+            lambda: store.spool_depth() >= 3,
+            what="3 messages spooled while rsyslog is down (2 of the move, 1 of the refusal)",
+        )
         store.close()
     # then the spooled messages arrive once it is back on the same port
     with rsyslog(tmp_path / "syslog-again", port) as collector:
-        await _until(lambda: len(about(_messages(collector), second.study_uid)) >= 2)
-        await _until(lambda: bool(about(_messages(collector), "REFUSER")))
+        await _until(
+            lambda: len(about(_messages(collector), second.study_uid)) >= 2,
+            what="the spooled begin and transferred messages of the second move, once back",
+        )
+        await _until(
+            lambda: bool(about(_messages(collector), "REFUSER")),
+            what="the spooled Security Alert of REFUSER's refusal, once back",
+        )
         later = _messages(collector)
     assert about(later, second.study_uid) == [begin, transferred]
     assert about(later, "dicom://REFUSER@") == ["Security Alert"]
