@@ -1,7 +1,11 @@
 """Retries end to end: dcmtk destinations that fail, the node, the tracker and the retrier.
 
-The retrier runs with short delays (seconds) so that the scenarios finish
-quickly; the delays are still held by RabbitMQ's delay queues.
+The retrier runs with delays of milliseconds, still held by RabbitMQ's delay
+queues. Where a scenario must change something before the retry (make room, bring
+the destination back), the retrier is stopped while the move fails: its queue holds
+the failures until it starts again, so the retry comes after the change without
+racing a clock. The tracker is told that a retrier decides (``retries``): a move
+is finished only once every decision about it is in, which is what the tests wait for.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import asyncio
 import contextlib
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -24,19 +29,28 @@ from services.node.synthetic import write_study
 from services.retrier.app import RetrierSettings, run_retrier
 from services.retrier.policy import RetryPolicy
 from services.retrier.store import RetryStore
-from tests.integration.conftest import RunningNode, Services, movescu, of_type, read_events, settled
+from tests.integration.conftest import (
+    RunningNode,
+    Services,
+    log_until_now,
+    movescu,
+    of_type,
+    read_events,
+    settled,
+)
 from tests.integration.peers import (
     StoreSCP,
     answering_scp,
     free_port,
     make_room,
+    refusing_scp,
     run_tool,
     small_filesystem,
     storescp,
 )
 
 pytestmark = pytest.mark.integration
-RECEIVED = "dicom.cstore.response.received"
+RECEIVED, UNSENT = "dicom.cstore.response.received", "dicom.cstore.unsent"
 RetrierFactory = Callable[..., Any]
 
 
@@ -50,7 +64,7 @@ def start_retrier(tmp_path: Path, amqp_url: str, services: Services) -> RetrierF
             db=tmp_path / f"{name}.sqlite",
             retrier_id=name,
             policy=RetryPolicy(
-                **{"max_attempts": 4, "initial_delay": 3.0, "multiplier": 1.0, "jitter": 0.0}
+                **{"max_attempts": 4, "initial_delay": 0.05, "multiplier": 1.0, "jitter": 0.0}
                 | policy
             ),
         )
@@ -114,36 +128,64 @@ def retries(settings: RetrierSettings, node: RunningNode) -> list[dict[str, Any]
     return [r for r in json.loads(result.stdout) if r["node_id"] == node.settings.node_id]
 
 
+async def moved(node: RunningNode) -> list[Any]:
+    """The node's events, once its move's final response is on the log: every failure of
+    the move is then in the retrier's queue too."""
+    events = await read_events(
+        node.settings.amqp_url,
+        node.source,
+        lambda found: bool(of_type(found, "dicom.move.completed")),
+    )
+    assert of_type(events, "dicom.move.completed"), "the move's final response is not on the log"
+    return events
+
+
+async def stopped_retrier(
+    start_retrier: RetrierFactory, services: Services, **policy: Any
+) -> RetrierSettings:
+    """A retrier that declared its queue, then stopped: failures wait there meanwhile."""
+    settings: RetrierSettings
+    settings, stop = await start_retrier(**policy)
+    await services.stop(stop)
+    return settings
+
+
 @contextlib.asynccontextmanager
 async def through_full_destination(
     tmp_path: Path,
     start_node: Any,
     tracker: Any,
-    retrier: RetrierSettings,
+    start_retrier: RetrierFactory,
     instances: int,
     room: int,
 ) -> AsyncIterator[tuple[RunningNode, StoreSCP, dict[str, Any]]]:
-    """A move to storescp with room for ``room`` instances; room is made once the retries
-    of the others are scheduled, and the move completes. The destination runs until exit."""
+    """A move to storescp with room for ``room`` instances, the retrier stopped; room is
+    made once the move has failed, then the retrier starts and the move completes. The
+    destination runs until exit."""
     with small_filesystem(tmp_path / "full", files=room) as folder, storescp(folder) as peer:
         node: RunningNode = await start_node(
             instances=instances, destinations={"STORESCP": peer.port}
         )
         await movescu(node, "STORESCP")
-        await scheduled(retrier, node, instances - room)
+        await moved(node)
         await asyncio.to_thread(make_room, folder)
+        await start_retrier()
         move = await settled(tracker.db, node, "completed", within=90)
         yield node, peer, move
 
 
 async def test_full_destination_is_retried_once_space_is_freed(
-    tmp_path: Path, start_node: Any, start_tracker: Any, start_retrier: RetrierFactory
+    tmp_path: Path,
+    start_node: Any,
+    start_tracker: Any,
+    start_retrier: RetrierFactory,
+    services: Services,
 ) -> None:
     # given storescp writing into a filesystem with room for 10 instances, and a 30-instance move
-    tracker = await start_tracker()
-    retrier, _ = await start_retrier()
+    tracker = await start_tracker(retries=True)
+    await stopped_retrier(start_retrier, services)
     # when the move has left 20 instances refused with 0xA700, and the space is freed
-    full = through_full_destination(tmp_path, start_node, tracker, retrier, 30, room=10)
+    full = through_full_destination(tmp_path, start_node, tracker, start_retrier, 30, room=10)
     async with full as (_, peer, move):
         stored = len(peer.files())
     # then the retries completed the move
@@ -157,20 +199,25 @@ async def test_full_destination_is_retried_once_space_is_freed(
 
 
 async def test_aborting_destination_is_retried_and_completes(
-    tmp_path: Path, start_node: Any, start_tracker: Any, start_retrier: RetrierFactory
+    tmp_path: Path,
+    start_node: Any,
+    start_tracker: Any,
+    start_retrier: RetrierFactory,
+    services: Services,
 ) -> None:
     # given a destination that aborts on the first C-STORE-RQ
-    tracker = await start_tracker()
-    retrier, _ = await start_retrier(initial_delay=4.0)
+    tracker = await start_tracker(retries=True)
+    await stopped_retrier(start_retrier, services)
     port = free_port()
     with storescp(tmp_path / "aborting", "--abort-after", port=port):
         node: RunningNode = await start_node(
             instances=10, destinations={"STORESCP": port}, dimse_timeout=5.0
         )
         await movescu(node, "STORESCP")
-        await scheduled(retrier, node, 2)  # the aborted instance, and the nine never sent
-    # when the destination comes back without the fault before the retry is due
+        await moved(node)  # the aborted instance, and the nine never sent
+    # when the destination comes back without the fault before the retrier decides
     with storescp(tmp_path / "received", port=port) as peer:
+        await start_retrier()
         move = await settled(tracker.db, node, "completed", within=90)
         stored = len(peer.files())
     # then the aborted instance and the nine never sent were all retried
@@ -187,7 +234,7 @@ async def test_permanent_failure_status_is_not_retried(
     tmp_path: Path, start_node: Any, start_tracker: Any, start_retrier: RetrierFactory
 ) -> None:
     # given a destination that answers 0xA900 (data set does not match) for three instances
-    tracker = await start_tracker()
+    tracker = await start_tracker(retries=True)
     retrier, _ = await start_retrier()
     refused: set[str] = set()
     with answering_scp(lambda uid: 0xA900 if uid in refused else 0x0000) as port:
@@ -210,10 +257,10 @@ async def test_permanent_association_rejection_is_not_retried(
     tmp_path: Path, start_node: Any, start_tracker: Any, start_retrier: RetrierFactory
 ) -> None:
     # given a dcmtk destination that refuses every association
-    tracker = await start_tracker()
+    tracker = await start_tracker(retries=True)
     await start_retrier()
-    with storescp(tmp_path / "refusing", "--refuse") as peer:
-        node: RunningNode = await start_node(instances=5, destinations={"STORESCP": peer.port})
+    with refusing_scp() as port:
+        node: RunningNode = await start_node(instances=5, destinations={"STORESCP": port})
         await movescu(node, "STORESCP")
         move = await settled(tracker.db, node, "failed")
     # then every instance is reported not sent, and given up without a retry: the move failed
@@ -226,23 +273,28 @@ async def test_permanent_association_rejection_is_not_retried(
 
 
 async def test_retries_fire_after_the_retrier_and_the_node_restart(
-    tmp_path: Path, start_node: Any, start_tracker: Any, start_retrier: RetrierFactory
+    tmp_path: Path,
+    start_node: Any,
+    start_tracker: Any,
+    start_retrier: RetrierFactory,
+    services: Services,
 ) -> None:
-    # given a destination that is not listening yet, and retries due in 8 s
-    tracker = await start_tracker()
-    retrier, stop_retrier = await start_retrier(initial_delay=8.0)
+    # given a destination that is not listening yet, a move to it, and the node stopped
+    tracker = await start_tracker(retries=True)
+    await stopped_retrier(start_retrier, services)
     port = free_port()
     node: RunningNode = await start_node(instances=10, destinations={"STORESCP": port})
     await movescu(node, "STORESCP")
-    await scheduled(retrier, node, 1)
-    # when both the retrier and the node stop while the retry waits, then start again
-    stop_retrier.set()
+    await moved(node)
     await node.stop()
-    await asyncio.sleep(1)
+    # when the retrier schedules the retry and stops, and both start again
+    retrier, stop_retrier = await start_retrier()
+    await scheduled(retrier, node, 1)
+    await services.stop(stop_retrier)
     await start_retrier()
-    again = await start_node(again=node)
-    # then the retry, held by RabbitMQ meanwhile, completes the move
     with storescp(tmp_path / "received", port=port) as peer:
+        again = await start_node(again=node)
+        # then the retry, held by RabbitMQ meanwhile, completes the move
         move = await settled(tracker.db, again, "completed", within=90)
         stored = len(peer.files())
     assert stored == 10
@@ -256,14 +308,15 @@ async def test_a_failure_delivered_twice_is_resent_once(
     start_node: Any,
     start_tracker: Any,
     start_retrier: RetrierFactory,
+    services: Services,
 ) -> None:
     # given a move whose 5 refused instances were retried and completed
-    tracker = await start_tracker()
-    retrier, _ = await start_retrier()
-    full = through_full_destination(tmp_path, start_node, tracker, retrier, 10, room=5)
+    tracker = await start_tracker(retries=True)
+    retrier = await stopped_retrier(start_retrier, services)
+    full = through_full_destination(tmp_path, start_node, tracker, start_retrier, 10, room=5)
     async with full as (node, _, _):
         # when a failure event and the resend command it caused are both delivered again
-        events = await read_events(amqp_url, node.source, lambda found: False, within=5)
+        events = await log_until_now(amqp_url, node.source)
         failure = next(e for e in of_type(events, RECEIVED) if e.data.status == 0xA700)  # type: ignore[attr-defined]
         store = RetryStore(retrier.db)
         command = next(
@@ -272,13 +325,26 @@ async def test_a_failure_delivered_twice_is_resent_once(
             if item.data.node_id == node.settings.node_id
         )
         store.close()
+        # (then the failure of an instance the node does not hold, in a move of its own: its
+        # retry reaches the node after the duplicates, and comes back as one unsent event)
+        marker = marker_failure(failure)
         connection = await connect(amqp_url, "dimsebus-test-duplicates")
         async with connection:
             publisher = Publisher(await confirming_channel(connection))
             await publisher.publish(failure)
             await publisher.publish_all([command, command], COMMANDS_EXCHANGE)
-        await asyncio.sleep(6)  # longer than the retry delay
-        events = await read_events(amqp_url, node.source, lambda found: False, within=5)
+            await publisher.publish(marker)
+        marked = str(marker.data.operation.id)
+        await read_events(
+            amqp_url,
+            node.source,
+            lambda found: any(e.subject == marked for e in of_type(found, UNSENT)),
+        )
+        events = [
+            e
+            for e in await log_until_now(amqp_url, node.source)
+            if getattr(e.data, "operation", None) != marker.data.operation
+        ]
     # then every instance was sent at most twice: the first attempt and one retry
     # (the log holds the re-delivered failure event twice: same id, counted once)
     attempts: dict[str, list[int]] = {}
@@ -287,15 +353,30 @@ async def test_a_failure_delivered_twice_is_resent_once(
         attempts.setdefault(data.affected_sop_instance_uid, []).append(data.attempt)
     assert sorted(len(a) for a in attempts.values()) == [1] * 5 + [2] * 5
     assert all(sorted(a) == [1, 2] for a in attempts.values() if len(a) == 2)
-    assert not of_type(events, "dicom.cstore.unsent")
+    assert not of_type(events, UNSENT)
     assert isinstance(command, ev.ResendSubOperations)
 
 
+def marker_failure(failure: Any) -> Any:
+    """``failure`` of an instance the node does not hold, in a move of its own."""
+    data = failure.data.model_copy(
+        update={
+            "operation": ev.Operation(kind="move", id=uuid.uuid4()),
+            "affected_sop_instance_uid": "1.2.826.0.1.3680043.8.498.1",
+        }
+    )
+    return failure.model_copy(update={"id": uuid.uuid4(), "data": data})
+
+
 async def test_a_send_job_is_retried_from_the_same_files(
-    tmp_path: Path, amqp_url: str, start_node: Any, start_retrier: RetrierFactory
+    tmp_path: Path,
+    amqp_url: str,
+    start_node: Any,
+    start_retrier: RetrierFactory,
+    services: Services,
 ) -> None:
     # given a node, and `dimsebus send` run with the node's id and archive
-    await start_retrier()
+    await stopped_retrier(start_retrier, services)
     node: RunningNode = await start_node(instances=1)
     config = tmp_path / "send.toml"
     config.write_text(
@@ -319,8 +400,9 @@ async def test_a_send_job_is_retried_from_the_same_files(
             amqp_url,
             str(tmp_path / "to-send"),
         )
+        await read_events(amqp_url, node.source, lambda found: len(responses(found, 1)) == 12)
         await asyncio.to_thread(make_room, folder)
-
+        await start_retrier()
         events = await read_events(
             amqp_url, node.source, lambda found: len(responses(found, 2)) == 8, within=60
         )
@@ -348,10 +430,10 @@ async def test_operator_retries_what_was_given_up(
     start_retrier: RetrierFactory,
 ) -> None:
     # given a move given up on because its destination refused the association
-    tracker = await start_tracker()
+    tracker = await start_tracker(retries=True)
     retrier, _ = await start_retrier()
     port = free_port()
-    with storescp(tmp_path / "refusing", "--refuse", port=port):
+    with refusing_scp(port=port):
         node: RunningNode = await start_node(instances=5, destinations={"STORESCP": port})
         await movescu(node, "STORESCP")
         given_up = await settled(tracker.db, node, "failed")  # refused for good, until now
