@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 
 from services.tracker.store import open_store
-from tests.integration.conftest import RunningNode, movescu, of_type, read_events, settled
+from tests.integration.conftest import (
+    RunningNode,
+    moves_of,
+    movescu,
+    of_type,
+    read_events,
+    settled,
+    until,
+)
 from tests.integration.peers import run_tool, storescp
 
 pytestmark = pytest.mark.integration
@@ -126,10 +134,16 @@ async def test_kill_9_mid_move_then_restart_ends_with_exact_counts(
         node: RunningNode = await start_node(instances=300, destinations={"STORESCP": peer.port})
         process = _tracker_process(tmp_path, db, amqp_url)
         move = asyncio.create_task(movescu(node, "STORESCP"))
-        # when the tracker is killed while the move's events arrive
-        await asyncio.sleep(1.5)
-        process.send_signal(signal.SIGKILL)
-        process.wait(10)
+        # when the tracker is killed once it has folded part of the move (the destination is
+        # held still after 100 instances meanwhile: the move cannot end first)
+        await until(lambda: len(peer.files()) >= 100, what="100 instances at the destination")
+        peer.process.send_signal(signal.SIGSTOP)
+        try:
+            await until(lambda: _folded(db, node) > 0, what="the tracker to fold a response")
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+        finally:
+            peer.process.send_signal(signal.SIGCONT)
         await move
     # and restarted after the move ended
     process = _tracker_process(tmp_path, db, amqp_url)
@@ -155,6 +169,14 @@ def _tracker_process(tmp_path: Path, db: Path, amqp_url: str) -> subprocess.Pope
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def _folded(db: Path, node: RunningNode) -> int:
+    """How many of the node's move's sub-operations the tracker's store counts done."""
+    if not db.exists():
+        return 0
+    moves = moves_of(str(db), node)
+    return moves[0]["counts"]["completed"] if moves else 0
 
 
 def _delete_database(folder: Path) -> None:
