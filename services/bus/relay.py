@@ -285,11 +285,9 @@ class RelayProcess:
             "--window",
             str(window),
         ]
-        env = {
-            **os.environ,
-            "DIMSEBUS_AMQP_URL": amqp_url,
-            **lifeline.child_environment(),
-        }
+        # AMQP_URL would win over DIMSEBUS_AMQP_URL in the child's settings: this URL only.
+        inherited = {key: value for key, value in os.environ.items() if key != "AMQP_URL"}
+        env = {**inherited, "DIMSEBUS_AMQP_URL": amqp_url, **lifeline.child_environment()}
         self._process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
 
     def cpu_seconds(self) -> float:
