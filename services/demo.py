@@ -1,6 +1,7 @@
 """``dimsebus demo``: the whole product against embedded peers, with one command.
 
-It finds a broker, then runs in one process: a node whose archive holds a
+It finds a broker, makes a vhost of its own there (``services.vhosts``: two demos
+never see each other's events), then runs in one process: a node whose archive holds a
 generated study, a destination Storage SCP that refuses a share of the
 C-STOREs with 0xA700 on their first attempt and aborts its first association
 once, and the tracker, retrier and audit services. A C-MOVE (as AE DEMOSCU)
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import hashlib
 import shutil
 import socket
@@ -43,6 +45,7 @@ from services.settings import ServiceSettings
 from services.tracker.api import load_views
 from services.tracker.app import TrackerSettings, run_tracker
 from services.tracker.progress import TERMINAL
+from services.vhosts import own_vhost, vhost_of
 
 STUDY_ROOT_MOVE = next(uid for uid in QUERY_RETRIEVE if uid.endswith("2.2"))
 SETTLE_SECONDS = 8.0
@@ -174,6 +177,8 @@ class DemoSummary:
     tracker_db: Path
     audit_db: Path
     failed_instances: list[dict[str, Any]] = field(default_factory=list)
+    vhost: str = "/"
+    """The broker vhost the demo ran in (its own, unless none could be made)."""
 
 
 async def run_demo(
@@ -185,7 +190,7 @@ async def run_demo(
     within: float = 300.0,
 ) -> DemoSummary:
     """Run every service, move the study, follow the move to its end; the summary."""
-    url = await find_broker(settings.amqp_url, say)
+    url = await own_vhost(await find_broker(settings.amqp_url, say), dt.datetime.now(dt.UTC), say)
     started = time.monotonic()
     node_settings, study_uid = await asyncio.to_thread(_prepare_node, workdir, url, instances, say)
     destination = FlakyDestination(abort_after=max(5, instances // 3))
@@ -229,6 +234,7 @@ async def run_demo(
         tracker_db=Path(tracker.db),
         audit_db=Path(audit.db),
         failed_instances=view["failed_instances"],
+        vhost=vhost_of(url),
     )
 
 
