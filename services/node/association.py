@@ -2,7 +2,8 @@
 
 Its handle (id, AE titles, peer), who aborted it, the transfer syntax of a
 presentation context, a command set's values read safely, and the socket and
-handler settings every association of the node gets at EVT_CONN_OPEN.
+handler settings every association of the node gets at EVT_CONN_OPEN. What is
+not pynetdicom's public API is read through ``services.node.pynetdicom_internals``.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 from pynetdicom import evt
-from pynetdicom._handlers import standard_dimse_recv_handler, standard_dimse_sent_handler
 from pynetdicom.association import Association
 from pynetdicom.dsutils import decode
 
 from schemas import events as ev
 from services.clock import new_id
+from services.node import pynetdicom_internals as internals
 from services.node import salvage
 from services.node.reactor import install_checkpoint, sleep_on_socket_no_more, wake_on_data
 
@@ -35,44 +36,33 @@ ABORT_TEXT = {
 
 def abort_source(assoc: Association) -> str | None:
     """Who aborted ``assoc``: local, peer, network (A-P-ABORT), or None if nobody did."""
-    if assoc._sent_abort:
+    if internals.sent_abort(assoc):
         return "local"
     if assoc.acse.is_aborted("a-p-abort"):
         return "network"
     return "peer" if assoc.acse.is_aborted() else None
 
 
-def quiet_dimse_logging(event: evt.Event) -> None:
-    """Unbind pynetdicom's standard DIMSE logging handlers from the association.
-
-    They run before ours, and an exception in one stops the rest: a C-STORE-RSP
-    without Status makes pynetdicom's own logger raise, and the capture would
-    never see the response. They also log two lines per C-STORE; the capture's
-    events say more.
-    """
-    event.assoc.unbind(evt.EVT_DIMSE_RECV, standard_dimse_recv_handler)
-    event.assoc.unbind(evt.EVT_DIMSE_SENT, standard_dimse_sent_handler)
-
-
 def connection_handlers() -> list[tuple[Any, ...]]:
     """What every association of the node gets at EVT_CONN_OPEN, with or without a capture.
 
-    TCP_NODELAY, the race-free reactor checkpoint, a DUL thread that wakes when the
-    peer sends, and no per-message logging.
+    TCP_NODELAY, the race-free reactor checkpoint, and a DUL thread that wakes when the
+    peer sends. Asked for before the node makes an association or its server, so none
+    of those gets pynetdicom's standard per-message logging handlers either
+    (``pynetdicom_internals.quiet_standard_event_logging``).
     """
+    internals.quiet_standard_event_logging()
     return [
         (evt.EVT_CONN_OPEN, set_tcp_nodelay),
         (evt.EVT_CONN_OPEN, install_checkpoint),
         (evt.EVT_CONN_OPEN, wake_on_data),
         (evt.EVT_CONN_CLOSE, sleep_on_socket_no_more),
-        (evt.EVT_CONN_OPEN, quiet_dimse_logging),
     ]
 
 
 def set_tcp_nodelay(event: evt.Event) -> None:
     """Disable Nagle on the association's socket: each C-STORE would wait 40 ms for an ACK."""
-    transport = event.assoc.dul.socket
-    sock = transport.socket if transport is not None else None
+    sock = internals.transport_socket(event.assoc)
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 

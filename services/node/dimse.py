@@ -32,7 +32,7 @@ from schemas.limits import MAX_UIDS, chunked
 from services.bus.outbox import Outbox
 from services.clock import new_id, utc_now
 from services.metrics import CSTORE
-from services.node import capture, exchange, salvage
+from services.node import capture, exchange, pynetdicom_internals, salvage
 from services.node.association import (
     ABORT_TEXT,
     abort_source,
@@ -242,32 +242,35 @@ class Capture:
         pynetdicom reads a response on the association's DUL thread, which also sends
         the next request's PDUs: whatever it does there delays every C-STORE. And the
         thread that sends the requests is busy until it waits for the response in
-        ``dimse.get_msg``. So the handlers only note what was sent and what arrived,
-        and that thread records a request once it starts waiting for the response,
-        and spools the response's event on waking, before ``get_msg`` returns the
-        response: before the node acts on it or sends anything more. A response that
-        nobody waits for (one after the DIMSE timeout) is spooled by the DUL thread.
+        ``dimse.get_msg`` (``pynetdicom_internals.wrap_get_msg``). So the handlers only
+        note what was sent and what arrived, and that thread records a request once it
+        starts waiting for the response, and spools the response's event on waking,
+        before ``get_msg`` returns the response: before the node acts on it or sends
+        anything more. A response that nobody waits for (one after the DIMSE timeout)
+        is spooled by the DUL thread.
         """
-        assoc, dimse = event.assoc, event.assoc.dimse
-        take = dimse.get_msg
+        assoc = event.assoc
 
-        def get_msg(block: bool = False) -> Any:
-            state = self._states.get(assoc)
-            if state is None:
-                return take(block)
-            if block:
-                state.awaited = True
-                if state.sent:
-                    self._catch_up(state)
-            try:
-                return take(block)
-            finally:
+        def spooling(take: Callable[..., Any]) -> Callable[..., Any]:
+            def get_msg(block: bool = False) -> Any:
+                state = self._states.get(assoc)
+                if state is None:
+                    return take(block)
                 if block:
-                    state.awaited = False
-                if state.arrived or state.sent:
-                    self._catch_up(state)
+                    state.awaited = True
+                    if state.sent:
+                        self._catch_up(state)
+                try:
+                    return take(block)
+                finally:
+                    if block:
+                        state.awaited = False
+                    if state.arrived or state.sent:
+                        self._catch_up(state)
 
-        dimse.get_msg = get_msg  # type: ignore[method-assign]
+            return get_msg
+
+        pynetdicom_internals.wrap_get_msg(assoc, spooling)
         self._waits_spool.add(assoc)
 
     @_guarded

@@ -4,7 +4,8 @@ Two hooks. EVT_REQUESTED, which pynetdicom triggers on the acceptor after the
 A-ASSOCIATE-RQ arrived and before it negotiates: an association the peer may not
 have is rejected there with an A-ASSOCIATE-RJ (pynetdicom's documented place to
 reject). And each request on an accepted association: pynetdicom hands it to
-``Association._serve_request``, which this wraps at EVT_CONN_OPEN so that a
+``Association._serve_request``, which this wraps at EVT_CONN_OPEN (through
+``services.node.pynetdicom_internals``, like every reach into pynetdicom) so that a
 request the peer may not make is answered 0x0124 before any handler, identifier
 decode or sub-association happens (a C-MOVE or C-GET handler cannot answer a
 status before it names a destination or a count). Every refusal is a
@@ -24,6 +25,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 
 from services.node import access
+from services.node import pynetdicom_internals as internals
 from services.node.capture import access_refused_event
 from services.node.config import NodeSettings, Service
 from services.node.dimse import Capture
@@ -88,27 +90,28 @@ class Gate:
             assoc, "association", verdict.reason, verdict.detail, called_ae_title=called[:64]
         )
         assoc.dimsebus_unreported = not reported  # type: ignore[attr-defined]
-        # What pynetdicom's own negotiation does when it rejects.
-        assoc.acse.send_reject(verdict.result, verdict.source, verdict.diagnostic)
-        evt.trigger(assoc, evt.EVT_REJECTED, {})
-        assoc.kill()
+        internals.reject_association(assoc, verdict.result, verdict.source, verdict.diagnostic)
 
     def on_conn_open(self, event: evt.Event) -> None:
         """Refuse, before pynetdicom serves it, each request the peer may not make."""
         assoc: Any = event.assoc
-        serve = assoc._serve_request
 
-        def serve_request(message: Any, context_id: int) -> None:
-            service = _SERVICES.get(type(message))
-            grant = self._grants.get(assoc)
-            if service is None or grant is None or access.may(grant, service):
-                serve(message, context_id)
-            elif message.is_valid_request and context_id in assoc._accepted_cx:
-                self._refuse(assoc, grant, service, message, context_id)
-            else:
-                serve(message, context_id)  # pynetdicom ignores or aborts it, as before
+        def guard(serve: Any) -> Any:
+            def serve_request(message: Any, context_id: int) -> None:
+                service = _SERVICES.get(type(message))
+                grant = self._grants.get(assoc)
+                if service is None or grant is None or access.may(grant, service):
+                    serve(message, context_id)
+                elif message.is_valid_request and (
+                    internals.accepted_context(assoc, context_id) is not None
+                ):
+                    self._refuse(assoc, grant, service, message, context_id)
+                else:
+                    serve(message, context_id)  # pynetdicom ignores or aborts it, as before
 
-        assoc._serve_request = serve_request
+            return serve_request
+
+        internals.wrap_serve_request(assoc, guard)
         self._bound_refused_data(assoc)
 
     def _bound_refused_data(self, assoc: Any) -> None:
@@ -118,31 +121,35 @@ class Gate:
         an unknown peer that may echo could otherwise send a 2 GB C-STORE to be refused
         only once it arrived. Its command (and a little data) still gets its 0x0124.
         """
-        dimse = assoc.dimse
-        receive = dimse.receive_primitive
         seen = [0]
 
-        def receive_primitive(primitive: Any) -> None:
-            grant = self._grants.get(assoc)
-            if grant is not None:
-                for context_id, data in primitive.presentation_data_value_list:
-                    if data[0] & 0x01:  # a command fragment starts a message (PS3.8 E.2)
-                        seen[0] = 0
-                        continue
-                    context = assoc._accepted_cx.get(context_id)
-                    service = access.service_of(str(context.abstract_syntax)) if context else None
-                    if service is not None and not access.may(grant, service):
-                        seen[0] += len(data) - 1
-                if seen[0] > access.REFUSED_DATA_LIMIT:
-                    log.warning(
-                        "aborting the association of %s: a data set for a service it may not use",
-                        assoc.requestor.ae_title,
-                    )
-                    assoc.dul.event_queue.put("Evt19")  # as pynetdicom does on a bad message
-                    return
-            receive(primitive)
+        def bound(receive: Any) -> Any:
+            def receive_primitive(primitive: Any) -> None:
+                grant = self._grants.get(assoc)
+                if grant is not None:
+                    for context_id, data in primitive.presentation_data_value_list:
+                        if data[0] & 0x01:  # a command fragment starts a message (PS3.8 E.2)
+                            seen[0] = 0
+                            continue
+                        context = internals.accepted_context(assoc, context_id)
+                        service = (
+                            access.service_of(str(context.abstract_syntax)) if context else None
+                        )
+                        if service is not None and not access.may(grant, service):
+                            seen[0] += len(data) - 1
+                    if seen[0] > access.REFUSED_DATA_LIMIT:
+                        log.warning(
+                            "aborting the association of %s: a data set for a service it may "
+                            "not use",
+                            assoc.requestor.ae_title,
+                        )
+                        internals.abort_as_invalid(assoc)  # as pynetdicom does on a bad message
+                        return
+                receive(primitive)
 
-        dimse.receive_primitive = receive_primitive
+            return receive_primitive
+
+        internals.wrap_receive_primitive(assoc, bound)
 
     def _refuse(
         self,
@@ -163,7 +170,7 @@ class Gate:
         response.Status = access.NOT_AUTHORIZED
         if not isinstance(request, C_ECHO):  # C-ECHO-RSP has no Error Comment (PS3.7 9.3.5)
             response.ErrorComment = comment
-        assoc.dimse.send_msg(response, context_id)
+        internals.send_response(assoc, response, context_id)
         count = self._refused[assoc] = self._refused.get(assoc, 0) + 1
         log.warning("refused %s to %s at %s", service.upper(), calling, assoc.requestor.address)
         self._report(

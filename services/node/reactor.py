@@ -28,6 +28,9 @@ sleeps 1 ms whenever an iteration found nothing to do, including right after it
 sent a request, so a C-STORE-RSP that came back in 0.1 ms waited in the socket
 for the rest of that millisecond. The node's DUL threads sleep on their socket
 instead (``poll`` with the same timeout): they wake when the peer sends.
+
+Installing both reaches into pynetdicom's association and DUL: that is done by
+``services.node.pynetdicom_internals``, which says what each step relies on.
 """
 
 from __future__ import annotations
@@ -39,9 +42,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-import pynetdicom.dul
 from pynetdicom import evt
-from pynetdicom.association import Association
+
+from services.node import pynetdicom_internals as internals
 
 
 class ReactorCheckpoint:
@@ -97,25 +100,11 @@ class ReactorCheckpoint:
 def install_checkpoint(event: evt.Event) -> None:
     """EVT_CONN_OPEN: give the association the race-free checkpoint before its reactor runs."""
     assoc = event.assoc
-    if not isinstance(getattr(assoc, "_reactor_checkpoint", None), threading.Event):
+    if not internals.has_stock_checkpoint(assoc):
         return
-    checkpoint = ReactorCheckpoint(on_pause=lambda: _mark_paused(assoc))
-    assoc._reactor_checkpoint = checkpoint  # type: ignore[assignment]
-    idle_timer_expired = assoc.dul.idle_timer_expired
-
-    def last_step_of_iteration() -> bool:
-        """The reactor's network idle check, its last step before sleeping and ``wait()``."""
-        expired = idle_timer_expired()
-        if not expired:
-            checkpoint.parked()
-        return expired
-
-    assoc.dul.idle_timer_expired = last_step_of_iteration  # type: ignore[method-assign]
-
-
-def _mark_paused(assoc: Association) -> None:
-    """Let ``send_*()``'s spin on ``_is_paused`` end: the reactor is parked."""
-    assoc._is_paused = True
+    checkpoint = ReactorCheckpoint(on_pause=lambda: internals.mark_reactor_paused(assoc))
+    internals.replace_reactor_checkpoint(assoc, checkpoint)
+    internals.after_each_reactor_iteration(assoc, checkpoint.parked)
 
 
 _POLLERS: weakref.WeakKeyDictionary[threading.Thread, Any] = weakref.WeakKeyDictionary()
@@ -124,21 +113,18 @@ _POLLERS: weakref.WeakKeyDictionary[threading.Thread, Any] = weakref.WeakKeyDict
 
 def wake_on_data(event: evt.Event) -> None:
     """EVT_CONN_OPEN: the association's DUL thread wakes from its idle sleep when data comes."""
-    transport = event.assoc.dul.socket
-    sock = transport.socket if transport is not None else None
+    sock = internals.transport_socket(event.assoc)
     if sock is None:
         return
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
-    _POLLERS[event.assoc.dul] = poller
-    dul_module = vars(pynetdicom.dul)
-    if not isinstance(dul_module["time"], _DulClock):
-        dul_module["time"] = _DulClock()
+    _POLLERS[internals.dul_thread(event.assoc)] = poller
+    internals.replace_dul_time(_DulClock())
 
 
 def sleep_on_socket_no_more(event: evt.Event) -> None:
     """EVT_CONN_CLOSE: the socket is gone (its descriptor may be reused): sleep plainly."""
-    _POLLERS.pop(event.assoc.dul, None)
+    _POLLERS.pop(internals.dul_thread(event.assoc), None)
 
 
 class _DulClock:

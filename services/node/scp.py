@@ -18,7 +18,7 @@ from pynetdicom import evt
 from schemas import events as ev
 from schemas.limits import MAX_KEY_NAME_LENGTH, MAX_KEY_VALUE_LENGTH, MAX_KEYS, clip
 from services.clock import new_id, utc_now
-from services.node import admission, capture, moves
+from services.node import admission, capture, moves, pynetdicom_internals
 from services.node.archive import Archive, Refused, StoredInstance
 from services.node.config import NodeSettings
 from services.node.contexts import storage_contexts
@@ -254,17 +254,12 @@ def fix_move_originator(event: evt.Event, originator: ev.MoveOriginator) -> None
 
     pynetdicom's Move SCP passes its own AE title as Move Originator AE Title;
     PS3.7 9.1.1.1 says it is the AE that invoked the C-MOVE. The sub-association
-    is ours, so its ``send_c_store`` is wrapped to pass the right one.
+    is ours, so its ``send_c_store`` is wrapped to pass the right one
+    (``pynetdicom_internals.pass_move_originator``).
     """
-    assoc: Any = event.assoc
-    send = assoc.send_c_store
-
-    def send_c_store(dataset: Any, msg_id: int = 1, priority: int = 2, **kwargs: Any) -> Any:
-        kwargs["originator_aet"] = originator.ae_title
-        kwargs["originator_id"] = originator.message_id
-        return send(dataset, msg_id=msg_id, priority=priority, **kwargs)
-
-    assoc.send_c_store = send_c_store
+    pynetdicom_internals.pass_move_originator(
+        event.assoc, originator.ae_title, originator.message_id
+    )
 
 
 def _pending_datasets(
