@@ -8,11 +8,11 @@ outbox relay cost the machine it shares with the DICOM node. ``publish_batch``
 marshals a whole batch into one write and registers one confirmation future per
 delivery tag, the way ``basic_publish`` does: about 45 us per message.
 
-It works with aiormq's channel internals (``lock``, ``delivery_tag``,
-``confirmations``, ``message_id_delivery_tag``, ``write_queue``, ``_split_body``),
-so pyproject pins aiormq to the 7.2 line it was written against, and
-``tests/integration/test_batch.py`` checks acks, returns, nacks and lost
-connections against the real broker.
+It works with aiormq's channel internals, all through
+``services.bus.aiormq_internals`` (which checks the aiormq version it was written
+for, pinned in pyproject); ``tests/unit/test_library_canaries.py`` checks what
+they rely on, and ``tests/integration/test_batch.py`` checks acks, returns, nacks
+and lost connections against the real broker.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from aiormq.abc import ChannelFrame, FrameType
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
+from services.bus import aiormq_internals as internals
 from services.errors import EventNacked, PublishInterrupted, UnroutableEvent
 
 PublishOutcome = float | UnroutableEvent | EventNacked | PublishInterrupted
@@ -62,36 +63,28 @@ async def publish_batch(
     if not messages:
         return []
     loop = asyncio.get_running_loop()
-    confirmations: list[asyncio.Future[object]] = []
     settled_at: dict[int, float] = {}
     frames: list[FrameType] = []
-    async with channel.lock:
+    ids = [message.message_id for message in messages]
+    async with internals.publish_lock(channel):
         if channel.is_closed:  # its futures would fail at once, its frames reach no channel
             raise aiormq.exceptions.ChannelInvalidStateError(f"{channel} is closed")
-        first_tag = channel.delivery_tag
-        for index, message in enumerate(messages):
-            channel.delivery_tag += 1
-            confirmation = channel.create_future()
+        first_tag, confirmations = internals.number_publishes(channel, ids)
+        for index, (confirmation, message) in enumerate(zip(confirmations, messages, strict=True)):
             confirmation.add_done_callback(partial(_settled, settled_at, index))
-            channel.confirmations[channel.delivery_tag] = confirmation
-            channel.message_id_delivery_tag[message.message_id] = channel.delivery_tag
-            confirmations.append(confirmation)
             frames += (
                 spec.Basic.Publish(
                     exchange=exchange, routing_key=message.routing_key, mandatory=True
                 ),
                 ContentHeader(properties=message.properties, body_size=len(message.body)),
-                *channel._split_body(message.body),
+                *internals.body_frames(channel, message.body),
             )
         payload = ChannelFrame.marshall(channel_number=channel.number, frames=frames)
         try:
             async with asyncio.timeout(confirm_within):
-                await channel.write_queue.put(payload)
+                await internals.write(channel, payload)
         except BaseException:  # not sent: the broker never saw these delivery tags
-            _forget(channel, messages, first_tag)
-            for tag in range(first_tag + 1, channel.delivery_tag + 1):
-                channel.confirmations.pop(tag, None)
-            channel.delivery_tag = first_tag
+            internals.unnumber_publishes(channel, first_tag, ids)
             for confirmation in confirmations:
                 confirmation.cancel()
             raise
@@ -101,7 +94,7 @@ async def publish_batch(
     finally:  # on time, late or cancelled: leave nothing of this batch in the channel
         for confirmation in confirmations:
             confirmation.cancel()  # a confirm that comes later is ignored, as in basic_publish
-        _forget(channel, messages, first_tag)
+        internals.forget_message_ids(channel, first_tag, ids)
     return [
         _outcome(confirmation, message, settled_at.get(index, started) - started, confirm_within)
         for index, (confirmation, message) in enumerate(zip(confirmations, messages, strict=True))
@@ -110,13 +103,6 @@ async def publish_batch(
 
 def _settled(settled_at: dict[int, float], index: int, future: asyncio.Future[object]) -> None:
     settled_at[index] = future.get_loop().time()
-
-
-def _forget(channel: aiormq.Channel, messages: Sequence[Outgoing], first_tag: int) -> None:
-    """Drop the batch's message ids from the channel's lookup of returned messages."""
-    for tag, message in enumerate(messages, start=first_tag + 1):
-        if channel.message_id_delivery_tag.get(message.message_id) == tag:
-            del channel.message_id_delivery_tag[message.message_id]
 
 
 def _outcome(
