@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractRobustConnection
+from aiormq.connection import EXCEPTION_MAPPING
 from aiormq.exceptions import ConnectionClosed, ProbableAuthenticationError
 from pamqp import commands as spec
 
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 REFUSED_CODES = frozenset({402, 403, 530})
 """Reply codes that a retry does not change: invalid path, access refused, not allowed."""
+_CODES = {error: code for code, error in EXCEPTION_MAPPING.items()}
 
 
 async def connect(url: str, name: str) -> AbstractRobustConnection:
@@ -41,10 +43,10 @@ def close_reason(exc: BaseException) -> tuple[int, str] | None:
     """The broker's reply code and text if ``exc`` is its Connection.Close, else None."""
     if isinstance(exc, ProbableAuthenticationError):
         return 403, str(exc.args[0]) if exc.args else "ACCESS_REFUSED"
-    if isinstance(exc, ConnectionClosed) and len(exc.args) == 2:
-        code, text = exc.args
-        if isinstance(code, int):
-            return code, str(text)
+    if isinstance(exc, ConnectionClosed) and len(exc.args) == 2 and isinstance(exc.args[0], int):
+        return exc.args[0], str(exc.args[1])
+    if isinstance(exc, ConnectionClosed) and type(exc) in _CODES and exc.args:
+        return _CODES[type(exc)], str(exc.args[0])  # aiormq raises these with the text only
     frame = _close_frame(exc.__traceback__)
     if frame is None or frame.reply_code is None:
         return None

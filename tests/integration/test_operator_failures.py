@@ -7,10 +7,12 @@ behind is read from /proc (a relay is found by its parent and its outbox path).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -21,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from services.bus.lifeline import PARENT_VARIABLE
-from tests.broker import with_vhost
+from tests.broker import Broker, with_vhost
 from tests.integration.peers import free_port
 
 pytestmark = pytest.mark.integration
@@ -318,3 +320,39 @@ def test_a_relay_waiting_for_the_lock_stops_when_its_parent_dies(
         wait_for(lambda: gone(relay), RELAY_GONE_WITHIN, f"the waiting relay {relay} gone")
     finally:
         lock.close()
+
+
+# -- two demos ------------------------------------------------------------------------------
+
+
+def test_a_second_demo_sees_nothing_of_the_first(tmp_path: Path, broker: Broker) -> None:
+    # given a demo that ran to its end on this broker
+    env = {"AMQP_URL": broker.url, "DIMSEBUS_AMQP_URL": broker.url}
+    demo = ["demo", "--non-interactive", "--instances", "10"]
+    code, first = run([*demo, "--workdir", str(tmp_path / "first")], env, within=240)
+    assert code == 0, first
+    # when a second demo runs after it, on the same broker and URL
+    second_started = dt.datetime.now(dt.UTC)
+    code, second = run([*demo, "--workdir", str(tmp_path / "second")], env, within=240)
+    assert code == 0, second
+    # then each ran in a vhost of its own, and the second one's audit trail holds
+    # only events of its own run
+    vhosts = [_demo_vhost(first), _demo_vhost(second)]
+    try:
+        assert vhosts[0] != vhosts[1]
+        with sqlite3.connect(tmp_path / "second" / "audit.sqlite") as db:
+            times = [dt.datetime.fromisoformat(t) for (t,) in db.execute(AUDITED_TIMES)]
+        assert times
+        assert min(times) >= second_started, "the second demo audited earlier events"
+    finally:
+        if broker.ctl is not None:
+            for vhost in vhosts:
+                broker.ctl(["rabbitmqctl", "delete_vhost", vhost])
+
+
+AUDITED_TIMES = "SELECT event_time FROM audit_records"
+
+
+def _demo_vhost(lines: list[str]) -> str:
+    [said] = [line for line in lines if "vhost of its own," in line]
+    return said.split("vhost of its own, ")[1].split()[0]
