@@ -5,6 +5,9 @@ A broker that refuses a connection says why in its Connection.Close (AMQP 0-9-1
 aiormq 7.2 raises a refused Connection.Open as ``InvalidFrameError`` naming only the
 frame's object; ``close_reason`` recovers the frame from the traceback (aiormq's
 ``_rpc`` holds it as ``frame``), so logs and start-up errors show the broker's words.
+If a later aiormq keeps it elsewhere, the reason degrades to the exception's text;
+``test_a_vhost_that_does_not_exist_fails_the_start_with_the_brokers_reason``
+(tests/integration/test_operator_failures.py) is the canary that notices.
 """
 
 from __future__ import annotations
@@ -90,7 +93,7 @@ def masked(url: str) -> str:
     return f"{parts.scheme}://{user}{host}{port}{parts.path or '/'}"
 
 
-async def check_access(url: str, name: str, within: float = 10.0) -> None:
+async def check_access(url: str, name: str, within: float = 5.0) -> None:
     """Raise ``ConfigError`` if the broker refuses this URL's user or vhost.
 
     A broker that does not answer is no error here: services wait for it (and the
