@@ -34,6 +34,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from services.audit.app import AuditSettings, run_audit
 from services.audit.chain import Verification, verify
 from services.audit.store import AuditStore
+from services.bus.connection import refusal
 from services.errors import DimsebusError
 from services.node.app import QUERY_RETRIEVE, Node
 from services.node.archive import Archive
@@ -87,9 +88,13 @@ def _start_broker(url: str, say: Callable[[str], None]) -> None:
 
 
 async def _answers(url: str) -> bool:
+    """Whether a broker answers; one that refuses the URL (user, vhost) is a ``DemoError``."""
     try:
         connection = await asyncio.wait_for(aio_pika.connect(url), 5)
-    except Exception:
+    except Exception as exc:
+        refused = refusal(exc)
+        if refused is not None:  # a broker answers: starting another would not help
+            raise DemoError(f"{_masked(url)}: {refused}") from exc
         return False
     await connection.close()
     return True

@@ -356,3 +356,12 @@ AUDITED_TIMES = "SELECT event_time FROM audit_records"
 def _demo_vhost(lines: list[str]) -> str:
     [said] = [line for line in lines if "vhost of its own," in line]
     return said.split("vhost of its own, ")[1].split()[0]
+
+
+def test_a_demo_whose_url_the_broker_refuses_says_so_instead_of_starting_a_broker(
+    tmp_path: Path, amqp_url: str
+) -> None:
+    url = with_vhost(amqp_url, f"no-such-{uuid.uuid4().hex[:8]}")
+    env = {"AMQP_URL": url, "DIMSEBUS_AMQP_URL": url}
+    code, lines = run(["demo", "--non-interactive", "--workdir", str(tmp_path)], env)
+    assert_one_line(code, lines, "530 NOT_ALLOWED", "not found")
