@@ -21,6 +21,8 @@ from tests.integration.peers import dcmtk, free_port, run_tool, storescp, wait_f
 
 pytestmark = pytest.mark.integration
 UNREACHABLE = "amqp://guest:guest@127.0.0.1:1/"
+INHERITED = {key: value for key, value in os.environ.items() if key != "AMQP_URL"}
+"""The environment without AMQP_URL (a test run's broker), which would win over the config."""
 
 
 def dimsebus(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -29,7 +31,7 @@ def dimsebus(*argv: str, env: dict[str, str] | None = None) -> subprocess.Comple
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, **(env or {})},
+        env={**INHERITED, **(env or {})},
     )
 
 
@@ -54,7 +56,7 @@ def config(tmp_path: Path) -> Iterator[tuple[Path, str, int, int]]:
 def start(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "services", "node", "--config", str(config)],
-        env={**os.environ, **(env or {})},
+        env={**INHERITED, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

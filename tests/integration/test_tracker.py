@@ -159,7 +159,7 @@ async def test_kill_9_mid_move_then_restart_ends_with_exact_counts(
 
 def _tracker_process(tmp_path: Path, db: Path, amqp_url: str) -> subprocess.Popen[bytes]:
     env = {
-        **os.environ,
+        **{key: value for key, value in os.environ.items() if key != "AMQP_URL"},  # it would win
         "DIMSEBUS_AMQP_URL": amqp_url,
         "DIMSEBUS_OUTBOX_PATH": str(tmp_path / "t-outbox.sqlite"),
     }
