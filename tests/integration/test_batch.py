@@ -24,6 +24,7 @@ from services.bus.publisher import Publisher
 from services.bus.topology import EVENTS_EXCHANGE, declare_topology
 from services.clock import new_id, utc_now
 from services.errors import EventNacked, PublishInterrupted, UnroutableEvent
+from tests.integration.conftest import until
 from tests.integration.test_bus import read_ids
 
 pytestmark = pytest.mark.integration
@@ -169,13 +170,14 @@ async def test_a_batch_cut_off_by_a_lost_connection_is_ambiguous_and_was_stored(
         channel = await confirming_channel(cut_off)
         await declare_topology(channel)
         proxy.holding = True
-        # when the connection is lost before any confirm arrives
+        # when the connection is lost before any confirm arrives (every publish issued)
+        underlying = await underlay(channel)
         batch = asyncio.create_task(
-            publish_batch(
-                await underlay(channel), EVENTS_EXCHANGE, [outgoing_event(e) for e in events], 30
-            )
+            publish_batch(underlying, EVENTS_EXCHANGE, [outgoing_event(e) for e in events], 30)
         )
-        await asyncio.sleep(0.5)
+        await until(
+            lambda: len(underlying.confirmations) == len(events), what="100 publishes issued"
+        )
         assert not batch.done()
         proxy.cut()
         outcomes = await asyncio.wait_for(batch, 10)
@@ -210,7 +212,7 @@ async def test_a_batch_cancelled_while_it_waits_leaves_nothing_in_the_channel(
                 underlying, EVENTS_EXCHANGE, [outgoing_event(e) for e in responses(50)], 30
             )
         )
-        await asyncio.sleep(0.3)
+        await until(lambda: len(underlying.confirmations) == 50, what="50 publishes issued")
         batch.cancel()
         with pytest.raises(asyncio.CancelledError):
             await batch
