@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aio_pika.abc import AbstractConnection
+from aiormq.exceptions import ChannelNotFoundEntity
+
 from schemas import events as ev
 from schemas.envelope import CloudEvent
 from services.bus.connection import connect
@@ -210,6 +213,17 @@ class Rig:
                     raise AssertionError(f"{process.name} did not start:\n{process.tail()}")
                 await asyncio.sleep(0.2)
 
+    async def consuming(self, *queues: str, within: float = 60) -> None:
+        """Return once each of ``queues`` exists and has a consumer (the broker says so)."""
+        deadline = time.monotonic() + within
+        connection = await connect(self.amqp_url, "dimsebus-faults-probe")
+        async with connection:
+            for name in queues:
+                while not await _has_consumer(connection, name):
+                    if time.monotonic() > deadline:
+                        raise AssertionError(f"no consumer on {name} within {within} s")
+                    await asyncio.sleep(0.1)
+
     def stop_all(self) -> None:
         """SIGTERM every process started."""
         for process in self.processes.values():
@@ -295,6 +309,20 @@ class Rig:
         """Rows waiting in the node's outbox."""
         status = self.cli_json("node", "--config", str(self.root / "node.toml"), "status", "--json")
         return int(status["outbox_depth"])
+
+
+async def _has_consumer(connection: AbstractConnection, queue: str) -> bool:
+    """Whether ``queue`` exists and has a consumer (a passive declare; a fresh channel, for
+    the broker closes the channel of a passive declare of a queue that does not exist)."""
+    channel = await connection.channel()
+    try:
+        declared = await channel.declare_queue(queue, passive=True)
+    except ChannelNotFoundEntity:
+        return False
+    finally:
+        if not channel.is_closed:
+            await channel.close()
+    return bool(declared.declaration_result.consumer_count)
 
 
 def new_rig(

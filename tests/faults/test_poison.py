@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -78,7 +77,7 @@ async def test_poison_messages_are_parked_with_the_reason_and_the_flow_goes_on(
         [study] = [rig.add_study(INSTANCES, seed="poison")]
         await rig.start_downstream()
         await rig.start_node()
-        await asyncio.sleep(3)  # every consumer has declared its queue
+        await rig.consuming("dimsebus.retrier", "dimsebus.audit", f"dimsebus.node.{rig.node_id}")
         # given poison on the log and on every consumer queue
         await publish_poisons(rig.amqp_url, rig.node_id)
         # when a move runs after it
