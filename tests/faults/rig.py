@@ -11,9 +11,11 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,10 +25,18 @@ from aiormq.exceptions import ChannelNotFoundEntity
 
 from schemas import events as ev
 from schemas.envelope import CloudEvent
-from services.bus.connection import connect
+from services.audit.store import AuditStore
+from services.bus.connection import confirming_channel, connect
 from services.bus.log import LogReader
+from services.bus.outbox import read_depth
+from services.bus.publisher import Publisher
+from services.errors import DimsebusError
 from services.node.archive import Archive
 from services.node.synthetic import write_study
+from services.tracker.api import load_views
+from services.tracker.app import TrackerSettings
+from services.tracker.store import open_store
+from tests.integration.conftest import log_marker
 from tests.integration.peers import dcmtk, free_port, run_tool, wait_for_port
 
 PYTHON = [sys.executable, "-m", "services"]
@@ -251,22 +261,57 @@ class Rig:
             within=900,
         )
 
-    async def log(self, idle: float = 3.0) -> list[CloudEvent]:
-        """Every event of this vhost's log, repeats included, until it is idle."""
-        connection = await connect(self.amqp_url, "dimsebus-faults-reader")
+    async def log(self, within: float = 120) -> list[CloudEvent]:
+        """Every event of this vhost's log, repeats included, once the node's outbox is empty:
+        read up to a marker published after it (not until the log has been idle a while)."""
+        events, _, _ = await self._log_to_marker(within)
+        return events
+
+    async def _log_to_marker(self, within: float) -> tuple[list[CloudEvent], CloudEvent, int]:
+        """The log before a marker published once the node's outbox is empty; the marker
+        and its offset."""
+        await until_true(lambda: read_depth(self.outbox) == 0, within, "the node's outbox to drain")
+        marker = log_marker()
+        connection = await connect(self.amqp_url, "dimsebus-faults-marker")
+        async with connection:
+            await Publisher(await confirming_channel(connection)).publish(marker)
         found: list[CloudEvent] = []
+        connection = await connect(self.amqp_url, "dimsebus-faults-reader")
         async with connection, LogReader(await connection.channel(), "first") as log:
-            async for entry in log.until_idle(idle):
-                if entry.event is not None:
-                    found.append(entry.event)
-        return found
+            async with asyncio.timeout(within):
+                async for entry in log:
+                    if entry.event is not None and entry.event.id == marker.id:
+                        return found, marker, entry.offset
+                    if entry.event is not None:
+                        found.append(entry.event)
+        raise AssertionError(f"the log ended before the marker {marker.id}")
+
+    async def caught_up(self, within: float = 120) -> None:
+        """Return once the tracker (and the audit service, if started) has taken in everything
+        on the log: the node's outbox is empty, and they are past a marker published after."""
+        _, marker, offset = await self._log_to_marker(within)
+
+        def past() -> bool:
+            store = open_store(str(self.tracker_db))
+            try:
+                tracked = (store.checkpoint() or -1) >= offset
+            finally:
+                store.close()
+            if not tracked or "audit" not in self.processes:
+                return tracked
+            audit = AuditStore.open(str(self.audit_db))
+            try:
+                return any(r.event_id == str(marker.id) for r in audit.records())
+            finally:
+                audit.close()
+
+        await until_true(past, within, f"the tracker and the audit past the marker {marker.id}")
 
     def moves(self) -> list[dict[str, Any]]:
-        """`dimsebus moves list --json` of this rig's tracker."""
-        views: list[dict[str, Any]] = self.cli_json(
-            "moves", "list", "--json", "--db", str(self.tracker_db)
-        )
-        return views
+        """What `dimsebus moves list --json` prints for this rig's tracker (read in-process)."""
+        views = load_views(TrackerSettings(db=str(self.tracker_db)))
+        found: list[dict[str, Any]] = json.loads(json.dumps(views))
+        return found
 
     def cli_json(self, *argv: str) -> Any:
         """Run a ``dimsebus`` command and parse its JSON output."""
@@ -279,17 +324,18 @@ class Rig:
     async def settled(
         self, outcomes: tuple[str, ...] = ("completed",), moves: int = 1, within: float = 180
     ) -> list[dict[str, Any]]:
-        """The tracker's moves once ``moves`` of them have one of ``outcomes``, and stay so."""
+        """The tracker's moves once ``moves`` of them have one of ``outcomes``, and still do
+        once the tracker has taken in everything on the log (``caught_up``)."""
         deadline = time.monotonic() + within
-        stable = 0
         views: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
             views = await asyncio.to_thread(self._moves_or_none)
-            done = [v for v in views if v["outcome"] in outcomes]
-            stable = stable + 1 if len(done) >= moves else 0
-            if stable >= 3:
-                return views
-            await asyncio.sleep(1.0)
+            if len([v for v in views if v["outcome"] in outcomes]) >= moves:
+                await self.caught_up(max(deadline - time.monotonic(), 1))
+                views = await asyncio.to_thread(self._moves_or_none)
+                if len([v for v in views if v["outcome"] in outcomes]) >= moves:
+                    return views
+            await asyncio.sleep(0.2)
         tracker = self.processes.get("tracker")
         raise AssertionError(
             f"moves did not settle on {outcomes}: "
@@ -302,7 +348,7 @@ class Rig:
             return []
         try:
             return self.moves()
-        except AssertionError:
+        except (DimsebusError, sqlite3.Error):
             return []  # the store is being created
 
     def outbox_depth(self) -> int:
@@ -323,6 +369,15 @@ async def _has_consumer(connection: AbstractConnection, queue: str) -> bool:
         if not channel.is_closed:
             await channel.close()
     return bool(declared.declaration_result.consumer_count)
+
+
+async def until_true(condition: Callable[[], bool], within: float, what: str) -> None:
+    """Wait until ``condition()`` (run on a thread) holds; fail naming ``what`` was awaited."""
+    deadline = time.monotonic() + within
+    while not await asyncio.to_thread(condition):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {within:.0f} s for {what}")
+        await asyncio.sleep(0.1)
 
 
 def new_rig(
