@@ -17,6 +17,7 @@ from schemas import events as ev
 from schemas.envelope import CloudEvent
 from services.bus.connection import confirming_channel, connect
 from services.bus.log import LogReader
+from services.bus.outbox import read_depth
 from services.bus.publisher import Publisher
 from services.clock import utc_now
 from services.node.app import Node
@@ -25,6 +26,7 @@ from services.node.config import Destination, NodeSettings, Peer
 from services.node.synthetic import write_study
 from services.tracker.api import load_views
 from services.tracker.app import TrackerSettings, run_tracker
+from services.tracker.store import open_store
 from tests.integration.peers import dcmtk, free_port, run_tool, wait_for_port
 
 EVERY_SERVICE = frozenset({"echo", "store", "find", "move", "get"})
@@ -301,23 +303,51 @@ async def log_until_now(amqp_url: str, source: str) -> list[CloudEvent]:
     The marker is an event of its own source, published after everything the caller
     waited for; the log keeps the order of arrival, so reading up to it reads all of it.
     """
+    events, _ = await _to_marker(amqp_url, source)
+    return events
+
+
+async def _to_marker(amqp_url: str, source: str) -> tuple[list[CloudEvent], int]:
+    """``source``'s events on the log before a marker published now; the marker's offset."""
     marker = log_marker()
     connection = await connect(amqp_url, "dimsebus-test-marker")
     async with connection:
         await Publisher(await confirming_channel(connection)).publish(marker)
     found: list[CloudEvent] = []
 
-    async def until_marker() -> None:
+    async def until_marker() -> int:
         connection = await connect(amqp_url, "dimsebus-test-reader")
         async with connection, LogReader(await connection.channel(), "first") as log:
             async for entry in log:
                 if entry.event is not None and entry.event.id == marker.id:
-                    return
+                    return entry.offset
                 if entry.event is not None and entry.event.source == source:
                     found.append(entry.event)
+        raise AssertionError(f"the log ended before the marker {marker.id}")
 
     try:
-        await asyncio.wait_for(until_marker(), 60)
+        offset = await asyncio.wait_for(until_marker(), 60)
     except TimeoutError:
         raise AssertionError(f"the log did not reach the marker {marker.id} within 60 s") from None
-    return found
+    return found, offset
+
+
+async def tracker_caught_up(amqp_url: str, settings: TrackerSettings, within: float = 60) -> None:
+    """Return once the tracker has folded everything on the log so far and published what
+    it derived: its checkpoint has passed a marker published now, and its outbox is empty."""
+    _, offset = await _to_marker(amqp_url, "")
+
+    def caught_up() -> bool:
+        store = open_store(settings.db)
+        try:
+            checkpoint = store.checkpoint()
+        finally:
+            store.close()
+        return checkpoint is not None and checkpoint >= offset
+
+    await until(caught_up, within, f"the tracker {settings.tracker_id} past offset {offset}")
+    await until(
+        lambda: read_depth(settings.outbox_path) == 0,
+        within,
+        f"the tracker {settings.tracker_id}'s outbox to drain",
+    )
