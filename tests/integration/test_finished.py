@@ -18,13 +18,24 @@ from services.retrier.store import RetryStore
 from services.tracker.app import TrackerSettings
 from services.tracker.progress import FinishMark, MoveState
 from services.tracker.store import open_store
-from tests.integration.conftest import RunningNode, movescu, of_type, read_events, settled
+from tests.integration.conftest import (
+    RunningNode,
+    Services,
+    log_until_now,
+    movescu,
+    of_type,
+    read_events,
+    settled,
+    tracker_caught_up,
+)
 from tests.integration.peers import make_room, small_filesystem, storescp
 from tests.integration.test_retrier import (  # noqa: F401 (a fixture)
     RetrierFactory,
     cli,
+    moved,
     scheduled,
     start_retrier,
+    stopped_retrier,
 )
 
 pytestmark = pytest.mark.integration
@@ -45,14 +56,16 @@ def committed(settings: TrackerSettings, move_id: str) -> MoveState:
 async def finished_events(
     amqp_url: str, settings: TrackerSettings, move_id: str, count: int
 ) -> list[ev.MoveFinished]:
-    """The move's finished events on the log, once ``count`` of them are there."""
+    """The move's finished events on the log, once ``count`` of them are there and the
+    tracker has taken in everything on the log since (so a further one would be there too)."""
     source = f"dimsebus://tracker/{settings.tracker_id}"
 
     def of_move(found: list[Any]) -> list[ev.MoveFinished]:
         return [e for e in found if isinstance(e, ev.MoveFinished) and e.subject == move_id]
 
-    events = await read_events(amqp_url, source, lambda found: len(of_move(found)) >= count)
-    return of_move(events)
+    await read_events(amqp_url, source, lambda found: len(of_move(found)) >= count)
+    await tracker_caught_up(amqp_url, settings)
+    return of_move(await log_until_now(amqp_url, source))
 
 
 async def test_a_move_retried_to_completion_is_finished_once(
@@ -61,17 +74,20 @@ async def test_a_move_retried_to_completion_is_finished_once(
     start_node: Any,
     start_tracker: Any,
     start_retrier: RetrierFactory,  # noqa: F811
+    services: Services,
 ) -> None:
-    # given a tracker told that a retrier decides, a retrier with a 1 s initial delay,
+    # given a tracker told that a retrier decides, a retrier that is stopped for now,
     # and storescp writing into a filesystem with room for 20 of 60 instances
     tracker = await start_tracker(retries=True)
-    retrier, _ = await start_retrier(initial_delay=1.0)
+    await stopped_retrier(start_retrier, services)
     with small_filesystem(tmp_path / "full", files=20) as folder, storescp(folder) as peer:
         node: RunningNode = await start_node(instances=60, destinations={"STORESCP": peer.port})
-        # when the move leaves 40 refused, and room is made once their retries are scheduled
+        # when the move leaves 40 refused, room is made, and the retrier starts
         await movescu(node, "STORESCP")
-        await scheduled(retrier, node, 40)
+        await moved(node)
         await asyncio.to_thread(make_room, folder)
+        retrier, _ = await start_retrier()
+        await scheduled(retrier, node, 40)
         move = await settled(tracker.db, node, "completed", within=90)
         stored = len(peer.files())
     # then the tracker derived one final outcome, and the log has exactly that one
@@ -94,7 +110,7 @@ async def test_a_move_given_up_then_retried_by_an_operator_is_revision_2(
 ) -> None:
     # given a retrier that gives up after 2 attempts, and a destination that stays full
     tracker = await start_tracker(retries=True)
-    await start_retrier(initial_delay=1.0, max_attempts=2)
+    await start_retrier(max_attempts=2)
     with small_filesystem(tmp_path / "full", files=5) as folder, storescp(folder) as peer:
         node: RunningNode = await start_node(instances=15, destinations={"STORESCP": peer.port})
         await movescu(node, "STORESCP")
@@ -140,7 +156,7 @@ async def test_a_move_to_an_unknown_destination_fails_with_its_reason_unretried(
 ) -> None:
     # given a node, a retrier, and a tracker that waits for the retrier's decisions
     tracker = await start_tracker(retries=True)
-    retrier, _ = await start_retrier(initial_delay=1.0)
+    retrier, _ = await start_retrier()
     node: RunningNode = await start_node(instances=10)
     # when MOVESCU asks for a destination the node does not know (0xA801)
     await movescu(node, "NOWHERE")
