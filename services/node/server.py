@@ -17,44 +17,39 @@ is read by a deadline (ARTIM until the association is up, ``network_timeout`` pe
 after) within ``max_pdu``, an invalid one is Evt19 (A-ABORT, PS3.8 Table 9-10) with
 its body unread, and nothing is read once the association is gone (Sta13).
 
-This is the one module that reaches into pynetdicom's transport, DUL, state machine
-and DIMSE internals; ``test_pynetdicom_internals_are_still_there`` (in
-tests/integration/test_edge_limits.py) is its canary.
+What it reaches into pynetdicom's transport, DUL, state machine and DIMSE for goes
+through ``services.node.pynetdicom_internals``, whose canaries
+(tests/unit/test_library_canaries.py, and ``test_pynetdicom_internals_are_still_there``
+in tests/integration/test_edge_limits.py) check what it relies on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import socket
 import ssl
 import threading
 import time
 from typing import Any
 
-import pynetdicom
 from pynetdicom import AE, evt, fsm
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
+from services.node import pynetdicom_internals as internals
 from services.node.config import NodeSettings
 from services.node.framing import PeerClosed, Refused, associate_request, quietly, read_pdu
 from services.node.limits import Connection, ConnectionTable, Limits
-
-if not pynetdicom.__version__.startswith("3.0."):
-    raise ImportError(
-        f"services.node.server relies on pynetdicom 3.0.x internals, found {pynetdicom.__version__}"
-    )
 
 log = logging.getLogger(__name__)
 
 NEGOTIATING = frozenset({"Sta1", "Sta2", "Sta3", "Sta4", "Sta5"})  # PS3.8 Table 9-1
 AWAITING_CLOSE = "Sta13"
 LOCAL_REQUESTS = frozenset({"Evt1", "Evt7", "Evt8", "Evt9", "Evt11", "Evt14", "Evt15"})
-INVALID_PDU = "Evt19"  # PS3.8 Table 9-10: A-ABORT (AA-1, AA-8) in every state it can come
+INVALID_PDU = internals.INVALID_PDU  # PS3.8 Table 9-10: A-ABORT (AA-1, AA-8) in every state
 
 
 class PduReader:
@@ -81,7 +76,7 @@ class PduReader:
         try:
             raw = read_pdu(sock, deadline, self._limits.max_pdu)
             with quietly():
-                pdu, event = self._dul._decode_pdu(bytearray(raw))
+                pdu, event = internals.decode_pdu(self._dul, bytearray(raw))
         except PeerClosed as closed:
             self._close(closed.detail)
         except TimeoutError:
@@ -93,8 +88,7 @@ class PduReader:
         except Exception as exc:  # pynetdicom's decoding: any error is a bad PDU
             self.abort(f"undecodable PDU: {type(exc).__name__}")
         else:
-            self._dul.event_queue.put(event)
-            self._dul._recv_pdu.put(pdu)
+            internals.queue_pdu(self._dul, pdu, event)
         finally:
             with contextlib.suppress(OSError):  # sends time out too, as a requestor's do
                 sock.settimeout(self._limits.network_timeout)
@@ -110,7 +104,7 @@ class PduReader:
         """Evt19: the state machine sends the A-ABORT; nothing more is read meanwhile."""
         log.warning("association from %s aborted: %s", self._connection.peer, reason)
         self._aborting = True
-        self._dul.event_queue.put(INVALID_PDU)
+        internals.queue_event(self._dul, INVALID_PDU)
 
     def _late(self, state: str) -> str:
         """Why a deadline passed: ARTIM before the association is up, network_timeout after."""
@@ -205,13 +199,12 @@ class EdgeServer(ThreadedAssociationServer):
     def _adopt(self, event: evt.Event) -> None:
         """EVT_CONN_OPEN: read through ``PduReader``; release the connection when it ends."""
         assoc: Association = event.assoc
-        sock = assoc.dul.socket.socket if assoc.dul.socket is not None else None
-        connection = self.table.get(sock)
+        connection = self.table.get(internals.transport_socket(assoc))
         if connection is None:
             return
         dul, run = assoc.dul, assoc.run
         reader = PduReader(dul, connection, self.limits)
-        dul._read_pdu_data = reader  # type: ignore[method-assign]
+        internals.read_pdus_with(dul, reader)
         abort_on_undecodable_messages(assoc, reader)
         drop_requests_once_gone(dul)
 
@@ -230,12 +223,11 @@ def hand_over(dul: DULServiceProvider, request: bytes) -> None:
     """Give the DUL the A-ASSOCIATE-RQ as if it had read it: Evt6 after its queued Evt5."""
     try:
         with quietly():
-            pdu, event = dul._decode_pdu(bytearray(request))  # EVT_DATA_RECV, EVT_PDU_RECV
+            pdu, event = internals.decode_pdu(dul, bytearray(request))  # EVT_DATA_RECV, ..
     except Exception:  # decoded once already: cannot happen, but must not hang the thread
-        dul.event_queue.put(INVALID_PDU)
+        internals.queue_event(dul, INVALID_PDU)
         return
-    dul.event_queue.put(event)
-    dul._recv_pdu.put(pdu)
+    internals.queue_pdu(dul, pdu, event)
 
 
 def abort_on_undecodable_messages(assoc: Association, reader: PduReader) -> None:
@@ -245,18 +237,19 @@ def abort_on_undecodable_messages(assoc: Association, reader: PduReader) -> None
     command set without Command Field raises there, and the DUL thread dies with two
     tracebacks and no A-ABORT.
     """
-    dimse = assoc.dimse
-    receive = dimse.receive_primitive
 
-    def receive_or_abort(primitive: Any) -> None:
-        try:
-            with quietly():
-                receive(primitive)
-        except Exception as exc:
-            dimse.message = None
-            reader.abort(f"undecodable DIMSE message: {exc!r}")
+    def aborting(receive: Any) -> Any:
+        def receive_or_abort(primitive: Any) -> None:
+            try:
+                with quietly():
+                    receive(primitive)
+            except Exception as exc:
+                internals.discard_partial_message(assoc)
+                reader.abort(f"undecodable DIMSE message: {exc!r}")
 
-    dimse.receive_primitive = receive_or_abort  # type: ignore[method-assign]
+        return receive_or_abort
+
+    internals.wrap_receive_primitive(assoc, aborting)
 
 
 def drop_requests_once_gone(dul: DULServiceProvider) -> None:
@@ -266,16 +259,19 @@ def drop_requests_once_gone(dul: DULServiceProvider) -> None:
     (PS3.8 Table 9-10), such as a C-ECHO-RSP (Evt9) sent after the peer was aborted
     (Sta13), and its DUL thread dies with a traceback.
     """
-    machine, do_action = dul.state_machine, dul.state_machine.do_action
+    machine = dul.state_machine
 
-    def do_or_drop(event: str) -> None:
-        if event in LOCAL_REQUESTS and (event, machine.current_state) not in fsm.TRANSITION_TABLE:
-            with contextlib.suppress(queue.Empty):
-                dul.to_provider_queue.get(False)  # the primitive the event stood for
-            return
-        do_action(event)
+    def dropping(do_action: Any) -> Any:
+        def do_or_drop(event: str) -> None:
+            state = machine.current_state
+            if event in LOCAL_REQUESTS and (event, state) not in fsm.TRANSITION_TABLE:
+                internals.drop_queued_primitive(dul)  # the primitive the event stood for
+                return
+            do_action(event)
 
-    machine.do_action = do_or_drop  # type: ignore[method-assign]
+        return do_or_drop
+
+    internals.wrap_state_machine(dul, dropping)
 
 
 def start(
@@ -297,5 +293,5 @@ def start(
         target=make_target(server.serve_forever), name=f"EdgeServer@{settings.port}", daemon=True
     )
     thread.start()
-    ae._servers.append(server)  # AssociationServer.shutdown() removes itself from there
+    internals.register_server(ae, server)
     return server
