@@ -22,6 +22,7 @@ from schemas.export import render
 from services.audit.app import AuditSettings
 from services.audit.commands import audit_app
 from services.bus.connection import connect, refusal
+from services.bus.connection import masked as masked_url
 from services.bus.log import LogEntry, LogReader, parse_offset
 from services.bus.topology import declare_topology
 from services.console import ConfigOption, console, err, fail, say_error, settings_or_exit
@@ -36,6 +37,7 @@ from services.retrier.commands import retrier, retries_app
 from services.settings import ServiceSettings, masked
 from services.tracker.app import TrackerSettings
 from services.tracker.commands import moves_app, tracker
+from services.vhosts import with_vhost
 
 app = typer.Typer(help="DICOM C-STORE responses as events on RabbitMQ.", no_args_is_help=True)
 schemas_app = typer.Typer(help="The event contract as files.", no_args_is_help=True)
@@ -244,12 +246,12 @@ def demo(
     else:
         with progress_bars(out) as bars:
             summary = _run(run_demo(settings, folder, instances, bars, say))
-    _show_demo(summary, out)
+    _show_demo(summary, out, masked_url(with_vhost(settings.amqp_url, summary.vhost)))
     if summary.outcome != "completed" or not summary.audit.ok:
         fail(f"the demo move ended {summary.outcome}; audit chain ok: {summary.audit.ok}")
 
 
-def _show_demo(summary: DemoSummary, out: Console) -> None:
+def _show_demo(summary: DemoSummary, out: Console, url: str) -> None:
     table = Table(title=f"demo move {summary.move_id}", show_header=False)
     rows = [
         ("sub-operations", f"{summary.instances} instances, DIMSEBUS -> DEMODEST"),
@@ -280,7 +282,8 @@ def _show_demo(summary: DemoSummary, out: Console) -> None:
         "look next:\n"
         f"  dimsebus moves show {summary.move_id[:13]} --db {summary.tracker_db}\n"
         f"  dimsebus audit query --move {summary.move_id[:13]} --db {summary.audit_db}\n"
-        "  dimsebus events tail --from first --type 'dimsebus.retry.*'",
+        f"  dimsebus events tail --from first --type 'dimsebus.retry.*' --amqp-url '{url}'"
+        + ("  (password masked)" if "***" in url else ""),
         highlight=False,
     )
 

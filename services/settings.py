@@ -55,7 +55,7 @@ class ServiceSettings(BaseSettings):
 
     amqp_url: Annotated[str, AfterValidator(_check_amqp_url)] = Field(
         DEFAULT_AMQP_URL,
-        validation_alias=AliasChoices("amqp_url", "DIMSEBUS_AMQP_URL", "AMQP_URL"),
+        validation_alias=AliasChoices("DIMSEBUS_AMQP_URL", "amqp_url", "AMQP_URL"),
         description="RabbitMQ URL; the password is masked when shown",
     )
     publish_window: int = Field(256, ge=1, le=65535, description="unconfirmed publishes in flight")

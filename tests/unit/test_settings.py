@@ -32,6 +32,29 @@ def test_precedence(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.log_max_age == "30D"
 
 
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        ({"AMQP_URL": "amqp://plain/", "DIMSEBUS_AMQP_URL": "amqp://ours/"}, "amqp://ours/"),
+        ({"AMQP_URL": "amqp://plain/"}, "amqp://plain/"),
+        ({}, "amqp://file:secret@broker-a:5672/"),
+    ],
+)
+def test_dimsebus_amqp_url_beats_plain_amqp_url(
+    config: Path, monkeypatch: pytest.MonkeyPatch, environment: dict[str, str], expected: str
+) -> None:
+    # given the generic AMQP_URL (what the tests and other tools set) and our own variable
+    monkeypatch.delenv("AMQP_URL", raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    # then DIMSEBUS_AMQP_URL wins (a relay told its vhost is not sent elsewhere), a flag
+    # beats both, and without either the file's URL holds
+    assert load_settings(ServiceSettings, config).amqp_url == expected
+    assert load_settings(ServiceSettings, config, amqp_url="amqp://flag/").amqp_url == (
+        "amqp://flag/"
+    )
+
+
 def test_bad_value_in_file_names_field_and_value(tmp_path: Path) -> None:
     path = tmp_path / "bad.toml"
     path.write_text('prefetch = 0\nlog_max_age = "forever"\n')
