@@ -17,10 +17,12 @@ import warnings
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from importlib.metadata import version
+from types import TracebackType
 from typing import Any
 
 import aiormq
 from aiormq.abc import ChannelFrame
+from pamqp import commands as spec
 
 WRITTEN_FOR = "7.2.4"
 """The aiormq release these functions were written and checked against."""
@@ -92,3 +94,18 @@ def body_frames(channel: aiormq.Channel, body: bytes) -> list[Any]:
 async def write(channel: aiormq.Channel, payload: ChannelFrame) -> None:
     """Queue marshalled frames for the connection's writer, as ``basic_publish`` does."""
     await channel.write_queue.put(payload)
+
+
+def refused_open_frame(tb: TracebackType | None) -> spec.Connection.Close | None:
+    """The broker's Connection.Close behind an ``InvalidFrameError`` from a refused open.
+
+    aiormq 7.2 answers a Connection.Close received instead of Connection.OpenOk with
+    ``InvalidFrameError`` naming only the frame's object; its ``Connection._rpc`` still
+    holds the frame in its local ``frame``, which the traceback keeps.
+    """
+    while tb is not None:
+        frame = tb.tb_frame.f_locals.get("frame")
+        if isinstance(frame, spec.Connection.Close):
+            return frame
+        tb = tb.tb_next
+    return None

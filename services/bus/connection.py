@@ -3,26 +3,23 @@
 A broker that refuses a connection says why in its Connection.Close (AMQP 0-9-1
 ``connection.close``: reply code and text), e.g. ``530 NOT_ALLOWED - vhost x not found``.
 aiormq 7.2 raises a refused Connection.Open as ``InvalidFrameError`` naming only the
-frame's object; ``close_reason`` recovers the frame from the traceback (aiormq's
-``_rpc`` holds it as ``frame``), so logs and start-up errors show the broker's words.
-If a later aiormq keeps it elsewhere, the reason degrades to the exception's text;
-``test_a_vhost_that_does_not_exist_fails_the_start_with_the_brokers_reason``
-(tests/integration/test_operator_failures.py) is the canary that notices.
+frame's object; ``close_reason`` recovers the frame through
+``aiormq_internals.refused_open_frame``, so logs and start-up errors show the broker's
+words. tests/unit/test_library_canaries.py notices when a later aiormq keeps it elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from types import TracebackType
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractRobustConnection
 from aiormq.connection import EXCEPTION_MAPPING
 from aiormq.exceptions import ConnectionClosed, ProbableAuthenticationError
-from pamqp import commands as spec
 
+from services.bus.aiormq_internals import refused_open_frame
 from services.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -50,19 +47,10 @@ def close_reason(exc: BaseException) -> tuple[int, str] | None:
         return exc.args[0], str(exc.args[1])
     if isinstance(exc, ConnectionClosed) and type(exc) in _CODES and exc.args:
         return _CODES[type(exc)], str(exc.args[0])  # aiormq raises these with the text only
-    frame = _close_frame(exc.__traceback__)
+    frame = refused_open_frame(exc.__traceback__)
     if frame is None or frame.reply_code is None:
         return None
     return int(frame.reply_code), str(frame.reply_text)
-
-
-def _close_frame(tb: TracebackType | None) -> spec.Connection.Close | None:
-    while tb is not None:
-        frame = tb.tb_frame.f_locals.get("frame")
-        if isinstance(frame, spec.Connection.Close):
-            return frame
-        tb = tb.tb_next
-    return None
 
 
 def describe(exc: BaseException) -> str:

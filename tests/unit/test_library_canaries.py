@@ -27,6 +27,7 @@ import pynetdicom
 import pynetdicom.dul
 import pytest
 from aiormq.abc import ChannelFrame
+from pamqp import commands as spec
 from pynetdicom import AE, _config, evt, fsm
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
@@ -410,6 +411,22 @@ def test_the_channel_attributes_the_batch_uses() -> None:
     assert isinstance(vars(aiormq.Channel)["lock"], property)
     assert list(inspect.signature(aiormq.Channel._split_body).parameters) == ["self", "body"]
     assert {"frames", "channel_number"} <= set(inspect.signature(ChannelFrame.marshall).parameters)
+
+
+def test_a_refused_open_keeps_the_brokers_close_frame_in_rpc() -> None:
+    # aiormq's _rpc raises InvalidFrameError for a Connection.Close that answers Open,
+    # with the frame in its local ``frame``: what refused_open_frame reads back
+    source = inspect.getsource(aiormq.Connection._rpc)
+    assert "_, _, frame = await frame_receiver.get_frame()" in source
+    assert "raise InvalidFrameError(" in source
+    close = spec.Connection.Close(reply_code=530, reply_text="NOT_ALLOWED - vhost x not found")
+
+    def rpc(frame: Any) -> None:
+        raise aiormq.exceptions.InvalidFrameError(f"got {frame!r}")
+
+    with pytest.raises(aiormq.exceptions.InvalidFrameError) as caught:
+        rpc(close)
+    assert aiormq_internals.refused_open_frame(caught.value.__traceback__) is close
 
 
 def test_the_fence_modules_warn_nothing_at_import_with_the_pinned_releases() -> None:
