@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import errno
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from services.errors import ConfigError
 
@@ -67,12 +69,7 @@ class SqliteDatabase(Database):
 
     def __init__(self, path: Path, schema: str) -> None:
         super().__init__()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(schema)
+        self._db = connect_sqlite(path, schema, isolation_level=None)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Any]:
@@ -105,6 +102,50 @@ class PostgresDatabase(Database):
     def transaction(self) -> Iterator[Any]:
         with self._lock, self._db.transaction(), self._db.cursor() as cursor:
             yield cursor
+
+
+def connect_sqlite(
+    path: Path, schema: str, isolation_level: Literal["DEFERRED"] | None = "DEFERRED"
+) -> sqlite3.Connection:
+    """A WAL connection to the SQLite file ``path`` holding ``schema`` (file and folder made
+    if missing), shared across threads; a ``ConfigError`` naming the path and why when it
+    cannot be one (a folder, not SQLite, not writable)."""
+    db: sqlite3.Connection | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
+        db = sqlite3.connect(
+            path, isolation_level=isolation_level, check_same_thread=False, timeout=30.0
+        )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.executescript(schema)
+        return db
+    except (OSError, sqlite3.Error) as exc:
+        if db is not None:
+            db.close()
+        raise ConfigError(f"db {str(path)!r}: {unusable(path, exc)}") from exc
+
+
+def unusable(path: Path, exc: BaseException) -> str:
+    """Why an SQLite file cannot be opened at ``path``, in a few words (``exc`` as a last word)."""
+    if path.is_dir():
+        return "is a directory, not an SQLite file"
+    if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
+        return "is not an SQLite file"
+    if isinstance(exc, OSError):
+        return f"cannot be created ({exc.strerror or exc})"
+    if not path.exists():
+        try:  # SQLite says only "unable to open database file": ask the OS why
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+        except OSError as denied:
+            return f"cannot be created ({denied.strerror or denied})"
+    folder = path.parent
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"its folder {str(folder)!r} is not writable"
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return "is not readable and writable by this user"
+    return f"cannot be opened as an SQLite file ({exc})"
 
 
 def open_database(db: str, schema: str) -> Database:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
-import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from schemas.envelope import CloudEvent
 from services.errors import ConfigError
+from services.sql import unusable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -263,27 +263,6 @@ def _open(path: Path) -> sqlite3.Connection:
     if path.is_dir():
         raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
     return sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-
-
-def unusable(path: Path, exc: BaseException) -> str:
-    """Why an SQLite file cannot be opened at ``path``, in a few words (``exc`` as a last word)."""
-    if path.is_dir():
-        return "is a directory, not an SQLite file"
-    if isinstance(exc, sqlite3.DatabaseError) and "not a database" in str(exc):
-        return "is not an SQLite file"
-    if isinstance(exc, OSError):
-        return f"cannot be created ({exc.strerror or exc})"
-    if not path.exists():
-        try:  # SQLite says only "unable to open database file": ask the OS why
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
-        except OSError as denied:
-            return f"cannot be created ({denied.strerror or denied})"
-    folder = path.parent
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"its folder {str(folder)!r} is not writable"
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        return "is not readable and writable by this user"
-    return f"cannot be opened as an SQLite file ({exc})"
 
 
 def read_relay_stats(path: Path) -> RelayStats:

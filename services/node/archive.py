@@ -17,12 +17,12 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from services.bus.outbox import unusable
 from services.errors import ConfigError
 from services.node import admission
 from services.node.admission import ArchiveError, Refused
 from services.node.files import ArchiveFiles, identifiers
 from services.node.query import ATTRIBUTES, LEVELS, UNIQUE_KEYS, Query
+from services.sql import unusable
 
 __all__ = ["Archive", "ArchiveError", "Refused", "StoredInstance"]
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Literal
 from uuid import UUID
 
 from schemas import events as ev
+from services.sql import connect_sqlite
 
 State = Literal["scheduled", "parked", "requeued"]
 
@@ -69,10 +69,7 @@ class RetryStore:
     """Decisions by id in one SQLite file; safe across threads."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, check_same_thread=False, timeout=30.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        self._db = connect_sqlite(path, _SCHEMA)
         self._lock = threading.Lock()
 
     def close(self) -> None:

@@ -386,3 +386,40 @@ def test_send_of_an_empty_folder_is_exit_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, argv)
     assert result.exit_code == 2
     assert one_line(result.output).endswith("empty: nothing to send")
+
+
+# A state database that cannot be one: a folder, a file that is not SQLite, a place where
+# nothing can be made. Every command that opens one names it and why, before any broker.
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["moves", "list"], ["retries", "list"], ["audit", "query"], ["tracker"], ["retrier"]],
+    ids=" ".join,
+)
+@pytest.mark.parametrize(
+    ("where", "why"),
+    [
+        ("folder", "is a directory, not an SQLite file"),
+        ("text", "is not an SQLite file"),
+        ("/proc/dimsebus/state.sqlite", "cannot be created (No such file or directory)"),
+    ],
+)
+def test_a_state_database_that_cannot_be_one_is_named(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    argv: list[str],
+    where: str,
+    why: str,
+) -> None:
+    from services.cli import main
+
+    monkeypatch.delenv("DIMSEBUS_DEBUG", raising=False)
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "text").write_text("not a database, but long enough to have a header\n" * 4)
+    db = where if where.startswith("/") else str(tmp_path / where)
+    with pytest.raises(SystemExit) as caught:
+        main([*argv, "--db", db])
+    assert caught.value.code == 2
+    assert one_line(capsys.readouterr().err) == f"error: db {db!r}: {why}"
