@@ -84,9 +84,9 @@ async def run_load(root: Path, amqp_url: str, moves: int, instances: int) -> Loa
                     for n, (study, peer) in enumerate(zip(studies, peers, strict=True), 1)
                 )
             )
-            while not requests.done():
+            while not requests.done():  # a memory sample every 0.5 s, until the moves end
                 memory.sample(node.pid)
-                await asyncio.sleep(0.5)
+                await asyncio.wait({requests}, timeout=0.5)
             await requests
             seconds = time.perf_counter() - started
             views = await rig.settled(moves=moves, within=600)

@@ -70,8 +70,7 @@ async def test_connections_closed_by_the_broker(
         rig.add_study(INSTANCES, seed="close-connection")
         move = await move_through(rig, peer, close_all)
         await until(lambda: len(storescp_answers(peer.log)) >= 300, what="300 C-STOREs")
-        await asyncio.sleep(1)
-        await asyncio.to_thread(close_all)  # again, once they have reconnected
+        await asyncio.to_thread(close_all)  # again: close_all waits for each to reconnect
         await move
         report(
             await account(
