@@ -31,17 +31,9 @@ from services.node.salvage import (
     status_problem,
     text,
 )
+from services.node.stamp import Stamp as Stamp  # re-exported: its callers' one import
 
 E = TypeVar("E", bound=CloudEvent)
-
-
-@dataclass(frozen=True, slots=True)
-class Stamp:
-    """The envelope facts the shell supplies: a fresh id, the time, the node's source URI."""
-
-    id: UUID
-    time: dt.datetime
-    source: str
 
 
 @dataclass(frozen=True, slots=True)

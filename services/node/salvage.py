@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 from uuid import UUID
 
 from pydantic import ValidationError
@@ -19,9 +18,7 @@ from pydantic import ValidationError
 from schemas import events as ev
 from schemas.dicom import MESSAGE_ID_MAX, STATUS_MAX, check_ae_title, check_uid
 from schemas.envelope import CloudEvent
-
-if TYPE_CHECKING:
-    from services.node.capture import Stamp
+from services.node.stamp import Stamp
 
 ERROR_LIMIT = 4096
 VALUE_LIMIT = 1024
