@@ -56,9 +56,9 @@ from services.node.association import connection_handlers
 from services.node.capture import SentStore, StoreResponse
 from services.node.config import NodeSettings
 from services.node.dimse import Capture
-from services.node.exchange import Recorder
 from services.node.jobs import Job
 from services.node.sender import Target, send_files
+from services.node.storepair import Recorder
 from services.node.synthetic import write_study
 from tests.broker import LOCAL_URL, local_rabbitmqctl, private_vhost
 from tests.integration.peers import ENV, dcmtk, free_port, wait_for_port

@@ -7,8 +7,8 @@ broker: ``services.bus.relay`` publishes the rows and deletes each one only
 after its confirm, so an event is always confirmed on the broker or in the file.
 
 A row holds an encoded event, or (``format`` set) a record of the facts from
-which its relay makes the event: the node spools each C-STORE exchange that way
-(``services.node.exchange``), so that building and validating the event costs
+which its relay makes the event: the node spools each C-STORE request/response pair that way
+(``services.node.storepair``), so that building and validating the event costs
 the relay's process, not the DICOM thread. The record carries the event's id
 and time, so the event is the same whenever, and however often, it is made.
 """

@@ -27,7 +27,7 @@ from services.console import (
 )
 from services.errors import DimsebusError
 from services.logs import configure_logging, debugging
-from services.node import exchange
+from services.node import storepair
 from services.node.app import run_node
 from services.node.archive import Archive, ArchiveError
 from services.node.config import NodeSettings
@@ -271,5 +271,5 @@ def outbox_relay(
     settings = node_settings(config, amqp_url=amqp_url)
     if not outbox.exists():
         fail(f"--outbox: {str(outbox)!r} does not exist")
-    formats = {exchange.FORMAT: exchange.event_of}
+    formats = {storepair.FORMAT: storepair.event_of}
     run_relay(outbox, settings.amqp_url, name, window, formats, niceness)

@@ -32,7 +32,7 @@ from schemas.limits import MAX_UIDS, chunked
 from services.bus.outbox import Outbox
 from services.clock import new_id, utc_now
 from services.metrics import CSTORE
-from services.node import capture, exchange, pynetdicom_internals, salvage
+from services.node import capture, pynetdicom_internals, salvage, storepair
 from services.node.association import (
     ABORT_TEXT,
     abort_source,
@@ -46,8 +46,8 @@ from services.node.association import (
 )
 from services.node.capture import SentStore, Stamp, StoreResponse
 from services.node.config import NodeSettings
-from services.node.exchange import Outstanding
 from services.node.jobs import AssociationState, Job, Retrieval, SubAssociations, Subject
+from services.node.storepair import Outstanding
 from services.node.unsolicited import unsolicited_event
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ _REJECT_SOURCES = {
     3: "service_provider_presentation",
 }
 _PENDING = (0xFF00, 0xFF01)
-_RESPONSE_TAGS = tags_of(exchange.RESPONSE_KEYWORDS)
+_RESPONSE_TAGS = tags_of(storepair.RESPONSE_KEYWORDS)
 _REQUEST_FIELDS = tags_of(
     (
         "MessageID",
@@ -332,13 +332,13 @@ class Capture:
     def _answer(self, state: AssociationState, message: Any, arrived_at: dt.datetime) -> bool:
         """Join a C-STORE-RSP to its request and spool its one event, whatever it holds.
 
-        A plain response to a known request is spooled as the exchange's record (its
+        A plain response to a known request is spooled as the pair's record (its
         event is made by the relay); any other gets its event built here. A response
         to no outstanding request is only counted (``services.node.unsolicited``):
         True when it used up the association's budget, which is then to be aborted.
         """
         values = read_values(message.command_set, _RESPONSE_TAGS)
-        plain = exchange.plain_response(values) if values is not None else None
+        plain = storepair.plain_response(values) if values is not None else None
         response = plain or StoreResponse.of(command_values(message.command_set))
         key = salvage.message_id_or_none(response.message_id)
         outstanding = state.pending.pop(key, None) if key is not None else None

@@ -10,7 +10,7 @@ from typing import Any
 
 from schemas import events as ev
 from schemas.envelope import CloudEvent
-from services.node.exchange import Outstanding, Recorder
+from services.node.storepair import Outstanding, Recorder
 from services.node.unsolicited import Unsolicited
 
 

@@ -39,7 +39,7 @@ from services.bus.codec import decode_body
 from services.bus.outbox import Outbox
 from services.clock import new_id
 from services.errors import InvalidEvent
-from services.node import exchange
+from services.node import storepair as exchange
 from services.node.association import command_values, read_values, tags_of
 from services.node.capture import SentStore, Stamp, StoreResponse, answer_event
 from services.node.dimse import Capture

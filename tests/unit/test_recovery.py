@@ -12,9 +12,9 @@ from schemas import events as ev
 from schemas.examples import move_story, sequential_ids
 from services.bus.outbox import Outbox
 from services.node.capture import SentStore, Stamp, StoreResponse
-from services.node.exchange import Recorder
 from services.node.journal import MoveJournal
 from services.node.recovery import interrupted_events
+from services.node.storepair import Recorder
 from services.tracker.progress import apply, counts, outcome
 
 T0 = dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC)

@@ -1,4 +1,4 @@
-"""A C-STORE exchange as the DIMSE thread spools it, and the event the relay makes of it.
+"""A C-STORE request/response pair as the DIMSE thread spools it, and the event made of it.
 
 A C-STORE-RSP that answers a request the node sent, with plain values (a
 Status from 0 to 0xFFFF, a valid Message ID Being Responded To, text or
