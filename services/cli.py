@@ -20,7 +20,7 @@ from rich.table import Table
 
 from schemas.export import render
 from services.audit.app import AuditSettings
-from services.audit.commands import audit_app
+from services.audit.cli import audit_app
 from services.bus.connection import connect, refusal
 from services.bus.connection import masked as masked_url
 from services.bus.log import LogEntry, LogReader, parse_offset
@@ -29,14 +29,14 @@ from services.console import ConfigOption, console, err, fail, say_error, settin
 from services.demo import DemoSummary, progress_bars, run_demo
 from services.errors import ConfigError, DimsebusError
 from services.logs import configure_logging, debugging, describe, set_debug
-from services.node.commands import archive_app, node_app, outbox_app, send
+from services.node.cli import archive_app, node_app, outbox_app, send
 from services.node.config import NodeSettings
-from services.node.move_commands import move
+from services.node.move_cli import move
 from services.retrier.app import RetrierSettings
-from services.retrier.commands import retrier, retries_app
+from services.retrier.cli import retrier, retries_app
 from services.settings import ServiceSettings, masked
 from services.tracker.app import TrackerSettings
-from services.tracker.commands import moves_app, tracker
+from services.tracker.cli import moves_app, tracker
 from services.vhosts import with_vhost
 
 app = typer.Typer(help="DICOM C-STORE responses as events on RabbitMQ.", no_args_is_help=True)

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from schemas import events as ev
 from schemas.examples import move_story, sequential_ids
 from services.cli import app
-from services.tracker.commands import FINAL_EXIT_CODES, id_width
+from services.tracker.cli import FINAL_EXIT_CODES, id_width
 from services.tracker.progress import MoveState, apply, move_key
 from services.tracker.store import open_store
 
