@@ -11,6 +11,11 @@ which its relay makes the event: the node spools each C-STORE request/response p
 (``services.node.storepair``), so that building and validating the event costs
 the relay's process, not the DICOM thread. The record carries the event's id
 and time, so the event is the same whenever, and however often, it is made.
+
+The file also holds the node's move journal (``services.node.journal``): the
+C-MOVEs it serves, and which of their instances got a response event. The
+outbox writes it itself, in the transaction of each row (``_journal``): a
+response event notes its instance for its open move, a final one closes it.
 """
 
 from __future__ import annotations
@@ -45,6 +50,32 @@ CREATE TABLE IF NOT EXISTS relay_stats (
     value REAL NOT NULL
 );
 """
+JOURNAL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS move_journal (
+    operation_id TEXT PRIMARY KEY,
+    requested BLOB NOT NULL,
+    matched TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS move_answered (
+    operation_id TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    PRIMARY KEY (operation_id, sop_instance_uid)
+) WITHOUT ROWID;
+DROP TRIGGER IF EXISTS move_journal_answered;
+DROP TRIGGER IF EXISTS move_journal_closed;
+"""
+"""The move journal's tables. An outbox written before 2026-11-30 kept them with triggers;
+they are dropped, since ``Outbox._journal`` now writes the same rows explicitly."""
+ANSWERS = frozenset({"dicom.cstore.response.received", "dicom.cstore.response.missing"})
+"""Event types that note, for an open move, that its instance (the subject) got a response."""
+CLOSES = frozenset({"dicom.move.completed", "dicom.move.interrupted"})
+"""Event types that close their move (correlation id) in the journal."""
+_NOTE_ANSWERED = (
+    "INSERT OR IGNORE INTO move_answered SELECT ?1, ?2 "
+    "WHERE EXISTS (SELECT 1 FROM move_journal WHERE operation_id = ?1)"
+)
+_FORGET_ANSWERED = "DELETE FROM move_answered WHERE operation_id = ?"
+_FORGET_MOVE = "DELETE FROM move_journal WHERE operation_id = ?"
 CONFIRM_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -93,8 +124,8 @@ class Record:
     """The facts of one event, to spool as they are; the relay makes the event of them.
 
     ``type``, ``correlation_id`` and ``subject`` are what the event will have unless
-    the facts fail its validation: the outbox's triggers (the node's move journal)
-    read them, the relay publishes what the event says.
+    the facts fail its validation: the outbox's move journal (``Outbox._journal``)
+    reads them, the relay publishes what the event says.
     """
 
     format: str
@@ -134,7 +165,7 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=NORMAL")
         if not checkpoints:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(_SCHEMA + JOURNAL_SCHEMA)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
         for column in ("subject", "sent_at", "format"):  # an outbox from before they were kept
             if column not in columns:
@@ -186,13 +217,22 @@ class Outbox:
         )
 
     def _insert(self, rows: Sequence[tuple[object, ...]]) -> None:
+        """Insert ``rows`` (``_INSERT``'s columns) and their journal entries, in one commit."""
+        answered, closed = _journal(rows)
         with self._lock:
-            if len(rows) == 1:  # the capture's case: one response, one commit
-                self._db.execute(_INSERT, rows[0])
-            else:
-                self._db.execute("BEGIN")
+            if len(rows) == 1 and not answered and not closed:
+                self._db.execute(_INSERT, rows[0])  # one statement, its own transaction
+                return
+            self._db.execute("BEGIN")
+            try:
                 self._db.executemany(_INSERT, rows)
-                self._db.execute("COMMIT")
+                self._db.executemany(_NOTE_ANSWERED, answered)
+                self._db.executemany(_FORGET_ANSWERED, closed)
+                self._db.executemany(_FORGET_MOVE, closed)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def peek(self, limit: int) -> list[OutboxRow]:
         """The oldest ``limit`` rows."""
@@ -256,6 +296,19 @@ class Outbox:
         """How many events await their confirm."""
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+
+def _journal(
+    rows: Sequence[tuple[object, ...]],
+) -> tuple[list[tuple[object, object]], list[tuple[object]]]:
+    """The move journal's part of spooling ``rows``: (operation, instance) answered, closed.
+
+    Rows are ``_INSERT``'s columns: type at 1, correlation id at 3, subject at 6.
+    Noting an answer for a move that is not open (a store job's) writes nothing.
+    """
+    answered = [(row[3], row[6]) for row in rows if row[1] in ANSWERS and row[3] is not None]
+    closed = [(row[3],) for row in rows if row[1] in CLOSES and row[3] is not None]
+    return answered, closed
 
 
 def _open(path: Path) -> sqlite3.Connection:

@@ -1,10 +1,10 @@
 """Which C-MOVEs the node is serving, kept in the outbox file so that a crash leaves a trace.
 
 A C-MOVE is opened here (its C-MOVE-RQ event and matched instances) when it
-starts. SQLite triggers on the outbox then note, in the same transaction as
-each response event, which of its instances got an answer, and close the move
-when its ``dicom.move.completed`` (or ``dicom.move.interrupted``) is spooled.
-Nothing more runs on the DIMSE thread per C-STORE than the outbox insert.
+starts. The outbox then notes, in the same transaction as each response event,
+which of its instances got an answer, and closes the move when its
+``dicom.move.completed`` (or ``dicom.move.interrupted``) is spooled
+(``services.bus.outbox``, ``Outbox._journal``): no triggers.
 A move still open when the node starts again was cut off by a crash: see
 ``services.node.recovery``.
 """
@@ -19,31 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schemas import events as ev
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS move_journal (
-    operation_id TEXT PRIMARY KEY,
-    requested BLOB NOT NULL,
-    matched TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS move_answered (
-    operation_id TEXT NOT NULL,
-    sop_instance_uid TEXT NOT NULL,
-    PRIMARY KEY (operation_id, sop_instance_uid)
-) WITHOUT ROWID;
-CREATE TRIGGER IF NOT EXISTS move_journal_answered AFTER INSERT ON outbox
-WHEN NEW.type IN ('dicom.cstore.response.received', 'dicom.cstore.response.missing')
-    AND NEW.correlation_id IN (SELECT operation_id FROM move_journal)
-BEGIN
-    INSERT OR IGNORE INTO move_answered VALUES (NEW.correlation_id, NEW.subject);
-END;
-CREATE TRIGGER IF NOT EXISTS move_journal_closed AFTER INSERT ON outbox
-WHEN NEW.type IN ('dicom.move.completed', 'dicom.move.interrupted')
-BEGIN
-    DELETE FROM move_answered WHERE operation_id = NEW.correlation_id;
-    DELETE FROM move_journal WHERE operation_id = NEW.correlation_id;
-END;
-"""
+from services.bus.outbox import JOURNAL_SCHEMA
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +37,12 @@ class OpenMove:
 
 
 class MoveJournal:
-    """The open C-MOVEs of one node, in its outbox file (created first: the triggers use it)."""
+    """The open C-MOVEs of one node, in its outbox file (which writes what they got)."""
 
     def __init__(self, outbox_path: Path) -> None:
         self._db = sqlite3.connect(outbox_path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db.executescript(JOURNAL_SCHEMA)
         self._lock = threading.Lock()
 
     def opened(self, requested: ev.MoveRequested, matched: Sequence[str]) -> None:

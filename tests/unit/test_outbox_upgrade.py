@@ -1,0 +1,181 @@
+"""An outbox written by an earlier dimsebus still drains, and keeps its move journal, after upgrade.
+
+Until 2026-11-30 the move journal was kept by SQLite triggers on the outbox, and
+C-STORE pairs were spooled as ``dicom.cstore.exchange/1`` records. Such a file
+opened now loses its triggers (the outbox writes the journal itself), and every
+row it holds, event or record, is made into its message by the relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import cast
+
+from schemas import events as ev
+from schemas.examples import move_story, sequential_ids
+from services.bus.batch import Outgoing, PublishOutcome
+from services.bus.outbox import Outbox
+from services.bus.publisher import Publisher
+from services.bus.relay import OutboxRelay
+from services.node import storepair
+from services.node.journal import MoveJournal
+
+T0 = dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC)
+STORY = move_story(node_id="n1", start=T0, ids=sequential_ids(), instances=3)
+REQUESTED = next(e for e in STORY if isinstance(e, ev.MoveRequested))
+FIRST = next(e for e in STORY if isinstance(e, ev.CStoreResponseReceived))
+MOVE = str(REQUESTED.data.operation.id)
+MATCHED = [f"1.2.826.0.1.3680043.8.498.1.1.{n}" for n in range(1, 4)]
+
+# The schema and a row exactly as the previous version wrote them.
+EARLIER_SCHEMA = """
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL, type TEXT NOT NULL,
+    routing_key TEXT NOT NULL, correlation_id TEXT, time TEXT NOT NULL, body BLOB NOT NULL,
+    subject TEXT, sent_at TEXT, format TEXT
+);
+CREATE TABLE relay_stats (name TEXT PRIMARY KEY, value REAL NOT NULL);
+CREATE UNIQUE INDEX outbox_event_id ON outbox (event_id) WHERE format IS NULL;
+CREATE TABLE move_journal (
+    operation_id TEXT PRIMARY KEY, requested BLOB NOT NULL, matched TEXT NOT NULL
+);
+CREATE TABLE move_answered (
+    operation_id TEXT NOT NULL, sop_instance_uid TEXT NOT NULL,
+    PRIMARY KEY (operation_id, sop_instance_uid)
+) WITHOUT ROWID;
+CREATE TRIGGER move_journal_answered AFTER INSERT ON outbox
+WHEN NEW.type IN ('dicom.cstore.response.received', 'dicom.cstore.response.missing')
+    AND NEW.correlation_id IN (SELECT operation_id FROM move_journal)
+BEGIN
+    INSERT OR IGNORE INTO move_answered VALUES (NEW.correlation_id, NEW.subject);
+END;
+CREATE TRIGGER move_journal_closed AFTER INSERT ON outbox
+WHEN NEW.type IN ('dicom.move.completed', 'dicom.move.interrupted')
+BEGIN
+    DELETE FROM move_answered WHERE operation_id = NEW.correlation_id;
+    DELETE FROM move_journal WHERE operation_id = NEW.correlation_id;
+END;
+"""
+EARLIER_RECORD = (
+    b'[[{"id":"00000000-0000-0000-0000-000000000005","role":"requestor",'
+    b'"local_ae_title":"DIMSEBUS","peer_ae_title":"STORESCP","peer_host":"127.0.0.1",'
+    b'"peer_port":11112},{"kind":"move","id":"00000000-0000-0000-0000-000000000001"},'
+    b'{"ae_title":"MOVESCU","message_id":1},{"site":"example"}],'
+    b'[1,"1.2.840.10008.1.2.1",1,"1.2.840.10008.5.1.4.1.1.2",'
+    b'"1.2.826.0.1.3680043.8.498.1.1.1",1,null,null,"2026-11-26T12:00:00.021000+00:00",'
+    b'0,1,null,null,"00000000-0000-0000-0000-000000000007",'
+    b'"2026-11-26T12:00:00.035000+00:00","dimsebus://node/n1"]]'
+)
+"""The ``dicom.cstore.exchange/1`` record of ``FIRST``, as the previous version spooled it."""
+
+
+def earlier_outbox(path: Path) -> None:
+    """An outbox file as the previous version left it: a move open, two rows spooled."""
+    with sqlite3.connect(path) as db:
+        db.executescript(EARLIER_SCHEMA)
+        db.execute(
+            "INSERT INTO move_journal VALUES (?, ?, ?)",
+            (MOVE, REQUESTED.model_dump_json().encode(), '["' + '","'.join(MATCHED) + '"]'),
+        )
+        db.execute(
+            "INSERT INTO outbox (event_id, type, routing_key, correlation_id, time, body, "
+            "subject, format) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+            (
+                str(REQUESTED.id),
+                REQUESTED.type,
+                REQUESTED.routing_key,
+                MOVE,
+                REQUESTED.time.isoformat(),
+                REQUESTED.model_dump_json().encode(),
+                REQUESTED.subject,
+            ),
+        )
+        db.execute(
+            "INSERT INTO outbox (event_id, type, routing_key, correlation_id, time, body, "
+            "subject, format) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                str(FIRST.id),
+                FIRST.type,
+                FIRST.type,
+                MOVE,
+                FIRST.time.isoformat(),
+                EARLIER_RECORD,
+                FIRST.subject,
+                "dicom.cstore.exchange/1",
+            ),
+        )
+    db.close()
+
+
+class Confirming:
+    """A publisher whose broker confirms everything at once (what the relay is given)."""
+
+    def __init__(self) -> None:
+        self.sent: list[Outgoing] = []
+
+    async def send_batch(self, messages: Sequence[Outgoing], exchange: str) -> list[PublishOutcome]:
+        self.sent.extend(messages)
+        return [0.001 for _ in messages]
+
+
+def test_an_earlier_outbox_drains_its_events_and_records(tmp_path: Path) -> None:
+    # given an outbox the previous version wrote: an event and an exchange/1 record
+    path = tmp_path / "outbox.sqlite"
+    earlier_outbox(path)
+    # when the new version's relay drains it
+    outbox = Outbox(path)
+    relay = OutboxRelay(
+        outbox, "amqp://unused/", name="test", formats={storepair.FORMAT: storepair.event_of}
+    )
+    publisher = Confirming()
+    confirmed = asyncio.run(relay.drain_once(cast(Publisher, publisher)))
+    # then both are published as the events they were, and the outbox is empty
+    assert confirmed == 2
+    assert outbox.depth() == 0
+    assert [m.message_id for m in publisher.sent] == [str(REQUESTED.id), str(FIRST.id)]
+    made = ev.parse_event(publisher.sent[1].body)
+    # (a record's responded_at is its event's time, which the story sets apart)
+    assert made == FIRST.model_copy(
+        update={"data": FIRST.data.model_copy(update={"responded_at": FIRST.time})}
+    )
+    outbox.close()
+
+
+def test_an_earlier_outbox_keeps_its_journal_without_triggers(tmp_path: Path) -> None:
+    # given an outbox the previous version wrote, its move open, one instance answered
+    path = tmp_path / "outbox.sqlite"
+    earlier_outbox(path)
+    # when the new version opens it
+    outbox, journal = Outbox(path), MoveJournal(path)
+    with sqlite3.connect(path) as db:
+        triggers = db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall()
+    db.close()
+    # then its triggers are gone, and the journal still says what was answered
+    assert triggers == []
+    [open_move] = journal.open_moves()
+    assert open_move.unanswered == MATCHED[1:]
+    # and the outbox itself notes the next answer, and closes the move with its final event
+    second = [e for e in STORY if isinstance(e, ev.CStoreResponseReceived)][1]
+    outbox.append([second])
+    assert journal.open_moves()[0].unanswered == MATCHED[2:]
+    outbox.append([e for e in STORY if isinstance(e, ev.MoveCompleted)])
+    assert journal.open_moves() == []
+    journal.close()
+    outbox.close()
+
+
+def test_a_response_for_no_open_move_leaves_the_journal_alone(tmp_path: Path) -> None:
+    # given a fresh outbox and journal with no move open
+    outbox, journal = Outbox(tmp_path / "o.sqlite"), MoveJournal(tmp_path / "o.sqlite")
+    # when a response event of the move is spooled all the same
+    outbox.append([FIRST])
+    # then it is spooled, and nothing is noted for a move the journal never opened
+    journal.opened(REQUESTED, MATCHED)
+    assert outbox.depth() == 1
+    assert journal.open_moves()[0].unanswered == MATCHED
+    journal.close()
+    outbox.close()
