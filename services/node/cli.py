@@ -271,5 +271,4 @@ def outbox_relay(
     settings = node_settings(config, amqp_url=amqp_url)
     if not outbox.exists():
         fail(f"--outbox: {str(outbox)!r} does not exist")
-    formats = {storepair.FORMAT: storepair.event_of}
-    run_relay(outbox, settings.amqp_url, name, window, formats, niceness)
+    run_relay(outbox, settings.amqp_url, name, window, storepair.FORMATS, niceness)

@@ -2,13 +2,17 @@
 
 A C-STORE-RSP that answers a request the node sent, with plain values (a
 Status from 0 to 0xFFFF, a valid Message ID Being Responded To, text or
-nothing in the others), is spooled as a record: the request's facts, the
-response's values and the event's id and time, in JSON. The node's relay makes
-the event of it with ``capture.response_event``, the pure function the DIMSE
-thread would have called, so the event is the same; only building and
-validating it costs the relay's process instead of the thread that pynetdicom
-needs for the next C-STORE. Whatever is not plain takes the general path: its
-event is built on the DIMSE thread (``services.node.dimse``).
+nothing in the others), is spooled as a ``PairRecord``: the request's facts,
+the response's values and the event's id and time, as one compact JSON array.
+The node's relay makes the event of it with ``event_of``, which calls
+``capture.response_event``, the pure function the DIMSE thread would have
+called, so the event is the same; only building and validating it costs the
+relay's process instead of the thread that pynetdicom needs for the next
+C-STORE. Whatever is not plain takes the general path: its event is built on
+the DIMSE thread (``services.node.dimse``).
+
+Records an earlier version spooled (``EARLIER_FORMAT``) are read into the same
+``PairRecord``, so an outbox written before an upgrade still drains.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 from pydantic import BaseModel
@@ -30,7 +34,9 @@ from services.bus.outbox import OutboxRow, Record
 from services.node.capture import SentStore, Stamp, StoreResponse, response_event
 from services.node.salvage import message_id_or_none, status_problem
 
-FORMAT = "dicom.cstore.exchange/1"
+FORMAT = "dicom.cstore.pair/2"
+EARLIER_FORMAT = "dicom.cstore.exchange/1"
+"""The format of records spooled before ``PairRecord`` (two JSON arrays): read, not written."""
 
 RESPONSE_KEYWORDS = (
     "Status",
@@ -67,16 +73,55 @@ _REQUEST = (
     "patient_id",
     "requested_at",
 )
-_EXCHANGE = (*_REQUEST, *RESPONSE_KEYWORDS, "id", "time", "source")
-"""A record's body is two JSON arrays: the ``_CONTEXT`` it shares, its ``_EXCHANGE``."""
+
+Request = tuple[int, str, int, str, str, int, str | None, str | None, str]
+"""A C-STORE-RQ's own facts, in ``_REQUEST`` order (``requested_at`` in ISO 8601)."""
+Response = tuple[int, int, str | None, str | None]
+"""A plain C-STORE-RSP's values, in ``RESPONSE_KEYWORDS`` order."""
+
+
+@dataclass(frozen=True, slots=True)
+class PairRecord:
+    """The facts of a C-STORE-RQ and its plain C-STORE-RSP: what the outbox keeps of them.
+
+    ``context`` is the JSON of what the association's pairs share (``_CONTEXT``:
+    association, operation, move originator, labels), made once per association.
+    """
+
+    context: str
+    request: Request
+    response: Response
+    event_id: str
+    time: str
+    source: str
+
+    def encode(self) -> bytes:
+        """The record as one compact JSON array, as the outbox keeps it."""
+        fields = (self.context, self.request, self.response, self.event_id, self.time, self.source)
+        return _compact(fields).encode()
+
+    @classmethod
+    def decode(cls, body: bytes) -> PairRecord:
+        """The record ``encode`` made ``body`` of."""
+        context, request, response, event_id, time, source = json.loads(body)
+        return cls(context, tuple(request), tuple(response), event_id, time, source)
+
+    @classmethod
+    def decode_earlier(cls, body: bytes) -> PairRecord:
+        """The record of an ``EARLIER_FORMAT`` body: ``[context, [request, response, id...]]``."""
+        text = body.decode()
+        _, end = _JSON.raw_decode(text, 1)
+        values, _ = _JSON.raw_decode(text, end + 1)
+        request, response = tuple(values[:9]), tuple(values[9:13])
+        return cls(text[1:end], request, response, *values[13:16])
 
 
 class Recorder:
-    """Makes the records of one association's exchanges.
+    """Makes the records of one association's pairs.
 
     Its requests share the association, operation, move originator and labels:
     their JSON is made once, not per C-STORE (one recorder per association).
-    Each request's record is made when it is sent (``prepare``), on the thread
+    Each request's facts are laid out when it is sent (``prepare``), on the thread
     that sends it, which waits for the response anyway; only the response's part
     is left for the thread that reads responses, which pynetdicom also needs to
     send the next request (``Outstanding.record``).
@@ -94,7 +139,7 @@ class Recorder:
             self._shared = shared
             self._context = _dumps(shared)
             self._operation_id = str(sent.operation.id)
-        request = [  # in _REQUEST order, written out: one per C-STORE
+        request: Request = (
             sent.presentation_context_id,
             sent.transfer_syntax_uid,
             sent.message_id,
@@ -104,15 +149,8 @@ class Recorder:
             sent.study_instance_uid,
             sent.patient_id,
             sent.requested_at.isoformat(),
-        ]
-        return Outstanding(
-            sent=sent,
-            event_id=str(event_id),
-            correlation_id=self._operation_id,
-            head=f"[{self._context},{_compact(request)[:-1]},",
-            middle=f',"{event_id}","',
-            tail=f'",{_compact(source)}]]',
         )
+        return Outstanding(sent, str(event_id), self._operation_id, self._context, request, source)
 
     def record(self, sent: SentStore, response: StoreResponse, stamp: Stamp) -> Record:
         """The outbox record of a request and its plain response (see ``plain_response``)."""
@@ -121,29 +159,26 @@ class Recorder:
 
 @dataclass(frozen=True, slots=True)
 class Outstanding:
-    """A C-STORE-RQ waiting for its response, its record made but for the response's part.
-
-    The body is ``head``, the response's values (``RESPONSE_KEYWORDS``), ``middle``,
-    the time it came, ``tail``: the two arrays of ``_CONTEXT`` and ``_EXCHANGE``.
-    """
+    """A C-STORE-RQ waiting for its response, its record laid out but for the response."""
 
     sent: SentStore
     event_id: str
     correlation_id: str
-    head: str
-    middle: str
-    tail: str
+    context: str
+    request: Request
+    source: str
 
     def record(self, response: StoreResponse, time: dt.datetime) -> Record:
-        """The record of the exchange once ``response`` (plain) came at ``time``."""
+        """The record of the pair once ``response`` (plain) came at ``time``."""
         at = time.isoformat()
-        values = _compact(
-            [
-                response.status,
-                response.message_id,
-                response.affected_sop_instance_uid,
-                response.error_comment,
-            ]
+        values = (  # plain (``plain_response``): numbers and text, as ``Response`` says
+            response.status,
+            response.message_id,
+            response.affected_sop_instance_uid,
+            response.error_comment,
+        )
+        pair = PairRecord(
+            self.context, self.request, cast(Response, values), self.event_id, at, self.source
         )
         return Record(
             format=FORMAT,
@@ -152,19 +187,22 @@ class Outstanding:
             correlation_id=self.correlation_id,
             time=at,
             subject=self.sent.affected_sop_instance_uid,
-            body=f"{self.head}{values[1:-1]}{self.middle}{at}{self.tail}".encode(),
+            body=pair.encode(),
         )
 
 
 def event_of(row: OutboxRow) -> CloudEvent:
-    """The event of a recorded exchange: ``capture.response_event`` of its facts."""
-    body = row.body.decode()
-    _, end = _JSON.raw_decode(body, 1)
-    association, operation, originator, labels = _context(body[1:end])
-    values, _ = _JSON.raw_decode(body, end + 1)
-    exchange = dict(zip(_EXCHANGE, values, strict=True))
-    request = {name: exchange[name] for name in _REQUEST}
-    request["requested_at"] = dt.datetime.fromisoformat(request["requested_at"])
+    """The event of a spooled pair, of either format: ``pair_event`` of its record."""
+    if row.format == EARLIER_FORMAT:
+        return pair_event(PairRecord.decode_earlier(row.body))
+    return pair_event(PairRecord.decode(row.body))
+
+
+def pair_event(record: PairRecord) -> CloudEvent:
+    """The event of a pair's facts: ``capture.response_event``, under the record's id (pure)."""
+    association, operation, originator, labels = _context(record.context)
+    request: dict[str, Any] = dict(zip(_REQUEST, record.request, strict=True))
+    request["requested_at"] = dt.datetime.fromisoformat(record.request[8])
     sent = SentStore(
         association=association,
         operation=operation,
@@ -172,12 +210,17 @@ def event_of(row: OutboxRow) -> CloudEvent:
         labels=dict(labels),
         **request,
     )
-    response = {name: exchange[name] for name in RESPONSE_KEYWORDS if exchange[name] is not None}
-    stamp = Stamp(
-        UUID(exchange["id"]), dt.datetime.fromisoformat(exchange["time"]), exchange["source"]
-    )
+    response = {
+        name: value
+        for name, value in zip(RESPONSE_KEYWORDS, record.response, strict=True)
+        if value is not None
+    }
+    stamp = Stamp(UUID(record.event_id), dt.datetime.fromisoformat(record.time), record.source)
     return response_event(sent, StoreResponse.of(response), stamp)
 
+
+FORMATS = {FORMAT: event_of, EARLIER_FORMAT: event_of}
+"""What the node's relay reads: each format this module spools or once spooled."""
 
 _JSON = json.JSONDecoder()
 
@@ -203,10 +246,10 @@ def _dumps(shared: tuple[object, ...]) -> str:
 
 
 _compact = json.JSONEncoder(separators=(",", ":")).encode
-"""JSON of plain values (numbers, text, None, lists of them), as short as it gets."""
+"""JSON of plain values (numbers, text, None, tuples of them), as short as it gets."""
 
 
 def _model_json(value: object) -> Any:
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
-    raise TypeError(f"{type(value).__name__} has no JSON form in an exchange record")
+    raise TypeError(f"{type(value).__name__} has no JSON form in a pair record")

@@ -128,9 +128,7 @@ def test_an_earlier_outbox_drains_its_events_and_records(tmp_path: Path) -> None
     earlier_outbox(path)
     # when the new version's relay drains it
     outbox = Outbox(path)
-    relay = OutboxRelay(
-        outbox, "amqp://unused/", name="test", formats={storepair.FORMAT: storepair.event_of}
-    )
+    relay = OutboxRelay(outbox, "amqp://unused/", name="test", formats=storepair.FORMATS)
     publisher = Confirming()
     confirmed = asyncio.run(relay.drain_once(cast(Publisher, publisher)))
     # then both are published as the events they were, and the outbox is empty
