@@ -1,7 +1,8 @@
 """One SQL database for the services' state: an SQLite file, or PostgreSQL by URL.
 
 The two differ in their parameter placeholder and in how a transaction runs;
-stores write ``?`` and call ``transaction()``, and run unchanged on both.
+stores write ``?`` and call ``transaction()``, and run unchanged on both. Opening
+either brings the store's schema to its version (``services.migrations``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from services.errors import ConfigError
+from services.migrations import Schema, migrate
 
 
 class Rows(list[Any]):
@@ -67,7 +70,7 @@ class Database(abc.ABC):
 class SqliteDatabase(Database):
     """One SQLite file (WAL)."""
 
-    def __init__(self, path: Path, schema: str) -> None:
+    def __init__(self, path: Path, schema: Schema) -> None:
         super().__init__()
         self._db = connect_sqlite(path, schema, isolation_level=None)
 
@@ -89,14 +92,17 @@ class PostgresDatabase(Database):
 
     placeholder = "%s"
 
-    def __init__(self, url: str, schema: str) -> None:
+    def __init__(self, url: str, schema: Schema) -> None:
         import psycopg
 
         super().__init__()
         self._db = psycopg.connect(url, autocommit=True)
-        for statement in schema.split(";"):
-            if statement.strip():
-                self._db.execute(statement)
+        try:
+            with self._db.transaction(), self._db.cursor() as cursor:
+                migrate(cursor, "postgresql", schema, f"db {masked_url(url)!r}")
+        except BaseException:
+            self._db.close()
+            raise
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Any]:
@@ -105,11 +111,11 @@ class PostgresDatabase(Database):
 
 
 def connect_sqlite(
-    path: Path, schema: str, isolation_level: Literal["DEFERRED"] | None = "DEFERRED"
+    path: Path, schema: Schema, isolation_level: Literal["DEFERRED"] | None = "DEFERRED"
 ) -> sqlite3.Connection:
-    """A WAL connection to the SQLite file ``path`` holding ``schema`` (file and folder made
-    if missing), shared across threads; a ``ConfigError`` naming the path and why when it
-    cannot be one (a folder, not SQLite, not writable)."""
+    """A WAL connection to the SQLite file ``path`` with ``schema`` at its version (file and
+    folder made if missing), shared across threads; a ``ConfigError`` naming the path and
+    why when it cannot be one (a folder, not SQLite, not writable, a newer schema)."""
     db: sqlite3.Connection | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,12 +125,30 @@ def connect_sqlite(
             path, isolation_level=isolation_level, check_same_thread=False, timeout=30.0
         )
         db.execute("PRAGMA journal_mode=WAL")
-        db.executescript(schema)
+        migrate_sqlite(db, schema, f"db {str(path)!r}")
         return db
     except (OSError, sqlite3.Error) as exc:
         if db is not None:
             db.close()
         raise ConfigError(f"db {str(path)!r}: {unusable(path, exc)}") from exc
+    except ConfigError:
+        if db is not None:
+            db.close()
+        raise
+
+
+def migrate_sqlite(db: sqlite3.Connection, schema: Schema, where: str) -> int:
+    """Bring ``schema`` in the SQLite ``db`` to its version, in one transaction; the version
+    found. ``where`` names the database in a refusal (see ``services.migrations.migrate``)."""
+    # IMMEDIATE: a second process opening the file waits here, then finds it migrated.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        found = migrate(db, "sqlite", schema, where)
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+    return found
 
 
 def unusable(path: Path, exc: BaseException) -> str:
@@ -148,11 +172,25 @@ def unusable(path: Path, exc: BaseException) -> str:
     return f"cannot be opened as an SQLite file ({exc})"
 
 
-def open_database(db: str, schema: str) -> Database:
-    """``postgresql://...`` opens PostgreSQL; anything else is an SQLite file path."""
+def open_database(db: str, schema: Schema) -> Database:
+    """``postgresql://...`` opens PostgreSQL; anything else is an SQLite file path.
+
+    Either way ``schema`` is brought to its version before the database is returned.
+    """
     if db.startswith(("postgresql://", "postgres://")):
         try:
             return PostgresDatabase(db, schema)
+        except ConfigError:
+            raise
         except Exception as exc:
-            raise ConfigError(f"--db: cannot open {db!r}: {exc}") from exc
+            raise ConfigError(f"--db: cannot open {masked_url(db)!r}: {exc}") from exc
     return SqliteDatabase(Path(db), schema)
+
+
+def masked_url(url: str) -> str:
+    """``url`` without its password, to name a database in a message."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

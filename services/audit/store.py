@@ -18,8 +18,10 @@ from typing import Any
 
 from schemas.envelope import CloudEvent
 from services.audit.chain import GENESIS, AuditRecord, next_record
+from services.migrations import Migration, Schema
 from services.sql import Database, open_database
 
+# Migration 1 is the schema every release before versions made.
 _TABLES = """
 CREATE TABLE IF NOT EXISTS audit_records (
     seq BIGINT PRIMARY KEY,
@@ -50,6 +52,7 @@ CREATE TABLE IF NOT EXISTS audit_spool (
     sent_at TEXT
 );
 """
+SCHEMA = Schema("audit", (Migration(1, "chained records, syslog spool", _TABLES),))
 _COLUMNS = [field.name for field in dataclasses.fields(AuditRecord)]
 
 
@@ -96,7 +99,7 @@ class AuditStore:
     @classmethod
     def open(cls, db: str) -> AuditStore:
         """An SQLite file path, or a ``postgresql://`` URL."""
-        return cls(open_database(db, _TABLES))
+        return cls(open_database(db, SCHEMA))
 
     def close(self) -> None:
         """Release the connection."""

@@ -18,17 +18,23 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from services.errors import ConfigError
+from services.migrations import Migration, Schema
 from services.node import admission
 from services.node.admission import ArchiveError, Refused
 from services.node.files import ArchiveFiles, identifiers
 from services.node.query import ATTRIBUTES, LEVELS, UNIQUE_KEYS, Query
-from services.sql import unusable
+from services.sql import migrate_sqlite, unusable
 
 __all__ = ["Archive", "ArchiveError", "Refused", "StoredInstance"]
 
-_SCHEMA = f"""
+# Migration 1 is the index every release before versions made, written out: a column
+# added to ``query.ATTRIBUTES`` needs a migration of its own (ALTER TABLE ... ADD COLUMN).
+_INDEX = """
 CREATE TABLE IF NOT EXISTS instances (
-    {", ".join(f"{column} TEXT" for column, _ in ATTRIBUTES.values())},
+    patient_id TEXT, patient_name TEXT, patient_birth_date TEXT, patient_sex TEXT,
+    study_instance_uid TEXT, study_date TEXT, study_time TEXT, accession_number TEXT,
+    study_id TEXT, study_description TEXT, series_instance_uid TEXT, modality TEXT,
+    series_number TEXT, sop_instance_uid TEXT, sop_class_uid TEXT, instance_number TEXT,
     transfer_syntax_uid TEXT NOT NULL,
     path TEXT NOT NULL,
     PRIMARY KEY (sop_instance_uid)
@@ -54,6 +60,7 @@ CREATE TABLE IF NOT EXISTS commands (
     received_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
 );
 """
+SCHEMA = Schema("archive", (Migration(1, "instances, send jobs, commands", _INDEX),))
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +101,12 @@ class Archive:
                 raise IsADirectoryError(errno.EISDIR, "is a directory", str(index))
             db = self._db = sqlite3.connect(index, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
+            migrate_sqlite(self._db, SCHEMA, f"archive_path {str(root)!r}: index {str(index)!r}")
+        except (OSError, sqlite3.Error, ConfigError) as exc:
             if db is not None:
                 db.close()
+            if isinstance(exc, ConfigError):
+                raise
             raise ConfigError(f"archive_path {str(root)!r}: {_unusable(root, exc)}") from exc
         self._lock = threading.Lock()
 

@@ -3,25 +3,28 @@
 The delays themselves are held by RabbitMQ; this store is what makes a
 decision happen once (its id is derived from the failure) and what the
 operator commands (`dimsebus retries ...`) list and change. One SQLite file,
-shared by the running retrier and the CLI.
+shared by the running retrier and the CLI, or a ``postgresql://`` database.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from uuid import UUID
 
 from schemas import events as ev
-from services.sql import connect_sqlite
+from services.migrations import Migration, Schema
+from services.sql import open_database
+
+__all__ = ["SCHEMA", "RetryItem", "RetryStore", "State"]
 
 State = Literal["scheduled", "parked", "requeued"]
 
-_SCHEMA = """
+# Migration 1 is the schema every release before versions made.
+_TABLES = """
 CREATE TABLE IF NOT EXISTS retries (
     id TEXT PRIMARY KEY,
     state TEXT NOT NULL,
@@ -42,6 +45,7 @@ CREATE TABLE IF NOT EXISTS retries (
 CREATE INDEX IF NOT EXISTS retries_by_state ON retries (state);
 CREATE INDEX IF NOT EXISTS retries_by_operation ON retries (operation_id);
 """
+SCHEMA = Schema("retrier", (Migration(1, "decisions", _TABLES),))
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,42 +70,41 @@ class RetryItem:
 
 
 class RetryStore:
-    """Decisions by id in one SQLite file; safe across threads."""
+    """Decisions by id in an SQLite file or a PostgreSQL database; safe across threads."""
 
-    def __init__(self, path: Path) -> None:
-        self._db = connect_sqlite(path, _SCHEMA)
-        self._lock = threading.Lock()
+    def __init__(self, path: Path | str) -> None:
+        """``path``: an SQLite file, or a ``postgresql://`` URL (a ``str``)."""
+        self.db = open_database(str(path), SCHEMA)
 
     def close(self) -> None:
-        """Close the file."""
-        self._db.close()
+        """Close the database."""
+        self.db.close()
 
     def add(self, item: RetryItem) -> RetryItem:
         """Record ``item`` unless a decision with its id exists; return the one recorded."""
         data = item.data
-        with self._lock, self._db:
-            self._db.execute(
-                "INSERT OR IGNORE INTO retries (id, state, published, node_id, operation_kind, "
-                "operation_id, destination_ae_title, sop_instance_uids, failed_attempt, status, "
-                "reason, retry_at, step_ms, decided_at, command) "
-                "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    str(item.id),
-                    item.state,
-                    data.node_id,
-                    data.operation.kind,
-                    str(data.operation.id),
-                    data.destination_ae_title,
-                    json.dumps(list(data.sop_instance_uids)),
-                    item.failed_attempt,
-                    item.status,
-                    item.reason,
-                    _iso(item.retry_at),
-                    item.step_ms,
-                    _iso(item.decided_at),
-                    item.command.model_dump_json(),
-                ),
-            )
+        self.db.execute(
+            "INSERT INTO retries (id, state, published, node_id, operation_kind, "
+            "operation_id, destination_ae_title, sop_instance_uids, failed_attempt, status, "
+            "reason, retry_at, step_ms, decided_at, command) "
+            "VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            (
+                str(item.id),
+                item.state,
+                data.node_id,
+                data.operation.kind,
+                str(data.operation.id),
+                data.destination_ae_title,
+                json.dumps(list(data.sop_instance_uids)),
+                item.failed_attempt,
+                item.status,
+                item.reason,
+                _iso(item.retry_at),
+                item.step_ms,
+                _iso(item.decided_at),
+                item.command.model_dump_json(),
+            ),
+        )
         found = self.get(item.id)
         assert found is not None
         return found
@@ -113,11 +116,11 @@ class RetryStore:
 
     def mark_published(self, item_id: UUID) -> None:
         """The decision's events and command are confirmed by the broker."""
-        self._update("UPDATE retries SET published = 1 WHERE id = ?", (str(item_id),))
+        self.db.execute("UPDATE retries SET published = 1 WHERE id = ?", (str(item_id),))
 
     def set_state(self, item_id: UUID, state: State) -> None:
         """Move a decision to ``state``."""
-        self._update("UPDATE retries SET state = ? WHERE id = ?", (state, str(item_id)))
+        self.db.execute("UPDATE retries SET state = ? WHERE id = ?", (state, str(item_id)))
 
     def items(self, states: tuple[State, ...] = ("scheduled", "parked")) -> list[RetryItem]:
         """Decisions in ``states``, oldest first."""
@@ -125,27 +128,25 @@ class RetryStore:
         return self._select(f"WHERE state IN ({marks}) ORDER BY decided_at, id", states)
 
     def find(self, prefix: str) -> list[RetryItem]:
-        """Decisions whose id starts with ``prefix``."""
-        return self._select("WHERE id LIKE ? ORDER BY decided_at", (prefix + "%",))
+        """Decisions whose id starts with ``prefix`` (in any case; no wildcards)."""
+        pattern = prefix.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        return self._select("WHERE id LIKE ? ESCAPE '\\' ORDER BY decided_at", (pattern + "%",))
 
     def delete(self, states: tuple[State, ...]) -> int:
         """Forget every decision in ``states``; how many there were."""
         marks = ", ".join("?" * len(states))
-        with self._lock, self._db:
-            cursor = self._db.execute(f"DELETE FROM retries WHERE state IN ({marks})", states)
-        return cursor.rowcount
-
-    def _update(self, sql: str, params: tuple[object, ...]) -> None:
-        with self._lock, self._db:
-            self._db.execute(sql, params)
+        with self.db.transaction() as cursor:
+            deleted = cursor.execute(
+                self.db.sql(f"DELETE FROM retries WHERE state IN ({marks})"), states
+            )
+            return int(deleted.rowcount)
 
     def _select(self, where: str, params: tuple[object, ...]) -> list[RetryItem]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT id, state, published, failed_attempt, status, reason, retry_at, step_ms, "
-                f"decided_at, command FROM retries {where}",
-                params,
-            ).fetchall()
+        rows = self.db.execute(
+            "SELECT id, state, published, failed_attempt, status, reason, retry_at, step_ms, "
+            f"decided_at, command FROM retries {where}",
+            params,
+        )
         return [
             RetryItem(
                 id=UUID(row[0]),

@@ -14,9 +14,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from services.migrations import Migration, Schema
 from services.sql import Database, open_database
 from services.tracker.progress import MoveKey, MoveState
 
+# Migration 1 is the schema every release before versions made (tracker_rejected came
+# later than the others: IF NOT EXISTS adds it to a database that lacks it).
 _TABLES = """
 CREATE TABLE IF NOT EXISTS tracker_moves (
     source TEXT NOT NULL,
@@ -35,6 +38,7 @@ CREATE TABLE IF NOT EXISTS tracker_rejected (
     reason TEXT NOT NULL
 );
 """
+SCHEMA = Schema("tracker", (Migration(1, "moves, checkpoint, rejected entries", _TABLES),))
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +159,7 @@ class SqlStore(TrackerStore):
 
 def open_store(db: str) -> TrackerStore:
     """``postgresql://...`` opens PostgreSQL; anything else is an SQLite file path."""
-    return SqlStore(open_database(db, _TABLES))
+    return SqlStore(open_database(db, SCHEMA))
 
 
 def _row(move: MoveState) -> tuple[Any, ...]:
