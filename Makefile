@@ -25,6 +25,18 @@ test: setup system
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+# The quick check, in under a minute: lint, format, types, import contracts and the unit
+# tests (no broker, no dcmtk), on two workers.
+.PHONY: check contracts
+check: setup contracts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest tests/unit -q -n 2
+
+# The import contracts (issue 20, item 3): import-linter's `lint-imports` goes here.
+contracts: setup
+
 # Only the fault scenarios (tests/faults; `make test` runs them too): they stop, kill and
 # fill the local RabbitMQ on purpose, and print the Reliability table.
 faults: setup system
