@@ -19,11 +19,11 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 system:
 	scripts/setup-system
 
-test: setup system
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/mypy
-	$(BIN)/pytest
+# The integration tests run on two workers, each in a vhost of its own; the fault
+# scenarios (and any test marked faults) stop, kill and fill the broker: alone, after.
+test: check system
+	$(BIN)/pytest tests/integration -n 2 --dist loadfile -m "not faults"
+	$(BIN)/pytest -m faults
 
 # The quick check, in under a minute: lint, format, types, import contracts and the unit
 # tests (no broker, no dcmtk), on two workers.
