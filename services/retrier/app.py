@@ -33,7 +33,6 @@ from services.bus.consumer import Consumer
 from services.bus.publisher import Publisher
 from services.bus.session import consume_until, serve_supervised
 from services.bus.topology import (
-    COMMANDS_EXCHANGE,
     DELAY_HEADER,
     DELAYS_EXCHANGE,
     WorkQueue,
@@ -45,9 +44,10 @@ from services.bus.topology import (
 from services.clock import utc_now
 from services.http import serving
 from services.metrics import RETRIES
-from services.retrier.decisions import decision_event, operator_retry, record, requeued
+from services.resends import send_commands
+from services.retrier.decisions import RetryItem, decision_event, record, requeued
 from services.retrier.policy import RetryPolicy, decide, decision_id, failure_of
-from services.retrier.store import RetryItem, RetryStore
+from services.retrier.store import RetryStore
 from services.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -196,23 +196,6 @@ async def requeue(settings: RetrierSettings, store: RetryStore, items: list[Retr
     for item in items:
         store.set_state(item.id, "requeued")
     return len(commands)
-
-
-async def send_commands(settings: ServiceSettings, commands: list[ev.ResendSubOperations]) -> None:
-    """Publish an operator's resend commands to their nodes at once, with confirms.
-
-    Each goes after its ``dimsebus.retry.scheduled`` (confirmed first), so the log
-    shows the retry before any of its results.
-    """
-    connection = await connect(settings.amqp_url, "dimsebus-cli-commands")
-    async with connection:
-        await ensure_topology(connection, settings.retention)
-        channel = await confirming_channel(connection)
-        for node_id in {command.data.node_id for command in commands}:
-            await declare_work_queue(channel, node_commands(node_id))
-        publisher = Publisher(channel)
-        await publisher.publish_all([operator_retry(command) for command in commands])
-        await publisher.publish_all(commands, COMMANDS_EXCHANGE)
 
 
 async def purge_delays(settings: RetrierSettings, steps: set[int]) -> int:

@@ -21,7 +21,8 @@ from services.console import (
 from services.errors import DimsebusError
 from services.logs import configure_logging
 from services.retrier.app import RetrierSettings, purge_delays, requeue, run_retrier
-from services.retrier.store import RetryItem, RetryStore
+from services.retrier.decisions import RetryItem
+from services.retrier.store import RetryStore
 
 retries_app = typer.Typer(
     help="Scheduled and parked retries, as the retrier decided them.", no_args_is_help=True

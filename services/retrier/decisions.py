@@ -1,13 +1,41 @@
-"""Pure: a decision about a failure, as the record, the command and the event that carry it."""
+"""Pure: a decision about a failure, as the record, the command and the event that carry it.
+
+The store (``services.retrier.store``) keeps these records; nothing here reads or
+writes it.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
+from typing import Literal
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from schemas import events as ev
 from services.retrier.policy import Decision, Failure, Retry
-from services.retrier.store import RetryItem
+
+State = Literal["scheduled", "parked", "requeued"]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryItem:
+    """One decision: the failed sub-operations, and the resend command that retries them."""
+
+    id: UUID
+    state: State
+    published: bool
+    failed_attempt: int
+    status: int | None
+    reason: str
+    retry_at: dt.datetime | None
+    step_ms: int | None
+    decided_at: dt.datetime
+    command: ev.ResendSubOperations
+
+    @property
+    def data(self) -> ev.ResendData:
+        """What the command asks the node to do."""
+        return self.command.data
 
 
 def record(
@@ -80,33 +108,6 @@ def decision_event(item: RetryItem, source: str) -> ev.RetryScheduled | ev.Retry
                 reason=item.reason,
                 retry_at=item.retry_at,
                 status=item.status,
-                destination_ae_title=data.destination_ae_title,
-            ),
-        }
-    )
-
-
-def operator_retry(command: ev.ResendSubOperations) -> ev.RetryScheduled:
-    """``dimsebus.retry.scheduled`` for a resend an operator sent now (`moves retry`, a requeue).
-
-    On the log before the command, it shows the tracker that the move's failed
-    instances are being retried: the move is ``retrying`` until their results are
-    in, and its next final outcome is a new revision of ``dimsebus.move.finished``.
-    """
-    data = command.data
-    return ev.RetryScheduled.model_validate(
-        {
-            "id": uuid5(NAMESPACE_URL, f"dimsebus:operator-retry:{command.id}"),
-            "source": command.source,
-            "time": command.time,
-            "subject": str(data.operation.id),
-            "data": ev.RetryData(
-                operation=data.operation,
-                node_id=data.node_id,
-                sop_instance_uids=data.sop_instance_uids,
-                attempt=data.attempt,
-                reason="an operator asked for a retry",
-                retry_at=command.time,
                 destination_ae_title=data.destination_ae_title,
             ),
         }

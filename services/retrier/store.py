@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 from uuid import UUID
 
 from schemas import events as ev
 from services.migrations import Migration, Schema
+from services.retrier.decisions import RetryItem, State
 from services.sql import open_database
 
 __all__ = ["SCHEMA", "RetryItem", "RetryStore", "State"]
-
-State = Literal["scheduled", "parked", "requeued"]
 
 # Migration 1 is the schema every release before versions made.
 _TABLES = """
@@ -46,27 +43,6 @@ CREATE INDEX IF NOT EXISTS retries_by_state ON retries (state);
 CREATE INDEX IF NOT EXISTS retries_by_operation ON retries (operation_id);
 """
 SCHEMA = Schema("retrier", (Migration(1, "decisions", _TABLES),))
-
-
-@dataclass(frozen=True, slots=True)
-class RetryItem:
-    """One decision: the failed sub-operations, and the resend command that retries them."""
-
-    id: UUID
-    state: State
-    published: bool
-    failed_attempt: int
-    status: int | None
-    reason: str
-    retry_at: dt.datetime | None
-    step_ms: int | None
-    decided_at: dt.datetime
-    command: ev.ResendSubOperations
-
-    @property
-    def data(self) -> ev.ResendData:
-        """What the command asks the node to do."""
-        return self.command.data
 
 
 class RetryStore:

@@ -31,7 +31,7 @@ from services.console import (
 )
 from services.errors import DimsebusError
 from services.logs import configure_logging
-from services.retrier.app import send_commands
+from services.resends import send_commands
 from services.tracker.api import load_views
 from services.tracker.app import TrackerSettings, run_tracker
 from services.tracker.progress import TERMINAL, retry_commands

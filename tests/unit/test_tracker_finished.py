@@ -13,7 +13,7 @@ from schemas.envelope import CloudEvent
 from schemas.examples import sequential_ids
 from services.bus.log import LogEntry
 from services.bus.outbox import Outbox
-from services.retrier.decisions import operator_retry
+from services.resends import operator_retry
 from services.tracker.app import Tracker, TrackerSettings
 from services.tracker.progress import retry_commands
 from services.tracker.store import open_store
