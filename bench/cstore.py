@@ -54,8 +54,8 @@ from services.bus.relay import RelayProcess
 from services.clock import new_id, utc_now
 from services.node.association import connection_handlers
 from services.node.capture import SentStore, StoreResponse
+from services.node.capture_shell import Capture
 from services.node.config import NodeSettings
-from services.node.dimse import Capture
 from services.node.jobs import Job
 from services.node.sender import Target, send_files
 from services.node.storepair import Recorder

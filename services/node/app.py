@@ -20,8 +20,8 @@ from services.http import serving
 from services.metrics import GaugeCollector, OutboxCollector
 from services.node import server as edge
 from services.node.archive import Archive
+from services.node.capture_shell import Capture
 from services.node.config import NodeSettings
-from services.node.dimse import Capture
 from services.node.gate import Gate
 from services.node.journal import MoveJournal
 from services.node.mover import Mover, OpenMoves

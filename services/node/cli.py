@@ -30,8 +30,8 @@ from services.logs import configure_logging, debugging
 from services.node import storepair
 from services.node.app import run_node
 from services.node.archive import Archive, ArchiveError
+from services.node.capture_shell import Capture
 from services.node.config import NodeSettings
-from services.node.dimse import Capture
 from services.node.sender import SendSummary, Target, dicom_files, send_files
 from services.node.target_option import LastError, bracketed, parse_target, peer_trouble
 from services.node.tls import association_tls, scp_context

@@ -27,8 +27,8 @@ from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 from services.node import access
 from services.node import pynetdicom_internals as internals
 from services.node.capture import access_refused_event
+from services.node.capture_shell import Capture
 from services.node.config import NodeSettings, Service
-from services.node.dimse import Capture
 
 log = logging.getLogger(__name__)
 

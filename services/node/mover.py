@@ -24,8 +24,8 @@ from schemas import events as ev
 from services.errors import DimsebusError, Unprocessable
 from services.node import moves, salvage
 from services.node.archive import Archive
+from services.node.capture_shell import Capture
 from services.node.config import NodeSettings
-from services.node.dimse import Capture
 from services.node.jobs import Job
 from services.node.tls import association_tls
 

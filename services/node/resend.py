@@ -32,8 +32,8 @@ from services.clock import sleep_unless
 from services.errors import Unprocessable
 from services.metrics import RESEND_COMMANDS
 from services.node.archive import Archive
+from services.node.capture_shell import Capture
 from services.node.config import NodeSettings
-from services.node.dimse import Capture
 from services.node.jobs import Job
 from services.node.mover import Mover
 from services.node.sender import SendError, Target, emit_unsent, send_files

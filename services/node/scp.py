@@ -1,7 +1,7 @@
 """The node's SCP roles over its archive: Storage, Find, Move and Get (PS3.4 B, C).
 
 Each handler is a thin pynetdicom generator or function; the matching is
-``services.node.query`` and the capture is ``services.node.dimse``.
+``services.node.query`` and the capture is ``services.node.capture_shell``.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from schemas.limits import MAX_KEY_NAME_LENGTH, MAX_KEY_VALUE_LENGTH, MAX_KEYS, 
 from services.clock import new_id, utc_now
 from services.node import admission, capture, moves, pynetdicom_internals
 from services.node.archive import Archive, Refused, StoredInstance
+from services.node.capture_shell import Capture
 from services.node.config import NodeSettings
 from services.node.contexts import storage_contexts
-from services.node.dimse import Capture
 from services.node.jobs import Job, Retrieval
 from services.node.journal import MoveJournal
 from services.node.mover import OpenMoves

@@ -23,9 +23,9 @@ from services.errors import DimsebusError
 from services.node.archive import Archive
 from services.node.association import connection_handlers
 from services.node.capture import unsent_event
+from services.node.capture_shell import Capture
 from services.node.config import NodeSettings
 from services.node.contexts import storage_contexts
-from services.node.dimse import Capture
 from services.node.jobs import Job
 from services.node.tls import association_tls
 

@@ -16,8 +16,8 @@ from pynetdicom.dimse_primitives import C_STORE
 
 from schemas import events as ev
 from services.bus.outbox import Outbox
+from services.node.capture_shell import Capture
 from services.node.config import NodeSettings, Peer
-from services.node.dimse import Capture
 from services.node.sender import SendError, Target, send_files
 from services.node.synthetic import write_study
 from services.node.unsolicited import UNSOLICITED_LIMIT

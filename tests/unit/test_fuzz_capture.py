@@ -42,7 +42,7 @@ from services.errors import InvalidEvent
 from services.node import storepair as exchange
 from services.node.association import command_values, read_values, tags_of
 from services.node.capture import SentStore, Stamp, StoreResponse, answer_event
-from services.node.dimse import Capture
+from services.node.capture_shell import Capture
 from services.node.salvage import Unreadable, association_ref, status_problem
 from tests import strategies as valid
 
