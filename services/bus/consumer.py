@@ -24,6 +24,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelInvalidStateError
 
 from schemas.events import Event
 from schemas.limits import MAX_BODY_BYTES
+from services.backoff import delay_for, jittered
 from services.bus.codec import from_message
 from services.bus.publisher import Publisher
 from services.bus.topology import DEAD_LETTER_EXCHANGE, WorkQueue, declare_work_queue
@@ -56,7 +57,7 @@ def disposition_for(error: BaseException | None) -> Disposition:
 
 def requeue_delay(delivery_count: int, first: float = 0.2, limit: float = 5.0) -> float:
     """Seconds to wait before requeueing a message delivered ``delivery_count`` times before."""
-    return float(min(first * 2**delivery_count, limit))
+    return delay_for(delivery_count, first, limit)
 
 
 def parked_message(
@@ -174,5 +175,6 @@ class Consumer:
                     count + 1,
                     error,
                 )
-                await asyncio.sleep(requeue_delay(count))
+                # Jittered: the failures of one outage do not all come back at once.
+                await asyncio.sleep(jittered(requeue_delay(count), 0.1))
                 await message.nack(requeue=True)

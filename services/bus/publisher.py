@@ -22,6 +22,7 @@ from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError
 from aio_pika.exceptions import PublishError as ReturnedError
 
 from schemas.envelope import CloudEvent
+from services.backoff import Backoff
 from services.bus.batch import Outgoing, PublishOutcome, publish_batch
 from services.bus.codec import to_message
 from services.bus.topology import EVENTS_EXCHANGE
@@ -68,7 +69,7 @@ class Publisher:
         Returns the seconds the confirm took (of the last, successful try).
         """
         target = self._exchanges.get(exchange) or await self._exchange(exchange)
-        delay, waited = 0.1, 0.0
+        backoff: Backoff | None = None  # made on the first failure: most sends have none
         async with self._window:
             while True:
                 try:
@@ -88,14 +89,14 @@ class Publisher:
                         f"broker nacked message {message.message_id} to {exchange!r}"
                     ) from exc
                 except (*CONNECTION_EXCEPTIONS, TimeoutError) as exc:
-                    if waited + delay > self._retry_for:
+                    backoff = backoff or Backoff(0.1, 5.0, budget=self._retry_for)
+                    if backoff.exhausted:
                         raise PublishInterrupted(
                             f"message {message.message_id} to {exchange!r} unconfirmed after "
                             f"{self._retry_for:.0f} s: {exc!r}"
                         ) from exc
                     log.warning("publish of %s interrupted (%r); retrying", message.message_id, exc)
-                    await asyncio.sleep(delay)
-                    waited, delay = waited + delay, min(delay * 2, 5.0)
+                    await backoff.wait()
 
     async def send_batch(
         self, messages: Sequence[Outgoing], exchange: str = EVENTS_EXCHANGE

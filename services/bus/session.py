@@ -5,7 +5,8 @@ fails (a quorum queue or stream still starting after a broker restart answers
 ``NOT_FOUND - home node ... is down``) leaves a consumer that never receives
 again, silently. So consumers use a plain connection here, and a lost
 connection ends the session: the supervisor connects again, declares again
-and consumes again, from scratch, with a back-off, until it is stopped.
+and consumes again, from scratch, with a back-off (``services.backoff``), until it is
+stopped.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractConnection
 
+from services.backoff import Backoff
 from services.bus.connection import describe, masked, refusal
 from services.bus.consumer import Consumer
-from services.clock import sleep_unless
 from services.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ async def supervised(
     that refuses the first connection (a wrong password, a vhost that does not exist)
     raises ``ConfigError``: a start-up mistake, which no retry fixes.
     """
-    delay = first_delay
+    backoff = Backoff(first_delay, max_delay)
     connected_once = False
     while not stop.is_set():
         try:
@@ -55,20 +56,25 @@ async def supervised(
             if refused is not None and not connected_once:
                 raise ConfigError(f"amqp_url {masked(url)}: {refused}") from exc
             why = describe(exc)
-            log.warning("%s cannot reach the broker (%s); trying again in %.1f s", name, why, delay)
-            await sleep_unless(stop, delay)
-            delay = min(delay * 2, max_delay)
+            log.warning(
+                "%s cannot reach the broker (%s); trying again in %.1f s",
+                name,
+                why,
+                backoff.upcoming,
+            )
+            await backoff.wait(stop)
             continue
         connected_once = True
         lost = asyncio.Event()
         connection.close_callbacks.add(lambda *_, lost=lost: lost.set())
         try:
             if await _run_until_lost(connection, session, stop, lost):
-                delay = first_delay  # it ran until it was lost: start over quickly
+                backoff.reset()  # it ran until it was lost: start over quickly
         except Exception as exc:
-            log.warning("%s lost its session (%r); starting over in %.1f s", name, exc, delay)
-            await sleep_unless(stop, delay)
-            delay = min(delay * 2, max_delay)
+            log.warning(
+                "%s lost its session (%r); starting over in %.1f s", name, exc, backoff.upcoming
+            )
+            await backoff.wait(stop)
         finally:
             with contextlib.suppress(Exception):
                 await connection.close()
