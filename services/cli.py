@@ -35,8 +35,8 @@ from services.node.move_cli import move
 from services.retrier.app import RetrierSettings
 from services.retrier.cli import retrier, retries_app
 from services.settings import ServiceSettings, masked
-from services.tracker.app import TrackerSettings
 from services.tracker.cli import moves_app, tracker
+from services.tracker.settings import TrackerSettings
 from services.vhosts import with_vhost
 
 app = typer.Typer(help="DICOM C-STORE responses as events on RabbitMQ.", no_args_is_help=True)

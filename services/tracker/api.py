@@ -8,17 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from services.clock import utc_now
 from services.tracker.progress import MoveState, outcome
+from services.tracker.settings import TrackerSettings
 from services.tracker.store import open_store
 from services.tracker.views import move_view
-
-if TYPE_CHECKING:  # the app imports this module to serve it
-    from services.tracker.app import TrackerSettings
 
 UNFINISHED = ("in_progress", "retrying", "stalled")
 

@@ -12,11 +12,9 @@ import asyncio
 import datetime as dt
 import logging
 import uuid
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from aio_pika.abc import AbstractConnection
-from pydantic import Field
 
 from schemas import events as ev
 from schemas.envelope import CloudEvent
@@ -28,8 +26,8 @@ from services.bus.topology import ensure_topology
 from services.clock import utc_now
 from services.http import serving
 from services.metrics import TRACKER_APPLIED, GaugeCollector, OutboxCollector
-from services.settings import ServiceSettings
 from services.tracker import api
+from services.tracker.ports import EventSpool, MoveStore
 from services.tracker.progress import (
     MoveKey,
     MoveState,
@@ -38,49 +36,19 @@ from services.tracker.progress import (
     move_key,
     progress_data,
 )
-from services.tracker.store import Rejected, TrackerStore, open_store
+
+# Re-exported: tests and the bench import the settings from here.
+from services.tracker.settings import TrackerSettings as TrackerSettings
+from services.tracker.store import Rejected, open_store
 
 log = logging.getLogger(__name__)
 DERIVED_IDS = uuid.UUID("5f1c3f43-8f0e-4a53-9a43-2c1a4f7d0a11")
 
 
-class TrackerSettings(ServiceSettings):
-    """``dimsebus tracker`` and ``dimsebus moves``."""
-
-    db: str = Field("var/tracker.sqlite", description="SQLite file, or a postgresql:// URL")
-    tracker_id: str = Field("tracker", pattern=r"^[A-Za-z0-9_.-]+$")
-    outbox_path: Path = Path("var/tracker-outbox.sqlite")
-    stall_after: float = Field(
-        300.0, gt=0, description="seconds without events before a move is stalled"
-    )
-    progress_interval: float = Field(
-        0.5, ge=0, description="seconds between progress events of a move"
-    )
-    live_window: float = Field(
-        60.0, ge=0, description="events older than this (a replay) emit no progress"
-    )
-    batch_size: int = Field(500, ge=1)
-    start_from: Literal["first", "last", "next"] = Field(
-        "first", description="where a tracker without a checkpoint starts reading the log"
-    )
-    retries: bool = Field(
-        False,
-        description="a retrier decides about every node's failed sub-operations: a move "
-        "waits for its decisions (retrying) before it is finished",
-    )
-    retries_by_node: dict[str, bool] = Field(
-        default_factory=dict, description="node id -> retries, where it differs from retries"
-    )
-
-    def retries_for(self, node_id: str) -> bool:
-        """Whether a retrier decides about ``node_id``'s failures."""
-        return self.retries_by_node.get(node_id, self.retries)
-
-
 class Tracker:
     """Folds batches of log entries into the store, deriving progress and outcome events."""
 
-    def __init__(self, settings: TrackerSettings, store: TrackerStore, outbox: Outbox) -> None:
+    def __init__(self, settings: TrackerSettings, store: MoveStore, outbox: EventSpool) -> None:
         self.settings = settings
         self.store = store
         self.outbox = outbox

@@ -33,8 +33,9 @@ from services.errors import DimsebusError
 from services.logs import configure_logging
 from services.resends import send_commands
 from services.tracker.api import load_views
-from services.tracker.app import TrackerSettings, run_tracker
+from services.tracker.app import run_tracker
 from services.tracker.progress import TERMINAL, retry_commands
+from services.tracker.settings import TrackerSettings
 from services.tracker.store import TrackerStore, open_store
 from services.tracker.views import as_text, move_view
 

@@ -1,0 +1,197 @@
+"""``Tracker.handle`` against in-memory fakes of its store and spool: no broker, no files.
+
+The fakes are real implementations of ``services.tracker.ports`` (a dict and a list),
+so each test reads as what the tracker committed and what it spooled to publish.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+import pytest
+
+from schemas import events as ev
+from schemas.envelope import CloudEvent
+from services.bus.log import LogEntry
+from services.tracker.app import Tracker
+from services.tracker.ports import EventSpool, MoveStore
+from services.tracker.progress import MoveKey, MoveState
+from services.tracker.settings import TrackerSettings
+from services.tracker.store import Rejected
+from tests.unit.test_progress_final import MOVE, NODE, UIDS, Events, full_disk_story
+
+
+class MemoryMoves:
+    """Moves in a dict; the checkpoint and the rejected entries beside them."""
+
+    def __init__(self) -> None:
+        self.moves: dict[MoveKey, MoveState] = {}
+        self.offset: int | None = None
+        self.rejected: list[Rejected] = []
+        self.commits = 0
+
+    def checkpoint(self) -> int | None:
+        return self.offset
+
+    def load(self, key: MoveKey) -> MoveState | None:
+        return self.moves.get(key)
+
+    def save(
+        self, moves: Iterable[MoveState], offset: int, rejected: Iterable[Rejected] = ()
+    ) -> None:
+        self.moves.update({(move.source, move.move_id): move for move in moves})
+        self.rejected += rejected
+        self.offset = offset
+        self.commits += 1
+
+    def close(self) -> None:
+        pass
+
+
+class MemorySpool:
+    """Spooled events in order; a repeated id is ignored, as the outbox does."""
+
+    def __init__(self) -> None:
+        self.events: list[CloudEvent] = []
+
+    def append(self, events: Iterable[CloudEvent]) -> None:
+        known = {e.id for e in self.events}
+        self.events += [e for e in events if e.id not in known]
+
+
+class BrokenSpool:
+    """A spool whose disk is full."""
+
+    def append(self, events: Iterable[CloudEvent]) -> None:
+        raise OSError("database or disk is full")
+
+
+KEY = (NODE, MOVE.id)
+
+
+def tracker(store: MoveStore, spool: EventSpool, **settings: object) -> Tracker:
+    """A tracker over ``store`` and ``spool`` (mypy checks the fakes against the ports)."""
+    chosen = TrackerSettings.model_validate({"progress_interval": 3600, **settings})
+    return Tracker(chosen, store, spool)
+
+
+def entries(events: list[CloudEvent], first: int = 0) -> list[LogEntry]:
+    return [LogEntry(offset, e.type, e) for offset, e in enumerate(events, start=first)]  # type: ignore[arg-type]
+
+
+def story() -> list[CloudEvent]:
+    """Two of four instances refused; the move's final response; nobody retries."""
+    return full_disk_story(Events())["first"]
+
+
+def just_after(events: list[CloudEvent]) -> dt.datetime:
+    return events[-1].time + dt.timedelta(milliseconds=5)
+
+
+def finished(events: Iterable[CloudEvent]) -> list[ev.MoveFinished]:
+    return [e for e in events if isinstance(e, ev.MoveFinished)]
+
+
+def test_a_finished_move_is_spooled_once_and_committed_with_its_offset() -> None:
+    # given a tracker over empty fakes
+    store, spool = MemoryMoves(), MemorySpool()
+    t = tracker(store, spool)
+    events = story()
+    # when the move's events come one batch each
+    for entry in entries(events):
+        t.handle([entry], just_after(events))
+    # then one finished was spooled, with the move's outcome and counts
+    [done] = finished(spool.events)
+    assert (done.data.outcome, done.data.revision) == ("completed_with_failures", 1)
+    assert (done.data.counts.completed, done.data.counts.failed) == (2, 2)
+    # and the move was committed with the last offset, once per batch
+    assert store.offset == len(events) - 1
+    assert store.commits == len(events)
+    assert store.moves[KEY].finished is not None
+    assert len(store.moves[KEY].seen) == len(events)
+
+
+def test_a_redelivered_batch_derives_nothing_and_changes_no_move() -> None:
+    # given a tracker that folded the whole move in one batch
+    store, spool = MemoryMoves(), MemorySpool()
+    t = tracker(store, spool)
+    batch = entries(story())
+    first = t.handle(batch, just_after(story()))
+    assert len(finished(first)) == 1
+    move = store.moves[KEY]
+    # when the same entries come again (a redelivery after a lost ack)
+    again = t.handle(batch, just_after(story()))
+    # then nothing is derived and the move is as it was
+    assert again == []
+    assert store.moves[KEY] == move
+    assert len(finished(spool.events)) == 1
+
+
+def test_a_restarted_tracker_replaying_the_log_publishes_no_second_finished() -> None:
+    # given the move finished, committed by a tracker that then stopped
+    store, spool = MemoryMoves(), MemorySpool()
+    events = story()
+    tracker(store, spool).handle(entries(events), just_after(events))
+    # when a new tracker over the same store reads the log again from the start
+    replayed = tracker(store, spool).handle(entries(events), just_after(events))
+    # then it derives nothing: the events are in the move's state already
+    assert finished(replayed) == []
+    assert len(finished(spool.events)) == 1
+
+
+def test_a_later_final_outcome_is_a_new_revision() -> None:
+    # given a move finished with failures, with a retrier configured for its node
+    e = Events()
+    told = full_disk_story(e)
+    store, spool = MemoryMoves(), MemorySpool()
+    t = tracker(store, spool, retries=True)
+    gave_up = e.decided(UIDS[2:], attempt=1, gave_up=True)
+    first = [*told["first"], gave_up]
+    t.handle(entries(first), just_after(first))
+    # when an operator's retry of the failures succeeds later
+    later = [e.decided(UIDS[2:], attempt=2), e.stored(UIDS[2], 0, 2), e.stored(UIDS[3], 0, 2)]
+    t.handle(entries(later, first=len(first)), just_after(later))
+    # then a second finished says so, as revision 2, with an id of its own
+    outcomes = [(f.data.outcome, f.data.revision) for f in finished(spool.events)]
+    assert outcomes == [("completed_with_failures", 1), ("completed", 2)]
+    assert len({f.id for f in finished(spool.events)}) == 2
+
+
+def test_an_entry_that_is_not_an_event_is_recorded_and_skipped() -> None:
+    store, spool = MemoryMoves(), MemorySpool()
+    events = story()
+    batch = [*entries(events), LogEntry(len(events), "junk", None, "not the contract")]
+    # when a batch ends with a log entry that is not a valid event
+    tracker(store, spool).handle(batch, just_after(events))
+    # then it is recorded with its offset and reason, and the checkpoint passes it
+    assert store.rejected == [Rejected(len(events), "junk", "not the contract")]
+    assert store.offset == len(events)
+    assert len(finished(spool.events)) == 1
+
+
+def test_progress_is_spooled_for_live_events_not_for_a_replay_of_old_ones() -> None:
+    events = full_disk_story(Events())["first"][:2]  # two stored, no final response yet
+    # given a tracker that publishes progress at every change of live moves
+    live_store, live_spool = MemoryMoves(), MemorySpool()
+    tracker(live_store, live_spool, progress_interval=0).handle(entries(events), just_after(events))
+    # then a live move's progress is spooled, once per change
+    assert [type(e) for e in live_spool.events] == [ev.MoveProgressed] * len(events)
+    # when the same events are a day old (a replay), no progress is spooled
+    old_store, old_spool = MemoryMoves(), MemorySpool()
+    a_day_later = just_after(events) + dt.timedelta(days=1)
+    tracker(old_store, old_spool, progress_interval=0).handle(entries(events), a_day_later)
+    assert old_spool.events == []
+    assert old_store.moves[KEY] == live_store.moves[KEY]
+
+
+def test_nothing_is_committed_when_the_spool_fails() -> None:
+    # given a spool that cannot write
+    store = MemoryMoves()
+    events = story()
+    # when the batch derives a finished it cannot spool
+    with pytest.raises(OSError, match="disk is full"):
+        tracker(store, BrokenSpool()).handle(entries(events), just_after(events))
+    # then neither the move nor the checkpoint is committed: the batch is read again
+    assert store.offset is None
+    assert store.moves == {}
