@@ -19,7 +19,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from services.errors import ConfigError
-from services.migrations import Schema, migrate
+from services.migrations import VERSIONS_TABLE, Schema, migrate
 
 
 class Rows(list[Any]):
@@ -140,6 +140,8 @@ def connect_sqlite(
 def migrate_sqlite(db: sqlite3.Connection, schema: Schema, where: str) -> int:
     """Bring ``schema`` in the SQLite ``db`` to its version, in one transaction; the version
     found. ``where`` names the database in a refusal (see ``services.migrations.migrate``)."""
+    if _recorded_version(db, schema.store) == schema.version:
+        return schema.version  # nothing to write: no wait for a busy service's write lock
     # IMMEDIATE: a second process opening the file waits here, then finds it migrated.
     db.execute("BEGIN IMMEDIATE")
     try:
@@ -149,6 +151,15 @@ def migrate_sqlite(db: sqlite3.Connection, schema: Schema, where: str) -> int:
         raise
     db.execute("COMMIT")
     return found
+
+
+def _recorded_version(db: sqlite3.Connection, store: str) -> int | None:
+    has_table = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    if db.execute(has_table, (VERSIONS_TABLE,)).fetchone() is None:
+        return None
+    query = f"SELECT version FROM {VERSIONS_TABLE} WHERE store = ?"
+    row = db.execute(query, (store,)).fetchone()
+    return int(row[0]) if row else None
 
 
 def unusable(path: Path, exc: BaseException) -> str:

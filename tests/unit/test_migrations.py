@@ -7,6 +7,7 @@ tests/integration/test_store_migrations.py.
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -157,6 +158,23 @@ class TestRunnerOnSqlite(RunnerContract):
     @pytest.fixture
     def target(self, tmp_path: Path) -> str:
         return str(tmp_path / "state.sqlite")
+
+
+def test_a_current_sqlite_file_opens_while_a_writer_holds_it(tmp_path: Path) -> None:
+    # given a database at the current version, and a service in a write transaction on it
+    path = tmp_path / "busy.sqlite"
+    open_database(str(path), schema(V1)).close()
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    # when a command opens it
+    started = time.monotonic()
+    db = open_database(str(path), schema(V1))
+    # then it did not wait for the writer's lock (it needs none: nothing to migrate)
+    assert time.monotonic() - started < 5.0
+    assert version_of(db) == 1
+    db.close()
+    writer.execute("ROLLBACK")
+    writer.close()
 
 
 class TestSchema:
