@@ -1,6 +1,6 @@
 """Versioned schemas for the stores: numbered migrations, applied in one transaction at open.
 
-Each store lists its migrations, 1, 2, 3 ... in order. The table ``schema_versions``
+Each store lists its migrations, 1, 2, 3 ... in order. The table ``dimsebus_schema_versions``
 holds, per store, the number of the last one applied; on SQLite and PostgreSQL alike,
 so stores that share one database (a PostgreSQL server, say) each keep their own.
 Opening a store applies the migrations it has not seen, and records the new version,
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 Dialect = Literal["sqlite", "postgresql"]
 
-VERSIONS_TABLE = "schema_versions"
+VERSIONS_TABLE = "dimsebus_schema_versions"  # one name that no other application uses
 # Any constant will do: it only keeps two processes from migrating one PostgreSQL at once.
 _PG_LOCK_KEY = 0x64696D7365627573  # "dimsebus"
 
