@@ -12,19 +12,24 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from typing import Literal
 from uuid import UUID
 
-from pydantic import Field
-
 from schemas import events as ev
-from schemas.envelope import CloudEvent, Model
+from schemas.envelope import CloudEvent
 from schemas.limits import MAX_FAILED_INSTANCES, chunked, clip
 from schemas.status import Service, describe_status
-from services.tracker import pulls  # Move SCU moves (it reads this module lazily)
+from services.tracker import pulls  # Move SCU moves
 
-Category = Literal["success", "warning", "failure", "cancel", "missing", "unsent"]
-MoveKey = tuple[str, UUID]
+# Re-exported: the tracker's shell, store, views and tests import the state from here.
+from services.tracker.state import Category as Category
+from services.tracker.state import FinishMark as FinishMark
+from services.tracker.state import InstanceOutcome as InstanceOutcome
+from services.tracker.state import MoveKey as MoveKey
+from services.tracker.state import MoveState as MoveState
+from services.tracker.state import RetryMark as RetryMark
+from services.tracker.state import TimelineEntry as TimelineEntry
+from services.tracker.state import with_outcomes as with_outcomes
+
 FAILED: frozenset[str] = frozenset({"failure", "cancel", "missing", "unsent"})
 # Failures the retrier decides about (its queue's bindings): a cancelled sub-operation is not.
 DECIDED_BY_RETRIER: frozenset[str] = frozenset({"failure", "missing", "unsent"})
@@ -34,105 +39,6 @@ REFUSED_UNSENT: frozenset[str] = frozenset({"unknown_destination", "rejected_per
 TERMINAL: frozenset[str] = frozenset(
     {"completed", "completed_with_failures", "failed", "cancelled"}
 )
-
-
-class InstanceOutcome(Model):
-    """The latest known result of one SOP instance's sub-operation."""
-
-    sop_instance_uid: str
-    category: Category
-    status: int | None
-    reason: str
-    attempt: int
-    at: dt.datetime
-    event_id: UUID
-    # Told by a final C-MOVE-RSP's counts (``pulls``), not by an event about the instance.
-    counted: bool = False
-
-    @property
-    def rank(self) -> tuple[int, bool, dt.datetime, str]:
-        """Later attempts win; within one, an event about the instance over a final
-        response's counts, then the later response (event id breaks ties)."""
-        return (self.attempt, not self.counted, self.at, str(self.event_id))
-
-
-class RetryMark(Model):
-    """The retrier's latest decision about one instance: the next attempt, or giving up."""
-
-    attempt: int
-    retry_at: dt.datetime | None = None
-    gave_up: str | None = None
-
-    @property
-    def rank(self) -> tuple[int, bool, str]:
-        """Later attempts win; for one attempt, giving up wins over a schedule."""
-        return (self.attempt, self.gave_up is not None, self.gave_up or "")
-
-
-class FinishMark(Model):
-    """The last ``dimsebus.move.finished`` the tracker derived: its revision and what it said.
-
-    ``outcome`` is None once the move left that final outcome (it is retrying again):
-    the next final outcome is a new revision, even if it says the same.
-    """
-
-    revision: int
-    outcome: str | None
-    counts: ev.SubOperationCounts | None
-
-
-class TimelineEntry(Model):
-    """One thing that happened to a move, for `dimsebus moves show`."""
-
-    at: dt.datetime
-    event_id: UUID
-    what: str
-
-
-class MoveState(Model):
-    """Everything the log says about one C-MOVE."""
-
-    source: str
-    move_id: UUID
-    requestor_ae_title: str | None = None
-    destination_ae_title: str | None = None
-    association_id: UUID | None = None
-    message_id: int | None = None
-    query_level: str | None = None
-    keys: dict[str, str] = Field(default_factory=dict)
-    expected: int | None = None
-    final_status: int | None = None
-    final_category: str | None = None
-    reported_failed: tuple[str, ...] = ()
-    instances: dict[str, InstanceOutcome] = Field(default_factory=dict)
-    retries: dict[str, RetryMark] = Field(default_factory=dict)
-    seen: frozenset[UUID] = frozenset()
-    started_at: dt.datetime | None = None
-    last_event_at: dt.datetime | None = None
-    completed_at: dt.datetime | None = None
-    timeline: tuple[TimelineEntry, ...] = ()
-    responses: dict[str, int] = Field(default_factory=dict)
-    unnamed: int = 0
-    # A Move SCU move (``pulls``): the archive asked, and the study (what a re-issued
-    # C-MOVE names). To another destination (``counted_only``) a final C-MOVE-RSP that
-    # names no instances (STUDY, SERIES level) counts the sub-operations that completed,
-    # gave a warning or failed unlisted, but names none.
-    pulled: bool = False
-    archive: ev.RemoteAE | None = None
-    study_instance_uid: str | None = None
-    counted_only: bool = False
-    counted_completed: int = 0
-    counted_warning: int = 0
-    counted_failed: int = 0
-    # Set by the tracker's shell, not by ``apply``: whether a retrier decides about this
-    # node's failures (the tracker's ``retries`` setting), and the last finished it derived.
-    retries_on: bool = False
-    finished: FinishMark | None = None
-
-    @property
-    def node_id(self) -> str:
-        """The node's id, from its source URI."""
-        return self.source.rsplit("/", 1)[-1]
 
 
 # What the node and the retrier report about a move; the tracker's own events are not folded.
@@ -312,16 +218,6 @@ def _unsent(move: MoveState, event: ev.CStoreUnsent) -> MoveState:
     move = with_outcomes(move, outcomes)
     what = f"{len(outcomes)} instance(s) attempt {data.attempt}: {reason}"
     return move.model_copy(update={"timeline": _with_entry(move, event, what)})
-
-
-def with_outcomes(move: MoveState, outcomes: list[InstanceOutcome]) -> MoveState:
-    """``move`` with each outcome that outranks the instance's current one."""
-    newer = {
-        o.sop_instance_uid: o
-        for o in outcomes
-        if (current := move.instances.get(o.sop_instance_uid)) is None or o.rank > current.rank
-    }
-    return move.model_copy(update={"instances": {**move.instances, **newer}}) if newer else move
 
 
 def _retry(move: MoveState, event: ev.RetryScheduled | ev.RetryExhausted) -> MoveState:

@@ -19,15 +19,13 @@ about.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from schemas import events as ev
 from schemas.envelope import CloudEvent
 from schemas.status import Service, describe_status
-from services.tracker import progress  # progress.apply dispatches here: read it lazily
-
-if TYPE_CHECKING:
-    from services.tracker.progress import MoveKey, MoveState, TimelineEntry
+from services.tracker import state
+from services.tracker.state import MoveKey, MoveState, TimelineEntry
 
 PULL_EVENTS = (ev.MoveResponseReceived, ev.CStoreResponseSent)
 
@@ -112,7 +110,7 @@ def _with_named(
     info = describe_status(data.status, Service.QUERY_RETRIEVE)
     listed = set(data.failed_sop_instance_uids)
     outcomes = [
-        progress.InstanceOutcome(
+        state.InstanceOutcome(
             sop_instance_uid=uid,
             category=category,
             status=data.status if category == "failure" else None,
@@ -124,7 +122,7 @@ def _with_named(
         )
         for uid, category in sorted(named.items())
     ]
-    return progress.with_outcomes(move, outcomes)
+    return state.with_outcomes(move, outcomes)
 
 
 def _named_reason(category: str, listed: bool, status: str, counts: ev.SubOperationCounts) -> str:
@@ -140,7 +138,7 @@ def _first_pending(move: MoveState, event: ev.MoveResponseReceived) -> tuple[Tim
     """The timeline with one "C-MOVE-RQ" entry: the earliest pending response's, in any order."""
     data = event.data
     what = f"C-MOVE-RQ to {data.association.peer_ae_title} for {data.move_destination}"
-    entry = progress.TimelineEntry(at=event.time, event_id=event.id, what=what)
+    entry = state.TimelineEntry(at=event.time, event_id=event.id, what=what)
     earlier = [e for e in move.timeline if e.what == what]
     if earlier and min(earlier[0], entry, key=lambda e: (e.at, str(e.event_id))) is earlier[0]:
         return move.timeline
@@ -161,7 +159,7 @@ def _counted(data: ev.MoveResponseData) -> dict[str, object]:
 def _stored(move: MoveState, event: ev.CStoreResponseSent) -> MoveState:
     data = event.data
     info = describe_status(data.status, Service.STORAGE)
-    outcome = progress.InstanceOutcome(
+    outcome = state.InstanceOutcome(
         sop_instance_uid=data.affected_sop_instance_uid,
         category=data.status_category,
         status=data.status,
@@ -181,5 +179,5 @@ def _stored(move: MoveState, event: ev.CStoreResponseSent) -> MoveState:
 
 
 def _with_entry(move: MoveState, event: CloudEvent, what: str) -> tuple[TimelineEntry, ...]:
-    entry = progress.TimelineEntry(at=event.time, event_id=event.id, what=what)
+    entry = state.TimelineEntry(at=event.time, event_id=event.id, what=what)
     return tuple(sorted((*move.timeline, entry), key=lambda e: (e.at, str(e.event_id))))
