@@ -47,6 +47,7 @@ from services.metrics import RETRIES
 from services.resends import send_commands
 from services.retrier.decisions import RetryItem, decision_event, record, requeued
 from services.retrier.policy import RetryPolicy, decide, decision_id, failure_of
+from services.retrier.ports import DecisionOutlet, DecisionStore
 from services.retrier.store import RetryStore
 from services.settings import ServiceSettings
 
@@ -86,37 +87,41 @@ class Retrier:
     def __init__(
         self,
         settings: RetrierSettings,
-        store: RetryStore,
-        channel: AbstractChannel,
+        store: DecisionStore,
+        outlet: DecisionOutlet,
         draw: Callable[[], float] = random.random,
+        clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.outlet = outlet
         self.source = f"dimsebus://retrier/{settings.retrier_id}"
-        self._channel = channel
-        self._publisher = Publisher(channel, window=settings.publish_window)
         self._draw = draw
-        self._node_queues: set[str] = set()
-        self._delay_queues: set[int] = set()
+        self._clock = clock
 
     async def handle(self, event: ev.Event) -> None:
-        """Decide about a failure event; a decision already published is not repeated."""
+        """Decide about a failure event; a decision already published is not repeated.
+
+        The store is SQLite (or PostgreSQL): its calls run in a worker thread, off
+        the event loop that carries the consumer's deliveries and heartbeats.
+        """
         failure = failure_of(event, self.settings.policy)
         if failure is None:
             return
         item_id = decision_id(failure)
-        item = self.store.get(item_id)
+        item = await asyncio.to_thread(self.store.get, item_id)
         if item is None:
-            now = utc_now()
+            now = self._clock()
             decision = decide(failure, failure.attempt, self.settings.policy, now, self._draw())
-            item = self.store.add(record(failure, decision, item_id, self.source, now))
+            decided = record(failure, decision, item_id, self.source, now)
+            item = await asyncio.to_thread(self.store.add, decided)
         if item.published:
             log.info(
                 "decision %s was already published; event %s changes nothing", item.id, event.id
             )
             return
         await self.publish(item)
-        self.store.mark_published(item.id)
+        await asyncio.to_thread(self.store.mark_published, item.id)
         RETRIES.labels("scheduled" if item.state == "scheduled" else "exhausted").inc()
         log.info(
             "%s %d instance(s) of %s %s: %s",
@@ -131,41 +136,56 @@ class Retrier:
 
     async def publish(self, item: RetryItem) -> None:
         """The decision's event, then (for a retry) the delayed command."""
-        await self.ensure_node_queue(item.data.node_id)
-        await self._publisher.publish(decision_event(item, self.source))
+        await self.outlet.announce(decision_event(item, self.source), item.data.node_id)
         if item.state == "scheduled":
-            await self._schedule(item)
+            assert item.retry_at is not None
+            assert item.step_ms is not None
+            delay = max(item.retry_at - self._clock(), dt.timedelta(0))
+            await self.outlet.schedule(item.command, item.step_ms, delay)
 
-    async def ensure_node_queue(self, node_id: str) -> None:
-        """Declare the node's command queue, so a command waits there while the node is down."""
+
+class BrokerOutlet:
+    """Decisions to RabbitMQ: events to ``dimsebus.events``, resends to ``dimsebus.delays``."""
+
+    def __init__(self, channel: AbstractChannel, window: int) -> None:
+        self._channel = channel
+        self._publisher = Publisher(channel, window=window)
+        self._node_queues: set[str] = set()
+        self._delay_queues: set[int] = set()
+
+    async def announce(self, event: ev.RetryScheduled | ev.RetryExhausted, node_id: str) -> None:
+        """Declare the node's command queue (a command waits there while the node is down),
+        then publish the event."""
         if node_id not in self._node_queues:
             await declare_work_queue(self._channel, node_commands(node_id))
             self._node_queues.add(node_id)
+        await self._publisher.publish(event)
 
-    async def _schedule(self, item: RetryItem) -> None:
-        assert item.retry_at is not None
-        assert item.step_ms is not None
-        if item.step_ms not in self._delay_queues:
-            await declare_delay_queue(self._channel, item.step_ms)
-            self._delay_queues.add(item.step_ms)
-        message = to_message(item.command)
-        message.headers = {DELAY_HEADER: item.step_ms}
-        remaining = max((item.retry_at - utc_now()).total_seconds(), 0.0)
-        message.expiration = dt.timedelta(seconds=remaining)
-        await self._publisher.send(message, DELAYS_EXCHANGE, item.command.routing_key)
+    async def schedule(
+        self, command: ev.ResendSubOperations, step_ms: int, delay: dt.timedelta
+    ) -> None:
+        """The delay step's queue holds the command until it expires, then dead-letters it
+        to ``dimsebus.commands``."""
+        if step_ms not in self._delay_queues:
+            await declare_delay_queue(self._channel, step_ms)
+            self._delay_queues.add(step_ms)
+        message = to_message(command)
+        message.headers = {DELAY_HEADER: step_ms}
+        message.expiration = delay
+        await self._publisher.send(message, DELAYS_EXCHANGE, command.routing_key)
 
 
 async def run_retrier(
     settings: RetrierSettings, stop: asyncio.Event, ready: asyncio.Event | None = None
 ) -> None:
     """Consume failure events until ``stop``; a lost connection starts the session over."""
-    store = RetryStore(settings.db)
+    store = await asyncio.to_thread(RetryStore, settings.db)  # opening it migrates it
     connected = asyncio.Event()
 
     async def session(connection: AbstractConnection, stop: asyncio.Event) -> None:
         await ensure_topology(connection, settings.retention)
         channel = await confirming_channel(connection)
-        retrier = Retrier(settings, store, channel)
+        retrier = Retrier(settings, store, BrokerOutlet(channel, settings.publish_window))
         consumer = Consumer(
             channel,
             RETRIER_QUEUE,
@@ -194,7 +214,7 @@ async def requeue(settings: RetrierSettings, store: RetryStore, items: list[Retr
     commands = [requeued(item, source, utc_now()) for item in items]
     await send_commands(settings, commands)
     for item in items:
-        store.set_state(item.id, "requeued")
+        await asyncio.to_thread(store.set_state, item.id, "requeued")
     return len(commands)
 
 
