@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -74,6 +75,8 @@ _NOTE_ANSWERED = (
     "INSERT OR IGNORE INTO move_answered SELECT ?1, ?2 "
     "WHERE EXISTS (SELECT 1 FROM move_journal WHERE operation_id = ?1)"
 )
+OPEN_MOVE = "INSERT OR REPLACE INTO move_journal VALUES (?, ?, ?)"
+"""A move opened in the journal: operation id, its requested event's JSON, matched (JSON)."""
 _FORGET_ANSWERED = "DELETE FROM move_answered WHERE operation_id = ?"
 _FORGET_MOVE = "DELETE FROM move_journal WHERE operation_id = ?"
 CONFIRM_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -184,20 +187,17 @@ class Outbox:
 
     def append(self, events: Iterable[CloudEvent]) -> None:
         """Spool events durably, in one transaction; a repeated event id is ignored."""
-        rows = [
-            (
-                str(e.id),
-                e.type,
-                e.routing_key,
-                e.correlation_id,
-                e.time.isoformat(),
-                e.model_dump_json().encode(),
-                e.subject,
-                None,
-            )
-            for e in events
-        ]
-        self._insert(rows)
+        self._insert([_row(e) for e in events])
+
+    def append_opening(self, requested: CloudEvent, matched: Sequence[str]) -> None:
+        """Spool a C-MOVE's requested event and open its move in the journal, in one commit.
+
+        ``matched`` are the instances the move will send: those without a response
+        event when the node starts again were cut off (``services.node.recovery``).
+        """
+        row = _row(requested)
+        opened = (requested.correlation_id, row[5], json.dumps(list(matched)))
+        self._insert([row], opened)
 
     def append_record(self, record: Record) -> None:
         """Spool one event's facts durably (one commit); its relay makes the event."""
@@ -216,15 +216,22 @@ class Outbox:
             ]
         )
 
-    def _insert(self, rows: Sequence[tuple[object, ...]]) -> None:
-        """Insert ``rows`` (``_INSERT``'s columns) and their journal entries, in one commit."""
+    def _insert(
+        self, rows: Sequence[tuple[object, ...]], opened: tuple[object, ...] | None = None
+    ) -> None:
+        """Insert ``rows`` (``_INSERT``'s columns) and their journal entries, in one commit.
+
+        ``opened`` is a move to open in the journal first (``OPEN_MOVE``'s values).
+        """
         answered, closed = _journal(rows)
         with self._lock:
-            if len(rows) == 1 and not answered and not closed:
+            if len(rows) == 1 and not answered and not closed and opened is None:
                 self._db.execute(_INSERT, rows[0])  # one statement, its own transaction
                 return
             self._db.execute("BEGIN")
             try:
+                if opened is not None:
+                    self._db.execute(OPEN_MOVE, opened)
                 self._db.executemany(_INSERT, rows)
                 self._db.executemany(_NOTE_ANSWERED, answered)
                 self._db.executemany(_FORGET_ANSWERED, closed)
@@ -296,6 +303,20 @@ class Outbox:
         """How many events await their confirm."""
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+
+def _row(event: CloudEvent) -> tuple[object, ...]:
+    """The outbox row of an encoded event, in ``_INSERT``'s columns."""
+    return (
+        str(event.id),
+        event.type,
+        event.routing_key,
+        event.correlation_id,
+        event.time.isoformat(),
+        event.model_dump_json().encode(),
+        event.subject,
+        None,
+    )
 
 
 def _journal(

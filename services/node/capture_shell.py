@@ -160,6 +160,10 @@ class Capture:
         """Spool events durably; the relay publishes them."""
         self._outbox.append(events)
 
+    def emit_opening(self, requested: CloudEvent, matched: list[str]) -> None:
+        """Spool a C-MOVE's requested event, its move opened in the journal in the same commit."""
+        self._outbox.append_opening(requested, matched)
+
     # -- handlers -----------------------------------------------------------------------
 
     @_guarded

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schemas import events as ev
-from services.bus.outbox import JOURNAL_SCHEMA
+from services.bus.outbox import JOURNAL_SCHEMA, OPEN_MOVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,14 +46,15 @@ class MoveJournal:
         self._lock = threading.Lock()
 
     def opened(self, requested: ev.MoveRequested, matched: Sequence[str]) -> None:
-        """Note a C-MOVE that starts, before its sub-operations (one commit per C-MOVE)."""
+        """Note a C-MOVE that starts, on its own (the node spools its event with it:
+        ``Outbox.append_opening``)."""
         row = (
             str(requested.data.operation.id),
             requested.model_dump_json().encode(),
             json.dumps(list(matched)),
         )
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO move_journal VALUES (?, ?, ?)", row)
+            self._db.execute(OPEN_MOVE, row)
 
     def open_moves(self) -> list[OpenMove]:
         """The C-MOVEs noted and not closed: after a restart, those the crash cut off."""

@@ -159,9 +159,10 @@ class ArchiveSCP:
             ev.MoveRequested, {**data, "move_destination": destination_ae}, self.capture.stamp()
         )
         if self.journal is not None and destination is not None and instances:
-            assert isinstance(requested, ev.MoveRequested)
-            self.journal.opened(requested, [i.sop_instance_uid for i in instances])
-        self.capture.emit(requested)
+            # its sub-operations are journalled from here (services.node.recovery)
+            self.capture.emit_opening(requested, [i.sop_instance_uid for i in instances])
+        else:
+            self.capture.emit(requested)
         state = self.capture.state(assoc)
         state.retrievals[request.MessageID] = Retrieval(
             ev.MoveCompleted,
