@@ -28,6 +28,7 @@ from pathlib import Path
 from aio_pika.abc import AbstractRobustConnection
 
 from schemas.envelope import CloudEvent
+from services.backoff import Backoff
 from services.bus import lifeline
 from services.bus.batch import Outgoing, PublishOutcome
 from services.bus.codec import outgoing, outgoing_event
@@ -93,7 +94,7 @@ class OutboxRelay:
         self._ambiguous, self._ambiguous_since = self._outbox.in_flight()
         if self._ambiguous:
             log.info("%d events were in flight when the last relay stopped", len(self._ambiguous))
-        delay = 0.5
+        backoff = Backoff(first=0.5, cap=10.0)
         while not stop.is_set():
             try:
                 connection = await connect(self._url, self._name)
@@ -101,21 +102,19 @@ class OutboxRelay:
                 log.warning(
                     "broker unreachable (%s); outbox depth %d", describe(exc), self._outbox.depth()
                 )
-                await sleep_unless(stop, delay)
-                delay = min(delay * 2, 10.0)
+                await backoff.wait(stop)
                 continue
             async with connection:
                 try:
                     await self._drain_forever(connection, stop)
-                    delay = 0.5
+                    backoff.reset()
                 except Exception as exc:  # a broker that is still starting, a closed channel
                     log.warning(
                         "relay interrupted (%s); outbox depth %d",
                         describe(exc),
                         self._outbox.depth(),
                     )
-                    await sleep_unless(stop, delay)
-                    delay = min(delay * 2, 10.0)
+                    await backoff.wait(stop)
 
     async def _drain_forever(
         self, connection: AbstractRobustConnection, stop: asyncio.Event
