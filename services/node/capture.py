@@ -1,6 +1,6 @@
 """Pure capture: what the node sent and what came back, turned into contract events.
 
-The shell (``services.node.capture_shell``) records each C-STORE-RQ it sends as a
+The shell (``services.node.pairing``) records each C-STORE-RQ it sends as a
 ``SentStore``, joins the C-STORE-RSP to it by (association, message id), and
 calls these functions. Nothing here touches a socket, a clock or a random
 source: ids and times come in as arguments. Nothing here raises on what a

@@ -9,7 +9,7 @@ The node's relay makes the event of it with ``event_of``, which calls
 called, so the event is the same; only building and validating it costs the
 relay's process instead of the thread that pynetdicom needs for the next
 C-STORE. Whatever is not plain takes the general path: its event is built on
-the DIMSE thread (``services.node.capture_shell``).
+the DIMSE thread (``services.node.pairing``).
 
 Records an earlier version spooled (``EARLIER_FORMAT``) are read into the same
 ``PairRecord``, so an outbox written before an upgrade still drains.
