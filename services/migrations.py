@@ -110,5 +110,9 @@ def migrate(cursor: Any, dialect: Dialect, schema: Schema, where: str) -> int:
             (schema.store, schema.version, utc_now().isoformat()),
         )
     if found < schema.version:
-        log.info("%s: %s schema from version %d to %d", where, schema.store, found, schema.version)
+        # From 0 is a new file (or one of the release before versions): no news at start.
+        level = logging.INFO if found else logging.DEBUG
+        log.log(
+            level, "%s: %s schema from version %d to %d", where, schema.store, found, schema.version
+        )
     return found

@@ -49,31 +49,54 @@ class StoreSCP:
 def storescp(
     folder: Path, *options: str, ae_title: str = "STORESCP", port: int | None = None
 ) -> Iterator[StoreSCP]:
-    """Run ``storescp -d`` (debug: logs every command set) until the block ends."""
+    """Run ``storescp -d`` (debug: logs every command set) until the block ends.
+
+    A free port can be taken by another test worker before storescp binds it: when
+    storescp exits before it listens on a port it chose itself, it starts again on
+    another (three tries), and otherwise the failure quotes its log.
+    """
     folder.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    log = folder.parent / f"storescp-{port}.log"
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [dcmtk("storescp"), "-d", "-aet", ae_title, "-od", str(folder), *options, str(port)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=ENV,
-        )
-    try:
-        wait_for_port(port)
-        yield StoreSCP(ae_title, port, folder, log, process)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    for _ in range(3):
+        chosen = port or free_port()
+        log = folder.parent / f"storescp-{chosen}.log"
+        argv = [dcmtk("storescp"), "-d", "-aet", ae_title, "-od", str(folder), *options]
+        with log.open("ab") as out:
+            process = subprocess.Popen(
+                [*argv, str(chosen)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=ENV,
+            )
+        try:
+            wait_for_port(chosen, process=process)
+        except PeerExited:
+            if port is not None:
+                raise
+            continue
+        try:
+            yield StoreSCP(ae_title, chosen, folder, log, process)
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+        return
+    raise AssertionError(f"storescp did not start on three free ports; last log: {log}")
 
 
-def wait_for_port(port: int, within: float = 10.0) -> None:
-    """Block until something accepts connections on ``port``."""
+class PeerExited(AssertionError):
+    """A peer process ended before it listened (its log says why)."""
+
+
+def wait_for_port(
+    port: int, within: float = 10.0, process: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Block until something accepts connections on ``port``; ``process``, when given,
+    is the one that should: its exit ends the wait at once (``PeerExited``)."""
     import time
 
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise PeerExited(f"the peer for port {port} exited ({process.returncode})")
         with (
             contextlib.suppress(OSError),
             socket.create_connection(("127.0.0.1", port), timeout=0.5),
