@@ -307,6 +307,14 @@ class Rig:
 
         await until_true(past, within, f"the tracker and the audit past the marker {marker.id}")
 
+    def audited(self) -> set[str]:
+        """The ids of the events the audit trail holds (read in-process)."""
+        audit = AuditStore.open(str(self.audit_db))
+        try:
+            return {r.event_id for r in audit.records()}
+        finally:
+            audit.close()
+
     def moves(self) -> list[dict[str, Any]]:
         """What `dimsebus moves list --json` prints for this rig's tracker (read in-process)."""
         views = load_views(TrackerSettings(db=str(self.tracker_db)))

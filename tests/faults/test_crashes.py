@@ -100,9 +100,10 @@ async def test_consumer_killed_mid_batch(
             check=False,
         )
         assert verified.returncode == 0, verified.stdout + verified.stderr
-        log = await rig.log()
+        # (the records first: the marker rig.log() publishes may be audited right after it)
         records = rig.cli_json("audit", "query", "--json", "--db", str(rig.audit_db))
         recorded = [r["event_id"] for r in records]
+        log = await rig.log()
         assert len(recorded) == len(set(recorded)), "an event was audited twice"
         await until(lambda: len(storescp_answers(peer.log)) >= INSTANCES, 5, "all C-STOREs")
         assert set(recorded) <= {str(e.id) for e in log}
