@@ -33,10 +33,12 @@ from tests.integration.conftest import (
     RunningNode,
     Services,
     log_until_now,
+    moves_of,
     movescu,
     of_type,
     read_events,
     settled,
+    until,
 )
 from tests.integration.peers import (
     StoreSCP,
@@ -262,7 +264,17 @@ async def test_permanent_association_rejection_is_not_retried(
     with refusing_scp() as port:
         node: RunningNode = await start_node(instances=5, destinations={"STORESCP": port})
         await movescu(node, "STORESCP")
-        move = await settled(tracker.db, node, "failed")
+        await settled(tracker.db, node, "failed")
+        # (the move is final at once; the retrier's give-up decisions reach the tracker later)
+
+        def given_up() -> bool:
+            [move] = moves_of(tracker.db, node)
+            return bool(move["failed_instances"]) and all(
+                f["gave_up"] for f in move["failed_instances"]
+            )
+
+        await until(given_up, what="the retrier's give-up of every instance")
+        [move] = moves_of(tracker.db, node)
     # then every instance is reported not sent, and given up without a retry: the move failed
     assert move["counts"]["failed"] == 5
     assert "rejected_permanent" in move["reason"]
