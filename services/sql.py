@@ -118,9 +118,7 @@ def connect_sqlite(
     why when it cannot be one (a folder, not SQLite, not writable, a newer schema)."""
     db: sqlite3.Connection | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_dir():
-            raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
+        make_room_for(path)
         db = sqlite3.connect(
             path, isolation_level=isolation_level, check_same_thread=False, timeout=30.0
         )
@@ -160,6 +158,13 @@ def _recorded_version(db: sqlite3.Connection, store: str) -> int | None:
     query = f"SELECT version FROM {VERSIONS_TABLE} WHERE store = ?"
     row = db.execute(query, (store,)).fetchone()
     return int(row[0]) if row else None
+
+
+def make_room_for(path: Path) -> None:
+    """Make the folder of the SQLite file ``path``; an OSError when ``path`` is a folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
 
 
 def unusable(path: Path, exc: BaseException) -> str:

@@ -21,7 +21,6 @@ response event notes its instance for its open move, a final one closes it.
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import json
 import sqlite3
 import threading
@@ -31,7 +30,7 @@ from pathlib import Path
 
 from schemas.envelope import CloudEvent
 from services.errors import ConfigError
-from services.sql import unusable
+from services.sql import make_room_for, unusable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -333,9 +332,7 @@ def _journal(
 
 
 def _open(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "is a directory", str(path))
+    make_room_for(path)
     return sqlite3.connect(path, check_same_thread=False, isolation_level=None)
 
 
