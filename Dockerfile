@@ -4,6 +4,8 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY services ./services
+# dimsebus/ links to the two folders above: they install as dimsebus.schemas and .services.
+COPY dimsebus ./dimsebus
 RUN pip install --no-cache-dir .
 RUN useradd --create-home dimsebus \
     && mkdir -p /var/lib/dimsebus /etc/dimsebus \

@@ -27,15 +27,20 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from rich.console import Console
 from rich.table import Table
 
-from schemas import events as ev
-from schemas.envelope import CONTENT_TYPE
-from schemas.examples import move_story
-from services.bus.codec import outgoing_event, to_message
-from services.bus.connection import confirming_channel, connect
-from services.bus.consumer import Consumer
-from services.bus.publisher import Publisher
-from services.bus.topology import EVENTS_EXCHANGE, WorkQueue, declare_topology, declare_work_queue
-from services.clock import new_id, utc_now
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CONTENT_TYPE
+from dimsebus.schemas.examples import move_story
+from dimsebus.services.bus.codec import outgoing_event, to_message
+from dimsebus.services.bus.connection import confirming_channel, connect
+from dimsebus.services.bus.consumer import Consumer
+from dimsebus.services.bus.publisher import Publisher
+from dimsebus.services.bus.topology import (
+    EVENTS_EXCHANGE,
+    WorkQueue,
+    declare_topology,
+    declare_work_queue,
+)
+from dimsebus.services.clock import new_id, utc_now
 from tests.broker import LOCAL_URL, local_rabbitmqctl, private_vhost
 
 

@@ -47,19 +47,19 @@ from pynetdicom import AE, evt
 from rich.console import Console
 from rich.table import Table
 
-from schemas import events as ev
-from schemas.examples import move_story
-from services.bus.outbox import Outbox, Record
-from services.bus.relay import RelayProcess
-from services.clock import new_id, utc_now
-from services.node.association import connection_handlers
-from services.node.capture import SentStore, StoreResponse
-from services.node.capture_shell import Capture
-from services.node.config import NodeSettings
-from services.node.jobs import Job
-from services.node.sender import Target, send_files
-from services.node.storepair import Recorder
-from services.node.synthetic import write_study
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.examples import move_story
+from dimsebus.services.bus.outbox import Outbox, Record
+from dimsebus.services.bus.relay import RelayProcess
+from dimsebus.services.clock import new_id, utc_now
+from dimsebus.services.node.association import connection_handlers
+from dimsebus.services.node.capture import SentStore, StoreResponse
+from dimsebus.services.node.capture_shell import Capture
+from dimsebus.services.node.config import NodeSettings
+from dimsebus.services.node.jobs import Job
+from dimsebus.services.node.sender import Target, send_files
+from dimsebus.services.node.storepair import Recorder
+from dimsebus.services.node.synthetic import write_study
 from tests.broker import LOCAL_URL, local_rabbitmqctl, private_vhost
 from tests.integration.peers import ENV, dcmtk, free_port, wait_for_port
 

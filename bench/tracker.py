@@ -28,20 +28,20 @@ from aio_pika.abc import AbstractConnection
 from rich.console import Console
 from rich.table import Table
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from schemas.examples import move_story
-from services.bus.connection import confirming_channel, connect
-from services.bus.log import LogEntry
-from services.bus.outbox import Outbox
-from services.bus.publisher import Publisher
-from services.bus.relay import RelayProcess
-from services.bus.session import supervised
-from services.bus.topology import declare_topology
-from services.clock import new_id, utc_now
-from services.tracker.app import Tracker, TrackerSettings, follow, run_tracker
-from services.tracker.progress import move_key
-from services.tracker.store import open_store
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.examples import move_story
+from dimsebus.services.bus.connection import confirming_channel, connect
+from dimsebus.services.bus.log import LogEntry
+from dimsebus.services.bus.outbox import Outbox
+from dimsebus.services.bus.publisher import Publisher
+from dimsebus.services.bus.relay import RelayProcess
+from dimsebus.services.bus.session import supervised
+from dimsebus.services.bus.topology import declare_topology
+from dimsebus.services.clock import new_id, utc_now
+from dimsebus.services.tracker.app import Tracker, TrackerSettings, follow, run_tracker
+from dimsebus.services.tracker.progress import move_key
+from dimsebus.services.tracker.store import open_store
 from tests.broker import LOCAL_URL, local_rabbitmqctl, private_vhost
 
 

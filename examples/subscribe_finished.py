@@ -26,8 +26,8 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from pydantic import ValidationError
 
-from schemas.events import MoveFinished, parse_event
-from schemas.limits import MAX_BODY_BYTES
+from dimsebus.schemas.events import MoveFinished, parse_event
+from dimsebus.schemas.limits import MAX_BODY_BYTES
 
 EXCHANGE = "dimsebus.events"
 ROUTING_KEY = "dimsebus.move.finished"

@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.limits import (
+from dimsebus.schemas.limits import (
     MAX_DATASCHEMA_LENGTH,
     MAX_SOURCE_LENGTH,
     MAX_SUBJECT_LENGTH,

@@ -11,9 +11,9 @@ from uuid import UUID
 
 from pydantic import Field, TypeAdapter, model_validator
 
-from schemas.dicom import UID, AETitle, MessageID, Port, PresentationContextID, StatusCode
-from schemas.envelope import CloudEvent, Model, UtcDatetime
-from schemas.limits import (
+from dimsebus.schemas.dicom import UID, AETitle, MessageID, Port, PresentationContextID, StatusCode
+from dimsebus.schemas.envelope import CloudEvent, Model, UtcDatetime
+from dimsebus.schemas.limits import (
     MAX_FAILED_INSTANCES,
     MAX_INVALID_FIELDS,
     MAX_KEY_NAME_LENGTH,
@@ -27,7 +27,7 @@ from schemas.limits import (
     MAX_TEXT_LENGTH,
     MAX_UIDS,
 )
-from schemas.status import Service, StatusCategory, describe_status
+from dimsebus.schemas.status import Service, StatusCategory, describe_status
 
 Role = Literal["requestor", "acceptor"]
 OperationKind = Literal["store", "move", "get"]
@@ -559,7 +559,7 @@ class MoveResponseData(Model):
     """A C-MOVE-RSP the node received as Move SCU (PS3.7 9.3.4.2, PS3.4 C.4.2.1.5).
 
     Pending responses carry the sub-operation counts so far; the final one
-    (``final``) also the Failed SOP Instance UID List, capped as ``schemas.limits`` says.
+    (``final``) also the Failed SOP Instance UID List, capped as ``dimsebus.schemas.limits`` says.
     """
 
     association: AssociationRef

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from schemas.status import Service, describe_status
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.status import Service, describe_status
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"

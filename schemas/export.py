@@ -13,9 +13,9 @@ from typing import Any
 import yaml
 from pydantic.json_schema import models_json_schema
 
-from schemas.envelope import CONTENT_TYPE, CloudEvent, schema_uri
-from schemas.events import COMMAND_MODELS, EVENT_MODELS, TYPES
-from schemas.examples import every_event, sequential_ids
+from dimsebus.schemas.envelope import CONTENT_TYPE, CloudEvent, schema_uri
+from dimsebus.schemas.events import COMMAND_MODELS, EVENT_MODELS, TYPES
+from dimsebus.schemas.examples import every_event, sequential_ids
 
 EXCHANGE, LOG, DLX, COMMANDS = (
     "dimsebus.events",

@@ -1,5 +1,5 @@
-"""``python -m services`` is the ``dimsebus`` command."""
+"""``python -m dimsebus.services`` is the ``dimsebus`` command."""
 
-from services.cli import main
+from dimsebus.services.cli import main
 
 main()

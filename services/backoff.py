@@ -12,7 +12,7 @@ import asyncio
 import random
 from collections.abc import Callable
 
-from services.clock import sleep_unless
+from dimsebus.services.clock import sleep_unless
 
 
 def delay_for(attempt: int, first: float, cap: float, factor: float = 2.0) -> float:

@@ -18,26 +18,26 @@ from aiormq.exceptions import AMQPConnectionError
 from rich.console import Console
 from rich.table import Table
 
-from schemas.export import render
-from services.audit.app import AuditSettings
-from services.audit.cli import audit_app
-from services.bus.connection import connect, refusal
-from services.bus.connection import masked as masked_url
-from services.bus.log import LogEntry, LogReader, parse_offset
-from services.bus.topology import declare_topology
-from services.console import ConfigOption, console, err, fail, say_error, settings_or_exit
-from services.demo import DemoSummary, progress_bars, run_demo
-from services.errors import ConfigError, DimsebusError
-from services.logs import configure_logging, debugging, describe, set_debug
-from services.node.cli import archive_app, node_app, outbox_app, send
-from services.node.config import NodeSettings
-from services.node.move_cli import move
-from services.retrier.app import RetrierSettings
-from services.retrier.cli import retrier, retries_app
-from services.settings import ServiceSettings, masked
-from services.tracker.cli import moves_app, tracker
-from services.tracker.settings import TrackerSettings
-from services.vhosts import with_vhost
+from dimsebus.schemas.export import render
+from dimsebus.services.audit.app import AuditSettings
+from dimsebus.services.audit.cli import audit_app
+from dimsebus.services.bus.connection import connect, refusal
+from dimsebus.services.bus.connection import masked as masked_url
+from dimsebus.services.bus.log import LogEntry, LogReader, parse_offset
+from dimsebus.services.bus.topology import declare_topology
+from dimsebus.services.console import ConfigOption, console, err, fail, say_error, settings_or_exit
+from dimsebus.services.demo import DemoSummary, progress_bars, run_demo
+from dimsebus.services.errors import ConfigError, DimsebusError
+from dimsebus.services.logs import configure_logging, debugging, describe, set_debug
+from dimsebus.services.node.cli import archive_app, node_app, outbox_app, send
+from dimsebus.services.node.config import NodeSettings
+from dimsebus.services.node.move_cli import move
+from dimsebus.services.retrier.app import RetrierSettings
+from dimsebus.services.retrier.cli import retrier, retries_app
+from dimsebus.services.settings import ServiceSettings, masked
+from dimsebus.services.tracker.cli import moves_app, tracker
+from dimsebus.services.tracker.settings import TrackerSettings
+from dimsebus.services.vhosts import with_vhost
 
 app = typer.Typer(help="DICOM C-STORE responses as events on RabbitMQ.", no_args_is_help=True)
 schemas_app = typer.Typer(help="The event contract as files.", no_args_is_help=True)

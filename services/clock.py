@@ -9,7 +9,7 @@ import threading
 import time
 from uuid import UUID
 
-from schemas.ids import uuid7_from
+from dimsebus.schemas.ids import uuid7_from
 
 
 def utc_now() -> dt.datetime:

@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from services.errors import DimsebusError
-from services.settings import ServiceSettings, load_settings
+from dimsebus.services.errors import DimsebusError
+from dimsebus.services.settings import ServiceSettings, load_settings
 
 console = Console()
 err = Console(stderr=True)

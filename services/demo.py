@@ -1,6 +1,6 @@
 """``dimsebus demo``: the whole product against embedded peers, with one command.
 
-It finds a broker, makes a vhost of its own there (``services.vhosts``: two demos
+It finds a broker, makes a vhost of its own there (``dimsebus.services.vhosts``: two demos
 never see each other's events), then runs in one process: a node whose archive holds a
 generated study, a destination Storage SCP that refuses a share of the
 C-STOREs with 0xA700 on their first attempt and aborts its first association
@@ -31,22 +31,22 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-from services.audit.app import AuditSettings, run_audit
-from services.audit.chain import Verification, verify
-from services.audit.store import AuditStore
-from services.bus.connection import refusal
-from services.errors import DimsebusError
-from services.node.app import QUERY_RETRIEVE, Node
-from services.node.archive import Archive
-from services.node.config import Destination, NodeSettings, Peer
-from services.node.synthetic import write_study
-from services.retrier.app import RetrierSettings, run_retrier
-from services.retrier.policy import RetryPolicy
-from services.settings import ServiceSettings
-from services.tracker.api import load_views
-from services.tracker.app import TrackerSettings, run_tracker
-from services.tracker.progress import TERMINAL
-from services.vhosts import own_vhost, vhost_of
+from dimsebus.services.audit.app import AuditSettings, run_audit
+from dimsebus.services.audit.chain import Verification, verify
+from dimsebus.services.audit.store import AuditStore
+from dimsebus.services.bus.connection import refusal
+from dimsebus.services.errors import DimsebusError
+from dimsebus.services.node.app import QUERY_RETRIEVE, Node
+from dimsebus.services.node.archive import Archive
+from dimsebus.services.node.config import Destination, NodeSettings, Peer
+from dimsebus.services.node.synthetic import write_study
+from dimsebus.services.retrier.app import RetrierSettings, run_retrier
+from dimsebus.services.retrier.policy import RetryPolicy
+from dimsebus.services.settings import ServiceSettings
+from dimsebus.services.tracker.api import load_views
+from dimsebus.services.tracker.app import TrackerSettings, run_tracker
+from dimsebus.services.tracker.progress import TERMINAL
+from dimsebus.services.vhosts import own_vhost, vhost_of
 
 STUDY_ROOT_MOVE = next(uid for uid in QUERY_RETRIEVE if uid.endswith("2.2"))
 SETTLE_SECONDS = 8.0

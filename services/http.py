@@ -15,7 +15,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.registry import Collector
 
-from services.settings import ServiceSettings
+from dimsebus.services.settings import ServiceSettings
 
 Health = Callable[[], dict[str, Any]]
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"

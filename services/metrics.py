@@ -19,8 +19,8 @@ from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from schemas.status import Service, describe_status
-from services.bus.outbox import CONFIRM_BUCKETS, read_relay_stats
+from dimsebus.schemas.status import Service, describe_status
+from dimsebus.services.bus.outbox import CONFIRM_BUCKETS, read_relay_stats
 
 _FOLD_AT = 4096
 ROUND_TRIP_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from services.clock import utc_now
-from services.errors import ConfigError
+from dimsebus.services.clock import utc_now
+from dimsebus.services.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

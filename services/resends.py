@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from uuid import NAMESPACE_URL, uuid5
 
-from schemas import events as ev
-from services.bus.connection import confirming_channel, connect
-from services.bus.publisher import Publisher
-from services.bus.topology import (
+from dimsebus.schemas import events as ev
+from dimsebus.services.bus.connection import confirming_channel, connect
+from dimsebus.services.bus.publisher import Publisher
+from dimsebus.services.bus.topology import (
     COMMANDS_EXCHANGE,
     declare_work_queue,
     ensure_topology,
     node_commands,
 )
-from services.settings import ServiceSettings
+from dimsebus.services.settings import ServiceSettings
 
 
 def operator_retry(command: ev.ResendSubOperations) -> ev.RetryScheduled:

@@ -27,9 +27,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from schemas.limits import MAX_BODY_BYTES
-from services.bus.topology import StreamRetention
-from services.errors import ConfigError
+from dimsebus.schemas.limits import MAX_BODY_BYTES
+from dimsebus.services.bus.topology import StreamRetention
+from dimsebus.services.errors import ConfigError
 
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 

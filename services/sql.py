@@ -2,7 +2,7 @@
 
 The two differ in their parameter placeholder and in how a transaction runs;
 stores write ``?`` and call ``transaction()``, and run unchanged on both. Opening
-either brings the store's schema to its version (``services.migrations``).
+either brings the store's schema to its version (``dimsebus.services.migrations``).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from services.errors import ConfigError
-from services.migrations import VERSIONS_TABLE, Schema, migrate
+from dimsebus.services.errors import ConfigError
+from dimsebus.services.migrations import VERSIONS_TABLE, Schema, migrate
 
 
 class Rows(list[Any]):
@@ -137,7 +137,7 @@ def connect_sqlite(
 
 def migrate_sqlite(db: sqlite3.Connection, schema: Schema, where: str) -> int:
     """Bring ``schema`` in the SQLite ``db`` to its version, in one transaction; the version
-    found. ``where`` names the database in a refusal (see ``services.migrations.migrate``)."""
+    found. ``where`` names the database in a refusal (see ``migrations.migrate``)."""
     if _recorded_version(db, schema.store) == schema.version:
         return schema.version  # nothing to write: no wait for a busy service's write lock
     # IMMEDIATE: a second process opening the file waits here, then finds it migrated.

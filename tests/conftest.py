@@ -11,8 +11,8 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from services.bus.connection import confirming_channel, connect
-from services.bus.topology import declare_topology
+from dimsebus.services.bus.connection import confirming_channel, connect
+from dimsebus.services.bus.topology import declare_topology
 from tests.broker import (
     LOCAL_URL,
     Broker,

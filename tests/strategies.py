@@ -7,9 +7,9 @@ from typing import Any, get_args
 
 from hypothesis import strategies as st
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent, schema_uri
-from schemas.status import Service, describe_status
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent, schema_uri
+from dimsebus.schemas.status import Service, describe_status
 
 _number = st.one_of(st.just("0"), st.integers(1, 10**12).map(str))
 uids = st.lists(_number, min_size=1, max_size=10).map(".".join).filter(lambda uid: len(uid) <= 64)

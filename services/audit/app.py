@@ -22,9 +22,9 @@ from typing import Any
 from aio_pika.abc import AbstractConnection
 from pydantic import Field, model_validator
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from services.audit.messages import (
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.audit.messages import (
     AuditMessage,
     PatientPolicy,
     Sent,
@@ -35,16 +35,16 @@ from services.audit.messages import (
     security_alert,
     syslog_frame,
 )
-from services.audit.store import AuditStore
-from services.bus.connection import confirming_channel, connect
-from services.bus.consumer import Consumer
-from services.bus.log import LogReader
-from services.bus.session import consume_until, serve_supervised
-from services.bus.topology import WorkQueue, declare_work_queue, ensure_topology
-from services.clock import sleep_unless, utc_now
-from services.http import serving
-from services.metrics import AUDIT_RECORDS, AUDIT_SENT, GaugeCollector
-from services.settings import ServiceSettings
+from dimsebus.services.audit.store import AuditStore
+from dimsebus.services.bus.connection import confirming_channel, connect
+from dimsebus.services.bus.consumer import Consumer
+from dimsebus.services.bus.log import LogReader
+from dimsebus.services.bus.session import consume_until, serve_supervised
+from dimsebus.services.bus.topology import WorkQueue, declare_work_queue, ensure_topology
+from dimsebus.services.clock import sleep_unless, utc_now
+from dimsebus.services.http import serving
+from dimsebus.services.metrics import AUDIT_RECORDS, AUDIT_SENT, GaugeCollector
+from dimsebus.services.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 AUDIT_QUEUE = WorkQueue("dimsebus.audit", bindings=("#",))

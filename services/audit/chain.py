@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from schemas.envelope import CloudEvent
+from dimsebus.schemas.envelope import CloudEvent
 
 GENESIS = "0" * 64
 

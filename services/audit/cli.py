@@ -9,11 +9,11 @@ from typing import Annotated, Any
 
 import typer
 
-from services.audit.app import AuditSettings, parse_time, replay, run_audit
-from services.audit.chain import AuditRecord, verify
-from services.audit.store import AuditStore, Query
-from services.bus.log import parse_offset
-from services.console import (
+from dimsebus.services.audit.app import AuditSettings, parse_time, replay, run_audit
+from dimsebus.services.audit.chain import AuditRecord, verify
+from dimsebus.services.audit.store import AuditStore, Query
+from dimsebus.services.bus.log import parse_offset
+from dimsebus.services.console import (
     ConfigOption,
     DbOption,
     HttpPortOption,
@@ -23,8 +23,8 @@ from services.console import (
     settings_or_exit,
     show_rows,
 )
-from services.errors import DimsebusError
-from services.logs import configure_logging
+from dimsebus.services.errors import DimsebusError
+from dimsebus.services.logs import configure_logging
 
 audit_app = typer.Typer(
     help="The audit trail: run it, verify its chain, query it.", invoke_without_command=True

@@ -18,7 +18,7 @@ from typing import Literal
 from uuid import NAMESPACE_URL, UUID, uuid5
 from xml.etree import ElementTree as ET
 
-from schemas import events as ev
+from dimsebus.schemas import events as ev
 
 PatientPolicy = Literal["keep", "omit"]
 BEGIN = ("110102", "Begin Transferring DICOM Instances")

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.envelope import CloudEvent
-from services.audit.chain import GENESIS, AuditRecord, next_record
-from services.migrations import Migration, Schema
-from services.sql import Database, open_database
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.audit.chain import GENESIS, AuditRecord, next_record
+from dimsebus.services.migrations import Migration, Schema
+from dimsebus.services.sql import Database, open_database
 
 # Migration 1 is the schema every release before versions made.
 _TABLES = """

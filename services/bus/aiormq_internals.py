@@ -1,4 +1,4 @@
-"""Every reach into aiormq's channel internals: what ``services.bus.batch`` needs.
+"""Every reach into aiormq's channel internals: what ``dimsebus.services.bus.batch`` needs.
 
 aiormq publishes one message per call (``Channel.basic_publish``): one write and one
 drain per message. ``publish_batch`` writes a whole batch at once and registers each

@@ -9,7 +9,7 @@ marshals a whole batch into one write and registers one confirmation future per
 delivery tag, the way ``basic_publish`` does: about 45 us per message.
 
 It works with aiormq's channel internals, all through
-``services.bus.aiormq_internals`` (which checks the aiormq version it was written
+``dimsebus.services.bus.aiormq_internals`` (which checks the aiormq version it was written
 for, pinned in pyproject); ``tests/unit/test_library_canaries.py`` checks what
 they rely on, and ``tests/integration/test_batch.py`` checks acks, returns, nacks
 and lost connections against the real broker.
@@ -28,8 +28,8 @@ from aiormq.abc import ChannelFrame, FrameType
 from pamqp import commands as spec
 from pamqp.header import ContentHeader
 
-from services.bus import aiormq_internals as internals
-from services.errors import EventNacked, PublishInterrupted, UnroutableEvent
+from dimsebus.services.bus import aiormq_internals as internals
+from dimsebus.services.errors import EventNacked, PublishInterrupted, UnroutableEvent
 
 PublishOutcome = float | UnroutableEvent | EventNacked | PublishInterrupted
 """Seconds until the broker confirmed a message, or why it did not."""

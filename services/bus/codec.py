@@ -11,11 +11,11 @@ from aio_pika.abc import AbstractIncomingMessage
 from pamqp import commands as spec
 from pydantic import ValidationError
 
-from schemas.envelope import CONTENT_TYPE, CloudEvent
-from schemas.events import Event, parse_event
-from schemas.limits import MAX_BODY_BYTES
-from services.bus.batch import Outgoing
-from services.errors import InvalidEvent
+from dimsebus.schemas.envelope import CONTENT_TYPE, CloudEvent
+from dimsebus.schemas.events import Event, parse_event
+from dimsebus.schemas.limits import MAX_BODY_BYTES
+from dimsebus.services.bus.batch import Outgoing
+from dimsebus.services.errors import InvalidEvent
 
 
 def to_message(event: CloudEvent) -> aio_pika.Message:

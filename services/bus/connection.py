@@ -19,8 +19,8 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractRobustConn
 from aiormq.connection import EXCEPTION_MAPPING
 from aiormq.exceptions import ConnectionClosed, ProbableAuthenticationError
 
-from services.bus.aiormq_internals import refused_open_frame
-from services.errors import ConfigError
+from dimsebus.services.bus.aiormq_internals import refused_open_frame
+from dimsebus.services.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -22,14 +22,14 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, ChannelInvalidStateError
 
-from schemas.events import Event
-from schemas.limits import MAX_BODY_BYTES
-from services.backoff import delay_for, jittered
-from services.bus.codec import from_message
-from services.bus.publisher import Publisher
-from services.bus.topology import DEAD_LETTER_EXCHANGE, WorkQueue, declare_work_queue
-from services.errors import InvalidEvent, Unprocessable
-from services.metrics import MESSAGES_PARKED
+from dimsebus.schemas.events import Event
+from dimsebus.schemas.limits import MAX_BODY_BYTES
+from dimsebus.services.backoff import delay_for, jittered
+from dimsebus.services.bus.codec import from_message
+from dimsebus.services.bus.publisher import Publisher
+from dimsebus.services.bus.topology import DEAD_LETTER_EXCHANGE, WorkQueue, declare_work_queue
+from dimsebus.services.errors import InvalidEvent, Unprocessable
+from dimsebus.services.metrics import MESSAGES_PARKED
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ waits for ever. Reading ``os.getppid()`` once the child is running is too late: 
 parent killed while the child was still importing (about a second of it) is already
 gone, and the pid read is the reaper's. So the parent names itself in
 ``PARENT_VARIABLE`` before it starts the child, and the child, run as
-``python -m services.bus.lifeline ARGS`` (this module imports nothing but the
+``python -m dimsebus.services.bus.lifeline ARGS`` (this module imports nothing but the
 standard library), holds on to it before it loads anything else:
 
 - on Linux, ``prctl(PR_SET_PDEATHSIG, SIGTERM)`` has the kernel signal it when the
@@ -15,7 +15,7 @@ standard library), holds on to it before it loads anything else:
   itself (a graceful stop once its handlers are in place), then, after a grace
   period, an immediate exit.
 
-Then it runs ``python -m services ARGS``.
+Then it runs ``python -m dimsebus.services ARGS``.
 """
 
 from __future__ import annotations
@@ -81,9 +81,12 @@ def _orphaned(parent: int) -> None:
 
 
 def main() -> None:
-    """``python -m services.bus.lifeline ARGS``: hold on, then ``python -m services ARGS``."""
+    """``python -m dimsebus.services.bus.lifeline ARGS``: hold on, then run the command.
+
+    The command is ``python -m dimsebus.services ARGS``.
+    """
     hold()
-    runpy.run_module("services", run_name="__main__", alter_sys=True)
+    runpy.run_module("dimsebus.services", run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":

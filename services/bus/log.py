@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 from aio_pika.abc import AbstractChannel, AbstractQueueIterator
 
-from schemas.events import Event
-from schemas.limits import MAX_BODY_BYTES
-from services.bus.codec import from_message
-from services.bus.topology import LOG_STREAM
-from services.errors import ConfigError, InvalidEvent
+from dimsebus.schemas.events import Event
+from dimsebus.schemas.limits import MAX_BODY_BYTES
+from dimsebus.services.bus.codec import from_message
+from dimsebus.services.bus.topology import LOG_STREAM
+from dimsebus.services.errors import ConfigError, InvalidEvent
 
 NAMED_OFFSETS = ("first", "last", "next")
 

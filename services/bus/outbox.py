@@ -3,16 +3,16 @@
 ``Outbox.append`` runs on pynetdicom's threads and costs one SQLite commit
 (WAL, ``synchronous=NORMAL``: a committed row survives ``kill -9`` of the
 process; only an OS crash can lose the last commits). It never touches the
-broker: ``services.bus.relay`` publishes the rows and deletes each one only
+broker: ``dimsebus.services.bus.relay`` publishes the rows and deletes each one only
 after its confirm, so an event is always confirmed on the broker or in the file.
 
 A row holds an encoded event, or (``format`` set) a record of the facts from
 which its relay makes the event: the node spools each C-STORE request/response pair that way
-(``services.node.storepair``), so that building and validating the event costs
+(``dimsebus.services.node.storepair``), so that building and validating the event costs
 the relay's process, not the DICOM thread. The record carries the event's id
 and time, so the event is the same whenever, and however often, it is made.
 
-The file also holds the node's move journal (``services.node.journal``): the
+The file also holds the node's move journal (``dimsebus.services.node.journal``): the
 C-MOVEs it serves, and which of their instances got a response event. The
 outbox writes it itself, in the transaction of each row (``_journal``): a
 response event notes its instance for its open move, a final one closes it.
@@ -28,9 +28,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.envelope import CloudEvent
-from services.errors import ConfigError
-from services.sql import make_room_for, unusable
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.errors import ConfigError
+from dimsebus.services.sql import make_room_for, unusable
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -192,7 +192,7 @@ class Outbox:
         """Spool a C-MOVE's requested event and open its move in the journal, in one commit.
 
         ``matched`` are the instances the move will send: those without a response
-        event when the node starts again were cut off (``services.node.recovery``).
+        event when the node starts again were cut off (``dimsebus.services.node.recovery``).
         """
         row = _row(requested)
         opened = (requested.correlation_id, row[5], json.dumps(list(matched)))

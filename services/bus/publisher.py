@@ -21,13 +21,13 @@ from aio_pika.abc import AbstractChannel, AbstractExchange
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS, DeliveryError
 from aio_pika.exceptions import PublishError as ReturnedError
 
-from schemas.envelope import CloudEvent
-from services.backoff import Backoff
-from services.bus.batch import Outgoing, PublishOutcome, publish_batch
-from services.bus.codec import to_message
-from services.bus.topology import EVENTS_EXCHANGE
-from services.errors import EventNacked, PublishInterrupted, UnroutableEvent
-from services.metrics import observe_publish
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.backoff import Backoff
+from dimsebus.services.bus.batch import Outgoing, PublishOutcome, publish_batch
+from dimsebus.services.bus.codec import to_message
+from dimsebus.services.bus.topology import EVENTS_EXCHANGE
+from dimsebus.services.errors import EventNacked, PublishInterrupted, UnroutableEvent
+from dimsebus.services.metrics import observe_publish
 
 log = logging.getLogger(__name__)
 

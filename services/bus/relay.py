@@ -5,7 +5,7 @@ The relay runs beside the DICOM process, not inside it: publishing costs CPU
 and slow C-STORE traffic, which DESIGN.md rule 4 forbids. The DICOM side only
 appends to the SQLite outbox; the relay polls it, publishes the oldest rows and
 deletes each one after its confirm. One relay per outbox (a file lock), and a
-relay whose parent dies stops within a second (``services.bus.lifeline``), so a
+relay whose parent dies stops within a second (``dimsebus.services.bus.lifeline``), so a
 restarted node does not race an orphan.
 Rows spooled as records (``Outbox.append_record``) are made into their events
 here, by the function its ``formats`` names for the record's format.
@@ -27,18 +27,18 @@ from pathlib import Path
 
 from aio_pika.abc import AbstractRobustConnection
 
-from schemas.envelope import CloudEvent
-from services.backoff import Backoff
-from services.bus import lifeline
-from services.bus.batch import Outgoing, PublishOutcome
-from services.bus.codec import outgoing, outgoing_event
-from services.bus.connection import confirming_channel, connect, describe
-from services.bus.log import LogReader
-from services.bus.outbox import Outbox, OutboxRow, read_depth
-from services.bus.publisher import Publisher
-from services.bus.topology import EVENTS_EXCHANGE, ensure_topology
-from services.clock import sleep_unless
-from services.errors import PublishInterrupted
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.backoff import Backoff
+from dimsebus.services.bus import lifeline
+from dimsebus.services.bus.batch import Outgoing, PublishOutcome
+from dimsebus.services.bus.codec import outgoing, outgoing_event
+from dimsebus.services.bus.connection import confirming_channel, connect, describe
+from dimsebus.services.bus.log import LogReader
+from dimsebus.services.bus.outbox import Outbox, OutboxRow, read_depth
+from dimsebus.services.bus.publisher import Publisher
+from dimsebus.services.bus.topology import EVENTS_EXCHANGE, ensure_topology
+from dimsebus.services.clock import sleep_unless
+from dimsebus.services.errors import PublishInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def run_relay(
 ) -> None:
     """The relay process: publish ``outbox_path`` until SIGTERM, or until the parent dies.
 
-    ``RelayProcess`` starts it through ``services.bus.lifeline``, which ties it to its
+    ``RelayProcess`` starts it through ``dimsebus.services.bus.lifeline``, which ties it to its
     parent before it loads anything; started otherwise, it is tied to its parent here.
     """
     lifeline.hold()
@@ -274,7 +274,7 @@ class RelayProcess:
         argv = [
             sys.executable,
             "-m",
-            "services.bus.lifeline",  # then ``services``: tied to this process from the start
+            "dimsebus.services.bus.lifeline",  # then the command, tied to this process
             "outbox",
             "relay",
             "--outbox",

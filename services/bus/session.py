@@ -5,7 +5,7 @@ fails (a quorum queue or stream still starting after a broker restart answers
 ``NOT_FOUND - home node ... is down``) leaves a consumer that never receives
 again, silently. So consumers use a plain connection here, and a lost
 connection ends the session: the supervisor connects again, declares again
-and consumes again, from scratch, with a back-off (``services.backoff``), until it is
+and consumes again, from scratch, with a back-off (``dimsebus.services.backoff``), until it is
 stopped.
 """
 
@@ -20,10 +20,10 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractConnection
 
-from services.backoff import Backoff
-from services.bus.connection import describe, masked, refusal
-from services.bus.consumer import Consumer
-from services.errors import ConfigError
+from dimsebus.services.backoff import Backoff
+from dimsebus.services.bus.connection import describe, masked, refusal
+from dimsebus.services.bus.consumer import Consumer
+from dimsebus.services.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

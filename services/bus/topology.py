@@ -17,7 +17,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 from aiormq.exceptions import ChannelAccessRefused, ChannelNotFoundEntity, ChannelPreconditionFailed
 
-from services.errors import TopologyError, TopologyNotAllowed
+from dimsebus.services.errors import TopologyError, TopologyNotAllowed
 
 log = logging.getLogger(__name__)
 

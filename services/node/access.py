@@ -10,7 +10,7 @@ do it:
 - each request (PS3.7 C.5.2): one the peer may not make is answered
   0x0124 Refused: Not Authorized, without touching the archive.
 
-No sockets and no pynetdicom here: ``services.node.gate`` applies these.
+No sockets and no pynetdicom here: ``dimsebus.services.node.gate`` applies these.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from services.node.config import Access, Peer, Service
+from dimsebus.services.node.config import Access, Peer, Service
 
 NOT_AUTHORIZED = 0x0124
 """Refused: Not Authorized (PS3.7 C.5.2)."""

@@ -33,8 +33,8 @@ import errno
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from schemas.dicom import check_uid
-from services.errors import DimsebusError
+from dimsebus.schemas.dicom import check_uid
+from dimsebus.services.errors import DimsebusError
 
 CANNOT_UNDERSTAND = 0xC000
 DOES_NOT_MATCH = 0xA900

@@ -10,25 +10,25 @@ from typing import Any
 
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, sop_class
 
-from services.bus.connection import check_access
-from services.bus.outbox import Outbox
-from services.bus.relay import RelayProcess
-from services.clock import sleep_unless
-from services.console import run_service
-from services.errors import ConfigError
-from services.http import serving
-from services.metrics import GaugeCollector, OutboxCollector
-from services.node import server as edge
-from services.node.archive import Archive
-from services.node.capture_shell import Capture
-from services.node.config import NodeSettings
-from services.node.gate import Gate
-from services.node.journal import MoveJournal
-from services.node.mover import Mover, OpenMoves
-from services.node.recovery import interrupted_events
-from services.node.resend import Resender, serve_commands
-from services.node.scp import ArchiveSCP
-from services.node.tls import scp_context
+from dimsebus.services.bus.connection import check_access
+from dimsebus.services.bus.outbox import Outbox
+from dimsebus.services.bus.relay import RelayProcess
+from dimsebus.services.clock import sleep_unless
+from dimsebus.services.console import run_service
+from dimsebus.services.errors import ConfigError
+from dimsebus.services.http import serving
+from dimsebus.services.metrics import GaugeCollector, OutboxCollector
+from dimsebus.services.node import server as edge
+from dimsebus.services.node.archive import Archive
+from dimsebus.services.node.capture_shell import Capture
+from dimsebus.services.node.config import NodeSettings
+from dimsebus.services.node.gate import Gate
+from dimsebus.services.node.journal import MoveJournal
+from dimsebus.services.node.mover import Mover, OpenMoves
+from dimsebus.services.node.recovery import interrupted_events
+from dimsebus.services.node.resend import Resender, serve_commands
+from dimsebus.services.node.scp import ArchiveSCP
+from dimsebus.services.node.tls import scp_context
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The node's archive: a folder of DICOM files and an SQLite index over them.
 
-What it takes is decided by ``services.node.admission`` (valid UIDs, no silent
-overwrite of another patient's instance), where files go by ``services.node.files``.
+What it takes is decided by ``dimsebus.services.node.admission`` (valid UIDs, no silent
+overwrite of another patient's instance), where files go by ``dimsebus.services.node.files``.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from services.errors import ConfigError
-from services.migrations import Migration, Schema
-from services.node import admission
-from services.node.admission import ArchiveError, Refused
-from services.node.files import ArchiveFiles, identifiers
-from services.node.query import ATTRIBUTES, LEVELS, UNIQUE_KEYS, Query
-from services.sql import migrate_sqlite, unusable
+from dimsebus.services.errors import ConfigError
+from dimsebus.services.migrations import Migration, Schema
+from dimsebus.services.node import admission
+from dimsebus.services.node.admission import ArchiveError, Refused
+from dimsebus.services.node.files import ArchiveFiles, identifiers
+from dimsebus.services.node.query import ATTRIBUTES, LEVELS, UNIQUE_KEYS, Query
+from dimsebus.services.sql import migrate_sqlite, unusable
 
 __all__ = ["Archive", "ArchiveError", "Refused", "StoredInstance"]
 
@@ -123,7 +123,7 @@ class Archive:
     ) -> StoredInstance:
         """Write ``dataset`` (with file meta) as ``files/<study>/<instance>.dcm`` and index it.
 
-        Raises ``Refused`` (``services.node.admission``) before anything is written
+        Raises ``Refused`` (``dimsebus.services.node.admission``) before anything is written
         when an identifying UID is not a valid UID or not the request's ``affected``
         SOP Class and Instance UID, when the instance is held under another Patient ID
         (unless ``overwrite``), or when the write fails. A replaced instance's old file

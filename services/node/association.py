@@ -3,7 +3,7 @@
 Its handle (id, AE titles, peer), who aborted it, the transfer syntax of a
 presentation context, a command set's values read safely, and the socket and
 handler settings every association of the node gets at EVT_CONN_OPEN. What is
-not pynetdicom's public API is read through ``services.node.pynetdicom_internals``.
+not pynetdicom's public API is read through ``dimsebus.services.node.pynetdicom_internals``.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dsutils import decode
 
-from schemas import events as ev
-from services.clock import new_id
-from services.node import pynetdicom_internals as internals
-from services.node import salvage
-from services.node.reactor import install_checkpoint, sleep_on_socket_no_more, wake_on_data
+from dimsebus.schemas import events as ev
+from dimsebus.services.clock import new_id
+from dimsebus.services.node import pynetdicom_internals as internals
+from dimsebus.services.node import salvage
+from dimsebus.services.node.reactor import install_checkpoint, sleep_on_socket_no_more, wake_on_data
 
 ABORT_TEXT = {
     "local": "A-ABORT sent by the node",

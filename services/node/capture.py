@@ -1,11 +1,11 @@
 """Pure capture: what the node sent and what came back, turned into contract events.
 
-The shell (``services.node.pairing``) records each C-STORE-RQ it sends as a
+The shell (``dimsebus.services.node.pairing``) records each C-STORE-RQ it sends as a
 ``SentStore``, joins the C-STORE-RSP to it by (association, message id), and
 calls these functions. Nothing here touches a socket, a clock or a random
 source: ids and times come in as arguments. Nothing here raises on what a
 peer sent either: values the contract rejects become ``dicom.message.invalid``
-(``services.node.salvage``) rather than an exception that loses the event.
+(``dimsebus.services.node.salvage``) rather than an exception that loses the event.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from schemas.status import Service, describe_status
-from services.node.salvage import (
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.status import Service, describe_status
+from dimsebus.services.node.salvage import (
     comment_text,
     describe_error,
     invalid_event,
@@ -31,7 +31,7 @@ from services.node.salvage import (
     status_problem,
     text,
 )
-from services.node.stamp import Stamp as Stamp  # re-exported: its callers' one import
+from dimsebus.services.node.stamp import Stamp as Stamp  # re-exported: its callers' one import
 
 E = TypeVar("E", bound=CloudEvent)
 

@@ -9,7 +9,7 @@ work, ``suboperations`` keeps what a C-MOVE's sub-associations did.
 
 pynetdicom logs an exception from a handler and carries on, so the event would
 be lost: every handler is ``_guarded``, and whatever it raises is recorded as
-``dicom.message.invalid`` (``services.node.salvage``) and logged instead.
+``dicom.message.invalid`` (``dimsebus.services.node.salvage``) and logged instead.
 """
 
 from __future__ import annotations
@@ -25,23 +25,23 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from services.bus.outbox import Outbox
-from services.clock import utc_now
-from services.node import capture, handoff, salvage
-from services.node.association import (
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.bus.outbox import Outbox
+from dimsebus.services.clock import utc_now
+from dimsebus.services.node import capture, handoff, salvage
+from dimsebus.services.node.association import (
     ABORT_TEXT,
     abort_source,
     command_values,
     connection_handlers,
     reference,
 )
-from services.node.capture import Stamp
-from services.node.config import NodeSettings
-from services.node.jobs import AssociationState, Job, Subject
-from services.node.pairing import Pairing
-from services.node.suboperations import SubOperations, completed_events
+from dimsebus.services.node.capture import Stamp
+from dimsebus.services.node.config import NodeSettings
+from dimsebus.services.node.jobs import AssociationState, Job, Subject
+from dimsebus.services.node.pairing import Pairing
+from dimsebus.services.node.suboperations import SubOperations, completed_events
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from schemas.status import Service, describe_status
-from services.bus.outbox import Outbox, read_depth
-from services.bus.relay import NICENESS, RelayProcess, run_relay
-from services.console import (
+from dimsebus.schemas.status import Service, describe_status
+from dimsebus.services.bus.outbox import Outbox, read_depth
+from dimsebus.services.bus.relay import NICENESS, RelayProcess, run_relay
+from dimsebus.services.console import (
     ConfigOption,
     HttpPortOption,
     console,
@@ -25,16 +25,16 @@ from services.console import (
     parse_labels,
     settings_or_exit,
 )
-from services.errors import DimsebusError
-from services.logs import configure_logging, debugging
-from services.node import storepair
-from services.node.app import run_node
-from services.node.archive import Archive, ArchiveError
-from services.node.capture_shell import Capture
-from services.node.config import NodeSettings
-from services.node.sender import SendSummary, Target, dicom_files, send_files
-from services.node.target_option import LastError, bracketed, parse_target, peer_trouble
-from services.node.tls import association_tls, scp_context
+from dimsebus.services.errors import DimsebusError
+from dimsebus.services.logs import configure_logging, debugging
+from dimsebus.services.node import storepair
+from dimsebus.services.node.app import run_node
+from dimsebus.services.node.archive import Archive, ArchiveError
+from dimsebus.services.node.capture_shell import Capture
+from dimsebus.services.node.config import NodeSettings
+from dimsebus.services.node.sender import SendSummary, Target, dicom_files, send_files
+from dimsebus.services.node.target_option import LastError, bracketed, parse_target, peer_trouble
+from dimsebus.services.node.tls import association_tls, scp_context
 
 node_app = typer.Typer(help="Run the DICOM node, or look at it.", invoke_without_command=True)
 archive_app = typer.Typer(help="The node's archive.", no_args_is_help=True)

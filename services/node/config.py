@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from schemas.dicom import AETitle, Port
-from services.settings import ServiceSettings
+from dimsebus.schemas.dicom import AETitle, Port
+from dimsebus.services.settings import ServiceSettings
 
 Service = Literal["echo", "store", "find", "move", "get"]
 """What a peer may ask of the node: C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET."""

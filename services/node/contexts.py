@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pynetdicom import build_context
 from pynetdicom.presentation import PresentationContext
 
-from services.errors import DimsebusError
+from dimsebus.services.errors import DimsebusError
 
 # Every Storage SCP must accept Implicit VR Little Endian (PS3.5 10.1); Explicit is common.
 FALLBACK_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")

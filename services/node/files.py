@@ -1,7 +1,7 @@
 """The archive's folder of files: where an instance's file goes, written whole or not at all.
 
 A file is named by the instance's UIDs only after they were validated
-(``services.node.admission``), and its path is checked to resolve inside the
+(``dimsebus.services.node.admission``), and its path is checked to resolve inside the
 folder before anything is written (a symlink could still lead out). It is
 written under a name of its own first and moved into place, so that a failed
 or refused write leaves neither a partial file nor the old one damaged.
@@ -16,8 +16,8 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from services.node import admission
-from services.node.admission import Refused
+from dimsebus.services.node import admission
+from dimsebus.services.node.admission import Refused
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,11 @@
-"""The node's access control, applied to pynetdicom's associations (``services.node.access``).
+"""The node's access control, applied to pynetdicom's associations (``node.access``).
 
 Two hooks. EVT_REQUESTED, which pynetdicom triggers on the acceptor after the
 A-ASSOCIATE-RQ arrived and before it negotiates: an association the peer may not
 have is rejected there with an A-ASSOCIATE-RJ (pynetdicom's documented place to
 reject). And each request on an accepted association: pynetdicom hands it to
 ``Association._serve_request``, which this wraps at EVT_CONN_OPEN (through
-``services.node.pynetdicom_internals``, like every reach into pynetdicom) so that a
+``dimsebus.services.node.pynetdicom_internals``, like every reach into pynetdicom) so that a
 request the peer may not make is answered 0x0124 before any handler, identifier
 decode or sub-association happens (a C-MOVE or C-GET handler cannot answer a
 status before it names a destination or a count). Every refusal is a
@@ -24,11 +24,11 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 
-from services.node import access
-from services.node import pynetdicom_internals as internals
-from services.node.capture import access_refused_event
-from services.node.capture_shell import Capture
-from services.node.config import NodeSettings, Service
+from dimsebus.services.node import access
+from dimsebus.services.node import pynetdicom_internals as internals
+from dimsebus.services.node.capture import access_refused_event
+from dimsebus.services.node.capture_shell import Capture
+from dimsebus.services.node.config import NodeSettings, Service
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from pynetdicom.association import Association
 
-from services.node import pynetdicom_internals
-from services.node.jobs import AssociationState
+from dimsebus.services.node import pynetdicom_internals
+from dimsebus.services.node.jobs import AssociationState
 
 
 def spool_while_waiting(

@@ -8,10 +8,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from services.node.storepair import Outstanding, Recorder
-from services.node.unsolicited import Unsolicited
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.node.storepair import Outstanding, Recorder
+from dimsebus.services.node.unsolicited import Unsolicited
 
 
 @dataclass

@@ -4,9 +4,9 @@ A C-MOVE is opened here (its C-MOVE-RQ event and matched instances) when it
 starts. The outbox then notes, in the same transaction as each response event,
 which of its instances got an answer, and closes the move when its
 ``dicom.move.completed`` (or ``dicom.move.interrupted``) is spooled
-(``services.bus.outbox``, ``Outbox._journal``): no triggers.
+(``dimsebus.services.bus.outbox``, ``Outbox._journal``): no triggers.
 A move still open when the node starts again was cut off by a crash: see
-``services.node.recovery``.
+``dimsebus.services.node.recovery``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas import events as ev
-from services.bus.outbox import JOURNAL_SCHEMA, OPEN_MOVE
+from dimsebus.schemas import events as ev
+from dimsebus.services.bus.outbox import JOURNAL_SCHEMA, OPEN_MOVE
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """What peers may hold of the node at once, each accepted connection, and refusal log lines.
 
-No pynetdicom here: ``services.node.server`` applies these at its accept loop.
+No pynetdicom here: ``dimsebus.services.node.server`` applies these at its accept loop.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from services.node.config import NodeSettings
+from dimsebus.services.node.config import NodeSettings
 
-log = logging.getLogger("services.node.server")
+log = logging.getLogger("dimsebus.services.node.server")
 
 ACCEPT_MARGIN = 8
 """Connections beyond ``max_associations`` still accepted, to be rejected in DICOM terms."""

@@ -8,16 +8,16 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
-from schemas import events as ev
-from services.bus.codec import describe_validation_error
-from services.bus.connection import confirming_channel, connect
-from services.bus.publisher import Publisher
-from services.bus.topology import COMMANDS_EXCHANGE
-from services.clock import new_id, utc_now
-from services.console import ConfigOption, console, fail, parse_labels, settings_or_exit
-from services.errors import DimsebusError, UnroutableEvent
-from services.node import moves
-from services.node.config import NodeSettings
+from dimsebus.schemas import events as ev
+from dimsebus.services.bus.codec import describe_validation_error
+from dimsebus.services.bus.connection import confirming_channel, connect
+from dimsebus.services.bus.publisher import Publisher
+from dimsebus.services.bus.topology import COMMANDS_EXCHANGE
+from dimsebus.services.clock import new_id, utc_now
+from dimsebus.services.console import ConfigOption, console, fail, parse_labels, settings_or_exit
+from dimsebus.services.errors import DimsebusError, UnroutableEvent
+from dimsebus.services.node import moves
+from dimsebus.services.node.config import NodeSettings
 
 OPTIONS = {
     "study_instance_uid": "--study",

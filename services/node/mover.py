@@ -3,7 +3,7 @@
 A ``dimsebus.command.move`` from the node's queue makes the node open an
 association to the remote archive (Study Root, STUDY/SERIES/IMAGE level) and
 send one C-MOVE-RQ. Every C-MOVE-RSP becomes ``dicom.move.response.received``
-(``services.node.moves``). While the move is open its Message ID is kept in
+(``dimsebus.services.node.moves``). While the move is open its Message ID is kept in
 ``OpenMoves``, so that when the node is its own destination the C-STORE-RQs
 it receives for the move (Move Originator AE Title = the node's, Message ID =
 the C-MOVE's) are recorded as ``dicom.cstore.response.sent`` by the Storage SCP.
@@ -20,14 +20,14 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import AE, sop_class
 
-from schemas import events as ev
-from services.errors import DimsebusError, Unprocessable
-from services.node import moves, salvage
-from services.node.archive import Archive
-from services.node.capture_shell import Capture
-from services.node.config import NodeSettings
-from services.node.jobs import Job
-from services.node.tls import association_tls
+from dimsebus.schemas import events as ev
+from dimsebus.services.errors import DimsebusError, Unprocessable
+from dimsebus.services.node import moves, salvage
+from dimsebus.services.node.archive import Archive
+from dimsebus.services.node.capture_shell import Capture
+from dimsebus.services.node.config import NodeSettings
+from dimsebus.services.node.jobs import Job
+from dimsebus.services.node.tls import association_tls
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The node as Move SCU, its pure part: identifiers, responses as events, stores matched.
 
-The shell (``services.node.mover``) opens the association and sends the C-MOVE-RQ;
+The shell (``dimsebus.services.node.mover``) opens the association and sends the C-MOVE-RQ;
 everything it decides is here: the Study Root identifier of a move command
 (PS3.4 C.6.2.1), each C-MOVE-RSP as ``dicom.move.response.received``, the Message
 ID of a new C-MOVE, and whether a C-STORE-RQ the node received belongs to one of
@@ -17,11 +17,11 @@ from typing import Protocol
 
 from pydicom.dataset import Dataset
 
-from schemas import events as ev
-from schemas.limits import MAX_UIDS, clip
-from schemas.status import Service, describe_status
-from services.errors import DimsebusError
-from services.node.capture import Stamp, envelope
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.limits import MAX_UIDS, clip
+from dimsebus.schemas.status import Service, describe_status
+from dimsebus.services.errors import DimsebusError
+from dimsebus.services.node.capture import Stamp, envelope
 
 PENDING = (0xFF00, 0xFF01)
 MAX_MESSAGE_ID = 0xFFFF

@@ -3,10 +3,10 @@
 A request is recorded (joined to its job, its pair record laid out) and kept
 by message id until its response comes, or its association ends (then it is
 missing). A plain response to it is spooled as its pair's record
-(``services.node.storepair``: the relay makes its event); any other gets its
+(``dimsebus.services.node.storepair``: the relay makes its event); any other gets its
 event built here. A response to no outstanding request is only counted
-(``services.node.unsolicited``), and the association aborted if there are too
-many. Which thread does this work is ``services.node.handoff``'s concern.
+(``dimsebus.services.node.unsolicited``), and the association aborted if there are too
+many. Which thread does this work is ``dimsebus.services.node.handoff``'s concern.
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ from typing import Any, cast
 
 from pynetdicom.association import Association
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from services.bus.outbox import Outbox
-from services.clock import new_id, utc_now
-from services.metrics import CSTORE
-from services.node import capture, salvage, storepair
-from services.node.association import command_values, read_values, tags_of, transfer_syntax
-from services.node.capture import SentStore, Stamp, StoreResponse
-from services.node.jobs import AssociationState, Job
-from services.node.storepair import Outstanding
-from services.node.suboperations import SubOperations
-from services.node.unsolicited import unsolicited_event
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.bus.outbox import Outbox
+from dimsebus.services.clock import new_id, utc_now
+from dimsebus.services.metrics import CSTORE
+from dimsebus.services.node import capture, salvage, storepair
+from dimsebus.services.node.association import command_values, read_values, tags_of, transfer_syntax
+from dimsebus.services.node.capture import SentStore, Stamp, StoreResponse
+from dimsebus.services.node.jobs import AssociationState, Job
+from dimsebus.services.node.storepair import Outstanding
+from dimsebus.services.node.suboperations import SubOperations
+from dimsebus.services.node.unsolicited import unsolicited_event
 
 log = logging.getLogger(__name__)
 

@@ -67,7 +67,7 @@ def quiet_standard_event_logging() -> None:
     _config.LOG_HANDLER_LEVEL = "none"
 
 
-# -- the association reactor: a race-free pause (services.node.reactor) ---------------------
+# -- the association reactor: a race-free pause (dimsebus.services.node.reactor) -------------------
 
 
 def has_stock_checkpoint(assoc: Association) -> bool:
@@ -232,7 +232,7 @@ def pass_move_originator(assoc: Association, ae_title: str, message_id: int) -> 
     assoc.send_c_store = send_c_store  # type: ignore[method-assign, assignment]
 
 
-# -- the edge server's reads (services.node.server) ----------------------------------------
+# -- the edge server's reads (dimsebus.services.node.server) ---------------------------------------
 
 
 def read_pdus_with(dul: Any, reader: Callable[[], None]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.errors import DimsebusError
+from dimsebus.services.errors import DimsebusError
 
 LEVELS = ("PATIENT", "STUDY", "SERIES", "IMAGE")
 

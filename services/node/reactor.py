@@ -30,7 +30,7 @@ for the rest of that millisecond. The node's DUL threads sleep on their socket
 instead (``poll`` with the same timeout): they wake when the peer sends.
 
 Installing both reaches into pynetdicom's association and DUL: that is done by
-``services.node.pynetdicom_internals``, which says what each step relies on.
+``dimsebus.services.node.pynetdicom_internals``, which says what each step relies on.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from typing import Any
 
 from pynetdicom import evt
 
-from services.node import pynetdicom_internals as internals
+from dimsebus.services.node import pynetdicom_internals as internals
 
 
 class ReactorCheckpoint:

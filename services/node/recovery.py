@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from schemas.limits import chunked
-from services.node.capture import Stamp, unsent_event
-from services.node.journal import OpenMove
-from services.node.salvage import split_uids
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.limits import chunked
+from dimsebus.services.node.capture import Stamp, unsent_event
+from dimsebus.services.node.journal import OpenMove
+from dimsebus.services.node.salvage import split_uids
 
 UNSENT_CHUNK = 1000  # instances per unsent event: a 10,000-instance move is 10 events
 

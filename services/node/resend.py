@@ -23,20 +23,20 @@ from uuid import UUID
 
 from aio_pika.abc import AbstractConnection
 
-from schemas import events as ev
-from services.bus.connection import confirming_channel
-from services.bus.consumer import Consumer
-from services.bus.session import consume_until, supervised
-from services.bus.topology import ensure_topology, node_commands
-from services.clock import sleep_unless
-from services.errors import Unprocessable
-from services.metrics import RESEND_COMMANDS
-from services.node.archive import Archive
-from services.node.capture_shell import Capture
-from services.node.config import NodeSettings
-from services.node.jobs import Job
-from services.node.mover import Mover
-from services.node.sender import SendError, Target, emit_unsent, send_files
+from dimsebus.schemas import events as ev
+from dimsebus.services.bus.connection import confirming_channel
+from dimsebus.services.bus.consumer import Consumer
+from dimsebus.services.bus.session import consume_until, supervised
+from dimsebus.services.bus.topology import ensure_topology, node_commands
+from dimsebus.services.clock import sleep_unless
+from dimsebus.services.errors import Unprocessable
+from dimsebus.services.metrics import RESEND_COMMANDS
+from dimsebus.services.node.archive import Archive
+from dimsebus.services.node.capture_shell import Capture
+from dimsebus.services.node.config import NodeSettings
+from dimsebus.services.node.jobs import Job
+from dimsebus.services.node.mover import Mover
+from dimsebus.services.node.sender import SendError, Target, emit_unsent, send_files
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
-from schemas import events as ev
-from schemas.dicom import MESSAGE_ID_MAX, STATUS_MAX, check_ae_title, check_uid
-from schemas.envelope import CloudEvent
-from services.node.stamp import Stamp
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.dicom import MESSAGE_ID_MAX, STATUS_MAX, check_ae_title, check_uid
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.node.stamp import Stamp
 
 ERROR_LIMIT = 4096
 VALUE_LIMIT = 1024

@@ -1,7 +1,7 @@
 """The node's SCP roles over its archive: Storage, Find, Move and Get (PS3.4 B, C).
 
 Each handler is a thin pynetdicom generator or function; the matching is
-``services.node.query`` and the capture is ``services.node.capture_shell``.
+``dimsebus.services.node.query`` and the capture is ``dimsebus.services.node.capture_shell``.
 """
 
 from __future__ import annotations
@@ -15,19 +15,19 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pynetdicom import evt
 
-from schemas import events as ev
-from schemas.limits import MAX_KEY_NAME_LENGTH, MAX_KEY_VALUE_LENGTH, MAX_KEYS, clip
-from services.clock import new_id, utc_now
-from services.node import admission, capture, moves, pynetdicom_internals
-from services.node.archive import Archive, Refused, StoredInstance
-from services.node.capture_shell import Capture
-from services.node.config import NodeSettings
-from services.node.contexts import storage_contexts
-from services.node.jobs import Job, Retrieval
-from services.node.journal import MoveJournal
-from services.node.mover import OpenMoves
-from services.node.query import QueryError, build_query
-from services.node.tls import association_tls
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.limits import MAX_KEY_NAME_LENGTH, MAX_KEY_VALUE_LENGTH, MAX_KEYS, clip
+from dimsebus.services.clock import new_id, utc_now
+from dimsebus.services.node import admission, capture, moves, pynetdicom_internals
+from dimsebus.services.node.archive import Archive, Refused, StoredInstance
+from dimsebus.services.node.capture_shell import Capture
+from dimsebus.services.node.config import NodeSettings
+from dimsebus.services.node.contexts import storage_contexts
+from dimsebus.services.node.jobs import Job, Retrieval
+from dimsebus.services.node.journal import MoveJournal
+from dimsebus.services.node.mover import OpenMoves
+from dimsebus.services.node.query import QueryError, build_query
+from dimsebus.services.node.tls import association_tls
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class ArchiveSCP:
 
     def on_c_store(self, event: evt.Event) -> int | Dataset:
         """Store, and record the answer if the C-STORE-RQ is a sub-operation of the node's
-        own C-MOVE (``services.node.mover``)."""
+        own C-MOVE (``dimsebus.services.node.mover``)."""
         status = self._store(event)
         if self.open_moves is not None:
             try:
@@ -105,7 +105,7 @@ class ArchiveSCP:
         self.capture.emit(moves.answered_event(move, store, stamp, self.settings.ae_title))
 
     def _store(self, event: evt.Event) -> int | Dataset:
-        """Store into the archive, or answer why not (PS3.4 B.2.3; ``services.node.admission``).
+        """Store into the archive, or answer why not (PS3.4 B.2.3; ``node.admission``).
 
         Invalid UIDs 0xC000, a data set that is not the request's 0xA900, another
         patient's instance 0x0111, no space 0xA700, another write error 0x0110; each
@@ -159,7 +159,7 @@ class ArchiveSCP:
             ev.MoveRequested, {**data, "move_destination": destination_ae}, self.capture.stamp()
         )
         if self.journal is not None and destination is not None and instances:
-            # its sub-operations are journalled from here (services.node.recovery)
+            # its sub-operations are journalled from here (dimsebus.services.node.recovery)
             self.capture.emit_opening(requested, [i.sop_instance_uid for i in instances])
         else:
             self.capture.emit(requested)
@@ -287,7 +287,7 @@ def _completed_base(data: dict[str, Any]) -> dict[str, Any]:
 
 def recorded_keys(keys: dict[str, str]) -> dict[str, str]:
     """The identifier's non-empty keys as its event records them: a peer chooses how many
-    and how long, the contract caps both (``schemas.limits``)."""
+    and how long, the contract caps both (``dimsebus.schemas.limits``)."""
     kept = ((name, value) for name, value in keys.items() if value)
     return {
         clip(name, MAX_KEY_NAME_LENGTH): clip(value, MAX_KEY_VALUE_LENGTH)

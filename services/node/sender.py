@@ -15,19 +15,19 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, evt
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
-from schemas import events as ev
-from schemas.limits import chunked
-from schemas.status import Service, describe_status
-from services.clock import new_id
-from services.errors import DimsebusError
-from services.node.archive import Archive
-from services.node.association import connection_handlers
-from services.node.capture import unsent_event
-from services.node.capture_shell import Capture
-from services.node.config import NodeSettings
-from services.node.contexts import storage_contexts
-from services.node.jobs import Job
-from services.node.tls import association_tls
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.limits import chunked
+from dimsebus.schemas.status import Service, describe_status
+from dimsebus.services.clock import new_id
+from dimsebus.services.errors import DimsebusError
+from dimsebus.services.node.archive import Archive
+from dimsebus.services.node.association import connection_handlers
+from dimsebus.services.node.capture import unsent_event
+from dimsebus.services.node.capture_shell import Capture
+from dimsebus.services.node.config import NodeSettings
+from dimsebus.services.node.contexts import storage_contexts
+from dimsebus.services.node.jobs import Job
+from dimsebus.services.node.tls import association_tls
 
 log = logging.getLogger(__name__)
 

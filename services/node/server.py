@@ -18,7 +18,7 @@ after) within ``max_pdu``, an invalid one is Evt19 (A-ABORT, PS3.8 Table 9-10) w
 its body unread, and nothing is read once the association is gone (Sta13).
 
 What it reaches into pynetdicom's transport, DUL, state machine and DIMSE for goes
-through ``services.node.pynetdicom_internals``, whose canaries
+through ``dimsebus.services.node.pynetdicom_internals``, whose canaries
 (tests/unit/test_library_canaries.py, and ``test_pynetdicom_internals_are_still_there``
 in tests/integration/test_edge_limits.py) check what it relies on.
 """
@@ -39,10 +39,10 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
-from services.node import pynetdicom_internals as internals
-from services.node.config import NodeSettings
-from services.node.framing import PeerClosed, Refused, associate_request, quietly, read_pdu
-from services.node.limits import Connection, ConnectionTable, Limits
+from dimsebus.services.node import pynetdicom_internals as internals
+from dimsebus.services.node.config import NodeSettings
+from dimsebus.services.node.framing import PeerClosed, Refused, associate_request, quietly, read_pdu
+from dimsebus.services.node.limits import Connection, ConnectionTable, Limits
 
 log = logging.getLogger(__name__)
 

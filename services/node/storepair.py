@@ -9,7 +9,7 @@ The node's relay makes the event of it with ``event_of``, which calls
 called, so the event is the same; only building and validating it costs the
 relay's process instead of the thread that pynetdicom needs for the next
 C-STORE. Whatever is not plain takes the general path: its event is built on
-the DIMSE thread (``services.node.pairing``).
+the DIMSE thread (``dimsebus.services.node.pairing``).
 
 Records an earlier version spooled (``EARLIER_FORMAT``) are read into the same
 ``PairRecord``, so an outbox written before an upgrade still drains.
@@ -28,11 +28,11 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from services.bus.outbox import OutboxRow, Record
-from services.node.capture import SentStore, Stamp, StoreResponse, response_event
-from services.node.salvage import message_id_or_none, status_problem
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.bus.outbox import OutboxRow, Record
+from dimsebus.services.node.capture import SentStore, Stamp, StoreResponse, response_event
+from dimsebus.services.node.salvage import message_id_or_none, status_problem
 
 FORMAT = "dicom.cstore.pair/2"
 EARLIER_FORMAT = "dicom.cstore.exchange/1"

@@ -4,7 +4,7 @@ A C-MOVE's C-STORE sub-operations go out on associations of their own. Which
 instances got a C-STORE-RQ there, and whether the destination rejected the
 association, decide what the final C-MOVE-RSP's failed instances were: never
 sent (``dicom.cstore.unsent``, so the retrier can send them one by one) or sent
-and answered (their response events say so). ``services.node.scp`` serves the
+and answered (their response events say so). ``dimsebus.services.node.scp`` serves the
 C-MOVE; the capture's handlers note here what its sub-associations did.
 """
 
@@ -17,13 +17,13 @@ from typing import Any
 
 from pynetdicom.association import Association
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from schemas.limits import MAX_UIDS, chunked
-from services.node import capture, salvage
-from services.node.association import failed_uids
-from services.node.jobs import Retrieval, SubAssociations
-from services.node.stamp import Stamp
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.limits import MAX_UIDS, chunked
+from dimsebus.services.node import capture, salvage
+from dimsebus.services.node.association import failed_uids
+from dimsebus.services.node.jobs import Retrieval, SubAssociations
+from dimsebus.services.node.stamp import Stamp
 
 log = logging.getLogger(__name__)
 

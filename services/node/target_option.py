@@ -12,11 +12,11 @@ import logging
 import socket
 from collections.abc import Iterator
 
-from schemas.dicom import check_ae_title
-from services.console import fail
-from services.errors import DimsebusError
-from services.logs import debugging
-from services.node.sender import Target
+from dimsebus.schemas.dicom import check_ae_title
+from dimsebus.services.console import fail
+from dimsebus.services.errors import DimsebusError
+from dimsebus.services.logs import debugging
+from dimsebus.services.node.sender import Target
 
 
 def parse_target(text: str, tls: bool) -> Target:

@@ -18,7 +18,7 @@ The contexts are built once per ``[tls]`` section (a renewed certificate takes a
 restart); a missing or unreadable file is a ``ConfigError`` naming the setting
 and the file. The handshake of an accepted connection runs on that connection's
 own thread, never on the accept loop, where one silent socket would stop every
-other peer: ``services.node.server`` does it within ``acse_timeout``, and the
+other peer: ``dimsebus.services.node.server`` does it within ``acse_timeout``, and the
 server context's sockets never handshake when wrapped, whichever server wraps them.
 """
 
@@ -29,8 +29,8 @@ import socket
 import ssl
 from pathlib import Path
 
-from services.errors import ConfigError
-from services.node.config import NodeSettings, Tls
+from dimsebus.services.errors import ConfigError
+from dimsebus.services.node.config import NodeSettings, Tls
 
 BCP195_CIPHERS = ":".join(
     (
@@ -114,7 +114,7 @@ class HandshakeLater(ssl.SSLContext):
 
     pynetdicom's own server wraps each accepted socket on its one accept thread,
     with no timeout, and the wrap would run the handshake there. Deferred, it runs
-    on the connection's thread: explicitly (``services.node.server``), or within its
+    on the connection's thread: explicitly (``dimsebus.services.node.server``), or within its
     first read, as OpenSSL's ``SSL_read`` completes a handshake not yet done.
     """
 

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-from schemas.envelope import CloudEvent
-from services.node.salvage import invalid_event
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.node.salvage import invalid_event
 
 if TYPE_CHECKING:
-    from services.node.capture import Stamp, StoreResponse
+    from dimsebus.services.node.capture import Stamp, StoreResponse
 
 UNSOLICITED_LIMIT = 3
 """Unsolicited C-STORE-RSPs after which the node aborts the association (A-ABORT).

@@ -26,13 +26,13 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from schemas import events as ev
-from services.bus.codec import to_message
-from services.bus.connection import confirming_channel, connect
-from services.bus.consumer import Consumer
-from services.bus.publisher import Publisher
-from services.bus.session import consume_until, serve_supervised
-from services.bus.topology import (
+from dimsebus.schemas import events as ev
+from dimsebus.services.bus.codec import to_message
+from dimsebus.services.bus.connection import confirming_channel, connect
+from dimsebus.services.bus.consumer import Consumer
+from dimsebus.services.bus.publisher import Publisher
+from dimsebus.services.bus.session import consume_until, serve_supervised
+from dimsebus.services.bus.topology import (
     DELAY_HEADER,
     DELAYS_EXCHANGE,
     WorkQueue,
@@ -41,15 +41,15 @@ from services.bus.topology import (
     ensure_topology,
     node_commands,
 )
-from services.clock import utc_now
-from services.http import serving
-from services.metrics import RETRIES
-from services.resends import send_commands
-from services.retrier.decisions import RetryItem, decision_event, record, requeued
-from services.retrier.policy import RetryPolicy, decide, decision_id, failure_of
-from services.retrier.ports import DecisionOutlet, DecisionStore
-from services.retrier.store import RetryStore
-from services.settings import ServiceSettings
+from dimsebus.services.clock import utc_now
+from dimsebus.services.http import serving
+from dimsebus.services.metrics import RETRIES
+from dimsebus.services.resends import send_commands
+from dimsebus.services.retrier.decisions import RetryItem, decision_event, record, requeued
+from dimsebus.services.retrier.policy import RetryPolicy, decide, decision_id, failure_of
+from dimsebus.services.retrier.ports import DecisionOutlet, DecisionStore
+from dimsebus.services.retrier.store import RetryStore
+from dimsebus.services.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from services.clock import utc_now
-from services.console import (
+from dimsebus.services.clock import utc_now
+from dimsebus.services.console import (
     ConfigOption,
     HttpPortOption,
     console,
@@ -18,11 +18,11 @@ from services.console import (
     settings_or_exit,
     show_rows,
 )
-from services.errors import DimsebusError
-from services.logs import configure_logging
-from services.retrier.app import RetrierSettings, purge_delays, requeue, run_retrier
-from services.retrier.decisions import RetryItem
-from services.retrier.store import RetryStore
+from dimsebus.services.errors import DimsebusError
+from dimsebus.services.logs import configure_logging
+from dimsebus.services.retrier.app import RetrierSettings, purge_delays, requeue, run_retrier
+from dimsebus.services.retrier.decisions import RetryItem
+from dimsebus.services.retrier.store import RetryStore
 
 retries_app = typer.Typer(
     help="Scheduled and parked retries, as the retrier decided them.", no_args_is_help=True

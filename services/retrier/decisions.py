@@ -1,6 +1,6 @@
 """Pure: a decision about a failure, as the record, the command and the event that carry it.
 
-The store (``services.retrier.store``) keeps these records; nothing here reads or
+The store (``dimsebus.services.retrier.store``) keeps these records; nothing here reads or
 writes it.
 """
 
@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Literal
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from schemas import events as ev
-from services.retrier.policy import Decision, Failure, Retry
+from dimsebus.schemas import events as ev
+from dimsebus.services.retrier.policy import Decision, Failure, Retry
 
 State = Literal["scheduled", "parked", "requeued"]
 

@@ -3,7 +3,7 @@
 ``failure_of`` reads one of the node's failure events; ``decide`` turns a
 failure and the attempt that failed into ``Retry`` (at a time) or ``GiveUp``
 (with a reason). Transient against permanent comes from the status table in
-``schemas.status``; the delays follow dcm4chee's queue settings (initial
+``dimsebus.schemas.status``; the delays follow dcm4chee's queue settings (initial
 delay, multiplier, maximum, jitter). Time and randomness come in as
 arguments, so every decision is reproducible in tests.
 """
@@ -17,8 +17,8 @@ from uuid import NAMESPACE_URL, UUID, uuid5
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from schemas import events as ev
-from schemas.status import Service, describe_status
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.status import Service, describe_status
 
 FailureCategory = Literal["failure", "warning", "missing", "unsent"]
 

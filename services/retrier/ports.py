@@ -11,8 +11,8 @@ import datetime as dt
 from typing import Protocol
 from uuid import UUID
 
-from schemas import events as ev
-from services.retrier.decisions import RetryItem
+from dimsebus.schemas import events as ev
+from dimsebus.services.retrier.decisions import RetryItem
 
 
 class DecisionStore(Protocol):

@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 from uuid import UUID
 
-from schemas import events as ev
-from services.migrations import Migration, Schema
-from services.retrier.decisions import RetryItem, State
-from services.sql import open_database
+from dimsebus.schemas import events as ev
+from dimsebus.services.migrations import Migration, Schema
+from dimsebus.services.retrier.decisions import RetryItem, State
+from dimsebus.services.sql import open_database
 
 __all__ = ["SCHEMA", "RetryItem", "RetryStore", "State"]
 

@@ -12,11 +12,11 @@ from typing import Any
 
 from aiohttp import web
 
-from services.clock import utc_now
-from services.tracker.progress import MoveState, outcome
-from services.tracker.settings import TrackerSettings
-from services.tracker.store import open_store
-from services.tracker.views import move_view
+from dimsebus.services.clock import utc_now
+from dimsebus.services.tracker.progress import MoveState, outcome
+from dimsebus.services.tracker.settings import TrackerSettings
+from dimsebus.services.tracker.store import open_store
+from dimsebus.services.tracker.views import move_view
 
 UNFINISHED = ("in_progress", "retrying", "stalled")
 

@@ -16,19 +16,19 @@ from typing import Any
 
 from aio_pika.abc import AbstractConnection
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from services.bus.log import LogEntry, LogReader
-from services.bus.outbox import Outbox
-from services.bus.relay import RelayProcess
-from services.bus.session import supervised
-from services.bus.topology import ensure_topology
-from services.clock import utc_now
-from services.http import serving
-from services.metrics import TRACKER_APPLIED, GaugeCollector, OutboxCollector
-from services.tracker import api
-from services.tracker.ports import EventSpool, MoveStore
-from services.tracker.progress import (
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.bus.log import LogEntry, LogReader
+from dimsebus.services.bus.outbox import Outbox
+from dimsebus.services.bus.relay import RelayProcess
+from dimsebus.services.bus.session import supervised
+from dimsebus.services.bus.topology import ensure_topology
+from dimsebus.services.clock import utc_now
+from dimsebus.services.http import serving
+from dimsebus.services.metrics import TRACKER_APPLIED, GaugeCollector, OutboxCollector
+from dimsebus.services.tracker import api
+from dimsebus.services.tracker.ports import EventSpool, MoveStore
+from dimsebus.services.tracker.progress import (
     MoveKey,
     MoveState,
     apply,
@@ -38,8 +38,8 @@ from services.tracker.progress import (
 )
 
 # Re-exported: tests and the bench import the settings from here.
-from services.tracker.settings import TrackerSettings as TrackerSettings
-from services.tracker.store import Rejected, open_store
+from dimsebus.services.tracker.settings import TrackerSettings as TrackerSettings
+from dimsebus.services.tracker.store import Rejected, open_store
 
 log = logging.getLogger(__name__)
 DERIVED_IDS = uuid.UUID("5f1c3f43-8f0e-4a53-9a43-2c1a4f7d0a11")

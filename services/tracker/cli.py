@@ -17,8 +17,8 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
-from services.clock import new_id, utc_now
-from services.console import (
+from dimsebus.services.clock import new_id, utc_now
+from dimsebus.services.console import (
     ConfigOption,
     DbOption,
     HttpPortOption,
@@ -29,15 +29,15 @@ from services.console import (
     settings_or_exit,
     show_rows,
 )
-from services.errors import DimsebusError
-from services.logs import configure_logging
-from services.resends import send_commands
-from services.tracker.api import load_views
-from services.tracker.app import run_tracker
-from services.tracker.progress import TERMINAL, retry_commands
-from services.tracker.settings import TrackerSettings
-from services.tracker.store import TrackerStore, open_store
-from services.tracker.views import as_text, move_view
+from dimsebus.services.errors import DimsebusError
+from dimsebus.services.logs import configure_logging
+from dimsebus.services.resends import send_commands
+from dimsebus.services.tracker.api import load_views
+from dimsebus.services.tracker.app import run_tracker
+from dimsebus.services.tracker.progress import TERMINAL, retry_commands
+from dimsebus.services.tracker.settings import TrackerSettings
+from dimsebus.services.tracker.store import TrackerStore, open_store
+from dimsebus.services.tracker.views import as_text, move_view
 
 moves_app = typer.Typer(
     help="C-MOVEs as the tracker folded them from the log.", no_args_is_help=True

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Protocol
 
-from schemas.envelope import CloudEvent
-from services.tracker.progress import MoveKey, MoveState
-from services.tracker.store import Rejected
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.tracker.progress import MoveKey, MoveState
+from dimsebus.services.tracker.store import Rejected
 
 
 class MoveStore(Protocol):

@@ -14,21 +14,21 @@ import datetime as dt
 from collections.abc import Iterator
 from uuid import UUID
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from schemas.limits import MAX_FAILED_INSTANCES, chunked, clip
-from schemas.status import Service, describe_status
-from services.tracker import pulls  # Move SCU moves
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.limits import MAX_FAILED_INSTANCES, chunked, clip
+from dimsebus.schemas.status import Service, describe_status
+from dimsebus.services.tracker import pulls  # Move SCU moves
 
 # Re-exported: the tracker's shell, store, views and tests import the state from here.
-from services.tracker.state import Category as Category
-from services.tracker.state import FinishMark as FinishMark
-from services.tracker.state import InstanceOutcome as InstanceOutcome
-from services.tracker.state import MoveKey as MoveKey
-from services.tracker.state import MoveState as MoveState
-from services.tracker.state import RetryMark as RetryMark
-from services.tracker.state import TimelineEntry as TimelineEntry
-from services.tracker.state import with_outcomes as with_outcomes
+from dimsebus.services.tracker.state import Category as Category
+from dimsebus.services.tracker.state import FinishMark as FinishMark
+from dimsebus.services.tracker.state import InstanceOutcome as InstanceOutcome
+from dimsebus.services.tracker.state import MoveKey as MoveKey
+from dimsebus.services.tracker.state import MoveState as MoveState
+from dimsebus.services.tracker.state import RetryMark as RetryMark
+from dimsebus.services.tracker.state import TimelineEntry as TimelineEntry
+from dimsebus.services.tracker.state import with_outcomes as with_outcomes
 
 FAILED: frozenset[str] = frozenset({"failure", "cancel", "missing", "unsent"})
 # Failures the retrier decides about (its queue's bindings): a cancelled sub-operation is not.

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from schemas.status import Service, describe_status
-from services.tracker import state
-from services.tracker.state import MoveKey, MoveState, TimelineEntry
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.status import Service, describe_status
+from dimsebus.services.tracker import state
+from dimsebus.services.tracker.state import MoveKey, MoveState, TimelineEntry
 
 PULL_EVENTS = (ev.MoveResponseReceived, ev.CStoreResponseSent)
 

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from services.settings import ServiceSettings
+from dimsebus.services.settings import ServiceSettings
 
 
 class TrackerSettings(ServiceSettings):

@@ -13,8 +13,8 @@ from uuid import UUID
 
 from pydantic import Field
 
-from schemas import events as ev
-from schemas.envelope import Model
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import Model
 
 Category = Literal["success", "warning", "failure", "cancel", "missing", "unsent"]
 MoveKey = tuple[str, UUID]

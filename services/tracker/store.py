@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from services.migrations import Migration, Schema
-from services.sql import Database, open_database
-from services.tracker.progress import MoveKey, MoveState
+from dimsebus.services.migrations import Migration, Schema
+from dimsebus.services.sql import Database, open_database
+from dimsebus.services.tracker.progress import MoveKey, MoveState
 
 # Migration 1 is the schema every release before versions made (tracker_rejected came
 # later than the others: IF NOT EXISTS adds it to a database that lacks it).

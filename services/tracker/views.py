@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from services.tracker.progress import (
+from dimsebus.services.tracker.progress import (
     MoveState,
     counts,
     failed_instances,

@@ -14,8 +14,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
 
 
 @dataclass(frozen=True, slots=True)

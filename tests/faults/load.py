@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas.envelope import CloudEvent
+from dimsebus.schemas.envelope import CloudEvent
 from tests.faults.ledger import Tally, tally
 from tests.faults.rig import new_rig, storescp_answers, tracked_responses
 from tests.integration.peers import StoreSCP, storescp

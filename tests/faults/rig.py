@@ -1,7 +1,7 @@
 """A whole dimsebus deployment as real processes, for breaking things on purpose.
 
 The node, the tracker, the retrier and the audit service each run as
-``python -m services ...`` in its own process group (so ``kill -9`` is real),
+``python -m dimsebus.services ...`` in its own process group (so ``kill -9`` is real),
 against a vhost of their own on the real broker, with dcmtk peers.
 """
 
@@ -23,23 +23,23 @@ from typing import Any
 from aio_pika.abc import AbstractConnection
 from aiormq.exceptions import ChannelNotFoundEntity
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from services.audit.store import AuditStore
-from services.bus.connection import confirming_channel, connect
-from services.bus.log import LogReader
-from services.bus.outbox import read_depth
-from services.bus.publisher import Publisher
-from services.errors import DimsebusError
-from services.node.archive import Archive
-from services.node.synthetic import write_study
-from services.tracker.api import load_views
-from services.tracker.app import TrackerSettings
-from services.tracker.store import open_store
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.audit.store import AuditStore
+from dimsebus.services.bus.connection import confirming_channel, connect
+from dimsebus.services.bus.log import LogReader
+from dimsebus.services.bus.outbox import read_depth
+from dimsebus.services.bus.publisher import Publisher
+from dimsebus.services.errors import DimsebusError
+from dimsebus.services.node.archive import Archive
+from dimsebus.services.node.synthetic import write_study
+from dimsebus.services.tracker.api import load_views
+from dimsebus.services.tracker.app import TrackerSettings
+from dimsebus.services.tracker.store import open_store
 from tests.integration.conftest import log_marker
 from tests.integration.peers import dcmtk, free_port, run_tool, wait_for_port
 
-PYTHON = [sys.executable, "-m", "services"]
+PYTHON = [sys.executable, "-m", "dimsebus.services"]
 # What each downstream service logs once it consumes.
 READY = {"tracker": "tracker reading dimsebus.log", "retrier": "consuming", "audit": "consuming"}
 

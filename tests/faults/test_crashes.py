@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas import events as ev
+from dimsebus.schemas import events as ev
 from tests.faults.conftest import BrokerControl
 from tests.faults.ledger import Tally
 from tests.faults.rig import PYTHON, Rig, storescp_answers, unsent_uids

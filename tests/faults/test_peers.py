@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
 from tests.faults.ledger import Tally, tally
 from tests.faults.rig import Rig, tracked_responses
 from tests.integration.peers import free_port, wait_for_port

@@ -9,12 +9,12 @@ from pathlib import Path
 import aio_pika
 import pytest
 
-from schemas import events as ev
-from schemas.examples import move_story, sequential_ids
-from services.bus.connection import confirming_channel, connect
-from services.bus.consumer import REASON_HEADER
-from services.bus.topology import COMMANDS_EXCHANGE, EVENTS_EXCHANGE, PARKING_SUFFIX
-from services.clock import utc_now
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.examples import move_story, sequential_ids
+from dimsebus.services.bus.connection import confirming_channel, connect
+from dimsebus.services.bus.consumer import REASON_HEADER
+from dimsebus.services.bus.topology import COMMANDS_EXCHANGE, EVENTS_EXCHANGE, PARKING_SUFFIX
+from dimsebus.services.clock import utc_now
 from tests.faults.ledger import Tally
 from tests.faults.rig import Rig
 from tests.faults.scenario import account

@@ -13,20 +13,20 @@ from typing import Any
 import pytest
 from aiormq.exceptions import AMQPError
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from services.bus.connection import confirming_channel, connect
-from services.bus.log import LogReader
-from services.bus.outbox import read_depth
-from services.bus.publisher import Publisher
-from services.clock import utc_now
-from services.node.app import Node
-from services.node.archive import Archive
-from services.node.config import Destination, NodeSettings, Peer
-from services.node.synthetic import write_study
-from services.tracker.api import load_views
-from services.tracker.app import TrackerSettings, run_tracker
-from services.tracker.store import open_store
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.bus.connection import confirming_channel, connect
+from dimsebus.services.bus.log import LogReader
+from dimsebus.services.bus.outbox import read_depth
+from dimsebus.services.bus.publisher import Publisher
+from dimsebus.services.clock import utc_now
+from dimsebus.services.node.app import Node
+from dimsebus.services.node.archive import Archive
+from dimsebus.services.node.config import Destination, NodeSettings, Peer
+from dimsebus.services.node.synthetic import write_study
+from dimsebus.services.tracker.api import load_views
+from dimsebus.services.tracker.app import TrackerSettings, run_tracker
+from dimsebus.services.tracker.store import open_store
 from tests.integration.peers import dcmtk, free_port, run_tool, wait_for_port
 
 EVERY_SERVICE = frozenset({"echo", "store", "find", "move", "get"})

@@ -13,8 +13,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from schemas import events as ev
-from services.node.config import Peer
+from dimsebus.schemas import events as ev
+from dimsebus.services.node.config import Peer
 from tests.integration.conftest import RunningNode, of_type, read_events
 from tests.integration.peers import dcmtk, run_tool
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from services.node.synthetic import ct_instance, synthetic_uid, write_study
+from dimsebus.services.node.synthetic import ct_instance, synthetic_uid, write_study
 
 pytestmark = pytest.mark.integration
 
 
 def dimsebus(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services", *argv],
+        [sys.executable, "-m", "dimsebus.services", *argv],
         capture_output=True,
         text=True,
         timeout=120,

@@ -13,10 +13,10 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 from pynetdicom import AE, _config
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from services.node.config import Peer
-from services.node.synthetic import ct_instance, synthetic_uid
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.node.config import Peer
+from dimsebus.services.node.synthetic import ct_instance, synthetic_uid
 from tests.integration.conftest import RunningNode, movescu, of_type, read_events
 from tests.integration.peers import storescp
 

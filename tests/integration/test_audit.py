@@ -16,12 +16,12 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from schemas.examples import move_story, sequential_ids
-from services.audit.app import AuditSettings, deliver, run_audit
-from services.audit.chain import verify
-from services.audit.store import AuditStore, Query
-from services.bus.connection import confirming_channel, connect
-from services.bus.publisher import Publisher
+from dimsebus.schemas.examples import move_story, sequential_ids
+from dimsebus.services.audit.app import AuditSettings, deliver, run_audit
+from dimsebus.services.audit.chain import verify
+from dimsebus.services.audit.store import AuditStore, Query
+from dimsebus.services.bus.connection import confirming_channel, connect
+from dimsebus.services.bus.publisher import Publisher
 from tests.integration.conftest import (
     RunningNode,
     Services,
@@ -60,7 +60,7 @@ async def cli(*argv: str) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services",
+        "dimsebus.services",
         *argv,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

@@ -14,16 +14,16 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from yarl import URL
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from schemas.examples import move_story
-from services.bus.batch import publish_batch
-from services.bus.codec import outgoing_event, to_message
-from services.bus.connection import confirming_channel
-from services.bus.publisher import Publisher
-from services.bus.topology import EVENTS_EXCHANGE, declare_topology
-from services.clock import new_id, utc_now
-from services.errors import EventNacked, PublishInterrupted, UnroutableEvent
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.examples import move_story
+from dimsebus.services.bus.batch import publish_batch
+from dimsebus.services.bus.codec import outgoing_event, to_message
+from dimsebus.services.bus.connection import confirming_channel
+from dimsebus.services.bus.publisher import Publisher
+from dimsebus.services.bus.topology import EVENTS_EXCHANGE, declare_topology
+from dimsebus.services.clock import new_id, utc_now
+from dimsebus.services.errors import EventNacked, PublishInterrupted, UnroutableEvent
 from tests.integration.conftest import until
 from tests.integration.test_bus import read_ids
 

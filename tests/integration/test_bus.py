@@ -14,22 +14,22 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
-from schemas import events as ev
-from schemas.envelope import CONTENT_TYPE, CloudEvent
-from schemas.examples import every_event, move_story
-from services.bus.connection import confirming_channel, connect
-from services.bus.consumer import REASON_HEADER, Consumer
-from services.bus.log import LogEntry, LogReader
-from services.bus.publisher import Publisher
-from services.bus.topology import (
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CONTENT_TYPE, CloudEvent
+from dimsebus.schemas.examples import every_event, move_story
+from dimsebus.services.bus.connection import confirming_channel, connect
+from dimsebus.services.bus.consumer import REASON_HEADER, Consumer
+from dimsebus.services.bus.log import LogEntry, LogReader
+from dimsebus.services.bus.publisher import Publisher
+from dimsebus.services.bus.topology import (
     EVENTS_EXCHANGE,
     LOG_STREAM,
     StreamRetention,
     WorkQueue,
     declare_topology,
 )
-from services.clock import new_id, utc_now
-from services.errors import TopologyError, Unprocessable, UnroutableEvent
+from dimsebus.services.clock import new_id, utc_now
+from dimsebus.services.errors import TopologyError, Unprocessable, UnroutableEvent
 from tests.broker import Broker
 from tests.integration.conftest import until
 
@@ -255,7 +255,7 @@ async def test_events_tail_filters_by_type(channel: AbstractChannel, amqp_url: s
     moves = [e for e in events if e.type.startswith("dicom.move.")]
     # when `events tail --type 'dicom.move.*'` reads the log from the start
     process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "services", "events", "tail", "--from", "first", "--json"),
+        *(sys.executable, "-m", "dimsebus.services", "events", "tail", "--from", "first", "--json"),
         *("--type", "dicom.move.*", "--amqp-url", amqp_url),
         stdout=asyncio.subprocess.PIPE,
     )

@@ -12,19 +12,19 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from schemas.examples import every_event
-from schemas.limits import MAX_BODY_BYTES
-from services.bus.connection import confirming_channel
-from services.bus.consumer import REASON_HEADER, Consumer
-from services.bus.log import LogEntry, LogReader
-from services.bus.outbox import Outbox
-from services.bus.publisher import Publisher
-from services.bus.topology import EVENTS_EXCHANGE, WorkQueue
-from services.clock import new_id, utc_now
-from services.tracker.app import Tracker, TrackerSettings
-from services.tracker.store import open_store
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.examples import every_event
+from dimsebus.schemas.limits import MAX_BODY_BYTES
+from dimsebus.services.bus.connection import confirming_channel
+from dimsebus.services.bus.consumer import REASON_HEADER, Consumer
+from dimsebus.services.bus.log import LogEntry, LogReader
+from dimsebus.services.bus.outbox import Outbox
+from dimsebus.services.bus.publisher import Publisher
+from dimsebus.services.bus.topology import EVENTS_EXCHANGE, WorkQueue
+from dimsebus.services.clock import new_id, utc_now
+from dimsebus.services.tracker.app import Tracker, TrackerSettings
+from dimsebus.services.tracker.store import open_store
 from tests.integration.conftest import until
 
 pytestmark = pytest.mark.integration
@@ -157,7 +157,7 @@ async def test_the_tracker_skips_oversized_and_forged_log_records_naming_their_o
     # and the tracker folds the rest, with one warning line naming each skipped offset
     settings = TrackerSettings(db=str(tmp_path / "t.sqlite"), outbox_path=tmp_path / "o.sqlite")
     tracker = Tracker(settings, open_store(settings.db), Outbox(settings.outbox_path))
-    with caplog.at_level(logging.WARNING, logger="services.tracker.app"):
+    with caplog.at_level(logging.WARNING, logger="dimsebus.services.tracker.app"):
         tracker.handle(entries, utc_now() + dt.timedelta(seconds=1))
     skipped = [r.getMessage() for r in caplog.records if "skipping log entry" in r.getMessage()]
     assert skipped[:2] == [

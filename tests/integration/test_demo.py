@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 async def test_the_demo_completes_after_retries(tmp_path: Path, amqp_url: str) -> None:
     # when the demo runs against the test broker
     process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "services", "demo", "--non-interactive"),
+        *(sys.executable, "-m", "dimsebus.services", "demo", "--non-interactive"),
         *("--instances", "80", "--workdir", str(tmp_path / "demo")),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

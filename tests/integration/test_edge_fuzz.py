@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.node.config import Peer
+from dimsebus.services.node.config import Peer
 from tests.integration.conftest import RunningNode
 from tests.integration.hostile import (
     CT_IMAGE,

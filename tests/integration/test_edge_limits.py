@@ -26,10 +26,10 @@ from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
-from services.node import server as edge
-from services.node.config import NodeSettings, Peer
-from services.node.limits import ACCEPT_MARGIN
-from services.node.synthetic import write_study
+from dimsebus.services.node import server as edge
+from dimsebus.services.node.config import NodeSettings, Peer
+from dimsebus.services.node.limits import ACCEPT_MARGIN
+from dimsebus.services.node.synthetic import write_study
 from tests.integration.conftest import RunningNode
 from tests.integration.hostile import (
     ATTACKER,
@@ -86,7 +86,7 @@ CANARY = {
 
 
 def test_pynetdicom_internals_are_still_there() -> None:
-    # the canary: the code services.node.server replaces, wraps or relies on in pynetdicom 3.0
+    # the canary: the code services/node/server.py replaces, wraps or relies on in pynetdicom 3.0
     missing = [
         f"{function.__qualname__}: {text}"
         for function, texts in CANARY.items()

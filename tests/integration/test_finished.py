@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from schemas import events as ev
-from services.retrier.store import RetryStore
-from services.tracker.app import TrackerSettings
-from services.tracker.progress import FinishMark, MoveState
-from services.tracker.store import open_store
+from dimsebus.schemas import events as ev
+from dimsebus.services.retrier.store import RetryStore
+from dimsebus.services.tracker.app import TrackerSettings
+from dimsebus.services.tracker.progress import FinishMark, MoveState
+from dimsebus.services.tracker.store import open_store
 from tests.integration.conftest import (
     RunningNode,
     Services,

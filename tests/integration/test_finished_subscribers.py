@@ -13,7 +13,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from services.tracker.store import open_store
+from dimsebus.services.tracker.store import open_store
 from tests.integration.conftest import RunningNode, moves_of, movescu
 from tests.integration.peers import storescp
 
@@ -113,7 +113,7 @@ async def _dimsebus(*argv: str) -> tuple[int | None, str, str]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services",
+        "dimsebus.services",
         *argv,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

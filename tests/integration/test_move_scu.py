@@ -22,17 +22,17 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from aiormq.exceptions import ChannelNotFoundEntity
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from services.bus.connection import confirming_channel
-from services.bus.consumer import REASON_HEADER
-from services.bus.publisher import Publisher
-from services.bus.topology import COMMANDS_EXCHANGE
-from services.clock import utc_now
-from services.node.config import Peer
-from services.node.synthetic import write_study
-from services.retrier.app import RetrierSettings, run_retrier
-from services.retrier.policy import RetryPolicy
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.bus.connection import confirming_channel
+from dimsebus.services.bus.consumer import REASON_HEADER
+from dimsebus.services.bus.publisher import Publisher
+from dimsebus.services.bus.topology import COMMANDS_EXCHANGE
+from dimsebus.services.clock import utc_now
+from dimsebus.services.node.config import Peer
+from dimsebus.services.node.synthetic import write_study
+from dimsebus.services.retrier.app import RetrierSettings, run_retrier
+from dimsebus.services.retrier.policy import RetryPolicy
 from tests.integration.conftest import (
     TEST_PEERS,
     RunningNode,
@@ -122,7 +122,7 @@ async def commands_queue(connection: AbstractRobustConnection, node: RunningNode
 
 async def move(node: RunningNode, archive: Archive, destination: str, *keys: str) -> str:
     """``dimsebus move`` to ``node``; returns the operation id it printed."""
-    argv = [sys.executable, "-m", "services", "move", "--from", archive.address, "--to"]
+    argv = [sys.executable, "-m", "dimsebus.services", "move", "--from", archive.address, "--to"]
     result = await asyncio.to_thread(
         subprocess.run,
         [*argv, destination, *keys, "--node", node.settings.node_id],

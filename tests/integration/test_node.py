@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from services.node.synthetic import write_study
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.node.synthetic import write_study
 from tests.broker import Broker
 from tests.integration.conftest import (
     RunningNode,
@@ -74,7 +74,7 @@ async def _send(tmp_path: Path, port: int, node_id: str, amqp_url: str) -> str:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services",
+        "dimsebus.services",
         "send",
         "--to",
         f"STORESCP@127.0.0.1:{port}",
@@ -286,7 +286,7 @@ async def test_node_sets_tcp_nodelay_on_both_sides(start_node: Any) -> None:
 
     from pynetdicom import AE, evt
 
-    from services.node.association import set_tcp_nodelay
+    from dimsebus.services.node.association import set_tcp_nodelay
 
     node: RunningNode = await start_node(instances=1)
     seen: list[int] = []

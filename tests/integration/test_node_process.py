@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from services.node.synthetic import write_study
+from dimsebus.services.node.synthetic import write_study
 from tests.integration.conftest import of_type, read_events
 from tests.integration.peers import dcmtk, free_port, run_tool, storescp, wait_for_port
 
@@ -27,7 +27,7 @@ INHERITED = {key: value for key, value in os.environ.items() if key != "AMQP_URL
 
 def dimsebus(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services", *argv],
+        [sys.executable, "-m", "dimsebus.services", *argv],
         capture_output=True,
         text=True,
         timeout=120,
@@ -55,7 +55,7 @@ def config(tmp_path: Path) -> Iterator[tuple[Path, str, int, int]]:
 
 def start(config: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "services", "node", "--config", str(config)],
+        [sys.executable, "-m", "dimsebus.services", "node", "--config", str(config)],
         env={**INHERITED, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

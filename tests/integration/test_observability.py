@@ -13,9 +13,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.audit.app import AuditSettings, run_audit
-from services.retrier.app import RetrierSettings, run_retrier
-from services.retrier.policy import RetryPolicy
+from dimsebus.services.audit.app import AuditSettings, run_audit
+from dimsebus.services.retrier.app import RetrierSettings, run_retrier
+from dimsebus.services.retrier.policy import RetryPolicy
 from tests.integration.conftest import (
     RunningNode,
     Services,

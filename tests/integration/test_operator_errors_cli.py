@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from services.node.synthetic import write_study
+from dimsebus.services.node.synthetic import write_study
 from tests.integration.peers import free_port, wait_for_port
 
 pytestmark = pytest.mark.integration
@@ -23,7 +23,7 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
 def dimsebus(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The installed command's entry point, as a process."""
     return subprocess.run(
-        [sys.executable, "-m", "services", *argv],
+        [sys.executable, "-m", "dimsebus.services", *argv],
         capture_output=True,
         text=True,
         timeout=120,
@@ -54,7 +54,14 @@ def test_the_node_listens_on_the_port_its_variable_names(node_env: dict[str, str
     # given `DIMSEBUS_PORT=... dimsebus node --config examples/node.toml`, as that file says
     port = free_port()
     node = subprocess.Popen(
-        [sys.executable, "-m", "services", "node", "--config", str(EXAMPLES / "node.toml")],
+        [
+            sys.executable,
+            "-m",
+            "dimsebus.services",
+            "node",
+            "--config",
+            str(EXAMPLES / "node.toml"),
+        ],
         env={**os.environ, **node_env, "DIMSEBUS_PORT": str(port)},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

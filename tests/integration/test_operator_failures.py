@@ -1,6 +1,6 @@
 """Operator mistakes at start-up: one line, exit 2, and no process left behind (issue 19).
 
-Each service runs as the operator runs it, ``python -m services ...``; what is left
+Each service runs as the operator runs it, ``python -m dimsebus.services ...``; what is left
 behind is read from /proc (a relay is found by its parent and its outbox path).
 """
 
@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from services.bus.lifeline import PARENT_VARIABLE
+from dimsebus.services.bus.lifeline import PARENT_VARIABLE
 from tests.broker import Broker, with_vhost
 from tests.integration.peers import free_port
 
 pytestmark = pytest.mark.integration
-SERVICES = [sys.executable, "-m", "services"]
+SERVICES = [sys.executable, "-m", "dimsebus.services"]
 RELAY_GONE_WITHIN = 1.0
 """Seconds a relay may outlive its parent (issue 19)."""
 

@@ -14,13 +14,13 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.dimse_primitives import C_STORE
 
-from schemas import events as ev
-from services.bus.outbox import Outbox
-from services.node.capture_shell import Capture
-from services.node.config import NodeSettings, Peer
-from services.node.sender import SendError, Target, send_files
-from services.node.synthetic import write_study
-from services.node.unsolicited import UNSOLICITED_LIMIT
+from dimsebus.schemas import events as ev
+from dimsebus.services.bus.outbox import Outbox
+from dimsebus.services.node.capture_shell import Capture
+from dimsebus.services.node.config import NodeSettings, Peer
+from dimsebus.services.node.sender import SendError, Target, send_files
+from dimsebus.services.node.synthetic import write_study
+from dimsebus.services.node.unsolicited import UNSOLICITED_LIMIT
 from tests.integration.conftest import RunningNode, of_type, read_events, until
 from tests.integration.peers import free_port
 

@@ -17,15 +17,15 @@ import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiormq.exceptions import ChannelAccessRefused
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from schemas.examples import move_story
-from services.audit.app import AuditSettings, run_audit
-from services.audit.store import AuditStore
-from services.bus.connection import confirming_channel, connect
-from services.bus.consumer import REASON_HEADER
-from services.bus.publisher import Publisher
-from services.bus.topology import (
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.examples import move_story
+from dimsebus.services.audit.app import AuditSettings, run_audit
+from dimsebus.services.audit.store import AuditStore
+from dimsebus.services.bus.connection import confirming_channel, connect
+from dimsebus.services.bus.consumer import REASON_HEADER
+from dimsebus.services.bus.publisher import Publisher
+from dimsebus.services.bus.topology import (
     COMMANDS_EXCHANGE,
     EVENTS_EXCHANGE,
     LOG_STREAM,
@@ -34,12 +34,12 @@ from services.bus.topology import (
     ensure_topology,
     node_commands,
 )
-from services.clock import new_id, utc_now
-from services.errors import TopologyError
-from services.node.app import Node
-from services.node.config import NodeSettings
-from services.retrier.app import RetrierSettings, run_retrier
-from services.tracker.app import TrackerSettings, run_tracker
+from dimsebus.services.clock import new_id, utc_now
+from dimsebus.services.errors import TopologyError
+from dimsebus.services.node.app import Node
+from dimsebus.services.node.config import NodeSettings
+from dimsebus.services.retrier.app import RetrierSettings, run_retrier
+from dimsebus.services.tracker.app import TrackerSettings, run_tracker
 from tests.broker import Broker, local_rabbitmqctl
 from tests.integration.conftest import Services, read_events
 from tests.integration.peers import free_port, wait_for_port

@@ -21,14 +21,14 @@ from typing import Any
 
 import pytest
 
-from schemas import events as ev
-from services.bus.connection import confirming_channel, connect
-from services.bus.publisher import Publisher
-from services.bus.topology import COMMANDS_EXCHANGE
-from services.node.synthetic import write_study
-from services.retrier.app import RetrierSettings, run_retrier
-from services.retrier.policy import RetryPolicy
-from services.retrier.store import RetryStore
+from dimsebus.schemas import events as ev
+from dimsebus.services.bus.connection import confirming_channel, connect
+from dimsebus.services.bus.publisher import Publisher
+from dimsebus.services.bus.topology import COMMANDS_EXCHANGE
+from dimsebus.services.node.synthetic import write_study
+from dimsebus.services.retrier.app import RetrierSettings, run_retrier
+from dimsebus.services.retrier.policy import RetryPolicy
+from dimsebus.services.retrier.store import RetryStore
 from tests.integration.conftest import (
     RunningNode,
     Services,
@@ -121,7 +121,16 @@ def retries(settings: RetrierSettings, node: RunningNode) -> list[dict[str, Any]
     import json
 
     result = subprocess.run(
-        [sys.executable, "-m", "services", "retries", "list", "--json", "--db", str(settings.db)],
+        [
+            sys.executable,
+            "-m",
+            "dimsebus.services",
+            "retries",
+            "list",
+            "--json",
+            "--db",
+            str(settings.db),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -400,7 +409,7 @@ async def test_a_send_job_is_retried_from_the_same_files(
         await run_tool(
             sys.executable,
             "-m",
-            "services",
+            "dimsebus.services",
             "send",
             "--to",
             f"STORESCP@127.0.0.1:{peer.port}",
@@ -429,7 +438,7 @@ async def test_a_send_job_is_retried_from_the_same_files(
 
 async def cli(*argv: str) -> str:
     """Run `dimsebus ARGV...` to completion; its output."""
-    return await run_tool(sys.executable, "-m", "services", *argv)
+    return await run_tool(sys.executable, "-m", "dimsebus.services", *argv)
 
 
 @pytest.mark.parametrize("how", ["moves retry", "retries requeue"])

@@ -18,18 +18,18 @@ from uuid import UUID
 
 import pytest
 
-from schemas import events as ev
-from schemas.examples import move_story, sequential_ids
-from services.audit.chain import GENESIS, AuditRecord, next_record
-from services.audit.store import SCHEMA as AUDIT_SCHEMA
-from services.audit.store import AuditStore
-from services.errors import ConfigError
-from services.migrations import VERSIONS_TABLE, Dialect, Schema
-from services.retrier.store import SCHEMA as RETRIER_SCHEMA
-from services.retrier.store import RetryItem, RetryStore
-from services.tracker.progress import MoveState, apply
-from services.tracker.store import SCHEMA as TRACKER_SCHEMA
-from services.tracker.store import Rejected, open_store
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.examples import move_story, sequential_ids
+from dimsebus.services.audit.chain import GENESIS, AuditRecord, next_record
+from dimsebus.services.audit.store import SCHEMA as AUDIT_SCHEMA
+from dimsebus.services.audit.store import AuditStore
+from dimsebus.services.errors import ConfigError
+from dimsebus.services.migrations import VERSIONS_TABLE, Dialect, Schema
+from dimsebus.services.retrier.store import SCHEMA as RETRIER_SCHEMA
+from dimsebus.services.retrier.store import RetryItem, RetryStore
+from dimsebus.services.tracker.progress import MoveState, apply
+from dimsebus.services.tracker.store import SCHEMA as TRACKER_SCHEMA
+from dimsebus.services.tracker.store import Rejected, open_store
 from tests.unit.test_migrations import RunnerContract
 
 START = dt.datetime(2026, 11, 26, tzinfo=dt.UTC)

@@ -27,11 +27,11 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
-from schemas import events as ev
-from services.node.app import Node
-from services.node.archive import Archive
-from services.node.config import Destination, NodeSettings, Peer, Tls
-from services.node.synthetic import write_study
+from dimsebus.schemas import events as ev
+from dimsebus.services.node.app import Node
+from dimsebus.services.node.archive import Archive
+from dimsebus.services.node.config import Destination, NodeSettings, Peer, Tls
+from dimsebus.services.node.synthetic import write_study
 from tests.integration.conftest import RunningNode, of_type, read_events
 from tests.integration.peers import ENV, dcmtk, free_port, storescp, wait_for_port
 from tests.pki import Identity, Pki, make_pki
@@ -291,7 +291,9 @@ async def test_a_bad_key_is_one_line_and_no_traceback(
     env = {**ENV, "DIMSEBUS_AMQP_URL": amqp_url, "COLUMNS": "200"}
     # when `dimsebus send --tls` and `dimsebus node` start with it
     sent = await dimsebus_send(tmp_path, config, amqp_url, "STORESCP@127.0.0.1:1", "--tls")
-    node = await run(sys.executable, "-m", "services", "node", "--config", str(config), env=env)
+    node = await run(
+        sys.executable, "-m", "dimsebus.services", "node", "--config", str(config), env=env
+    )
     # then each exits 2 with one line naming the setting and the file, before it starts a relay
     for code, output in (sent, node):
         assert code == 2, output
@@ -311,7 +313,7 @@ async def dimsebus_send(
         "COLUMNS": "200",
     }
     return await run(
-        sys.executable, "-m", "services", "send", "--config", str(config), "--to", to,
+        sys.executable, "-m", "dimsebus.services", "send", "--config", str(config), "--to", to,
         "--outbox", str(tmp_path / "outbox.sqlite"), *flags, str(tmp_path / "study"),
         env=env,
     )  # fmt: skip

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from services.tracker.store import open_store
+from dimsebus.services.tracker.store import open_store
 from tests.integration.conftest import (
     RunningNode,
     moves_of,
@@ -44,7 +44,7 @@ async def test_a_100_instance_move_is_completed(
     shown = await run_tool(
         sys.executable,
         "-m",
-        "services",
+        "dimsebus.services",
         "moves",
         "show",
         move["move_id"][:24],
@@ -164,7 +164,7 @@ def _tracker_process(tmp_path: Path, db: Path, amqp_url: str) -> subprocess.Pope
         "DIMSEBUS_OUTBOX_PATH": str(tmp_path / "t-outbox.sqlite"),
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "services", "tracker", "--db", str(db)],
+        [sys.executable, "-m", "dimsebus.services", "tracker", "--db", str(db)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

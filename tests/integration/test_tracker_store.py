@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from schemas.examples import move_story, sequential_ids
-from services.sql import PostgresDatabase
-from services.tracker.progress import MoveState, apply, move_key
-from services.tracker.store import SqlStore, TrackerStore, open_store
+from dimsebus.schemas.examples import move_story, sequential_ids
+from dimsebus.services.sql import PostgresDatabase
+from dimsebus.services.tracker.progress import MoveState, apply, move_key
+from dimsebus.services.tracker.store import SqlStore, TrackerStore, open_store
 
 STORY = move_story(
     node_id="n1", start=dt.datetime(2026, 11, 26, tzinfo=dt.UTC), ids=sequential_ids()

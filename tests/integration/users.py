@@ -77,7 +77,7 @@ def script_users(broker: Broker, directory: Path) -> Iterator[Users]:
         made.script()
         declare = ["topology", "declare", "--amqp-url", made.url("admin")]
         subprocess.run(
-            [sys.executable, "-m", "services", *declare],
+            [sys.executable, "-m", "dimsebus.services", *declare],
             check=True,
             capture_output=True,
             timeout=60,

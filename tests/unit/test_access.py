@@ -1,4 +1,4 @@
-"""The node's access decisions, without sockets (services.node.access)."""
+"""The node's access decisions, without sockets (dimsebus.services.node.access)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,16 @@ from collections.abc import Iterable
 
 import pytest
 
-from services.node.access import EventBudget, Grant, Rejection, admit, may, service_of, services_of
-from services.node.config import Access, Peer
+from dimsebus.services.node.access import (
+    EventBudget,
+    Grant,
+    Rejection,
+    admit,
+    may,
+    service_of,
+    services_of,
+)
+from dimsebus.services.node.config import Access, Peer
 
 VERIFICATION = "1.2.840.10008.1.1"
 CT_STORAGE = "1.2.840.10008.5.1.4.1.1.2"

@@ -9,8 +9,8 @@ from pathlib import Path, PurePosixPath
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.node import admission
-from services.node.admission import Refusal
+from dimsebus.services.node import admission
+from dimsebus.services.node.admission import Refusal
 from tests.strategies import uids
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

@@ -11,11 +11,11 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from schemas.examples import every_event, move_story, sequential_ids
-from services.audit.chain import GENESIS, next_record, verify
-from services.audit.messages import (
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.examples import every_event, move_story, sequential_ids
+from dimsebus.services.audit.chain import GENESIS, next_record, verify
+from dimsebus.services.audit.messages import (
     Sent,
     access_alert,
     begin_transferring,
@@ -24,7 +24,7 @@ from services.audit.messages import (
     security_alert,
     syslog_frame,
 )
-from services.audit.store import AuditStore, Query
+from dimsebus.services.audit.store import AuditStore, Query
 
 T0 = dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC)
 STORY = move_story(node_id="n1", start=T0, ids=sequential_ids(), instances=8)

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from services.backoff import Backoff, delay_for, jittered
-from services.bus.consumer import requeue_delay
+from dimsebus.services.backoff import Backoff, delay_for, jittered
+from dimsebus.services.bus.consumer import requeue_delay
 
 
 def test_delays_double_from_the_first_up_to_the_cap() -> None:

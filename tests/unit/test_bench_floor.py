@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bench.cstore import Floor
-from services.bus.outbox import Outbox, OutboxRow
-from services.node import storepair as exchange
+from dimsebus.services.bus.outbox import Outbox, OutboxRow
+from dimsebus.services.node import storepair as exchange
 
 
 def test_each_floor_record_is_a_distinct_event_the_relay_makes(tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiormq.exceptions import ConnectionClosed, ConnectionNotAllowed, ProbableAuthenticationError
 
-from services.bus.connection import close_reason, describe, masked, refusal
+from dimsebus.services.bus.connection import close_reason, describe, masked, refusal
 
 
 def test_a_refused_login_is_final_and_says_why() -> None:

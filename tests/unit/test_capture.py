@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas import events as ev
-from services.node.capture import (
+from dimsebus.schemas import events as ev
+from dimsebus.services.node.capture import (
     SentStore,
     Stamp,
     StoreResponse,
@@ -21,7 +21,7 @@ from services.node.capture import (
     protect_patient_id,
     response_event,
 )
-from services.node.salvage import Unreadable, association_ref
+from dimsebus.services.node.salvage import Unreadable, association_ref
 
 T0 = dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC)
 ASSOCIATION = ev.AssociationRef(

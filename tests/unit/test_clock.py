@@ -6,7 +6,7 @@ import os
 import threading
 import time
 
-from services.clock import new_id
+from dimsebus.services.clock import new_id
 
 
 def test_ids_are_version_7_and_carry_the_time() -> None:

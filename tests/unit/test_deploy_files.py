@@ -8,7 +8,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from services.cli import app
+from dimsebus.services.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -37,8 +37,8 @@ LONG_RUNNING = ("node", "tracker", "retrier", "audit")
 def test_service_has_health_state_and_settings_that_parse(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from services.cli import SERVICES
-    from services.settings import load_settings
+    from dimsebus.services.cli import SERVICES
+    from dimsebus.services.settings import load_settings
 
     service = DIMSEBUS_SERVICES[name]
     environment = service["environment"]
@@ -63,8 +63,8 @@ def test_service_has_health_state_and_settings_that_parse(
 
 
 def test_the_node_lists_its_peers_and_lets_strangers_only_echo() -> None:
-    from services.node.config import NodeSettings
-    from services.settings import load_settings
+    from dimsebus.services.node.config import NodeSettings
+    from dimsebus.services.settings import load_settings
 
     settings = load_settings(NodeSettings, ROOT / "deploy" / "node.toml")
     assert settings.access.unknown_peers == {"echo"}

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from schemas.limits import MAX_BODY_BYTES
+from dimsebus.schemas.limits import MAX_BODY_BYTES
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from schemas.dicom import UID, AETitle, MessageID, PresentationContextID, StatusCode
+from dimsebus.schemas.dicom import UID, AETitle, MessageID, PresentationContextID, StatusCode
 
 
 class Probe(BaseModel):

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent, schema_uri
-from schemas.examples import every_event, sequential_ids
-from services.bus.codec import decode_body
-from services.errors import InvalidEvent
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent, schema_uri
+from dimsebus.schemas.examples import every_event, sequential_ids
+from dimsebus.services.bus.codec import decode_body
+from dimsebus.services.errors import InvalidEvent
 from tests.strategies import DATA, envelopes
 
 

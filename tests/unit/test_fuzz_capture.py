@@ -32,18 +32,18 @@ from pynetdicom.dsutils import decode
 from pynetdicom.events import Event
 from pynetdicom.transport import AddressInformation
 
-from schemas import events as ev
-from schemas.dicom import check_ae_title
-from schemas.envelope import schema_uri
-from services.bus.codec import decode_body
-from services.bus.outbox import Outbox
-from services.clock import new_id
-from services.errors import InvalidEvent
-from services.node import storepair as exchange
-from services.node.association import command_values, read_values, tags_of
-from services.node.capture import SentStore, Stamp, StoreResponse, answer_event
-from services.node.capture_shell import Capture
-from services.node.salvage import Unreadable, association_ref, status_problem
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.dicom import check_ae_title
+from dimsebus.schemas.envelope import schema_uri
+from dimsebus.services.bus.codec import decode_body
+from dimsebus.services.bus.outbox import Outbox
+from dimsebus.services.clock import new_id
+from dimsebus.services.errors import InvalidEvent
+from dimsebus.services.node import storepair as exchange
+from dimsebus.services.node.association import command_values, read_values, tags_of
+from dimsebus.services.node.capture import SentStore, Stamp, StoreResponse, answer_event
+from dimsebus.services.node.capture_shell import Capture
+from dimsebus.services.node.salvage import Unreadable, association_ref, status_problem
 from tests import strategies as valid
 
 FUZZ = settings(max_examples=200, deadline=None)

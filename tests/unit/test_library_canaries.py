@@ -1,7 +1,7 @@
 """Canaries: what the node's patches of pynetdicom and aiormq rely on is still there.
 
-``services.node.pynetdicom_internals`` and ``services.bus.aiormq_internals`` are the
-only modules that reach into those libraries' internals. A new release that moves,
+``dimsebus.services.node.pynetdicom_internals`` and ``dimsebus.services.bus.aiormq_internals``
+are the only modules that reach into those libraries' internals. A new release that moves,
 renames or reorders what they rely on fails here, naming the patch, before it fails
 in production as a lost C-STORE-RSP or a hung publish. When one fails: read the
 release's change, fix the fence module (or drop the patch if the release fixed the
@@ -36,8 +36,8 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.service_class import QueryRetrieveServiceClass
 from pynetdicom.transport import AssociationServer
 
-from services.bus import aiormq_internals
-from services.node import pynetdicom_internals
+from dimsebus.services.bus import aiormq_internals
+from dimsebus.services.node import pynetdicom_internals
 
 ROOT = Path(__file__).resolve().parents[2]
 FENCES = {
@@ -148,7 +148,7 @@ def test_log_handler_level_none_binds_no_standard_handlers() -> None:
         _config.LOG_HANDLER_LEVEL = before
 
 
-# -- pynetdicom: the reactor pause (services.node.reactor) -----------------------------------
+# -- pynetdicom: the reactor pause (dimsebus.services.node.reactor) --------------------------------
 
 
 def _reactor_loop() -> list[ast.stmt]:
@@ -214,7 +214,7 @@ def test_the_reactor_patches_apply_to_an_association(assoc: Association) -> None
     assert parked == [True]
 
 
-# -- pynetdicom: the DUL's idle sleep (services.node.reactor.wake_on_data) --------------------
+# -- pynetdicom: the DUL's idle sleep (dimsebus.services.node.reactor.wake_on_data) ----------------
 
 
 def test_the_dul_sleeps_with_its_module_time_when_idle() -> None:
@@ -245,7 +245,7 @@ def test_the_dul_is_the_thread_and_holds_the_socket(assoc: Association) -> None:
     assert pynetdicom_internals.transport_socket(assoc) is None  # no socket yet
 
 
-# -- pynetdicom: DIMSE and ACSE (services.node.gate, dimse, association) ----------------------
+# -- pynetdicom: DIMSE and ACSE (dimsebus.services.node.gate, dimse, association) ------------------
 
 
 def test_the_dimse_and_acse_methods_the_node_wraps_or_calls(assoc: Association) -> None:
@@ -341,7 +341,7 @@ def test_the_move_originator_is_passed_on(assoc: Association) -> None:
     assert sent == [{"msg_id": 3, "priority": 2, "originator_aet": "REQUESTOR", "originator_id": 7}]
 
 
-# -- pynetdicom: the edge server's reads (services.node.server) ----------------------------
+# -- pynetdicom: the edge server's reads (dimsebus.services.node.server) ---------------------------
 
 
 def test_the_dul_internals_the_edge_server_reads_through() -> None:
@@ -360,7 +360,7 @@ def test_the_dul_internals_the_edge_server_reads_through() -> None:
     assert isinstance(AE()._servers, list)
 
 
-# -- aiormq: publish_batch (services.bus.batch) ---------------------------------------------
+# -- aiormq: publish_batch (dimsebus.services.bus.batch) -------------------------------------------
 
 
 def test_basic_publish_numbers_and_registers_a_publish_as_the_batch_does() -> None:

@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from schemas.examples import every_event, sequential_ids
-from schemas.export import event_schema
-from schemas.limits import MAX_BODY_BYTES, MAX_UIDS, chunked, clip
-from services.bus.codec import decode_body
-from services.errors import InvalidEvent
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.examples import every_event, sequential_ids
+from dimsebus.schemas.export import event_schema
+from dimsebus.schemas.limits import MAX_BODY_BYTES, MAX_UIDS, chunked, clip
+from dimsebus.services.bus.codec import decode_body
+from dimsebus.services.errors import InvalidEvent
 from tests.strategies import DATA, envelopes
 
 T0 = dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC)
@@ -28,7 +28,7 @@ def example(model: type[CloudEvent]) -> dict[str, Any]:
     """The richest example of ``model`` (its lists most likely not empty), as JSON data."""
     events = every_event(node_id="n1", start=T0, ids=sequential_ids())
     found = [e.model_dump_json() for e in events if type(e) is model]
-    assert found, f"schemas.examples has no {model.__name__}"
+    assert found, f"dimsebus.schemas.examples has no {model.__name__}"
     return dict(json.loads(max(found, key=len)))
 
 

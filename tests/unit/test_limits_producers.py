@@ -6,14 +6,20 @@ import datetime as dt
 
 import pytest
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from schemas.examples import STUDY_UID, move_story, sequential_ids
-from schemas.limits import MAX_BODY_BYTES, MAX_FAILED_INSTANCES, MAX_KEYS, MAX_UIDS, chunked
-from services.errors import ConfigError
-from services.node.scp import recorded_keys
-from services.settings import ServiceSettings, load_settings
-from services.tracker.progress import MoveState, apply, progress_data, retry_commands
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.examples import STUDY_UID, move_story, sequential_ids
+from dimsebus.schemas.limits import (
+    MAX_BODY_BYTES,
+    MAX_FAILED_INSTANCES,
+    MAX_KEYS,
+    MAX_UIDS,
+    chunked,
+)
+from dimsebus.services.errors import ConfigError
+from dimsebus.services.node.scp import recorded_keys
+from dimsebus.services.settings import ServiceSettings, load_settings
+from dimsebus.services.tracker.progress import MoveState, apply, progress_data, retry_commands
 
 T0 = dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC)
 INSTANCES = 5000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from services.metrics import CStoreTally, storage_category
+from dimsebus.services.metrics import CStoreTally, storage_category
 
 
 def scrape(tally: CStoreTally) -> dict[str, float]:

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from services.errors import ConfigError
-from services.migrations import VERSIONS_TABLE, Dialect, Migration, Schema
-from services.node.archive import SCHEMA as ARCHIVE_SCHEMA
-from services.node.archive import Archive
-from services.node.query import ATTRIBUTES
-from services.sql import Database, migrate_sqlite, open_database
+from dimsebus.services.errors import ConfigError
+from dimsebus.services.migrations import VERSIONS_TABLE, Dialect, Migration, Schema
+from dimsebus.services.node.archive import SCHEMA as ARCHIVE_SCHEMA
+from dimsebus.services.node.archive import Archive
+from dimsebus.services.node.query import ATTRIBUTES
+from dimsebus.services.sql import Database, migrate_sqlite, open_database
 
 V1 = Migration(1, "notes", "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
 V2 = Migration(

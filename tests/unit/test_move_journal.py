@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from schemas import events as ev
-from schemas.examples import move_story, sequential_ids
-from services.bus.outbox import Outbox
-from services.node.journal import MoveJournal
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.examples import move_story, sequential_ids
+from dimsebus.services.bus.outbox import Outbox
+from dimsebus.services.node.journal import MoveJournal
 
 T0 = dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC)
 STORY = move_story(node_id="n1", start=T0, ids=sequential_ids(), instances=3)

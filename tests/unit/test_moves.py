@@ -8,10 +8,10 @@ from uuid import UUID
 import pytest
 from pydantic import ValidationError
 
-from schemas import events as ev
-from schemas.limits import MAX_UIDS
-from services.node import moves
-from services.node.capture import Stamp
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.limits import MAX_UIDS
+from dimsebus.services.node import moves
+from dimsebus.services.node.capture import Stamp
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 SERIES = f"{STUDY}.1"

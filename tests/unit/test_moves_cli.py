@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from schemas.examples import move_story, sequential_ids
-from services.cli import app
-from services.tracker.progress import MoveState, apply, move_key
-from services.tracker.store import open_store
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.examples import move_story, sequential_ids
+from dimsebus.services.cli import app
+from dimsebus.services.tracker.progress import MoveState, apply, move_key
+from dimsebus.services.tracker.store import open_store
 
 T0 = dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC)
 
@@ -96,7 +96,17 @@ def test_watch_draws_a_bar_for_the_running_move(db: str) -> None:
     # given `moves watch` in a terminal (a pseudo-terminal: rich redraws it live)
     terminal, its_end = pty.openpty()
     process = subprocess.Popen(
-        [sys.executable, "-m", "services", "moves", "watch", "--db", db, "--interval", "0.2"],
+        [
+            sys.executable,
+            "-m",
+            "dimsebus.services",
+            "moves",
+            "watch",
+            "--db",
+            db,
+            "--interval",
+            "0.2",
+        ],
         stdin=its_end,
         stdout=its_end,
         stderr=its_end,

@@ -17,12 +17,12 @@ from uuid import UUID
 import pytest
 from typer.testing import CliRunner
 
-from schemas import events as ev
-from schemas.examples import move_story, sequential_ids
-from services.cli import app
-from services.tracker.cli import FINAL_EXIT_CODES, id_width
-from services.tracker.progress import MoveState, apply, move_key
-from services.tracker.store import open_store
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.examples import move_story, sequential_ids
+from dimsebus.services.cli import app
+from dimsebus.services.tracker.cli import FINAL_EXIT_CODES, id_width
+from dimsebus.services.tracker.progress import MoveState, apply, move_key
+from dimsebus.services.tracker.store import open_store
 
 T0 = dt.datetime(2026, 11, 30, 3, tzinfo=dt.UTC)
 # UUIDv7 ids of three moves started within the same millisecond-ish: the first
@@ -100,7 +100,7 @@ def test_list_in_a_narrow_terminal_still_prints_whole_prefixes(tmp_path: Path) -
     )
     env = {**os.environ, "TTY_COMPATIBLE": "1", "COLUMNS": "50"}
     listed = subprocess.run(
-        [sys.executable, "-m", "services", "moves", "list", "--db", db],
+        [sys.executable, "-m", "dimsebus.services", "moves", "list", "--db", db],
         capture_output=True,
         text=True,
         env=env,
@@ -196,7 +196,7 @@ def test_wait_returns_when_the_tracker_commits_the_final_state(tmp_path: Path) -
         tmp_path / "tracker.sqlite", story(CLOSE_IDS[0], "n1", 100, finished=False, start=now)
     )
     process = subprocess.Popen(
-        [sys.executable, "-m", "services", "moves", "wait", CLOSE_IDS[0][:13], "--db", db],
+        [sys.executable, "-m", "dimsebus.services", "moves", "wait", CLOSE_IDS[0][:13], "--db", db],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

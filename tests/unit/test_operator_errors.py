@@ -10,19 +10,19 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from schemas.examples import move_story, sequential_ids
-from services.audit.app import AuditSettings
-from services.cli import app
-from services.node.config import NodeSettings
-from services.retrier.app import RetrierSettings
-from services.settings import load_settings
-from services.tracker.api import routes
-from services.tracker.app import TrackerSettings
-from services.tracker.progress import MoveState, apply, move_key
-from services.tracker.store import open_store
-from services.tracker.views import as_text
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.examples import move_story, sequential_ids
+from dimsebus.services.audit.app import AuditSettings
+from dimsebus.services.cli import app
+from dimsebus.services.node.config import NodeSettings
+from dimsebus.services.retrier.app import RetrierSettings
+from dimsebus.services.settings import load_settings
+from dimsebus.services.tracker.api import routes
+from dimsebus.services.tracker.app import TrackerSettings
+from dimsebus.services.tracker.progress import MoveState, apply, move_key
+from dimsebus.services.tracker.store import open_store
+from dimsebus.services.tracker.views import as_text
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
@@ -146,7 +146,7 @@ def test_send_names_a_bad_peer_in_one_line(tmp_path: Path, to: str, code: int, n
 
 
 def test_an_ipv6_peer_is_written_in_brackets() -> None:
-    from services.node.target_option import parse_target
+    from dimsebus.services.node.target_option import parse_target
 
     target = parse_target("STORESCP@[::1]:11112", tls=False)
     assert (target.ae_title, target.host, target.port) == ("STORESCP", "::1", 11112)
@@ -158,7 +158,7 @@ def test_an_ipv6_peer_is_written_in_brackets() -> None:
 def test_an_unexpected_failure_is_one_line_and_exit_1(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    from services.cli import main
+    from dimsebus.services.cli import main
 
     monkeypatch.delenv("DIMSEBUS_DEBUG", raising=False)
     with pytest.raises(SystemExit) as caught:
@@ -173,7 +173,7 @@ def test_an_unexpected_failure_is_one_line_and_exit_1(
 def test_debug_shows_the_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], debug: list[str]
 ) -> None:
-    from services.cli import main
+    from dimsebus.services.cli import main
 
     if not debug:
         monkeypatch.setenv("DIMSEBUS_DEBUG", "1")
@@ -182,7 +182,7 @@ def test_debug_shows_the_traceback(
 
 
 def test_usage_errors_stay_clicks_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    from services.cli import main
+    from dimsebus.services.cli import main
 
     with pytest.raises(SystemExit) as caught:
         main(["node", "status", "--no-such-option"])
@@ -193,8 +193,8 @@ def test_usage_errors_stay_clicks_exit_2(capsys: pytest.CaptureFixture[str]) -> 
 def test_a_config_error_that_escapes_is_exit_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from services import cli
-    from services.errors import ConfigError
+    from dimsebus.services import cli
+    from dimsebus.services.errors import ConfigError
 
     def broken(directory: Path) -> None:
         raise ConfigError("schemas: a bad value")
@@ -212,14 +212,14 @@ def test_logged_exceptions_are_one_line_unless_debugging(
 ) -> None:
     import logging
 
-    from services.logs import configure_logging, set_debug
+    from dimsebus.services.logs import configure_logging, set_debug
 
     monkeypatch.delenv("DIMSEBUS_DEBUG", raising=False)
     configure_logging(json_logs=True)
     try:
         raise OSError(98, "Address already in use")
     except OSError:
-        logging.getLogger("services.node.app").exception("the node did not start")
+        logging.getLogger("dimsebus.services.node.app").exception("the node did not start")
     line = one_line(capsys.readouterr().err)
     assert "the node did not start: OSError: [Errno 98] Address already in use" in line
     set_debug(True)
@@ -227,7 +227,7 @@ def test_logged_exceptions_are_one_line_unless_debugging(
         try:
             raise OSError(98, "Address already in use")
         except OSError:
-            logging.getLogger("services.node.app").exception("the node did not start")
+            logging.getLogger("dimsebus.services.node.app").exception("the node did not start")
         assert "Traceback" in capsys.readouterr().err
     finally:
         set_debug(False)
@@ -413,7 +413,7 @@ def test_a_state_database_that_cannot_be_one_is_named(
     where: str,
     why: str,
 ) -> None:
-    from services.cli import main
+    from dimsebus.services.cli import main
 
     monkeypatch.delenv("DIMSEBUS_DEBUG", raising=False)
     (tmp_path / "folder").mkdir()

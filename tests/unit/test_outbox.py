@@ -6,8 +6,8 @@ import datetime as dt
 import threading
 from pathlib import Path
 
-from schemas.examples import move_story, sequential_ids
-from services.bus.outbox import Outbox, Record, read_depth
+from dimsebus.schemas.examples import move_story, sequential_ids
+from dimsebus.services.bus.outbox import Outbox, Record, read_depth
 
 EVENTS = move_story(
     node_id="n1", start=dt.datetime(2026, 11, 26, tzinfo=dt.UTC), ids=sequential_ids()

@@ -15,14 +15,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
-from schemas import events as ev
-from schemas.examples import move_story, sequential_ids
-from services.bus.batch import Outgoing, PublishOutcome
-from services.bus.outbox import Outbox
-from services.bus.publisher import Publisher
-from services.bus.relay import OutboxRelay
-from services.node import storepair
-from services.node.journal import MoveJournal
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.examples import move_story, sequential_ids
+from dimsebus.services.bus.batch import Outgoing, PublishOutcome
+from dimsebus.services.bus.outbox import Outbox
+from dimsebus.services.bus.publisher import Publisher
+from dimsebus.services.bus.relay import OutboxRelay
+from dimsebus.services.node import storepair
+from dimsebus.services.node.journal import MoveJournal
 
 T0 = dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC)
 STORY = move_story(node_id="n1", start=T0, ids=sequential_ids(), instances=3)

@@ -10,10 +10,17 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from schemas.examples import move_story, sequential_ids
-from services.tracker.progress import MoveState, apply, counts, failed_instances, move_key, outcome
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.examples import move_story, sequential_ids
+from dimsebus.services.tracker.progress import (
+    MoveState,
+    apply,
+    counts,
+    failed_instances,
+    move_key,
+    outcome,
+)
 
 T0 = dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC)
 LATER = T0 + dt.timedelta(minutes=1)

@@ -10,10 +10,10 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from schemas.examples import sequential_ids
-from services.tracker.progress import (
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.examples import sequential_ids
+from dimsebus.services.tracker.progress import (
     MoveState,
     apply,
     counts,

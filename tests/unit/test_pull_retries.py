@@ -16,14 +16,21 @@ from uuid import UUID
 import pytest
 from pydantic import ValidationError
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from schemas.examples import sequential_ids
-from services.node import moves
-from services.node.capture import Stamp
-from services.retrier.decisions import decision_event, record
-from services.retrier.policy import GiveUp, Retry, RetryPolicy, decide, decision_id, failure_of
-from services.tracker import progress
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.examples import sequential_ids
+from dimsebus.services.node import moves
+from dimsebus.services.node.capture import Stamp
+from dimsebus.services.retrier.decisions import decision_event, record
+from dimsebus.services.retrier.policy import (
+    GiveUp,
+    Retry,
+    RetryPolicy,
+    decide,
+    decision_id,
+    failure_of,
+)
+from dimsebus.services.tracker import progress
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 UIDS = [f"{STUDY}.1.{n}" for n in (1, 2, 3, 4)]

@@ -6,11 +6,11 @@ import datetime as dt
 from collections.abc import Sequence
 from uuid import UUID
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from services.node import moves
-from services.node.capture import Stamp
-from services.tracker import progress
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.node import moves
+from dimsebus.services.node.capture import Stamp
+from dimsebus.services.tracker import progress
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 UIDS = [f"{STUDY}.1.{n}" for n in (1, 2, 3)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.node.query import QueryError, build_query
-from services.node.sender import SendError, Target, message_id
+from dimsebus.services.node.query import QueryError, build_query
+from dimsebus.services.node.sender import SendError, Target, message_id
 
 
 def test_universal_keys_are_return_keys_only() -> None:

@@ -7,8 +7,8 @@ import socket
 import threading
 import time
 
-from services.node import reactor
-from services.node.reactor import ReactorCheckpoint
+from dimsebus.services.node import reactor
+from dimsebus.services.node.reactor import ReactorCheckpoint
 
 
 def test_clear_waits_for_the_reactor_to_reach_its_checkpoint() -> None:

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from schemas import events as ev
-from schemas.examples import move_story, sequential_ids
-from services.bus.outbox import Outbox
-from services.node.capture import SentStore, Stamp, StoreResponse
-from services.node.journal import MoveJournal
-from services.node.recovery import interrupted_events
-from services.node.storepair import Recorder
-from services.tracker.progress import apply, counts, outcome
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.examples import move_story, sequential_ids
+from dimsebus.services.bus.outbox import Outbox
+from dimsebus.services.node.capture import SentStore, Stamp, StoreResponse
+from dimsebus.services.node.journal import MoveJournal
+from dimsebus.services.node.recovery import interrupted_events
+from dimsebus.services.node.storepair import Recorder
+from dimsebus.services.tracker.progress import apply, counts, outcome
 
 T0 = dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC)
 STORY = move_story(node_id="n1", start=T0, ids=sequential_ids(), instances=6)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from schemas.envelope import CloudEvent
-from schemas.examples import move_story, sequential_ids
-from services.bus.outbox import Outbox, OutboxRow
-from services.bus.relay import OutboxRelay, UnreadableRecord
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.examples import move_story, sequential_ids
+from dimsebus.services.bus.outbox import Outbox, OutboxRow
+from dimsebus.services.bus.relay import OutboxRelay, UnreadableRecord
 
 EVENT = move_story(
     node_id="n1", start=dt.datetime(2026, 11, 26, tzinfo=dt.UTC), ids=sequential_ids()

@@ -1,6 +1,6 @@
 """``Retrier.handle`` against in-memory fakes of its store and outlet: no broker, no files.
 
-The fakes are real implementations of ``services.retrier.ports``: decisions in a
+The fakes are real implementations of ``dimsebus.services.retrier.ports``: decisions in a
 dict, and what would go to RabbitMQ in two lists (announced events, scheduled
 resends), so each test reads as what the retrier decided and what it sent.
 """
@@ -14,11 +14,11 @@ from uuid import UUID
 
 import pytest
 
-from schemas import events as ev
-from services.retrier.app import Retrier, RetrierSettings
-from services.retrier.decisions import RetryItem
-from services.retrier.policy import RetryPolicy
-from services.retrier.ports import DecisionOutlet, DecisionStore
+from dimsebus.schemas import events as ev
+from dimsebus.services.retrier.app import Retrier, RetrierSettings
+from dimsebus.services.retrier.decisions import RetryItem
+from dimsebus.services.retrier.policy import RetryPolicy
+from dimsebus.services.retrier.ports import DecisionOutlet, DecisionStore
 from tests.unit.test_retry_policy import T0, missing, received, unsent
 
 POLICY = RetryPolicy(max_attempts=3, initial_delay=10, multiplier=2, max_delay=60, jitter=0.0)

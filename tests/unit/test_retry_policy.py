@@ -11,11 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from schemas import events as ev
-from schemas.examples import move_story, sequential_ids
-from services.node.resend import group_commands
-from services.retrier.decisions import decision_event, record, requeued
-from services.retrier.policy import (
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.examples import move_story, sequential_ids
+from dimsebus.services.node.resend import group_commands
+from dimsebus.services.retrier.decisions import decision_event, record, requeued
+from dimsebus.services.retrier.policy import (
     Failure,
     GiveUp,
     Retry,
@@ -25,7 +25,13 @@ from services.retrier.policy import (
     delay_step,
     failure_of,
 )
-from services.tracker.progress import MoveState, apply, failed_instances, outcome, retry_commands
+from dimsebus.services.tracker.progress import (
+    MoveState,
+    apply,
+    failed_instances,
+    outcome,
+    retry_commands,
+)
 
 T0 = dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC)
 STALL = dt.timedelta(minutes=5)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from schemas.events import TYPES
-from schemas.export import render
+from dimsebus.schemas.events import TYPES
+from dimsebus.schemas.export import render
 
 JSON_DIR = Path(__file__).resolve().parents[2] / "schemas" / "json"
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from services.cli import app
-from services.errors import ConfigError
-from services.retrier.app import RetrierSettings
-from services.settings import ServiceSettings, load_settings, masked
+from dimsebus.services.cli import app
+from dimsebus.services.errors import ConfigError
+from dimsebus.services.retrier.app import RetrierSettings
+from dimsebus.services.settings import ServiceSettings, load_settings, masked
 
 
 @pytest.fixture
@@ -157,9 +157,9 @@ def test_config_show_masks_secrets_and_names_unknown_services(tmp_path: Path) ->
 async def test_demo_says_what_to_install_when_there_is_no_broker(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import services.demo as demo
+    import dimsebus.services.demo as demo
 
-    monkeypatch.setattr("services.demo.shutil.which", lambda name: None)
+    monkeypatch.setattr("dimsebus.services.demo.shutil.which", lambda name: None)
     with pytest.raises(demo.DemoError, match=r"install one .*rabbitmq-server.*Docker"):
         await demo.find_broker("amqp://guest:guest@127.0.0.1:1/", lambda line: None)
 
@@ -167,7 +167,7 @@ async def test_demo_says_what_to_install_when_there_is_no_broker(
 def test_each_archive_gets_its_own_patient_id_key_unless_one_is_set(tmp_path: Path) -> None:
     from pydantic import SecretStr
 
-    from services.node.config import NodeSettings
+    from dimsebus.services.node.config import NodeSettings
 
     first = NodeSettings(archive_path=tmp_path / "a")
     key = first.patient_key()

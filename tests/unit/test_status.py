@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.status import FailureKind, Service, StatusCategory, describe_status
+from dimsebus.schemas.status import FailureKind, Service, StatusCategory, describe_status
 
 S, W, F, C, P = (
     StatusCategory.SUCCESS,

@@ -6,11 +6,11 @@ import dataclasses
 import datetime as dt
 import json
 
-from schemas import events as ev
-from schemas.examples import move_story, sequential_ids
-from services.bus.outbox import OutboxRow, Record
-from services.node.capture import SentStore, Stamp, StoreResponse, response_event
-from services.node.storepair import (
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.examples import move_story, sequential_ids
+from dimsebus.services.bus.outbox import OutboxRow, Record
+from dimsebus.services.node.capture import SentStore, Stamp, StoreResponse, response_event
+from dimsebus.services.node.storepair import (
     EARLIER_FORMAT,
     FORMAT,
     PairRecord,

@@ -7,8 +7,8 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
-from schemas import events as ev
-from schemas.examples import every_event, sequential_ids
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.examples import every_event, sequential_ids
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "subscribe_finished.py"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from services.node.synthetic import write_study
+from dimsebus.services.node.synthetic import write_study
 
 
 def test_a_study_of_ct_slices_has_the_size_of_a_scanner_s(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from services.errors import ConfigError
-from services.node import tls
-from services.node.config import Destination, NodeSettings, Tls
+from dimsebus.services.errors import ConfigError
+from dimsebus.services.node import tls
+from dimsebus.services.node.config import Destination, NodeSettings, Tls
 from tests.pki import Pki, encrypted_key, make_pki
 
 

@@ -8,15 +8,15 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from schemas.examples import sequential_ids
-from services.bus.log import LogEntry
-from services.bus.outbox import Outbox
-from services.resends import operator_retry
-from services.tracker.app import Tracker, TrackerSettings
-from services.tracker.progress import retry_commands
-from services.tracker.store import open_store
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.examples import sequential_ids
+from dimsebus.services.bus.log import LogEntry
+from dimsebus.services.bus.outbox import Outbox
+from dimsebus.services.resends import operator_retry
+from dimsebus.services.tracker.app import Tracker, TrackerSettings
+from dimsebus.services.tracker.progress import retry_commands
+from dimsebus.services.tracker.store import open_store
 from tests.unit.test_progress_final import UIDS, Events, fold, full_disk_story, result
 
 

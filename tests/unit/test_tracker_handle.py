@@ -1,6 +1,6 @@
 """``Tracker.handle`` against in-memory fakes of its store and spool: no broker, no files.
 
-The fakes are real implementations of ``services.tracker.ports`` (a dict and a list),
+The fakes are real implementations of ``dimsebus.services.tracker.ports`` (a dict and a list),
 so each test reads as what the tracker committed and what it spooled to publish.
 """
 
@@ -11,14 +11,14 @@ from collections.abc import Iterable
 
 import pytest
 
-from schemas import events as ev
-from schemas.envelope import CloudEvent
-from services.bus.log import LogEntry
-from services.tracker.app import Tracker
-from services.tracker.ports import EventSpool, MoveStore
-from services.tracker.progress import MoveKey, MoveState
-from services.tracker.settings import TrackerSettings
-from services.tracker.store import Rejected
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.bus.log import LogEntry
+from dimsebus.services.tracker.app import Tracker
+from dimsebus.services.tracker.ports import EventSpool, MoveStore
+from dimsebus.services.tracker.progress import MoveKey, MoveState
+from dimsebus.services.tracker.settings import TrackerSettings
+from dimsebus.services.tracker.store import Rejected
 from tests.unit.test_progress_final import MOVE, NODE, UIDS, Events, full_disk_story
 
 

@@ -8,10 +8,10 @@ import uuid
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas import events as ev
-from services.node.capture import Stamp, StoreResponse
-from services.node.salvage import left_out_event, split_uids
-from services.node.unsolicited import UNSOLICITED_LIMIT, Unsolicited, unsolicited_event
+from dimsebus.schemas import events as ev
+from dimsebus.services.node.capture import Stamp, StoreResponse
+from dimsebus.services.node.salvage import left_out_event, split_uids
+from dimsebus.services.node.unsolicited import UNSOLICITED_LIMIT, Unsolicited, unsolicited_event
 
 STAMP = Stamp(uuid.UUID(int=7), dt.datetime(2026, 1, 2, tzinfo=dt.UTC), "dimsebus://node/n1")
 ASSOCIATION = uuid.UUID(int=8)

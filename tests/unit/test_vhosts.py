@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from services.vhosts import IDLE_AGE, PREFIX, STAMP, own_vhost, prune, vhost_of
+from dimsebus.services.vhosts import IDLE_AGE, PREFIX, STAMP, own_vhost, prune, vhost_of
 
 NOW = dt.datetime(2026, 11, 30, 6, 0, tzinfo=dt.UTC)
 URL = "amqp://guest:guest@127.0.0.1:5672/"
