@@ -62,6 +62,13 @@ def rabbitmq_container() -> Iterator[tuple[str, Exec]]:
         yield f"amqp://guest:guest@{host}:{port}/", run
 
 
+def node_option() -> list[str]:
+    """``-n NODE`` for rabbitmqctl when ``RABBITMQ_NODENAME`` names a private node (as
+    ``scripts/cluster run`` sets it); nothing for the machine's default node."""
+    node = os.environ.get("RABBITMQ_NODENAME")
+    return ["-n", node] if node else []
+
+
 def local_rabbitmqctl() -> Exec | None:
     """Run rabbitmqctl on this machine, when it is installed and the broker is local."""
     tool = shutil.which("rabbitmqctl")
@@ -69,7 +76,9 @@ def local_rabbitmqctl() -> Exec | None:
         return None
 
     def run(argv: list[str]) -> str:
-        done = subprocess.run([tool, *argv[1:]], check=True, capture_output=True, timeout=60)
+        done = subprocess.run(
+            [tool, *node_option(), *argv[1:]], check=True, capture_output=True, timeout=60
+        )
         return done.stdout.decode()
 
     return run

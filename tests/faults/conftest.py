@@ -11,10 +11,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
-from tests.broker import Broker, private_vhost
+from tests.broker import Broker, node_option, private_vhost
 from tests.faults.ledger import Tally
 from tests.faults.rig import Rig, new_rig
 
@@ -75,17 +76,31 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 class BrokerControl:
-    """The local RabbitMQ's own controls: stop and start the app, kill it, alarms."""
+    """The local RabbitMQ's own controls: stop and start the app, kill it, alarms.
+
+    The node is the machine's default one, or the one ``RABBITMQ_NODENAME`` names (a private
+    node of ``scripts/cluster``, whose environment ``rabbitmq-server`` is started again with).
+    """
 
     def __init__(self, broker: Broker) -> None:
         if shutil.which("rabbitmqctl") is None:
             pytest.fail("the broker fault scenarios need the local rabbitmqctl (make system)")
+        port = os.environ.get("RABBITMQ_NODE_PORT")
+        if port and urlsplit(broker.url).port != int(port):
+            pytest.fail(
+                f"RABBITMQ_NODE_PORT is {port} but the tests' broker is {broker.url}: "
+                "the scenarios would break one node and watch another (scripts/cluster run)"
+            )
         self.broker = broker
 
     def ctl(self, *argv: str, timeout: float = 120) -> str:
-        """Run ``rabbitmqctl argv``; its output."""
+        """Run ``rabbitmqctl argv`` on the broker's node; its output."""
         done = subprocess.run(
-            ["rabbitmqctl", *argv], capture_output=True, text=True, timeout=timeout, check=True
+            ["rabbitmqctl", *node_option(), *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
         )
         return done.stdout
 
@@ -116,7 +131,7 @@ class BrokerControl:
                 return
             if time.monotonic() > deadline:
                 raise AssertionError("RabbitMQ did not start again within 120 s")
-            time.sleep(1)
+            time.sleep(0.1)  # the node is not up to be asked yet
 
     def app_state(self) -> str:
         """``running``, ``stopped`` (after stop_app) or ``node down``."""
