@@ -33,6 +33,7 @@ from dimsebus.services.tracker.progress import (
     MoveState,
     apply,
     finish,
+    may_be_final,
     move_key,
     progress_data,
 )
@@ -104,16 +105,19 @@ class Tracker:
         retries = self.settings.retries_for(move.node_id)
         if move.retries_on != retries:
             move = move.model_copy(update={"retries_on": retries})
+        live = (now - event.time).total_seconds() <= self.settings.live_window
+        key = (move.source, move.move_id)
+        clock = now.timestamp()
+        due = live and clock - self._last_progress.get(key, 0.0) >= self.settings.progress_interval
+        if not due and not may_be_final(move):
+            return move, []  # counting a move's instances costs as much as the move is long
         stall = dt.timedelta(seconds=self.settings.stall_after)
         data = progress_data(move, now, stall)
         move, revision = finish(move, data.outcome, data.counts)
         if revision is not None:
             finished = ev.MoveFinishedData(**dict(data), revision=revision)
             return move, [self._event(ev.MoveFinished, move, finished, f"finished|{revision}")]
-        live = (now - event.time).total_seconds() <= self.settings.live_window
-        key = (move.source, move.move_id)
-        clock = now.timestamp()
-        if live and clock - self._last_progress.get(key, 0.0) >= self.settings.progress_interval:
+        if due:
             self._last_progress[key] = clock
             name = f"progressed|{data.outcome}|{len(move.seen)}"
             return move, [self._event(ev.MoveProgressed, move, data, name)]

@@ -81,7 +81,9 @@ def apply(state: MoveState | None, event: CloudEvent) -> MoveState | None:
     move = state or MoveState(source=key[0], move_id=key[1])
     if event.id in move.seen:
         return move
-    move = _touch(move, event)
+    if isinstance(event, ev.CStoreResponseReceived | ev.CStoreResponseMissing):
+        return _response(move, event)  # most events: one copy of the move, not three
+    move = move.model_copy(update=_touched(move, event))
     match event:
         case ev.MoveRequested():
             return _requested(move, event)
@@ -89,8 +91,6 @@ def apply(state: MoveState | None, event: CloudEvent) -> MoveState | None:
             return _completed(move, event)
         case ev.MoveInterrupted():
             return _interrupted(move, event)
-        case ev.CStoreResponseReceived() | ev.CStoreResponseMissing():
-            return _response(move, event)
         case ev.CStoreUnsent():
             return _unsent(move, event)
         case ev.RetryScheduled() | ev.RetryExhausted():
@@ -102,14 +102,14 @@ def apply(state: MoveState | None, event: CloudEvent) -> MoveState | None:
     return move
 
 
-def _touch(move: MoveState, event: CloudEvent) -> MoveState:
-    return move.model_copy(
-        update={
-            "seen": move.seen | {event.id},
-            "started_at": min(filter(None, (move.started_at, event.time))),
-            "last_event_at": max(filter(None, (move.last_event_at, event.time))),
-        }
-    )
+def _touched(move: MoveState, event: CloudEvent) -> dict[str, object]:
+    """What every event changes: the ids seen, the first and the last event's time."""
+    started, last = move.started_at, move.last_event_at
+    return {
+        "seen": move.seen | {event.id},
+        "started_at": event.time if started is None or event.time < started else started,
+        "last_event_at": event.time if last is None or event.time > last else last,
+    }
 
 
 def _with_entry(move: MoveState, event: CloudEvent, what: str) -> tuple[TimelineEntry, ...]:
@@ -177,20 +177,15 @@ def _response(
 ) -> MoveState:
     outcome = _outcome_of(event)
     kind = _response_kind(event)
-    move = with_outcomes(move, [outcome]).model_copy(
-        update={"responses": {**move.responses, kind: move.responses.get(kind, 0) + 1}}
-    )
+    update = _touched(move, event)
+    update["responses"] = {**move.responses, kind: move.responses.get(kind, 0) + 1}
+    current = move.instances.get(outcome.sop_instance_uid)
+    if current is None or outcome.rank > current.rank:
+        update["instances"] = {**move.instances, outcome.sop_instance_uid: outcome}
     if outcome.category != "success":
-        move = move.model_copy(
-            update={
-                "timeline": _with_entry(
-                    move,
-                    event,
-                    f"{outcome.sop_instance_uid} attempt {outcome.attempt}: {outcome.reason}",
-                )
-            }
-        )
-    return move
+        what = f"{outcome.sop_instance_uid} attempt {outcome.attempt}: {outcome.reason}"
+        update["timeline"] = _with_entry(move, event, what)
+    return move.model_copy(update=update)
 
 
 def _response_kind(event: ev.CStoreResponseReceived | ev.CStoreResponseMissing) -> str:
@@ -270,6 +265,14 @@ def _outcome_of(event: ev.CStoreResponseReceived | ev.CStoreResponseMissing) -> 
         attempt=data.attempt,
         at=event.time,
         event_id=event.id,
+    )
+
+
+def may_be_final(move: MoveState) -> bool:
+    """Whether ``outcome`` can say anything but in_progress or stalled: the final response
+    came (or the node stopped mid-move). Before, no event of the move derives a finished."""
+    return move.final_category is not None or (
+        move.finished is not None and move.finished.outcome is not None
     )
 
 
