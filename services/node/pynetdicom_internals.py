@@ -232,6 +232,31 @@ def pass_move_originator(assoc: Association, ae_title: str, message_id: int) -> 
     assoc.send_c_store = send_c_store  # type: ignore[method-assign, assignment]
 
 
+# -- C-STORE of a file's own bytes (dimsebus.services.node.sender) --------------------------
+
+
+def send_paths_as_stored() -> None:
+    """Make ``send_c_store(path)`` send the file's data set as its bytes (process-wide).
+
+    pynetdicom's documented switch (``_config.STORE_SEND_CHUNKED_DATASET``), read on
+    each call. Relies on: with it set, ``Association.send_c_store`` given a path (not a
+    Dataset) reads only the file meta (``dsutils.split_dataset``: the preamble and group
+    0002, and the data set's offset), takes Affected SOP Class and Instance UID from
+    Media Storage SOP Class/Instance UID, asks ``_get_valid_context(...,
+    allow_conversion=False)`` for a context accepted with the file's own transfer
+    syntax (ValueError before anything is sent when there is none), and
+    ``DIMSEMessage.encode_msg`` reads the data set from that offset in P-DATA
+    fragments of the peer's maximum PDU length. A Dataset argument (the Move and Get
+    SCPs', the sender's fallback) is encoded as before.
+    """
+    _config.STORE_SEND_CHUNKED_DATASET = True
+
+
+def sends_paths_as_stored() -> bool:
+    """Whether ``send_c_store(path)`` sends the file's bytes now."""
+    return bool(_config.STORE_SEND_CHUNKED_DATASET)
+
+
 # -- the edge server's reads (dimsebus.services.node.server) ---------------------------------------
 
 

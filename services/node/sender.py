@@ -20,6 +20,7 @@ from dimsebus.schemas.limits import chunked
 from dimsebus.schemas.status import Service, describe_status
 from dimsebus.services.clock import new_id
 from dimsebus.services.errors import DimsebusError
+from dimsebus.services.node import pynetdicom_internals
 from dimsebus.services.node.archive import Archive
 from dimsebus.services.node.association import connection_handlers
 from dimsebus.services.node.capture import unsent_event
@@ -27,6 +28,7 @@ from dimsebus.services.node.capture_shell import Capture
 from dimsebus.services.node.config import NodeSettings
 from dimsebus.services.node.contexts import storage_contexts
 from dimsebus.services.node.jobs import Job
+from dimsebus.services.node.payload import StoredFile, accepted_syntaxes, sends_own_bytes
 from dimsebus.services.node.tls import association_tls
 
 log = logging.getLogger(__name__)
@@ -125,15 +127,14 @@ def send_files(
     if not headers:
         return summary
     if capture is not None:
-        job.subjects = capture.subjects(
-            (uid, study, patient) for _, _, uid, study, patient in headers
-        )
+        job.subjects = capture.subjects((h.file.sop_instance, h.study, h.patient) for h in headers)
     if archive is not None:
         archive.record_send(
             str(job.operation.id),
             (target.ae_title, target.host, target.port),
-            [(uid, path) for path, _, uid, _, _ in headers],
+            [(h.file.sop_instance, h.path) for h in headers],
         )
+    pynetdicom_internals.send_paths_as_stored()
     ae = AE(ae_title=settings.ae_title)
     ae.dimse_timeout, ae.acse_timeout = settings.dimse_timeout, settings.acse_timeout
     ae.connection_timeout = settings.acse_timeout  # TCP connect and TLS handshake
@@ -143,7 +144,7 @@ def send_files(
     assoc = ae.associate(
         target.host,
         target.port,
-        contexts=storage_contexts(meta for _, meta, *_ in headers),
+        contexts=storage_contexts((h.file.sop_class, h.file.transfer_syntax) for h in headers),
         ae_title=target.ae_title,
         evt_handlers=[*handlers, (evt.EVT_ACSE_RECV, rejection.on_acse_recv)],
         tls_args=association_tls(settings, target.host, target.tls),
@@ -152,7 +153,7 @@ def send_files(
         _send_all(assoc, target, headers, job, summary, on_progress, rejection)
     except SendError as exc:
         if capture is not None:
-            uids = exc.unsent if exc.unsent is not None else [h[2] for h in headers]
+            uids = exc.unsent if exc.unsent is not None else [h.file.sop_instance for h in headers]
             emit_unsent(capture, job, target.ae_title, uids, exc.reason, str(exc))
         raise
     return summary
@@ -176,18 +177,23 @@ def _send_all(
             else "did not accept an association"
         )
         raise SendError(f"{peer} {what}", rejection.reason)
+    accepted = accepted_syntaxes(
+        (str(cx.abstract_syntax), str(cx.transfer_syntax[0]), bool(cx.as_scu))
+        for cx in assoc.accepted_contexts
+    )
     try:
-        for number, (path, *_) in enumerate(headers):
+        for number, header in enumerate(headers):
             if not assoc.is_established:  # aborted, by the peer or for a broken response
                 raise _ended(peer, headers, number)
+            as_bytes = sends_own_bytes(header.file, accepted)
             try:
-                status = _store_one(assoc, path, message_id(number), job.move_originator)
+                status = _store_one(assoc, header.path, as_bytes, number, job.move_originator)
             except RuntimeError:  # pynetdicom: it ended between the check and the request
                 if assoc.is_established:
                     raise
                 raise _ended(peer, headers, number) from None
             _count(summary, status)
-            on_progress(path, status)
+            on_progress(header.path, status)
     finally:
         if assoc.is_established:
             assoc.release()
@@ -198,7 +204,7 @@ def _ended(peer: str, headers: list[Header], number: int) -> SendError:
     return SendError(
         f"{peer}: the association ended after {number} of {len(headers)} C-STOREs",
         "association_lost",
-        unsent=[header[2] for header in headers[number:]],
+        unsent=[header.file.sop_instance for header in headers[number:]],
     )
 
 
@@ -265,18 +271,26 @@ def message_id(number: int) -> int:
 
 
 def _store_one(
-    assoc: Any, path: Path, msg_id: int, originator: ev.MoveOriginator | None
+    assoc: Any, path: Path, as_bytes: bool, number: int, originator: ev.MoveOriginator | None
 ) -> int | None:
-    dataset = dcmread(path)
-    if originator is None:
-        response: Dataset = assoc.send_c_store(dataset, msg_id=msg_id)
-    else:
-        response = assoc.send_c_store(
-            dataset,
-            msg_id=msg_id,
-            originator_aet=originator.ae_title,
-            originator_id=originator.message_id,
-        )
+    """One C-STORE of ``path``: its own bytes if ``as_bytes``, else decoded and encoded again.
+
+    A file pynetdicom refuses to send as its bytes (it checks the file meta and the
+    context before it sends anything) is sent the other way.
+    """
+    extra: dict[str, Any] = {"msg_id": message_id(number)}
+    if originator is not None:
+        extra |= {"originator_aet": originator.ae_title, "originator_id": originator.message_id}
+    if as_bytes:
+        try:
+            response: Dataset = assoc.send_c_store(path, **extra)
+            return _status(response)
+        except (AttributeError, ValueError, InvalidDicomError) as exc:
+            log.info("%s: sent decoded, not as its bytes: %s", path, exc)
+    return _status(assoc.send_c_store(dcmread(path), **extra))
+
+
+def _status(response: Dataset) -> int | None:
     return int(response.Status) if "Status" in response else None
 
 
@@ -290,8 +304,14 @@ def _count(summary: SendSummary, status: int | None) -> None:
     summary.by_status[status] = summary.by_status.get(status, 0) + 1
 
 
-# path, (SOP class, transfer syntax), SOP instance, study, Patient ID
-Header = tuple[Path, tuple[str, str], str, str | None, str | None]
+@dataclass(frozen=True, slots=True)
+class Header:
+    """A file to send, as its file meta and data set header say."""
+
+    path: Path
+    file: StoredFile
+    study: str | None
+    patient: str | None
 
 
 def _text(value: object) -> str | None:
@@ -304,13 +324,25 @@ def _headers(
     for path in files:
         try:
             meta = dcmread(path, stop_before_pixels=True)
-            yield (
+            yield Header(
                 path,
-                (str(meta.SOPClassUID), str(meta.file_meta.TransferSyntaxUID)),
-                str(meta.SOPInstanceUID),
+                _stored_file(meta),
                 _text(meta.get("StudyInstanceUID")),
                 _text(meta.get("PatientID")),
             )
         except (InvalidDicomError, AttributeError, OSError, ValueError) as exc:
             summary.unreadable.append(f"{path}: {exc}")
             on_progress(path, None)
+
+
+def _stored_file(ds: Dataset) -> StoredFile:
+    """The facts ``payload`` decides on, from a file read up to its pixel data."""
+    meta = ds.file_meta
+    return StoredFile(
+        sop_class=str(ds.SOPClassUID),
+        sop_instance=str(ds.SOPInstanceUID),
+        transfer_syntax=str(meta.TransferSyntaxUID),
+        meta_sop_class=_text(meta.get("MediaStorageSOPClassUID")),
+        meta_sop_instance=_text(meta.get("MediaStorageSOPInstanceUID")),
+        encoding=ds.original_encoding,
+    )

@@ -32,12 +32,16 @@ from pynetdicom import AE, _config, evt, fsm
 from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dsutils import split_dataset
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.service_class import QueryRetrieveServiceClass
 from pynetdicom.transport import AssociationServer
 
 from dimsebus.services.bus import aiormq_internals
 from dimsebus.services.node import pynetdicom_internals
+from dimsebus.services.node.synthetic import ct_instance
 
 ROOT = Path(__file__).resolve().parents[2]
 FENCES = {
@@ -339,6 +343,70 @@ def test_the_move_originator_is_passed_on(assoc: Association) -> None:
     pynetdicom_internals.pass_move_originator(assoc, "REQUESTOR", 7)
     assoc.send_c_store("dataset", msg_id=3)
     assert sent == [{"msg_id": 3, "priority": 2, "originator_aet": "REQUESTOR", "originator_id": 7}]
+
+
+# -- pynetdicom: C-STORE of a file's own bytes (dimsebus.services.node.sender) ------------
+
+
+def test_a_path_is_sent_from_its_file_meta_and_bytes_when_the_switch_is_on() -> None:
+    # send_paths_as_stored: the documented switch, read on every call; the request's
+    # UIDs from the meta; only the file's own transfer syntax; nothing sent before
+    assert (
+        missing(
+            Association.send_c_store,
+            "if not _config.STORE_SEND_CHUNKED_DATASET:",
+            "file_meta, offset = split_dataset(fpath)",
+            "req._dataset_path = (fpath, offset)",
+            "sop_class = cast(UID, file_meta.MediaStorageSOPClassUID)",
+            "sop_instance = cast(UID, file_meta.MediaStorageSOPInstanceUID)",
+            "tsyntax = cast(UID, file_meta.TransferSyntaxUID)",
+            "allow_conversion = False",
+            'sop_class, tsyntax, "scu", allow_conversion=allow_conversion',
+        )
+        == []
+    )
+    assert missing(Association._get_valid_context, "if allow_conversion and matches:") == []
+    source_text = source(Association.send_c_store)
+    assert source_text.index("self._get_valid_context(") < source_text.index(
+        "self.dimse.send_msg(req"
+    )
+
+
+def test_the_switch_is_set_by_the_fence() -> None:
+    before = _config.STORE_SEND_CHUNKED_DATASET
+    try:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+        assert not pynetdicom_internals.sends_paths_as_stored()
+        pynetdicom_internals.send_paths_as_stored()
+        assert _config.STORE_SEND_CHUNKED_DATASET is True
+        assert pynetdicom_internals.sends_paths_as_stored()
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = before
+
+
+def test_a_request_from_a_path_carries_the_bytes_after_the_file_meta(tmp_path: Path) -> None:
+    instance = ct_instance(patient_id="P", study_uid="1.2.3", series_uid="1.2.3.4", number=1)
+    path = tmp_path / "ct.dcm"
+    instance.save_as(path, enforce_file_format=True)
+    meta, offset = split_dataset(path)
+    assert meta.MediaStorageSOPInstanceUID == instance.SOPInstanceUID
+    request = C_STORE()
+    request.MessageID, request.Priority = 1, 2
+    request.AffectedSOPClassUID = meta.MediaStorageSOPClassUID
+    request.AffectedSOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    request._dataset_path = (path, offset)
+    message = C_STORE_RQ()
+    message.primitive_to_message(request)
+    assert message.command_set.CommandDataSetType == 0x0001
+    fragments = [
+        value
+        for pdata in message.encode_msg(1, 256)
+        for _, value in pdata.presentation_data_value_list
+        if not value[0] & 0x01  # a data set fragment, not the command's (PS3.8 E.2)
+    ]
+    assert b"".join(value[1:] for value in fragments) == path.read_bytes()[offset:]
+    assert fragments[-1][0] == 0x02
+    assert all(value[0] == 0x00 for value in fragments[:-1])
 
 
 # -- pynetdicom: the edge server's reads (dimsebus.services.node.server) ---------------------------
