@@ -7,10 +7,12 @@ broker: ``dimsebus.services.bus.relay`` publishes the rows and deletes each one 
 after its confirm, so an event is always confirmed on the broker or in the file.
 
 A row holds an encoded event, or (``format`` set) a record of the facts from
-which its relay makes the event: the node spools each C-STORE request/response pair that way
-(``dimsebus.services.node.storepair``), so that building and validating the event costs
-the relay's process, not the DICOM thread. The record carries the event's id
-and time, so the event is the same whenever, and however often, it is made.
+which its relay makes the event: the node's pynetdicom threads spool every event
+that way (``dimsebus.services.node.facts``), so that building and validating it
+costs the relay's process, not the DICOM thread. The record carries the event's
+id and time, so the event is the same whenever, and however often, it is made.
+Rows of encoded events (``append``) are published as they are: other writers',
+and those an earlier node spooled.
 
 The file also holds the node's move journal (``dimsebus.services.node.journal``): the
 C-MOVEs it serves, and which of their instances got a response event. The
@@ -127,7 +129,8 @@ class Record:
 
     ``type``, ``correlation_id`` and ``subject`` are what the event will have unless
     the facts fail its validation: the outbox's move journal (``Outbox._journal``)
-    reads them, the relay publishes what the event says.
+    reads them, the relay publishes what the event says. ``format`` names how the
+    relay reads ``body`` (the node's: ``dimsebus.services.node.facts``).
     """
 
     format: str
@@ -188,32 +191,24 @@ class Outbox:
         """Spool events durably, in one transaction; a repeated event id is ignored."""
         self._insert([_row(e) for e in events])
 
-    def append_opening(self, requested: CloudEvent, matched: Sequence[str]) -> None:
+    def append_opening(self, requested: CloudEvent | Record, matched: Sequence[str]) -> None:
         """Spool a C-MOVE's requested event and open its move in the journal, in one commit.
 
         ``matched`` are the instances the move will send: those without a response
         event when the node starts again were cut off (``dimsebus.services.node.recovery``).
+        The journal keeps the requested event's body: its JSON, or its record's.
         """
-        row = _row(requested)
+        row = _row(requested) if isinstance(requested, CloudEvent) else _record_row(requested)
         opened = (requested.correlation_id, row[5], json.dumps(list(matched)))
         self._insert([row], opened)
 
     def append_record(self, record: Record) -> None:
         """Spool one event's facts durably (one commit); its relay makes the event."""
-        self._insert(
-            [
-                (
-                    record.event_id,
-                    record.type,
-                    record.type,
-                    record.correlation_id,
-                    record.time,
-                    record.body,
-                    record.subject,
-                    record.format,
-                )
-            ]
-        )
+        self._insert([_record_row(record)])
+
+    def append_records(self, records: Sequence[Record]) -> None:
+        """Spool the facts of several events durably, in one transaction."""
+        self._insert([_record_row(record) for record in records])
 
     def _insert(
         self, rows: Sequence[tuple[object, ...]], opened: tuple[object, ...] | None = None
@@ -315,6 +310,20 @@ def _row(event: CloudEvent) -> tuple[object, ...]:
         event.model_dump_json().encode(),
         event.subject,
         None,
+    )
+
+
+def _record_row(record: Record) -> tuple[object, ...]:
+    """The outbox row of a record, in ``_INSERT``'s columns."""
+    return (
+        record.event_id,
+        record.type,
+        record.type,
+        record.correlation_id,
+        record.time,
+        record.body,
+        record.subject,
+        record.format,
     )
 
 

@@ -10,6 +10,7 @@ peer sent either: values the contract rejects become ``dicom.message.invalid``
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import hmac
@@ -27,6 +28,9 @@ from dimsebus.services.node.salvage import (
     comment_text,
     describe_error,
     invalid_event,
+    invalid_facts,
+    invalid_of,
+    rendered,
     shown,
     status_problem,
     text,
@@ -125,21 +129,55 @@ def answer_event(
     return response_event(sent, response, stamp)
 
 
+@dataclass(frozen=True, slots=True)
+class AnswerFacts:
+    """A C-STORE-RSP as its event uses it, each peer value made text where it is not plain.
+
+    Plain values only, so that a shell can spool them and its relay make the event
+    (``dimsebus.services.node.facts``): ``answer_facts`` makes them, ``answer_of`` the event.
+    """
+
+    status: int | None
+    status_problem: str | None
+    error_comment: str | None
+    named_instance: str | None
+    fields: dict[str, str]
+
+
+def answer_facts(response: StoreResponse) -> AnswerFacts:
+    """What the event of ``response`` needs of it, as plain values; never raises."""
+    problem = status_problem(response.status)
+    named = response.affected_sop_instance_uid
+    return AnswerFacts(
+        status=response.status if problem is None else None,  # type: ignore[arg-type]
+        status_problem=problem,
+        error_comment=comment_text(response.error_comment),
+        named_instance=None if named in (None, "") else shown(named, 200),
+        fields=rendered(response.command),
+    )
+
+
 def response_event(sent: SentStore, response: StoreResponse, stamp: Stamp) -> CloudEvent:
-    """The one event for a C-STORE-RSP joined to its request; never raises.
+    """The one event for a C-STORE-RSP joined to its request; never raises."""
+    return answer_of(sent, answer_facts(response), stamp)
+
+
+def answer_of(sent: SentStore, answer: AnswerFacts, stamp: Stamp) -> CloudEvent:
+    """The one event for a C-STORE-RSP (its ``answer_facts``) joined to its request.
 
     A response whose Status is absent, unreadable or not 0 to 0xFFFF cannot say
     whether the instance was stored, so it becomes a missing-response event
     (``invalid_response``) rather than an invented status; request facts the
     contract rejects make it ``dicom.message.invalid`` (see ``missing_event``).
     """
-    problem = status_problem(response.status)
-    if problem is None:
+    problem = answer.status_problem
+    if answer.status is not None and problem is None:
         try:
-            return _received_event(sent, response, stamp)
+            return _received_event(sent, answer, answer.status, stamp)
         except ValidationError as exc:
             problem = describe_error(exc)
-    return missing_event(sent, "invalid_response", problem, stamp, response)
+    detail = problem or "C-STORE-RSP Status is None"
+    return _missing(sent, "invalid_response", detail, stamp, answer.fields)
 
 
 def missing_event(
@@ -154,6 +192,14 @@ def missing_event(
     If the request's own facts are invalid (a SOP Instance UID with a leading
     zero in the file that was sent, say), it is ``dicom.message.invalid``.
     """
+    fields = rendered(response.command) if response is not None else None
+    return _missing(sent, reason, detail, stamp, fields)
+
+
+def _missing(
+    sent: SentStore, reason: str, detail: str, stamp: Stamp, answered: dict[str, str] | None
+) -> CloudEvent:
+    """``missing_event``; ``answered`` is the response's command set, rendered, if one came."""
     try:
         data = ev.CStoreResponseMissingData.model_validate(
             {
@@ -166,7 +212,7 @@ def missing_event(
     except ValidationError as exc:
         error = describe_error(exc)
         return _invalid_exchange(
-            sent, response, error if error in detail else f"{error}; {detail}", stamp
+            sent, answered, error if error in detail else f"{error}; {detail}", stamp
         )
     return envelope(ev.CStoreResponseMissing, data, sent.affected_sop_instance_uid, stamp)
 
@@ -185,18 +231,17 @@ def unmatched_event(response: StoreResponse, association_id: UUID, stamp: Stamp)
     )
 
 
-def _received_event(sent: SentStore, response: StoreResponse, stamp: Stamp) -> CloudEvent:
-    assert isinstance(response.status, int)
-    info = describe_status(response.status, Service.STORAGE)
-    comment = comment_text(response.error_comment)
-    named = response.affected_sop_instance_uid
-    if named not in (None, "", sent.affected_sop_instance_uid):
-        mismatch = f"C-STORE-RSP names SOP instance {shown(named, 200)}"
+def _received_event(sent: SentStore, answer: AnswerFacts, status: int, stamp: Stamp) -> CloudEvent:
+    info = describe_status(status, Service.STORAGE)
+    comment = answer.error_comment
+    named = answer.named_instance
+    if named is not None and named != sent.affected_sop_instance_uid:
+        mismatch = f"C-STORE-RSP names SOP instance {named}"
         comment = f"{comment}; {mismatch}" if comment else mismatch
     data = ev.CStoreResponseReceivedData.model_validate(
         {
             **sent.facts(),
-            "status": response.status,
+            "status": status,
             "status_category": info.category.value,
             "error_comment": text(comment, 1024) if comment else None,
             "responded_at": stamp.time,
@@ -206,18 +251,20 @@ def _received_event(sent: SentStore, response: StoreResponse, stamp: Stamp) -> C
 
 
 def _invalid_exchange(
-    sent: SentStore, response: StoreResponse | None, error: str, stamp: Stamp
+    sent: SentStore, answered: dict[str, str] | None, error: str, stamp: Stamp
 ) -> CloudEvent:
-    return invalid_event(
-        "C-STORE-RSP" if response is not None else "C-STORE-RQ",
+    facts = invalid_facts(
+        "C-STORE-RSP" if answered is not None else "C-STORE-RQ",
         error,
-        stamp,
         association_id=sent.association.id,
         message_id=sent.message_id,
         sop_instance_uid=sent.affected_sop_instance_uid,
         operation=sent.operation,
-        fields=response.command if response is not None else sent.facts(),
+        fields=sent.facts() if answered is None else None,
     )
+    if answered is not None:
+        facts = dataclasses.replace(facts, fields=answered)
+    return invalid_of(facts, stamp)
 
 
 def unsent_event(

@@ -1,11 +1,12 @@
 """The thin pynetdicom shell of the capture: the handlers it binds, and what they spool.
 
 pynetdicom calls these handlers on its association threads. They only read
-the message, keep per-association state, call the pure functions of
-``capture`` and append the events to the outbox: no broker, no awaiting. The
-work is split by job: ``pairing`` records each C-STORE-RQ and spools its
-response's event, ``handoff`` has the thread that waits for a response do that
-work, ``suboperations`` keeps what a C-MOVE's sub-associations did.
+the message, keep per-association state and spool what happened as facts
+(``dimsebus.services.node.facts``): no broker, no awaiting, and no event built
+here; the relay makes each fact's event. The work is split by job: ``pairing``
+records each C-STORE-RQ and spools its response's fact, ``handoff`` has the
+thread that waits for a response do that work, ``suboperations`` keeps what a
+C-MOVE's sub-associations did.
 
 pynetdicom logs an exception from a handler and carries on, so the event would
 be lost: every handler is ``_guarded``, and whatever it raises is recorded as
@@ -25,11 +26,10 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
-from dimsebus.schemas import events as ev
 from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.services.bus.outbox import Outbox
 from dimsebus.services.clock import utc_now
-from dimsebus.services.node import capture, handoff, salvage
+from dimsebus.services.node import capture, facts, handoff, salvage
 from dimsebus.services.node.association import (
     ABORT_TEXT,
     abort_source,
@@ -39,9 +39,10 @@ from dimsebus.services.node.association import (
 )
 from dimsebus.services.node.capture import Stamp
 from dimsebus.services.node.config import NodeSettings
+from dimsebus.services.node.fact_records import record_of, records_of
 from dimsebus.services.node.jobs import AssociationState, Job, Subject
 from dimsebus.services.node.pairing import Pairing
-from dimsebus.services.node.suboperations import SubOperations, completed_events
+from dimsebus.services.node.suboperations import SubOperations, completed_facts
 
 log = logging.getLogger(__name__)
 
@@ -157,12 +158,16 @@ class Capture:
         return self._pairing.stamp()
 
     def emit(self, *events: CloudEvent) -> None:
-        """Spool events durably; the relay publishes them."""
+        """Spool events durably; the relay publishes them (for callers off pynetdicom's threads)."""
         self._outbox.append(events)
 
-    def emit_opening(self, requested: CloudEvent, matched: list[str]) -> None:
-        """Spool a C-MOVE's requested event, its move opened in the journal in the same commit."""
-        self._outbox.append_opening(requested, matched)
+    def spool(self, *noted: facts.Fact) -> None:
+        """Spool facts durably, in one commit; the relay makes and publishes their events."""
+        self._outbox.append_records(records_of(noted))
+
+    def spool_opening(self, requested: facts.Requested, matched: list[str]) -> None:
+        """Spool a C-MOVE-RQ's fact, its move opened in the journal in the same commit."""
+        self._outbox.append_opening(record_of(requested), matched)
 
     # -- handlers -----------------------------------------------------------------------
 
@@ -172,19 +177,15 @@ class Capture:
         state = self.state(event.assoc, job)
         self._final_reference(event.assoc, state)  # AE titles are final only now
         contexts = tuple(
-            ev.PresentationContext(
-                id=int(cx.context_id or 1),
-                abstract_syntax_uid=str(cx.abstract_syntax),
-                transfer_syntax_uid=cx.transfer_syntax[0] if cx.transfer_syntax else None,
-                accepted=True,
+            (
+                int(cx.context_id or 1),
+                str(cx.abstract_syntax),
+                str(cx.transfer_syntax[0]) if cx.transfer_syntax else None,
             )
             for cx in event.assoc.accepted_contexts
         )
-        details = {
-            "presentation_contexts": contexts,
-            "max_pdu_length": event.assoc.acceptor.maximum_length,
-        }
-        self.emit(capture.association_event("established", state.ref, self.stamp(), **details))
+        maximum = event.assoc.acceptor.maximum_length
+        self.spool(facts.Established(self.stamp(), state.ref, contexts, maximum))
 
     @_guarded
     def on_acse(self, event: evt.Event, job: Job | None) -> None:
@@ -200,13 +201,15 @@ class Capture:
             self._sub_operations.of(job.operation.id).rejection = (
                 "rejected_permanent" if primitive.result == 1 else "rejected_transient"
             )
-        details = {
-            "result": "permanent" if primitive.result == 1 else "transient",
-            "source": _REJECT_SOURCES.get(primitive.result_source or 1, "service_user"),
-            "reason": primitive.diagnostic or 0,
-            "reason_text": str(primitive.reason_str),
-        }
-        self.emit(capture.association_event("rejected", state.ref, self.stamp(), **details))
+        rejected = facts.Rejected(
+            self.stamp(),
+            state.ref,
+            result="permanent" if primitive.result == 1 else "transient",
+            source=_REJECT_SOURCES.get(primitive.result_source or 1, "service_user"),
+            reason=int(primitive.diagnostic or 0),
+            reason_text=str(primitive.reason_str),
+        )
+        self.spool(rejected)
 
     @_guarded
     def on_dimse_sent(self, event: evt.Event, job: Job | None) -> None:
@@ -225,8 +228,8 @@ class Capture:
         elif name in ("C_MOVE_RSP", "C_GET_RSP") and message.command_set.Status not in _PENDING:
             retrieval = state.retrievals.pop(message.command_set.MessageIDBeingRespondedTo, None)
             if retrieval is not None:
-                self.emit(
-                    *completed_events(
+                self.spool(
+                    *completed_facts(
                         event.assoc,
                         retrieval,
                         message,
@@ -257,7 +260,7 @@ class Capture:
         """``dicom.association.released``; any request still unanswered is missing."""
         state = self.state(event.assoc, job)
         self._pairing.missing(state, (None, "association released before the response", "released"))
-        self.emit(capture.association_event("released", state.ref, self.stamp()))
+        self.spool(facts.Ended(self.stamp(), state.ref, "released"))
 
     @_guarded
     def on_aborted(self, event: evt.Event, job: Job | None) -> None:
@@ -266,11 +269,7 @@ class Capture:
         source = abort_source(event.assoc) or "peer"
         reason = ABORT_TEXT[source]
         self._pairing.missing(state, (source, reason, None))
-        self.emit(
-            capture.association_event(
-                "aborted", state.ref, self.stamp(), source=source, reason=reason
-            )
-        )
+        self.spool(facts.Ended(self.stamp(), state.ref, "aborted", source, reason))
 
     @_guarded
     def on_conn_close(self, event: evt.Event, job: Job | None) -> None:
@@ -292,17 +291,15 @@ class Capture:
         log.exception("%s failed on %s; recording dicom.message.invalid", handler, name)
         try:
             command = command_values(getattr(message, "command_set", None))
-            self.emit(
-                salvage.invalid_event(
-                    name,
-                    f"{handler} raised {type(exc).__name__}: {exc}",
-                    self.stamp(),
-                    association_id=getattr(getattr(event, "assoc", None), "dimsebus_id", None),
-                    message_id=command.get("MessageIDBeingRespondedTo", command.get("MessageID")),
-                    sop_instance_uid=command.get("AffectedSOPInstanceUID"),
-                    fields=command,
-                )
+            invalid = salvage.invalid_facts(
+                name,
+                f"{handler} raised {type(exc).__name__}: {exc}",
+                association_id=getattr(getattr(event, "assoc", None), "dimsebus_id", None),
+                message_id=command.get("MessageIDBeingRespondedTo", command.get("MessageID")),
+                sop_instance_uid=command.get("AffectedSOPInstanceUID"),
+                fields=command,
             )
+            self.spool(facts.Invalid(self.stamp(), invalid))
         except Exception:
             log.exception("could not record the failure of %s either: the event is lost", handler)
 
@@ -312,7 +309,8 @@ class Capture:
         if problems and not state.substitutes_reported:
             state.substitutes_reported = True
             log.warning("association %s: %s", state.ref.id, problems)
-            self.emit(salvage.substitution_event(state.ref, problems, raw, self.stamp()))
+            invalid = salvage.substitution_facts(state.ref, problems, raw)
+            self.spool(facts.Invalid(self.stamp(), invalid))
 
 
 def _message_name(event: evt.Event, message: object) -> str:

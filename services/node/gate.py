@@ -26,9 +26,9 @@ from pynetdicom.dimse_primitives import C_ECHO, C_FIND, C_GET, C_MOVE, C_STORE
 
 from dimsebus.services.node import access
 from dimsebus.services.node import pynetdicom_internals as internals
-from dimsebus.services.node.capture import access_refused_event
 from dimsebus.services.node.capture_shell import Capture
 from dimsebus.services.node.config import NodeSettings, Service
+from dimsebus.services.node.facts import Refused
 
 log = logging.getLogger(__name__)
 
@@ -196,17 +196,14 @@ class Gate:
             return False
         try:
             ref = self.capture.state(assoc).ref
-            self.capture.emit(
-                access_refused_event(
-                    ref,
-                    self.capture.stamp(),
-                    service=service,
-                    reason=reason,
-                    detail=detail,
-                    suppressed=held,
-                    **more,
-                )
-            )
+            details = {
+                "service": service,
+                "reason": reason,
+                "detail": detail,
+                "suppressed": held,
+                **more,
+            }
+            self.capture.spool(Refused(self.capture.stamp(), ref, details))
         except Exception:
             log.exception("could not record the refusal of %s", service)
         return True

@@ -1,7 +1,7 @@
 """Which C-MOVEs the node is serving, kept in the outbox file so that a crash leaves a trace.
 
-A C-MOVE is opened here (its C-MOVE-RQ event and matched instances) when it
-starts. The outbox then notes, in the same transaction as each response event,
+A C-MOVE is opened here (its C-MOVE-RQ's fact, or event, and matched instances)
+when it starts. The outbox then notes, in the same transaction as each response event,
 which of its instances got an answer, and closes the move when its
 ``dicom.move.completed`` (or ``dicom.move.interrupted``) is spooled
 (``dimsebus.services.bus.outbox``, ``Outbox._journal``): no triggers.
@@ -20,6 +20,8 @@ from pathlib import Path
 
 from dimsebus.schemas import events as ev
 from dimsebus.services.bus.outbox import JOURNAL_SCHEMA, OPEN_MOVE
+from dimsebus.services.node import facts
+from dimsebus.services.node.facts import FORMAT
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +75,7 @@ class MoveJournal:
                 for operation, _, _ in rows
             }
         return [
-            OpenMove(
-                ev.MoveRequested.model_validate_json(requested),
-                tuple(json.loads(matched)),
-                answered[operation],
-            )
+            OpenMove(_requested(requested), tuple(json.loads(matched)), answered[operation])
             for operation, requested, matched in rows
         ]
 
@@ -85,3 +83,13 @@ class MoveJournal:
         """Close the connection; the journal stays in the file."""
         with self._lock:
             self._db.close()
+
+
+def _requested(body: bytes) -> ev.MoveRequested:
+    """The C-MOVE-RQ's event of a journal entry: kept as its fact, or (before) as its JSON."""
+    if bytes(body).startswith(b"["):
+        event = facts.event_of(facts.decode(FORMAT, bytes(body)))
+        if not isinstance(event, ev.MoveRequested):
+            raise ValueError(f"a journalled C-MOVE-RQ made {event.type}, not its requested event")
+        return event
+    return ev.MoveRequested.model_validate_json(body)

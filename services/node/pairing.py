@@ -3,8 +3,9 @@
 A request is recorded (joined to its job, its pair record laid out) and kept
 by message id until its response comes, or its association ends (then it is
 missing). A plain response to it is spooled as its pair's record
-(``dimsebus.services.node.storepair``: the relay makes its event); any other gets its
-event built here. A response to no outstanding request is only counted
+(``dimsebus.services.node.storepair``), any other as an ``Answered`` fact, its values
+made text first (``capture.answer_facts``); the relay makes their events
+(``dimsebus.services.node.facts``). A response to no outstanding request is only counted
 (``dimsebus.services.node.unsolicited``), and the association aborted if there are too
 many. Which thread does this work is ``dimsebus.services.node.handoff``'s concern.
 """
@@ -19,17 +20,18 @@ from typing import Any, cast
 from pynetdicom.association import Association
 
 from dimsebus.schemas import events as ev
-from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.status import Service, describe_status
 from dimsebus.services.bus.outbox import Outbox
 from dimsebus.services.clock import new_id, utc_now
 from dimsebus.services.metrics import CSTORE
-from dimsebus.services.node import capture, salvage, storepair
+from dimsebus.services.node import capture, facts, salvage, storepair
 from dimsebus.services.node.association import command_values, read_values, tags_of, transfer_syntax
-from dimsebus.services.node.capture import SentStore, Stamp, StoreResponse
+from dimsebus.services.node.capture import AnswerFacts, SentStore, Stamp, StoreResponse
+from dimsebus.services.node.fact_records import record_of, records_of
 from dimsebus.services.node.jobs import AssociationState, Job
 from dimsebus.services.node.storepair import Outstanding
 from dimsebus.services.node.suboperations import SubOperations
-from dimsebus.services.node.unsolicited import unsolicited_event
+from dimsebus.services.node.unsolicited import unsolicited_facts
 
 log = logging.getLogger(__name__)
 
@@ -121,20 +123,19 @@ class Pairing:
         now = utc_now()
         for _ in requests:
             CSTORE.note("missing", None)
-        self._outbox.append(
-            [
-                capture.missing_event(
-                    sent,
-                    reason
-                    or capture.missing_reason(
-                        source, (now - sent.requested_at).total_seconds(), self.dimse_timeout
-                    ),
-                    detail,
-                    self.stamp(),
-                )
-                for sent in requests
-            ]
-        )
+        missing = [
+            facts.Missing(
+                self.stamp(),
+                sent,
+                reason
+                or capture.missing_reason(
+                    source, (now - sent.requested_at).total_seconds(), self.dimse_timeout
+                ),
+                detail,
+            )
+            for sent in requests
+        ]
+        self._outbox.append_records(records_of(missing))
 
     def report_unsolicited(self, state: AssociationState) -> None:
         """The association ended: its unsolicited responses, if any, become one event."""
@@ -142,9 +143,9 @@ class Pairing:
             if state.unsolicited_reported:
                 return
             state.unsolicited_reported = True
-            event = unsolicited_event(state.unsolicited, state.ref.id, self.stamp())
-        if event is not None:
-            self._outbox.append([event])
+            invalid = unsolicited_facts(state.unsolicited, state.ref.id)
+        if invalid is not None:
+            self._outbox.append_record(record_of(facts.Invalid(self.stamp(), invalid)))
 
     def _record_sent(
         self, assoc: Association, state: AssociationState, message: Any, at: dt.datetime
@@ -176,8 +177,8 @@ class Pairing:
             return False
         sent = outstanding.sent
         stamp = Stamp(new_id(), arrived_at, self.source)
-        answer = capture.answer_event(sent, response, state.ref.id, stamp)
-        self._outbox.append([answer])
+        answer = capture.answer_facts(response)
+        self._outbox.append_record(record_of(facts.Answered(stamp, sent, answer)))
         CSTORE.note(_category(answer), (arrived_at - sent.requested_at).total_seconds())
         return False
 
@@ -239,8 +240,12 @@ def _transfer_syntax(assoc: Association, state: AssociationState, context_id: in
     return found
 
 
-def _category(event: CloudEvent) -> str:
-    """The metrics label of a C-STORE-RSP's event: its category, missing or invalid."""
-    if isinstance(event, ev.MessageInvalid):
-        return "invalid"
-    return str(getattr(event.data, "status_category", "missing"))
+def _category(answer: AnswerFacts) -> str:
+    """The metrics label of a C-STORE-RSP that is not plain: its category, or missing.
+
+    Its event may yet be ``dicom.message.invalid`` (request facts the contract
+    rejects); the relay finds that out, so the label counts it by its response.
+    """
+    if answer.status is None:
+        return "missing"
+    return describe_status(answer.status, Service.STORAGE).category.value

@@ -10,7 +10,7 @@ accepts. Nothing here touches a socket or a clock: ids and times come in.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from uuid import UUID
 
 from pydantic import ValidationError
@@ -101,6 +101,77 @@ def rendered(fields: Mapping[str, object]) -> dict[str, str]:
     return {text(name, 64): represented(value) for name, value in list(fields.items())[:MAX_FIELDS]}
 
 
+@dataclass(frozen=True, slots=True)
+class InvalidFacts:
+    """What a ``dicom.message.invalid`` says, its peer values already made text (``invalid_facts``).
+
+    Plain values only, so that a shell can spool them and its relay make the event
+    (``dimsebus.services.node.facts``).
+    """
+
+    message: str
+    error: str
+    association_id: UUID | None = None
+    message_id: int | None = None
+    affected_sop_instance_uid: str | None = None
+    operation: ev.Operation | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    count: int | None = None
+
+
+def invalid_facts(
+    message: str,
+    error: str,
+    *,
+    association_id: UUID | None = None,
+    message_id: object = None,
+    sop_instance_uid: object = None,
+    operation: ev.Operation | None = None,
+    fields: Mapping[str, object] | None = None,
+    count: int | None = None,
+) -> InvalidFacts:
+    """The facts of a ``dicom.message.invalid`` from raw values; never fails on them."""
+    uid = shown(sop_instance_uid, UID_LIMIT) if sop_instance_uid not in (None, "") else None
+    return InvalidFacts(
+        message=text(message, 64) or "unknown",
+        error=text(error, ERROR_LIMIT) or "no error text",
+        association_id=association_id,
+        message_id=message_id_or_none(message_id),
+        affected_sop_instance_uid=uid,
+        operation=operation,
+        fields=rendered(fields or {}),
+        count=count,
+    )
+
+
+def invalid_of(facts: InvalidFacts, stamp: Stamp) -> CloudEvent:
+    """``dicom.message.invalid`` of ``facts``, under ``stamp``."""
+    data = ev.MessageInvalidData(
+        message=facts.message,
+        association_id=facts.association_id,
+        message_id=facts.message_id,
+        affected_sop_instance_uid=facts.affected_sop_instance_uid,
+        operation=facts.operation,
+        error=facts.error,
+        fields=facts.fields,
+        count=facts.count,
+        at=stamp.time,
+    )
+    association_id = facts.association_id
+    subject = facts.affected_sop_instance_uid or (
+        str(association_id) if association_id else data.message
+    )
+    return ev.MessageInvalid.model_validate(
+        {
+            "id": stamp.id,
+            "source": stamp.source,
+            "time": stamp.time,
+            "subject": subject,
+            "data": data,
+        }
+    )
+
+
 def invalid_event(
     message: str,
     error: str,
@@ -117,28 +188,17 @@ def invalid_event(
 
     ``count`` is how many messages alike the event stands for, when more than one.
     """
-    uid = shown(sop_instance_uid, UID_LIMIT) if sop_instance_uid not in (None, "") else None
-    data = ev.MessageInvalidData(
-        message=text(message, 64) or "unknown",
+    facts = invalid_facts(
+        message,
+        error,
         association_id=association_id,
-        message_id=message_id_or_none(message_id),
-        affected_sop_instance_uid=uid,
+        message_id=message_id,
+        sop_instance_uid=sop_instance_uid,
         operation=operation,
-        error=text(error, ERROR_LIMIT) or "no error text",
-        fields=rendered(fields or {}),
+        fields=fields,
         count=count,
-        at=stamp.time,
     )
-    subject = uid or (str(association_id) if association_id else data.message)
-    return ev.MessageInvalid.model_validate(
-        {
-            "id": stamp.id,
-            "source": stamp.source,
-            "time": stamp.time,
-            "subject": subject,
-            "data": data,
-        }
-    )
+    return invalid_of(facts, stamp)
 
 
 def split_uids(values: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -153,6 +213,34 @@ def split_uids(values: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]
     return tuple(valid), tuple(invalid)
 
 
+def left_out_facts(
+    message: str,
+    element: str,
+    invalid: Sequence[str],
+    *,
+    association_id: UUID | None = None,
+    message_id: object = None,
+    operation: ev.Operation | None = None,
+) -> InvalidFacts:
+    """The facts of a ``dicom.message.invalid`` naming, once, the values left out of a list.
+
+    E.g. SOP Instance UIDs an archive filled before it validated them, in a final
+    C-MOVE-RSP's Failed SOP Instance UID List: its event goes out without them.
+    """
+    named = invalid[:NAMED_LIMIT]
+    more = f" and {len(invalid) - len(named)} more" if len(invalid) > len(named) else ""
+    return invalid_facts(
+        message,
+        f"{len(invalid)} value(s) of {element} are not valid UIDs (PS3.5 9.1) and were left "
+        f"out of the event: {', '.join(shown(value, UID_LIMIT) for value in named)}{more}",
+        association_id=association_id,
+        message_id=message_id,
+        operation=operation,
+        fields={f"{element}[{index}]": value for index, value in enumerate(named)},
+        count=len(invalid),
+    )
+
+
 def left_out_event(
     message: str,
     element: str,
@@ -163,24 +251,16 @@ def left_out_event(
     message_id: object = None,
     operation: ev.Operation | None = None,
 ) -> CloudEvent:
-    """``dicom.message.invalid`` naming, once, the values left out of a UID list.
-
-    E.g. SOP Instance UIDs an archive filled before it validated them, in a final
-    C-MOVE-RSP's Failed SOP Instance UID List: its event goes out without them.
-    """
-    named = invalid[:NAMED_LIMIT]
-    more = f" and {len(invalid) - len(named)} more" if len(invalid) > len(named) else ""
-    return invalid_event(
+    """``dicom.message.invalid`` naming, once, the values left out of a UID list."""
+    facts = left_out_facts(
         message,
-        f"{len(invalid)} value(s) of {element} are not valid UIDs (PS3.5 9.1) and were left "
-        f"out of the event: {', '.join(shown(value, UID_LIMIT) for value in named)}{more}",
-        stamp,
+        element,
+        invalid,
         association_id=association_id,
         message_id=message_id,
         operation=operation,
-        fields={f"{element}[{index}]": value for index, value in enumerate(named)},
-        count=len(invalid),
     )
+    return invalid_of(facts, stamp)
 
 
 def ae_title_or_substitute(raw: object) -> tuple[str, str | None]:
@@ -224,14 +304,20 @@ def association_ref(
     return ref, {name: problem for name, problem in problems.items() if problem}
 
 
+def substitution_facts(
+    ref: ev.AssociationRef, problems: Mapping[str, str], raw: Mapping[str, object]
+) -> InvalidFacts:
+    """The facts of a ``dicom.message.invalid`` for AE titles that were substituted."""
+    return invalid_facts(
+        "A-ASSOCIATE",
+        "; ".join(f"{name}: {problem}" for name, problem in problems.items()),
+        association_id=ref.id,
+        fields=raw,
+    )
+
+
 def substitution_event(
     ref: ev.AssociationRef, problems: Mapping[str, str], raw: Mapping[str, object], stamp: Stamp
 ) -> CloudEvent:
     """``dicom.message.invalid`` for an A-ASSOCIATE whose AE titles were substituted."""
-    return invalid_event(
-        "A-ASSOCIATE",
-        "; ".join(f"{name}: {problem}" for name, problem in problems.items()),
-        stamp,
-        association_id=ref.id,
-        fields=raw,
-    )
+    return invalid_of(substitution_facts(ref, problems, raw), stamp)

@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterator
 from itertools import islice
-from typing import Any
+from typing import Any, Literal
 
 from pydicom.dataset import Dataset
 from pynetdicom import evt
@@ -18,15 +18,17 @@ from pynetdicom import evt
 from dimsebus.schemas import events as ev
 from dimsebus.schemas.limits import MAX_KEY_NAME_LENGTH, MAX_KEY_VALUE_LENGTH, MAX_KEYS, clip
 from dimsebus.services.clock import new_id, utc_now
-from dimsebus.services.node import admission, capture, moves, pynetdicom_internals
+from dimsebus.services.node import admission, moves, pynetdicom_internals
 from dimsebus.services.node.archive import Archive, Refused, StoredInstance
 from dimsebus.services.node.capture_shell import Capture
 from dimsebus.services.node.config import NodeSettings
 from dimsebus.services.node.contexts import storage_contexts
+from dimsebus.services.node.facts import Requested
 from dimsebus.services.node.jobs import Job, Retrieval
 from dimsebus.services.node.journal import MoveJournal
 from dimsebus.services.node.mover import OpenMoves
 from dimsebus.services.node.query import QueryError, build_query
+from dimsebus.services.node.stamp import Stamp
 from dimsebus.services.node.tls import association_tls
 
 log = logging.getLogger(__name__)
@@ -155,14 +157,14 @@ class ArchiveSCP:
         instances = self._resolve(event)
         operation = ev.Operation(kind="move", id=new_id())
         data = self._requested(event, operation)
-        requested = capture.retrieve_requested_event(
-            ev.MoveRequested, {**data, "move_destination": destination_ae}, self.capture.stamp()
+        requested = _requested_fact(
+            "move", {**data, "move_destination": destination_ae}, self.capture.stamp()
         )
         if self.journal is not None and destination is not None and instances:
             # its sub-operations are journalled from here (dimsebus.services.node.recovery)
-            self.capture.emit_opening(requested, [i.sop_instance_uid for i in instances])
+            self.capture.spool_opening(requested, [i.sop_instance_uid for i in instances])
         else:
-            self.capture.emit(requested)
+            self.capture.spool(requested)
         state = self.capture.state(assoc)
         state.retrievals[request.MessageID] = Retrieval(
             ev.MoveCompleted,
@@ -209,9 +211,7 @@ class ArchiveSCP:
         instances = self._resolve(event)
         operation = ev.Operation(kind="get", id=new_id())
         data = self._requested(event, operation)
-        self.capture.emit(
-            capture.retrieve_requested_event(ev.GetRequested, data, self.capture.stamp())
-        )
+        self.capture.spool(_requested_fact("get", data, self.capture.stamp()))
         state = self.capture.state(event.assoc)
         state.retrievals[request.MessageID] = Retrieval(ev.GetCompleted, _completed_base(data))
         state.job = Job(
@@ -279,6 +279,14 @@ def _pending_datasets(
 
 def _subjects(instances: list[StoredInstance]) -> Iterator[tuple[str, str | None, str | None]]:
     return ((i.sop_instance_uid, i.study_instance_uid, i.patient_id) for i in instances)
+
+
+def _requested_fact(kind: Literal["move", "get"], data: dict[str, Any], stamp: Stamp) -> Requested:
+    """The fact of a C-MOVE-RQ or C-GET-RQ, of its event's ``data``."""
+    details = {k: v for k, v in data.items() if k not in ("association", "operation", "message_id")}
+    return Requested(
+        stamp, kind, data["association"], data["operation"], data["message_id"], details
+    )
 
 
 def _completed_base(data: dict[str, Any]) -> dict[str, Any]:

@@ -18,9 +18,8 @@ from typing import Any
 from pynetdicom.association import Association
 
 from dimsebus.schemas import events as ev
-from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.schemas.limits import MAX_UIDS, chunked
-from dimsebus.services.node import capture, salvage
+from dimsebus.services.node import capture, facts, salvage
 from dimsebus.services.node.association import failed_uids
 from dimsebus.services.node.jobs import Retrieval, SubAssociations
 from dimsebus.services.node.stamp import Stamp
@@ -46,15 +45,15 @@ class SubOperations:
             return self._moves.pop(operation_id, SubAssociations())
 
 
-def completed_events(
+def completed_facts(
     assoc: Association,
     retrieval: Retrieval,
     message: Any,
     subs: SubOperations,
     labels: dict[str, str],
     stamp: Callable[[], Stamp],
-) -> list[CloudEvent]:
-    """The events of a final C-MOVE-RSP or C-GET-RSP: unsent, left out, then completed."""
+) -> list[facts.Fact]:
+    """The facts of a final C-MOVE-RSP or C-GET-RSP: unsent, left out, then completed."""
     command = message.command_set
     counts = ev.SubOperationCounts(
         remaining=command.get("NumberOfRemainingSuboperations"),
@@ -65,45 +64,55 @@ def completed_events(
     # An archive filled before UIDs were validated may list invalid ones: they are
     # named once in their own event, and the completed event goes out without them.
     failed, invalid = salvage.split_uids(failed_uids(assoc, message))
-    data = {
-        **retrieval.data,
+    data = retrieval.data
+    details = {
+        **{name: value for name, value in data.items() if name not in _KEYS},
         "counts": counts,
         "error_comment": command.get("ErrorComment"),
         "failed_sop_instance_uids": failed[:MAX_UIDS],  # the contract's cap per event
         "failed_sop_instance_uids_omitted": max(len(failed) - MAX_UIDS, 0),
     }
+    move = retrieval.model is ev.MoveCompleted
     # Never-sent instances go first, in the same outbox write: whoever sees the
     # move completed has seen why its never-sent sub-operations failed.
-    unsent = (
-        _unsent_by_move(retrieval, failed, command.Status, subs, labels, stamp)
-        if retrieval.model is ev.MoveCompleted
-        else []
-    )
+    unsent = _unsent_by_move(retrieval, failed, command.Status, subs, labels, stamp) if move else []
     left_out = (
         [_left_out(retrieval, message, "FailedSOPInstanceUIDList", invalid, stamp())]
         if invalid
         else []
     )
-    completed = capture.retrieve_completed_event(retrieval.model, data, command.Status, stamp())
+    completed = facts.Completed(
+        stamp(),
+        "move" if move else "get",
+        data["association"],
+        data["operation"],
+        data["message_id"],
+        int(command.Status),
+        details,
+    )
     return [*unsent, *left_out, completed]
+
+
+_KEYS = ("association", "operation", "message_id")
+"""What a retrieval's facts carry as fields of their own, not among its details."""
 
 
 def _left_out(
     retrieval: Retrieval, message: Any, element: str, invalid: tuple[str, ...], stamp: Stamp
-) -> CloudEvent:
-    """``dicom.message.invalid`` naming the ``invalid`` UIDs of a final response, once."""
+) -> facts.Fact:
+    """``dicom.message.invalid``'s fact, naming the ``invalid`` UIDs of a final response."""
     name = type(message).__name__.replace("_", "-")
     log.warning("%d invalid UIDs in %s left out of its event", len(invalid), name)
     data = retrieval.data
-    return salvage.left_out_event(
+    left_out = salvage.left_out_facts(
         name,
         element,
         invalid,
-        stamp,
         association_id=data["association"].id,
         message_id=data["message_id"],
         operation=data["operation"],
     )
+    return facts.Invalid(stamp, left_out)
 
 
 def _unsent_by_move(
@@ -113,8 +122,8 @@ def _unsent_by_move(
     subs: SubOperations,
     labels: dict[str, str],
     stamp: Callable[[], Stamp],
-) -> list[CloudEvent]:
-    """``dicom.cstore.unsent`` for a move's instances that never got a C-STORE-RQ."""
+) -> list[facts.Fact]:
+    """``dicom.cstore.unsent``'s facts for a move's instances that never got a C-STORE-RQ."""
     operation: ev.Operation = retrieval.data["operation"]
     ended = subs.ended(operation.id)
     # pynetdicom answers an unreachable destination with 0xA801 and no UID list.
@@ -127,16 +136,16 @@ def _unsent_by_move(
         retrieval.destination_known, ended.rejection, bool(ended.sent), destination
     )
     return [
-        capture.unsent_event(
+        facts.Unsent(
+            stamp(),
             operation,
             destination,
-            list(chunk),
+            tuple(chunk),
             1,
             retrieval.originator,
             {**labels},
             reason,
-            detail,
-            stamp(),
+            detail[:1024],
         )
         for chunk in chunked(unsent)
     ]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from uuid import UUID
 
 from dimsebus.schemas.envelope import CloudEvent
-from dimsebus.services.node.salvage import invalid_event
+from dimsebus.services.node.salvage import InvalidFacts, invalid_facts, invalid_of
 
 if TYPE_CHECKING:
     from dimsebus.services.node.capture import Stamp, StoreResponse
@@ -55,10 +55,11 @@ class Unsolicited:
         return self.count == UNSOLICITED_LIMIT
 
 
-def unsolicited_event(tally: Unsolicited, association_id: UUID, stamp: Stamp) -> CloudEvent | None:
-    """The one ``dicom.message.invalid`` for an association's unsolicited responses, if any.
+def unsolicited_facts(tally: Unsolicited, association_id: UUID) -> InvalidFacts | None:
+    """The facts of the one ``dicom.message.invalid`` for an association's unsolicited responses.
 
-    Its fields are the first response's; ``count`` says how many there were.
+    Its fields are the first response's; ``count`` says how many there were. None if
+    there were none.
     """
     first = tally.first
     if first is None:
@@ -68,14 +69,19 @@ def unsolicited_event(tally: Unsolicited, association_id: UUID, stamp: Stamp) ->
         if tally.exhausted
         else "the association went on"
     )
-    return invalid_event(
+    return invalid_facts(
         "C-STORE-RSP",
         f"{tally.count} C-STORE-RSP(s) answered no C-STORE-RQ outstanding on this "
         f"association; {outcome}; the fields are the first one's",
-        stamp,
         association_id=association_id,
         message_id=first.message_id,
         sop_instance_uid=first.affected_sop_instance_uid,
         fields=first.command,
         count=tally.count,
     )
+
+
+def unsolicited_event(tally: Unsolicited, association_id: UUID, stamp: Stamp) -> CloudEvent | None:
+    """The one ``dicom.message.invalid`` for an association's unsolicited responses, if any."""
+    facts = unsolicited_facts(tally, association_id)
+    return invalid_of(facts, stamp) if facts is not None else None

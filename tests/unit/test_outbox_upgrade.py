@@ -21,7 +21,7 @@ from dimsebus.services.bus.batch import Outgoing, PublishOutcome
 from dimsebus.services.bus.outbox import Outbox
 from dimsebus.services.bus.publisher import Publisher
 from dimsebus.services.bus.relay import OutboxRelay
-from dimsebus.services.node import storepair
+from dimsebus.services.node import facts
 from dimsebus.services.node.journal import MoveJournal
 
 T0 = dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC)
@@ -128,7 +128,7 @@ def test_an_earlier_outbox_drains_its_events_and_records(tmp_path: Path) -> None
     earlier_outbox(path)
     # when the new version's relay drains it
     outbox = Outbox(path)
-    relay = OutboxRelay(outbox, "amqp://unused/", name="test", formats=storepair.FORMATS)
+    relay = OutboxRelay(outbox, "amqp://unused/", name="test", formats=facts.FORMATS)
     publisher = Confirming()
     confirmed = asyncio.run(relay.drain_once(cast(Publisher, publisher)))
     # then both are published as the events they were, and the outbox is empty

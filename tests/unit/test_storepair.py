@@ -10,12 +10,13 @@ from dimsebus.schemas import events as ev
 from dimsebus.schemas.examples import move_story, sequential_ids
 from dimsebus.services.bus.outbox import OutboxRow, Record
 from dimsebus.services.node.capture import SentStore, Stamp, StoreResponse, response_event
+from dimsebus.services.node.facts import FORMAT
+from dimsebus.services.node.facts import row_event as event_of
 from dimsebus.services.node.storepair import (
     EARLIER_FORMAT,
-    FORMAT,
+    PAIR_FORMAT,
     PairRecord,
     Recorder,
-    event_of,
     pair_event,
 )
 
@@ -86,6 +87,17 @@ def test_facts_the_contract_rejects_make_an_invalid_message_not_an_exception() -
     assert made.data.message == "C-STORE-RSP"
     assert made.data.affected_sop_instance_uid == "1.02.3"
     assert "affected_sop_instance_uid" in made.data.error
+
+
+def test_a_pair_spooled_before_facts_had_tags_makes_the_same_event() -> None:
+    # given the same pair as PAIR_FORMAT kept it: the array without its tag
+    response = StoreResponse.of({"Status": 0, "MessageIDBeingRespondedTo": SENT.message_id})
+    spooled = recorded(response)
+    untagged = b"[" + spooled.body.split(b",", 1)[1]
+    row = as_row(dataclasses.replace(spooled, format=PAIR_FORMAT, body=untagged))
+    # when the relay makes its event, then it is the tagged record's
+    assert event_of(row) == event_of(as_row(spooled))
+    assert spooled.body.startswith(b'["pair",')
 
 
 def _values(pair: PairRecord) -> str:
