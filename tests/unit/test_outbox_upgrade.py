@@ -1,7 +1,8 @@
 """An outbox written by an earlier dimsebus still drains, and keeps its move journal, after upgrade.
 
 Until 2026-11-30 the move journal was kept by SQLite triggers on the outbox, and
-C-STORE pairs were spooled as ``dicom.cstore.exchange/1`` records. Such a file
+C-STORE pairs were spooled as ``dicom.cstore.exchange/1`` records; then as
+``dicom.cstore.pair/2``, every other event whole, until the node spooled facts only. Such a file
 opened now loses its triggers (the outbox writes the journal itself), and every
 row it holds, event or record, is made into its message by the relay.
 """
@@ -9,6 +10,7 @@ row it holds, event or record, is made into its message by the relay.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import sqlite3
 from collections.abc import Sequence
@@ -21,8 +23,12 @@ from dimsebus.services.bus.batch import Outgoing, PublishOutcome
 from dimsebus.services.bus.outbox import Outbox
 from dimsebus.services.bus.publisher import Publisher
 from dimsebus.services.bus.relay import OutboxRelay
+from dimsebus.services.clock import new_id
 from dimsebus.services.node import facts
+from dimsebus.services.node.capture import SentStore, Stamp, StoreResponse
+from dimsebus.services.node.fact_records import record_of
 from dimsebus.services.node.journal import MoveJournal
+from dimsebus.services.node.storepair import PAIR_FORMAT, Recorder
 
 T0 = dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC)
 STORY = move_story(node_id="n1", start=T0, ids=sequential_ids(), instances=3)
@@ -175,5 +181,54 @@ def test_a_response_for_no_open_move_leaves_the_journal_alone(tmp_path: Path) ->
     journal.opened(REQUESTED, MATCHED)
     assert outbox.depth() == 1
     assert journal.open_moves()[0].unanswered == MATCHED
+    journal.close()
+    outbox.close()
+
+
+def test_rows_the_version_before_facts_spooled_drain_beside_new_facts(tmp_path: Path) -> None:
+    # given an outbox the version before facts wrote: an event spooled whole (format NULL,
+    # its move open in the journal as the event's JSON) and a pair in dicom.cstore.pair/2
+    path = tmp_path / "outbox.sqlite"
+    outbox = Outbox(path)
+    outbox.append_opening(REQUESTED, MATCHED)
+    sent = SentStore(**{name: getattr(FIRST.data, name) for name in SentStore.__dataclass_fields__})
+    response = StoreResponse.of({"Status": 0, "MessageIDBeingRespondedTo": sent.message_id})
+    tagged = Recorder().record(sent, response, Stamp(FIRST.id, FIRST.time, FIRST.source))
+    untagged = b"[" + tagged.body.split(b",", 1)[1]  # the pair/2 body: no tag
+    outbox.append_record(dataclasses.replace(tagged, format=PAIR_FORMAT, body=untagged))
+    # when the new version spools facts into it: a missing response, then the move's end
+    later = Stamp(new_id(), FIRST.time, FIRST.source)
+    second = dataclasses.replace(sent, affected_sop_instance_uid=MATCHED[1], message_id=2)
+    counts = ev.SubOperationCounts(remaining=0, completed=1, failed=1, warning=0)
+    data = REQUESTED.data
+    completed = facts.Completed(
+        Stamp(new_id(), FIRST.time, FIRST.source),
+        "move",
+        data.association,
+        data.operation,
+        data.message_id,
+        0xB000,
+        {"move_destination": data.move_destination, "counts": counts},
+    )
+    journal = MoveJournal(path)
+    outbox.append_record(record_of(facts.Missing(later, second, "aborted", "peer aborted")))
+    assert journal.open_moves()[0].unanswered == MATCHED[2:]  # the pair/2 row and the fact
+    outbox.append_records([record_of(completed)])
+    assert journal.open_moves() == []
+    # and its relay drains it
+    relay = OutboxRelay(outbox, "amqp://unused/", name="test", formats=facts.FORMATS)
+    publisher = Confirming()
+    confirmed = asyncio.run(relay.drain_once(cast(Publisher, publisher)))
+    # then every row went out, in order, as the event it was or its fact makes
+    assert confirmed == 4
+    assert outbox.depth() == 0
+    made = [ev.parse_event(message.body) for message in publisher.sent]
+    assert [m.message_id for m in publisher.sent] == [str(e.id) for e in made]
+    assert made[0] == REQUESTED
+    assert made[1] == FIRST.model_copy(
+        update={"data": FIRST.data.model_copy(update={"responded_at": FIRST.time})}
+    )
+    assert [e.type for e in made[2:]] == ["dicom.cstore.response.missing", "dicom.move.completed"]
+    assert made[2].id == later.id
     journal.close()
     outbox.close()
