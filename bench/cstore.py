@@ -31,14 +31,16 @@ costs before any of its own work (``Floor``):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
+import logging
 import os
 import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +59,7 @@ from dimsebus.services.node.capture import SentStore, StoreResponse
 from dimsebus.services.node.capture_shell import Capture
 from dimsebus.services.node.config import NodeSettings
 from dimsebus.services.node.jobs import Job
-from dimsebus.services.node.sender import Target, send_files
+from dimsebus.services.node.sender import SendError, Target, send_files
 from dimsebus.services.node.storepair import Recorder
 from dimsebus.services.node.synthetic import write_study
 from tests.broker import LOCAL_URL, local_rabbitmqctl, private_vhost
@@ -66,17 +68,53 @@ from tests.integration.peers import ENV, dcmtk, free_port, wait_for_port
 Runner = Callable[[list[Path], int], float]
 
 
+class RunEnded(Exception):
+    """A run that did not store every file; the message says how far it got and why."""
+
+
 def plain_pynetdicom(files: list[Path], port: int) -> float:
+    """pynetdicom as its documentation shows it; a run whose association ends is ``RunEnded``.
+
+    Under CPU load its association reactor can take a C-STORE-RSP meant for
+    ``send_c_store`` ("Received unexpected C-STORE service message"): the sender then
+    waits for the DIMSE timeout (30 s) and aborts (docs/upstream.md, fix 1; the node
+    has ``reactor.ReactorCheckpoint``). That run says so instead of being timed.
+    """
     ae = AE()
     ae.add_requested_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1"])
-    started = time.perf_counter()
-    assoc = ae.associate("127.0.0.1", port, ae_title="STORESCP")
-    for number, path in enumerate(files):
-        if not assoc.is_established:
-            raise RuntimeError(f"plain pynetdicom: the association ended after {number} C-STOREs")
-        assoc.send_c_store(dcmread(path))
-    assoc.release()
-    return time.perf_counter() - started
+    with heard_from_pynetdicom() as heard:
+        started = time.perf_counter()
+        assoc = ae.associate("127.0.0.1", port, ae_title="STORESCP")
+        for number, path in enumerate(files):
+            if not assoc.is_established:
+                how = "aborted" if assoc.is_aborted else "not established or released"
+                raise RunEnded(
+                    f"the association ended after {number} of {len(files)} C-STOREs ({how})"
+                    + (f"; pynetdicom said: {'; '.join(heard)}" if heard else "")
+                )
+            assoc.send_c_store(dcmread(path))
+        assoc.release()
+        return time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def heard_from_pynetdicom() -> Iterator[list[str]]:
+    """The distinct warnings and errors pynetdicom logs inside the block, in order."""
+    heard: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            message = record.getMessage()
+            if message not in heard:
+                heard.append(message)
+
+    handler = Collect(logging.WARNING)
+    logger = logging.getLogger("pynetdicom")
+    logger.addHandler(handler)
+    try:
+        yield heard
+    finally:
+        logger.removeHandler(handler)
 
 
 def node_without_events(files: list[Path], port: int) -> float:
@@ -259,14 +297,16 @@ def main() -> None:
             wait_for_port(port)
             node = NodeWithEvents(url, Path(folder))
             floor = {HANDLERS: node.floor(False), COMMIT: node.floor(True)} if args.floor else {}
+            ended: list[str] = []
             try:
-                groups = run_rounds(node, floor, files, port, args.rounds, args.pairs)
+                groups = run_rounds(node, floor, files, port, args.rounds, args.pairs, ended)
             finally:
                 node.close()
         finally:
             scp.terminate()
             scp.wait()
-    show(groups, node.publish_times, node.relay_cpu, args.files, args.rows)
+    show(groups, node.publish_times, node.relay_cpu, args.files, args.rows, args.rounds)
+    show_ended(ended)
 
 
 Group = dict[str, float]
@@ -280,8 +320,13 @@ def run_rounds(
     port: int,
     rounds: int,
     pairs_per_round: int,
+    ended: list[str],
 ) -> list[Group]:
-    """Each round: the four paths back to back, then more groups without/with events."""
+    """Each round: the four paths back to back, then more groups without/with events.
+
+    A run that did not store every file is left out of its group, and ``ended``
+    says which and why.
+    """
     runners: dict[str, Runner] = {
         PLAIN: plain_pynetdicom,
         NO_EVENTS: node_without_events,
@@ -292,11 +337,43 @@ def run_rounds(
     groups: list[Group] = []
     for round_number in range(rounds):
         order = list(runners) if round_number % 2 == 0 else list(reversed(runners))
-        groups.append({name: runners[name](files, port) for name in order})
+        groups.append(run_group(runners, order, files, port, f"round {round_number + 1}", ended))
         for pair in range(pairs_per_round - 1):  # the close ratios get more samples
             order = list(close) if pair % 2 == 0 else list(reversed(close))
-            groups.append({name: close[name](files, port) for name in order})
+            groups.append(run_group(close, order, files, port, f"round {round_number + 1}", ended))
     return groups
+
+
+RUN_FAILURES = (RunEnded, SendError, subprocess.CalledProcessError)
+
+
+def run_group(
+    runners: dict[str, Runner],
+    order: list[str],
+    files: list[Path],
+    port: int,
+    where: str,
+    ended: list[str],
+) -> Group:
+    """The runs of one group, back to back; one that did not finish is noted in ``ended``."""
+    group: Group = {}
+    for name in order:
+        try:
+            group[name] = runners[name](files, port)
+        except RUN_FAILURES as exc:
+            ended.append(f"{where}, {name}: {exc}")
+    return group
+
+
+def show_ended(ended: list[str]) -> None:
+    """The runs left out of the tables, and why."""
+    if not ended:
+        return
+    table = Table(title="runs that did not store every file (left out of the tables above)")
+    table.add_column("run", justify="left")
+    for line in ended:
+        table.add_row(line)
+    Console().print(table)
 
 
 PLAIN, NO_EVENTS, EVENTS, STORESCU = (
@@ -305,6 +382,7 @@ PLAIN, NO_EVENTS, EVENTS, STORESCU = (
     "node, capture and publishing on",
     "dcmtk storescu (TCP_NODELAY=1)",
 )
+LARGE_ROWS = 512
 HANDLERS, COMMIT = (
     "floor: node, DIMSE handlers bound",
     "floor: node, one outbox commit each",
@@ -321,9 +399,13 @@ def paired(groups: list[Group], faster: str, slower: str) -> list[float]:
 
 
 def show(
-    groups: list[Group], publish_times: list[float], relay_cpu: list[float], count: int, rows: int
+    groups: list[Group],
+    publish_times: list[float],
+    relay_cpu: list[float],
+    count: int,
+    rows: int,
+    rounds: int,
 ) -> None:
-    rounds = sum(PLAIN in g for g in groups)
     names = list(dict.fromkeys(name for g in groups for name in g))
     rate = {name: count / statistics.median(g[name] for g in groups if name in g) for name in names}
     table = Table(
@@ -337,10 +419,23 @@ def show(
     ratios = Table(title="ratios of rates, median of back-to-back runs (range)")
     for column in ("ratio", "value", "range", "target"):
         ratios.add_column(column, justify="left" if column == "ratio" else "right")
+    large = rows >= LARGE_ROWS  # issue 21's targets for CT-sized images
     lines = [
-        ("node with events / plain pynetdicom", EVENTS, PLAIN, ">= 8x", "{:.1f}x"),
-        ("node with events / node without", EVENTS, NO_EVENTS, ">= 0.95", "{:.2f}"),
-        ("node with events / dcmtk storescu", EVENTS, STORESCU, "reported", "{:.2f}"),
+        (
+            "node with events / plain pynetdicom",
+            EVENTS,
+            PLAIN,
+            ">= 9x" if large else ">= 8x",
+            "{:.1f}x",
+        ),
+        ("node with events / node without", EVENTS, NO_EVENTS, ">= 0.90", "{:.2f}"),
+        (
+            "node with events / dcmtk storescu",
+            EVENTS,
+            STORESCU,
+            ">= 0.33" if large else "reported",
+            "{:.2f}",
+        ),
         ("floor, handlers bound / node without", HANDLERS, NO_EVENTS, "reported", "{:.2f}"),
         ("floor, one commit each / node without", COMMIT, NO_EVENTS, "reported", "{:.2f}"),
     ]
@@ -357,8 +452,12 @@ def show(
     ratios.add_row(
         "instances/s until every event is confirmed", f"{confirmed:,.0f}", "", "reported"
     )
+    cpu = sorted(seconds * 1e6 for seconds in relay_cpu)
     ratios.add_row(
-        "relay CPU per event (us)", f"{statistics.median(relay_cpu) * 1e6:.0f}", "", "reported"
+        "relay CPU per event (us), its process's user + system",
+        f"{statistics.median(cpu):.0f}",
+        f"{cpu[0]:.0f}-{cpu[-1]:.0f}",
+        "<= 150",
     )
     Console().print(ratios)
 
