@@ -27,8 +27,9 @@ from pydantic import TypeAdapter, ValidationError
 
 from dimsebus.schemas import events as ev
 from dimsebus.schemas.envelope import CloudEvent
-from dimsebus.services.node import capture, pair_record, salvage
+from dimsebus.services.node import capture, moves, pair_record, salvage
 from dimsebus.services.node.capture import AnswerFacts, SentStore, Stamp
+from dimsebus.services.node.moves import ReceivedStore
 from dimsebus.services.node.pair_record import PairRecord
 from dimsebus.services.node.salvage import InvalidFacts
 
@@ -137,6 +138,18 @@ class Completed:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponseSent:
+    """The node's C-STORE-RSP to a sub-operation of a move it asked for (its pull)."""
+
+    stamp: Stamp
+    operation: ev.Operation
+    attempt: int
+    labels: dict[str, str]
+    own_ae_title: str
+    store: ReceivedStore
+
+
+@dataclass(frozen=True, slots=True)
 class Refused:
     """An association or request the node's access control refused."""
 
@@ -156,6 +169,7 @@ Fact = (
     | Unsent
     | Requested
     | Completed
+    | ResponseSent
     | Refused
 )
 """Everything pynetdicom's threads spool."""
@@ -170,6 +184,7 @@ _TAGS: dict[type[Any], str] = {
     Unsent: "unsent",
     Requested: "requested",
     Completed: "completed",
+    ResponseSent: "response_sent",
     Refused: "refused",
 }
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {tag: TypeAdapter(kind) for kind, tag in _TAGS.items()}
@@ -312,6 +327,12 @@ def _completed(fact: Completed) -> CloudEvent:
     return capture.retrieve_completed_event(model, data, fact.status, fact.stamp)
 
 
+def _response_sent(fact: ResponseSent) -> CloudEvent:
+    return moves.sent_answer_event(
+        fact.operation, fact.attempt, fact.labels, fact.store, fact.stamp, fact.own_ae_title
+    )
+
+
 def _refused(fact: Refused) -> CloudEvent:
     return capture.access_refused_event(fact.association, fact.stamp, **fact.details)
 
@@ -335,6 +356,7 @@ _MAKERS: dict[type[Any], Callable[[Any], CloudEvent]] = {
     Unsent: _unsent,
     Requested: _requested,
     Completed: _completed,
+    ResponseSent: _response_sent,
     Refused: _refused,
 }
 
@@ -365,6 +387,9 @@ def heading(fact: Fact) -> tuple[str, str | None, str]:
             step = "requested" if isinstance(fact, Requested) else "completed"
             operation = str(fact.operation.id)
             return f"dicom.{fact.kind}.{step}", operation, operation
+        case ResponseSent():
+            operation = str(fact.operation.id)
+            return "dicom.cstore.response.sent", operation, fact.store.affected_sop_instance_uid
         case Refused():
             return "dicom.access.refused", None, str(fact.association.id)
     raise TypeError(f"not a fact: {type(fact).__name__}")
@@ -380,8 +405,18 @@ _MESSAGES: dict[type[Any], str] = {
     Unsent: "C-STORE-RQ",
     Requested: "C-MOVE-RQ",
     Completed: "C-MOVE-RSP",
+    ResponseSent: "C-STORE-RSP",
     Refused: "A-ASSOCIATE-RQ",
 }
+
+
+def _message_of(fact: Any) -> str:
+    """The DICOM message a fact is about, for its invalid event."""
+    if isinstance(fact, Requested | Completed):
+        return f"C-{fact.kind.upper()}-{'RQ' if isinstance(fact, Requested) else 'RSP'}"
+    if isinstance(fact, Ended):
+        return "A-RELEASE" if fact.how == "released" else "A-ABORT"
+    return _MESSAGES[type(fact)]
 
 
 def _unmade(fact: Any, exc: Exception) -> CloudEvent:
@@ -391,7 +426,7 @@ def _unmade(fact: Any, exc: Exception) -> CloudEvent:
         getattr(fact, "sent", None), "association", None
     )
     facts = salvage.invalid_facts(
-        _MESSAGES[type(fact)],
+        _message_of(fact),
         f"the {_TAGS[type(fact)]} fact could not be made its event: {type(exc).__name__}: {error}",
         association_id=getattr(association, "id", None),
         operation=getattr(fact, "operation", None),

@@ -205,6 +205,18 @@ def answered_event(
     move: ev.MoveCommandData, store: ReceivedStore, stamp: Stamp, own_ae_title: str
 ) -> ev.CStoreResponseSent:
     """``dicom.cstore.response.sent``: the node's answer to a sub-operation of its own move."""
+    return sent_answer_event(move.operation, move.attempt, move.labels, store, stamp, own_ae_title)
+
+
+def sent_answer_event(
+    operation: ev.Operation,
+    attempt: int,
+    labels: dict[str, str],
+    store: ReceivedStore,
+    stamp: Stamp,
+    own_ae_title: str,
+) -> ev.CStoreResponseSent:
+    """``answered_event`` of what it needs of the move: its operation, attempt and labels."""
     category = describe_status(store.status, Service.STORAGE).category.value
     payload = ev.CStoreResponseReceivedData(
         association=store.association,
@@ -216,9 +228,9 @@ def answered_event(
         move_originator=ev.MoveOriginator(
             ae_title=own_ae_title, message_id=store.originator_message_id
         ),
-        operation=move.operation,
-        attempt=move.attempt,
-        labels=move.labels,
+        operation=operation,
+        attempt=attempt,
+        labels=labels,
         requested_at=store.requested_at,
         study_instance_uid=store.study_instance_uid,
         patient_id=store.patient_id,

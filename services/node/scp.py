@@ -23,7 +23,7 @@ from dimsebus.services.node.archive import Archive, Refused, StoredInstance
 from dimsebus.services.node.capture_shell import Capture
 from dimsebus.services.node.config import NodeSettings
 from dimsebus.services.node.contexts import storage_contexts
-from dimsebus.services.node.facts import Requested
+from dimsebus.services.node.facts import Requested, ResponseSent
 from dimsebus.services.node.jobs import Job, Retrieval
 from dimsebus.services.node.journal import MoveJournal
 from dimsebus.services.node.mover import OpenMoves
@@ -103,8 +103,15 @@ class ArchiveSCP:
             study_instance_uid=subject.study_instance_uid,
             patient_id=subject.patient_id,
         )
-        stamp = self.capture.stamp()
-        self.capture.emit(moves.answered_event(move, store, stamp, self.settings.ae_title))
+        answered = ResponseSent(
+            self.capture.stamp(),
+            move.operation,
+            move.attempt,
+            dict(move.labels),
+            self.settings.ae_title,
+            store,
+        )
+        self.capture.spool(answered)
 
     def _store(self, event: evt.Event) -> int | Dataset:
         """Store into the archive, or answer why not (PS3.4 B.2.3; ``node.admission``).

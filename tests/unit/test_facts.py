@@ -14,7 +14,7 @@ from dimsebus.schemas import events as ev
 from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.schemas.examples import move_story, sequential_ids
 from dimsebus.services.bus.outbox import Outbox
-from dimsebus.services.node import capture, facts, salvage
+from dimsebus.services.node import capture, facts, moves, salvage
 from dimsebus.services.node.capture import SentStore, Stamp, StoreResponse
 from dimsebus.services.node.fact_records import record_of
 from dimsebus.services.node.journal import MoveJournal
@@ -250,3 +250,30 @@ def test_a_heading_is_the_events_type_operation_and_subject() -> None:
         )
         if record.correlation_id is not None:
             assert record.correlation_id == event.correlation_id
+
+
+def test_the_nodes_answer_to_its_own_pulls_store_is_made_through_its_fact() -> None:
+    # given a C-STORE-RQ received for the node's own C-MOVE, refused for want of room
+    store = moves.ReceivedStore(
+        association=REF.model_copy(update={"role": "acceptor"}),
+        presentation_context_id=1,
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        message_id=3,
+        affected_sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        affected_sop_instance_uid=SENT.affected_sop_instance_uid,
+        originator_message_id=5,
+        requested_at=T0,
+        status=0xA700,
+        error_comment="no space",
+    )
+    fact = facts.ResponseSent(STAMP, MOVE, 2, {"site": "a"}, "DIMSEBUS", store)
+    # when it is spooled and made, then it is the move's event, keyed as it is
+    made = spooled_and_made(fact)
+    assert made == moves.sent_answer_event(MOVE, 2, {"site": "a"}, store, STAMP, "DIMSEBUS")
+    assert made.routing_key == "dicom.cstore.response.sent.failure"
+    record = record_of(fact)
+    assert (record.type, record.correlation_id, record.subject) == (
+        made.type,
+        made.correlation_id,
+        made.subject,
+    )
