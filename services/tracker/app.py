@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import logging
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 from aio_pika.abc import AbstractConnection
@@ -54,7 +55,10 @@ class Tracker:
         self.store = store
         self.outbox = outbox
         self.source = f"dimsebus://tracker/{settings.tracker_id}"
-        self._moves: dict[MoveKey, MoveState] = {}
+        # Moves still open, least recently changed first: a finished move leaves at once,
+        # the oldest open ones once there are more than ``settings.cached_moves``. A late
+        # event for a move that left is folded into the state loaded back from the store.
+        self._moves: OrderedDict[MoveKey, MoveState] = OrderedDict()
         self._last_progress: dict[MoveKey, float] = {}
         self.applied = 0
 
@@ -88,10 +92,30 @@ class Tracker:
             self.outbox.append(derived)
         if entries:
             self.store.save(changed.values(), entries[-1].offset, rejected)
-        self._moves.update(changed)
+        self._keep(changed)
         self.applied += len(entries)
         TRACKER_APPLIED.inc(len(entries))
         return derived
+
+    def _keep(self, changed: dict[MoveKey, MoveState]) -> None:
+        """Keep the committed open moves in memory; forget the finished and the oldest."""
+        for key, move in changed.items():
+            if move.finished is not None and move.finished.outcome is not None:
+                self._forget(key)
+            else:
+                self._moves[key] = move
+                self._moves.move_to_end(key)
+        while len(self._moves) > self.settings.cached_moves:
+            self._forget(next(iter(self._moves)))
+
+    def _forget(self, key: MoveKey) -> None:
+        self._moves.pop(key, None)
+        self._last_progress.pop(key, None)
+
+    @property
+    def cached(self) -> int:
+        """How many moves the tracker holds in memory."""
+        return len(self._moves)
 
     def _derive(
         self, move: MoveState, event: CloudEvent, now: dt.datetime

@@ -26,6 +26,12 @@ class TrackerSettings(ServiceSettings):
         60.0, ge=0, description="events older than this (a replay) emit no progress"
     )
     batch_size: int = Field(500, ge=1)
+    cached_moves: int = Field(
+        1000,
+        ge=0,
+        description="open moves kept in memory; a finished move, or one beyond this many, "
+        "is read back from the store when an event for it comes",
+    )
     start_from: Literal["first", "last", "next"] = Field(
         "first", description="where a tracker without a checkpoint starts reading the log"
     )

@@ -195,3 +195,41 @@ def test_nothing_is_committed_when_the_spool_fails() -> None:
     # then neither the move nor the checkpoint is committed: the batch is read again
     assert store.offset is None
     assert store.moves == {}
+
+
+def test_a_finished_move_leaves_memory_and_a_late_event_folds_from_the_store() -> None:
+    # given a move finished with failures, a retrier configured for its node
+    e = Events()
+    told = full_disk_story(e)
+    store, spool = MemoryMoves(), MemorySpool()
+    t = tracker(store, spool, retries=True)
+    first = [*told["first"], e.decided(UIDS[2:], attempt=1, gave_up=True)]
+    t.handle(entries(first), just_after(first))
+    # then the tracker keeps nothing of it in memory
+    assert t.cached == 0
+    # when the late successes of an operator's retry come, one batch each
+    later = [e.decided(UIDS[2:], attempt=2), e.stored(UIDS[2], 0, 2), e.stored(UIDS[3], 0, 2)]
+    for entry in entries(later, first=len(first)):
+        t.handle([entry], just_after(later))
+    # then they fold into the stored move: revision 2, every event seen once
+    outcomes = [(f.data.outcome, f.data.revision) for f in finished(spool.events)]
+    assert outcomes == [("completed_with_failures", 1), ("completed", 2)]
+    assert len(store.moves[KEY].seen) == len(first) + len(later)
+    assert t.cached == 0
+
+
+def test_open_moves_beyond_the_cache_fold_as_if_all_were_kept() -> None:
+    # given the same events, one batch each, to a tracker that keeps moves and one that
+    # keeps none (every event loads its move back from the store)
+    events = story()
+    kept_store, kept_spool = MemoryMoves(), MemorySpool()
+    kept = tracker(kept_store, kept_spool, progress_interval=0)
+    none_store, none_spool = MemoryMoves(), MemorySpool()
+    none = tracker(none_store, none_spool, progress_interval=0, cached_moves=0)
+    for entry in entries(events):
+        kept.handle([entry], just_after(events))
+        none.handle([entry], just_after(events))
+    # then both committed the same move and spooled the same events
+    assert none_store.moves == kept_store.moves
+    assert [e.id for e in none_spool.events] == [e.id for e in kept_spool.events]
+    assert none.cached == 0
