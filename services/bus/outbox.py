@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.bus.wakeup import ArrivalBell
 from dimsebus.services.errors import ConfigError
 from dimsebus.services.sql import make_room_for, unusable
 
@@ -164,6 +165,7 @@ class Outbox:
                 db.close()
             raise ConfigError(f"outbox {str(path)!r}: {unusable(path, exc)}") from exc
         self._lock = threading.Lock()
+        self._arrivals = ArrivalBell(path)  # rung after each commit: wakes the relay
 
     def _prepare(self, checkpoints: bool) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -186,6 +188,7 @@ class Outbox:
         """Close the file; rows stay for the next start."""
         with self._lock:
             self._db.close()
+            self._arrivals.close()
 
     def append(self, events: Iterable[CloudEvent]) -> None:
         """Spool events durably, in one transaction; a repeated event id is ignored."""
@@ -221,6 +224,7 @@ class Outbox:
         with self._lock:
             if len(rows) == 1 and not answered and not closed and opened is None:
                 self._db.execute(_INSERT, rows[0])  # one statement, its own transaction
+                self._arrivals.ring()
                 return
             self._db.execute("BEGIN")
             try:
@@ -234,6 +238,7 @@ class Outbox:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self._arrivals.ring()
 
     def peek(self, limit: int) -> list[OutboxRow]:
         """The oldest ``limit`` rows."""
