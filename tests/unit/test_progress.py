@@ -18,6 +18,7 @@ from dimsebus.services.tracker.progress import (
     apply,
     counts,
     failed_instances,
+    may_be_final,
     move_key,
     outcome,
 )
@@ -167,3 +168,37 @@ def test_events_of_other_operations_are_ignored() -> None:
     others = [e for e in STORY if move_key(e) is None]
     assert others
     assert all(apply(None, e) is None for e in others)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    order=st.permutations(MOVE_EVENTS),
+    repeats=st.lists(st.sampled_from(MOVE_EVENTS), max_size=10),
+    later=st.sampled_from([LATER, LATER + STALL * 2]),
+)
+def test_no_prefix_that_may_not_be_final_has_a_final_outcome(
+    order: list[CloudEvent], repeats: list[CloudEvent], later: dt.datetime
+) -> None:
+    # the tracker derives nothing from a state that may not be final (may_be_final):
+    # whatever the order and the duplicates, no such state has an outcome to publish
+    state: MoveState | None = None
+    for event in [*order, *repeats]:
+        state = apply(state, event)
+        assert state is not None
+        if not may_be_final(state):
+            assert outcome(state, later, STALL) in ("in_progress", "stalled")
+
+
+@settings(max_examples=100, deadline=None)
+@given(order=st.permutations(MOVE_EVENTS), repeats=st.lists(st.sampled_from(MOVE_EVENTS)))
+def test_folding_never_changes_the_state_it_was_given(
+    order: list[CloudEvent], repeats: list[CloudEvent]
+) -> None:
+    # apply is pure: the state before an event is the same after, whatever came after it
+    states: list[tuple[MoveState, str]] = []
+    state: MoveState | None = None
+    for event in [*order, *repeats]:
+        state = apply(state, event)
+        assert state is not None
+        states.append((state, state.model_dump_json()))
+    assert all(kept.model_dump_json() == dumped for kept, dumped in states)
