@@ -3,10 +3,11 @@
 The relay runs beside the DICOM process, not inside it: publishing costs CPU
 (aio-pika, confirms) that would otherwise contend with pynetdicom for the GIL
 and slow C-STORE traffic, which DESIGN.md rule 4 forbids. The DICOM side only
-appends to the SQLite outbox; the relay polls it, publishes the oldest rows and
-deletes each one after its confirm. One relay per outbox (a file lock), and a
-relay whose parent dies stops within a second (``dimsebus.services.bus.lifeline``), so a
-restarted node does not race an orphan.
+appends to the SQLite outbox and rings the relay (``dimsebus.services.bus.wakeup``); the
+relay publishes the oldest rows at once, or as the next batch while confirms are
+outstanding (``dimsebus.services.bus.batching``), and deletes each one after its
+confirm. One relay per outbox (a file lock), and a relay whose parent dies stops within
+a second (``dimsebus.services.bus.lifeline``), so a restarted node does not race an orphan.
 Rows spooled as records (``Outbox.append_record``) are made into their events
 here, by the function its ``formats`` names for the record's format.
 """
@@ -23,6 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from aio_pika.abc import AbstractRobustConnection
@@ -31,12 +33,14 @@ from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.services.backoff import Backoff
 from dimsebus.services.bus import lifeline
 from dimsebus.services.bus.batch import Outgoing, PublishOutcome
+from dimsebus.services.bus.batching import RelayView, Step, next_step
 from dimsebus.services.bus.codec import outgoing, outgoing_event
 from dimsebus.services.bus.connection import confirming_channel, connect, describe
 from dimsebus.services.bus.log import LogReader
 from dimsebus.services.bus.outbox import Outbox, OutboxRow, read_depth
 from dimsebus.services.bus.publisher import Publisher
 from dimsebus.services.bus.topology import EVENTS_EXCHANGE, ensure_topology
+from dimsebus.services.bus.wakeup import ArrivalListener
 from dimsebus.services.clock import sleep_unless
 from dimsebus.services.errors import PublishInterrupted
 
@@ -50,6 +54,15 @@ class UnreadableRecord(Exception):
     """An outbox record this relay cannot make its event of: the row stays spooled."""
 
 
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What one batch did: rows taken from the outbox, confirmed, refused (left spooled)."""
+
+    rows: int
+    confirmed: int
+    refused: int
+
+
 class OutboxRelay:
     """Publishes an outbox to ``dimsebus.events`` with confirms, through outages."""
 
@@ -61,25 +74,26 @@ class OutboxRelay:
         name: str,
         window: int = 256,
         poll: float = 0.02,
-        linger: float = 0.25,
+        safety_poll: float = 2.0,
         formats: RecordFormats | None = None,
     ) -> None:
         """A relay of ``outbox`` to the broker at ``amqp_url``.
 
-        An empty outbox is looked at every ``poll`` seconds, so a lone event goes out
-        at once. After a part-filled batch the relay lingers (like Nagle's algorithm):
-        while traffic flows it publishes every ``linger`` seconds, in batches, which
-        costs the machine far less than publishing as each event arrives (on two cores,
-        C-STORE traffic beside a busy relay ran about 10 % slower with 20 ms batches,
-        about 5 % with 250 ms).
+        It publishes as ``dimsebus.services.bus.batching`` decides: a row that arrives
+        while no confirm is outstanding goes out at once; rows that arrive while a batch
+        awaits its confirms go out together as the next batch (up to ``window * 4``).
+        It learns of new rows from the outbox's wake-ups (``dimsebus.services.bus.wakeup``),
+        and looks every ``safety_poll`` seconds in case one was lost; where it cannot
+        listen for them, every ``poll`` seconds.
         """
         self._outbox = outbox
         self._formats = formats or {}
         self._url = amqp_url
         self._name = name
         self._window = window
+        self._batch = window * 4
         self._poll = poll
-        self._linger = linger
+        self._safety_poll = safety_poll
         # Rows whose publish was cut off by a lost connection: the broker may have stored
         # them. Before they are sent again, the log is searched for them (no duplicates).
         self._ambiguous: dict[int, str] = {}
@@ -95,6 +109,21 @@ class OutboxRelay:
         if self._ambiguous:
             log.info("%d events were in flight when the last relay stopped", len(self._ambiguous))
         backoff = Backoff(first=0.5, cap=10.0)
+        arrivals = ArrivalListener(self._outbox.path)
+        stopping = asyncio.ensure_future(_until_set(stop))  # one waiter for every idle wait
+        try:
+            await self._connect_and_drain(stop, stopping, arrivals, backoff)
+        finally:
+            stopping.cancel()
+            arrivals.close()
+
+    async def _connect_and_drain(
+        self,
+        stop: asyncio.Event,
+        stopping: asyncio.Future[bool],
+        arrivals: ArrivalListener,
+        backoff: Backoff,
+    ) -> None:
         while not stop.is_set():
             try:
                 connection = await connect(self._url, self._name)
@@ -106,7 +135,7 @@ class OutboxRelay:
                 continue
             async with connection:
                 try:
-                    await self._drain_forever(connection, stop)
+                    await self._drain_forever(connection, stop, stopping, arrivals)
                     backoff.reset()
                 except Exception as exc:  # a broker that is still starting, a closed channel
                     log.warning(
@@ -117,7 +146,11 @@ class OutboxRelay:
                     await backoff.wait(stop)
 
     async def _drain_forever(
-        self, connection: AbstractRobustConnection, stop: asyncio.Event
+        self,
+        connection: AbstractRobustConnection,
+        stop: asyncio.Event,
+        stopping: asyncio.Future[bool],
+        arrivals: ArrivalListener,
     ) -> None:
         # Declare on a channel of its own: a robust channel re-declares what it declared
         # when it reconnects, and a stream that is still starting would close it again.
@@ -126,14 +159,24 @@ class OutboxRelay:
         # No retries inside the publisher: a publish cut off by the connection is settled
         # here, by looking for it on the log, rather than sent twice.
         publisher = Publisher(channel, window=self._window, retry_for=0.0)
+        poll = self._safety_poll if arrivals.listening else self._poll
+        step = Step.PUBLISH
         while not stop.is_set():
             if channel.is_closed:
                 return  # reconnect from scratch
             if self._ambiguous:
                 await self._settle_ambiguous(connection)
-            published = await self.drain_once(publisher)
-            if published < self._window * 4:  # a full batch: a backlog, go on at once
-                await sleep_unless(stop, self._linger if published else self._poll)
+            if step is Step.WAIT_FOR_ROWS:
+                await arrivals.wait(poll, stopping)
+            elif step is Step.BACK_OFF:
+                await sleep_unless(stop, 1.0)
+            else:
+                arrivals.arrived()  # forget earlier wake-ups: each later commit rings anew
+                taken = await self._publish_oldest(publisher)
+                view = RelayView(taken.rows, taken.refused, arrivals.arrived(), self._batch)
+                step = next_step(view)
+                continue
+            step = Step.PUBLISH
 
     async def _settle_ambiguous(self, connection: AbstractRobustConnection) -> None:
         """Drop from the outbox the cut-off rows that the log already holds."""
@@ -158,15 +201,19 @@ class OutboxRelay:
         self._ambiguous, self._ambiguous_since = {}, None
 
     async def drain_once(self, publisher: Publisher) -> int:
-        """Publish the oldest rows in one batch; delete those confirmed.
+        """Publish the oldest rows in one batch; delete those confirmed; how many were."""
+        return (await self._publish_oldest(publisher)).confirmed
 
-        Returns how many were confirmed. A row this relay cannot make its event of
-        stays spooled (logged), and so does one the broker did not confirm; a row
-        whose publish was cut off is settled against the log before it is sent again.
+    async def _publish_oldest(self, publisher: Publisher) -> Taken:
+        """Publish the oldest rows in one batch and await their confirms; delete those confirmed.
+
+        A row this relay cannot make its event of stays spooled (logged), and so does
+        one the broker did not confirm; a row whose publish was cut off is settled
+        against the log before it is sent again.
         """
-        rows = self._outbox.peek(self._window * 4)
+        rows = self._outbox.peek(self._batch)
         if not rows:
-            return 0
+            return Taken(0, 0, 0)
         started = dt.datetime.now(dt.UTC)
         self._outbox.mark_sent(rows[-1].seq, started)
         outcomes: dict[int, PublishOutcome | UnreadableRecord] = {}
@@ -197,8 +244,7 @@ class OutboxRelay:
                 failures[0],
                 self._outbox.depth(),
             )
-            await asyncio.sleep(1.0)
-        return len(confirmed)
+        return Taken(len(rows), len(confirmed), len(failures))
 
     def _outgoing(self, row: OutboxRow) -> Outgoing:
         """The message of a row: a spooled event as it is, a record made into its event."""
@@ -226,6 +272,10 @@ class OutboxRelay:
         if str(event.id) != row.event_id:
             raise UnreadableRecord(f"{what}: made into an event with another id, {event.id}")
         return event
+
+
+async def _until_set(event: asyncio.Event) -> bool:
+    return await event.wait()
 
 
 NICENESS = 10

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import socket
+import ssl
 import threading
 import warnings
 from collections.abc import Callable
@@ -25,6 +26,9 @@ import pynetdicom
 import pynetdicom.dul
 from pynetdicom import _config, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse_messages import C_STORE_RQ
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import P_DATA_TF
 from pynetdicom.presentation import PresentationContext
 
 WRITTEN_FOR = "3.0.4"
@@ -50,6 +54,7 @@ Wrapper = Callable[[Callable[..., Any]], Callable[..., Any]]
 """Given pynetdicom's own callable, the one to call instead (which may call it)."""
 
 INVALID_PDU = "Evt19"  # PS3.8 Table 9-10: the state machine sends an A-ABORT (AA-1, AA-8)
+TRANSPORT_CLOSED = "Evt17"  # PS3.8 Table 9-10: the connection is gone (AA-4, AA-5)
 
 
 # -- logging ------------------------------------------------------------------------------
@@ -255,6 +260,56 @@ def send_paths_as_stored() -> None:
 def sends_paths_as_stored() -> bool:
     """Whether ``send_c_store(path)`` sends the file's bytes now."""
     return bool(_config.STORE_SEND_CHUNKED_DATASET)
+
+
+def write_file_requests_on_caller(assoc: Association) -> None:
+    """Make ``assoc`` write each C-STORE-RQ sent from a file to its socket itself.
+
+    pynetdicom hands every P-DATA-TF to its DUL thread through a queue and its state
+    machine, one PDU per reactor iteration (tens of microseconds each, 32 of them
+    for a 0.5 MB image at a peer's 16 KB maximum PDU), after the DUL's idle sleep
+    of up to 1 ms noticed the first. A request whose data set is a file's bytes
+    (``send_paths_as_stored``) is encoded into the same PDUs by the thread that
+    sends it and written in one ``sendall``, while nothing else is queued for the
+    DUL; the DUL thread goes on reading the socket (the peer answers only once it
+    has the whole request). The file is read before EVT_DIMSE_SENT: a file that
+    cannot be read raises with nothing sent. Any other message, a TLS socket (an SSL object may not
+    read and write on two threads at once) or a busy DUL take pynetdicom's path.
+
+    Relies on: ``DIMSEServiceProvider.send_msg(primitive, context_id)`` makes the
+    message with ``primitive_to_message``, sets its ``context_id``, triggers
+    EVT_DIMSE_SENT with it, and queues each P_DATA of ``encode_msg(context_id,
+    maximum_pdu_size)`` with ``dul.send_pdu``; the DUL sends each as ``P_DATA_TF(p)``
+    (DT-1) in Sta6, and a broken transport is Evt17. EVT_PDU_SENT and EVT_DATA_SENT
+    do not fire for these PDUs (the node binds neither).
+    """
+    dimse = assoc.dimse
+    send_msg = dimse.send_msg
+
+    def send(primitive: Any, context_id: int) -> None:
+        sock = transport_socket(assoc)
+        if (
+            not isinstance(primitive, C_STORE)
+            or primitive._dataset_path is None
+            or sock is None
+            or isinstance(sock, ssl.SSLSocket)
+            or not assoc.is_established
+            or not assoc.dul.to_provider_queue.empty()
+        ):
+            send_msg(primitive, context_id)
+            return
+        message = C_STORE_RQ()
+        message.primitive_to_message(primitive)
+        message.context_id = context_id
+        fragments = message.encode_msg(context_id, dimse.maximum_pdu_size)
+        pdus = b"".join(P_DATA_TF(pdata).encode() for pdata in fragments)  # reads the file
+        evt.trigger(assoc, evt.EVT_DIMSE_SENT, {"message": message})
+        try:
+            sock.sendall(pdus)
+        except OSError:
+            assoc.dul.event_queue.put(TRANSPORT_CLOSED)
+
+    dimse.send_msg = send  # type: ignore[method-assign]
 
 
 # -- the edge server's reads (dimsebus.services.node.server) ---------------------------------------

@@ -177,6 +177,7 @@ def _send_all(
             else "did not accept an association"
         )
         raise SendError(f"{peer} {what}", rejection.reason)
+    pynetdicom_internals.write_file_requests_on_caller(assoc)
     accepted = accepted_syntaxes(
         (str(cx.abstract_syntax), str(cx.transfer_syntax[0]), bool(cx.as_scu))
         for cx in assoc.accepted_contexts

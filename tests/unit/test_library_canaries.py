@@ -33,11 +33,11 @@ from pynetdicom.acse import ACSE
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import C_STORE_RQ
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import split_dataset
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.service_class import QueryRetrieveServiceClass
-from pynetdicom.transport import AssociationServer
+from pynetdicom.transport import AssociationServer, AssociationSocket
 
 from dimsebus.services.bus import aiormq_internals
 from dimsebus.services.node import pynetdicom_internals
@@ -407,6 +407,39 @@ def test_a_request_from_a_path_carries_the_bytes_after_the_file_meta(tmp_path: P
     assert b"".join(value[1:] for value in fragments) == path.read_bytes()[offset:]
     assert fragments[-1][0] == 0x02
     assert all(value[0] == 0x00 for value in fragments[:-1])
+
+
+def test_a_message_is_made_announced_and_queued_for_the_dul_as_the_direct_write_copies() -> None:
+    # write_file_requests_on_caller does what send_msg does, and what DT-1 sends
+    assert (
+        missing(
+            DIMSEServiceProvider.send_msg,
+            "dimse_msg.primitive_to_message(primitive)",
+            "dimse_msg.context_id = context_id",
+            'evt.trigger(self.assoc, evt.EVT_DIMSE_SENT, {"message": dimse_msg})',
+            "for pdata in dimse_msg.encode_msg(context_id, self.maximum_pdu_size):",
+            "self.dul.send_pdu(pdata)",
+        )
+        == []
+    )
+    assert missing(fsm.DT_1, "dul._send(P_DATA_TF(primitive))") == []
+    assert missing(AssociationSocket.send, 'self.event_queue.put("Evt17")') == []
+    assert fsm.TRANSITION_TABLE[("Evt17", "Sta6")] == "AA-4"
+    assert C_STORE._dataset_path is None  # the class default the check reads
+
+
+def test_the_direct_write_leaves_other_messages_and_unconnected_associations_to_pynetdicom(
+    assoc: Association,
+) -> None:
+    queued: list[tuple[Any, int]] = []
+    assoc.dimse.send_msg = lambda primitive, context_id: queued.append((primitive, context_id))  # type: ignore[method-assign]
+    pynetdicom_internals.write_file_requests_on_caller(assoc)
+    from_file = C_STORE()
+    from_file._dataset_path = (Path("ct.dcm"), 300)
+    echo = C_ECHO()
+    assoc.dimse.send_msg(echo, 1)
+    assoc.dimse.send_msg(from_file, 3)  # no socket yet: pynetdicom's path
+    assert queued == [(echo, 1), (from_file, 3)]
 
 
 # -- pynetdicom: the edge server's reads (dimsebus.services.node.server) ---------------------------

@@ -1,0 +1,69 @@
+"""When the relay publishes (``batching.next_step``): at once, the next batch, or not yet."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dimsebus.services.bus.batching import RelayView, Step, next_step
+
+LIMIT = 1024
+
+
+def view(taken: int = 0, refused: int = 0, *, arrived: bool = False) -> RelayView:
+    return RelayView(last_taken=taken, last_refused=refused, arrived=arrived, limit=LIMIT)
+
+
+def test_an_idle_relay_waits_for_rows() -> None:
+    # given a relay whose last look found nothing, and no wake-up since
+    # then it waits for a row (no timer of its own)
+    assert next_step(view()) is Step.WAIT_FOR_ROWS
+
+
+def test_a_row_that_arrives_while_idle_is_published_at_once() -> None:
+    # given nothing awaiting a confirm, when a row's wake-up comes
+    # then the relay publishes now
+    assert next_step(view(arrived=True)) is Step.PUBLISH
+
+
+def test_rows_that_arrived_during_a_batch_are_the_next_batch_at_once() -> None:
+    # given a batch of 3 just confirmed, during whose confirms rows arrived
+    # then they go out now, as the next batch, with no linger
+    assert next_step(view(taken=3, arrived=True)) is Step.PUBLISH
+
+
+def test_a_settled_batch_with_nothing_new_waits() -> None:
+    # given a batch confirmed whole, smaller than the limit, and no row since
+    # then the relay waits for the next row
+    assert next_step(view(taken=5)) is Step.WAIT_FOR_ROWS
+
+
+def test_a_full_batch_means_a_backlog_published_without_waiting() -> None:
+    # given a batch of the limit's size (the outbox held more), and no wake-up
+    # then the rest goes out at once: a wake-up may have been missed, not the rows
+    assert next_step(view(taken=LIMIT)) is Step.PUBLISH
+
+
+def test_refusals_back_off_before_the_rows_are_taken_again() -> None:
+    # given a batch of which the broker refused some, even with rows waiting
+    # then the relay backs off instead of spinning on the rows it cannot publish
+    assert next_step(view(taken=4, refused=1, arrived=True)) is Step.BACK_OFF
+
+
+@given(
+    taken=st.integers(0, 2 * LIMIT),
+    refused=st.integers(0, 2 * LIMIT),
+    arrived=st.booleans(),
+)
+def test_the_relay_never_sleeps_on_rows_it_knows_of(
+    taken: int, refused: int, arrived: bool
+) -> None:
+    # given any settled batch
+    step = next_step(view(taken, min(refused, taken), arrived=arrived))
+    # then it waits for rows only when it knows of none: no wake-up, no backlog
+    if step is Step.WAIT_FOR_ROWS:
+        assert not arrived
+        assert taken < LIMIT
+    # and it publishes whenever it knows of rows and nothing was refused
+    if (arrived or taken >= LIMIT) and not min(refused, taken):
+        assert step is Step.PUBLISH
