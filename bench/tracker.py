@@ -6,8 +6,10 @@ replay   N C-STORE response events of C-MOVEs of 100 instances each are put
 live     a node-side capture appends responses to the outbox at R/s (the
          same call the DIMSE thread makes); the relay publishes them, the
          tracker folds and commits; latency = commit time - responded_at.
+         One run per rate (200 and 1,000 responses/s unless --rate says), each
+         in a vhost of its own.
 
-  python -m bench.tracker [--events 50000] [--rate 200] [--seconds 15]
+  python -m bench.tracker [--events 100000] [--rate 200 --rate 1000] [--seconds 15]
 """
 
 from __future__ import annotations
@@ -141,32 +143,47 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--events", type=int, default=50_000)
-    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--rate", type=float, action="append", help="responses/s (repeatable)")
     parser.add_argument("--seconds", type=float, default=15.0)
     args = parser.parse_args()
+    rates: list[float] = args.rate or [200.0, 1000.0]
     base = os.environ.get("AMQP_URL", LOCAL_URL)
+    runs: list[tuple[float, list[float]]] = []
     with tempfile.TemporaryDirectory() as folder:
         with private_vhost(base, local_rabbitmqctl()) as url:
             count, elapsed = asyncio.run(replay(url, args.events, Path(folder)))
-        with private_vhost(base, local_rabbitmqctl()) as url:
-            latencies = asyncio.run(live(url, args.rate, args.seconds, Path(folder)))
-    table = Table(title="tracker")
+        for n, rate in enumerate(rates):
+            with private_vhost(base, local_rabbitmqctl()) as url:
+                place = Path(folder) / f"live-{n}"
+                place.mkdir()
+                runs.append((rate, asyncio.run(live(url, rate, args.seconds, place))))
+    Console().print(table(count, elapsed, runs, args.seconds))
+
+
+def table(
+    count: int, elapsed: float, runs: list[tuple[float, list[float]]], seconds: float
+) -> Table:
+    """The replay rate, and the latency percentiles of each live rate."""
+    out = Table(title="tracker")
     for column in ("measure", "value"):
-        table.add_column(column, justify="left" if column == "measure" else "right")
-    table.add_row(
-        f"replay: events folded from the stream ({count} events)",
+        out.add_column(column, justify="left" if column == "measure" else "right")
+    out.add_row(
+        f"replay: events folded from the stream ({count:,} events)",
         f"{count / elapsed:,.0f} events/s",
     )
-    cuts = statistics.quantiles(latencies, n=100)
-    table.add_row(
-        f"live at {args.rate:.0f} responses/s: p50 RSP -> committed", f"{cuts[49] * 1000:.1f} ms"
-    )
-    table.add_row(
-        f"live at {args.rate:.0f} responses/s: p99 RSP -> committed", f"{cuts[98] * 1000:.1f} ms"
-    )
-    table.add_row("live: responses measured", str(len(latencies)))
-    Console().print(table)
+    for rate, latencies in runs:
+        cuts = statistics.quantiles(latencies, n=100)
+        for name, cut in (("p50", cuts[49]), ("p99", cuts[98])):
+            out.add_row(
+                f"live at {rate:,.0f} responses/s: {name} RSP -> committed",
+                f"{cut * 1000:.1f} ms",
+            )
+        out.add_row(
+            f"live at {rate:,.0f} responses/s: responses measured (rate reached)",
+            f"{len(latencies)} ({len(latencies) / seconds:,.0f}/s)",
+        )
+    return out
 
 
 if __name__ == "__main__":
