@@ -27,7 +27,7 @@ from dimsebus.services.console import (
 )
 from dimsebus.services.errors import DimsebusError
 from dimsebus.services.logs import configure_logging, debugging
-from dimsebus.services.node import facts
+from dimsebus.services.node import fact_events
 from dimsebus.services.node.app import run_node
 from dimsebus.services.node.archive import Archive, ArchiveError
 from dimsebus.services.node.capture_shell import Capture
@@ -271,4 +271,4 @@ def outbox_relay(
     settings = node_settings(config, amqp_url=amqp_url)
     if not outbox.exists():
         fail(f"--outbox: {str(outbox)!r} does not exist")
-    run_relay(outbox, settings.amqp_url, name, window, facts.FORMATS, niceness)
+    run_relay(outbox, settings.amqp_url, name, window, fact_events.FORMATS, niceness)

@@ -1,6 +1,6 @@
 """The outbox record of a fact: what pynetdicom's threads append (``Outbox.append_record``).
 
-``dimsebus.services.node.facts`` says what a fact is and makes its event; this is the
+``dimsebus.services.node.facts`` says what a fact is (``fact_events`` makes its event); this is the
 shell's side, the row the outbox keeps of it: the fact, encoded, beside its event's
 id and time and what the move journal reads (type, operation, subject).
 """

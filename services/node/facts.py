@@ -1,33 +1,28 @@
-"""Pure: the facts pynetdicom's threads spool, and ``event_of``, which makes their events.
+"""Pure: the facts pynetdicom's threads spool, and the one format they are spooled in.
 
 A thread of pynetdicom only notes what happened, as one small frozen record per
 event to be (a *fact*: an association established, a request that got no
 response, a final C-MOVE-RSP sent, ...), stamped there with the event's id and
 time. The outbox keeps it in the node's one spooled format (``FORMAT``: a JSON
-array, the fact's tag first; ``fact_records`` makes its row), and the relay makes its event with
-``event_of``: building and validating the event costs the relay's process, not
-the thread pynetdicom needs for the next message. Since the id and time come
-with the fact, the event is the same however often it is made.
+array, the fact's tag first; ``fact_records`` makes its row), and the relay makes
+its event with ``fact_events.event_of``: building and validating the event costs
+the relay's process, not the thread pynetdicom needs for the next message. Since
+the id and time come with the fact, the event is the same however often it is made.
 
-``event_of`` never raises on a fact's values: what the contract rejects becomes
-``dicom.message.invalid`` under the fact's id, as it did when the events were
-built on pynetdicom's threads. ``row_event`` reads every format the node spools
-or once spooled (a ``PairRecord`` before facts had tags, ``PAIR_FORMAT``; the
-records before it, ``EARLIER_FORMAT``).
+``decode`` also reads the formats the node once spooled (a ``PairRecord`` before
+facts had tags, ``PAIR_FORMAT``; the records before it, ``EARLIER_FORMAT``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import TypeAdapter
 
 from dimsebus.schemas import events as ev
-from dimsebus.schemas.envelope import CloudEvent
-from dimsebus.services.node import capture, moves, pair_record, salvage
+from dimsebus.services.node import pair_record
 from dimsebus.services.node.capture import AnswerFacts, SentStore, Stamp
 from dimsebus.services.node.moves import ReceivedStore
 from dimsebus.services.node.pair_record import PairRecord
@@ -174,7 +169,7 @@ Fact = (
 )
 """Everything pynetdicom's threads spool."""
 
-_TAGS: dict[type[Any], str] = {
+TAGS: dict[type[Any], str] = {  # each fact's tag, the first element of its body
     Established: "established",
     Rejected: "rejected",
     Ended: "ended",
@@ -187,7 +182,7 @@ _TAGS: dict[type[Any], str] = {
     ResponseSent: "response_sent",
     Refused: "refused",
 }
-_ADAPTERS: dict[str, TypeAdapter[Any]] = {tag: TypeAdapter(kind) for kind, tag in _TAGS.items()}
+_ADAPTERS: dict[str, TypeAdapter[Any]] = {tag: TypeAdapter(kind) for kind, tag in TAGS.items()}
 _JSON = json.JSONDecoder()
 
 
@@ -195,7 +190,7 @@ def encode(fact: Fact) -> bytes:
     """The body the outbox keeps of ``fact``: ``[tag, fields]``, compact JSON."""
     if isinstance(fact, PairRecord):
         return fact.encode()
-    tag = _TAGS[type(fact)]
+    tag = TAGS[type(fact)]
     return b'["' + tag.encode() + b'",' + _ADAPTERS[tag].dump_json(fact) + b"]"
 
 
@@ -218,149 +213,6 @@ def decode(format: str | None, body: bytes) -> Fact:
     return fact
 
 
-class RowLike(Protocol):
-    """What ``row_event`` reads of an outbox row."""
-
-    @property
-    def format(self) -> str | None: ...
-
-    @property
-    def body(self) -> bytes: ...
-
-
-def row_event(row: RowLike) -> CloudEvent:
-    """The event of a recorded outbox row, of any format the node spools or once spooled."""
-    return event_of(decode(row.format, row.body))
-
-
-FORMATS: Mapping[str, Callable[[RowLike], CloudEvent]] = {
-    FORMAT: row_event,
-    pair_record.PAIR_FORMAT: row_event,
-    pair_record.EARLIER_FORMAT: row_event,
-}
-"""What the node's relay reads: each format the node spools or once spooled."""
-
-
-def event_of(fact: Fact) -> CloudEvent:
-    """The event of ``fact``, under its id and time; never raises on the fact's values."""
-    if isinstance(fact, PairRecord):
-        return pair_record.pair_event(fact)
-    try:
-        return _MAKERS[type(fact)](fact)
-    except (ValidationError, ValueError, TypeError, KeyError) as exc:
-        return _unmade(fact, exc)
-
-
-def _established(fact: Established) -> CloudEvent:
-    contexts = tuple(
-        ev.PresentationContext(
-            id=context_id,
-            abstract_syntax_uid=abstract,
-            transfer_syntax_uid=transfer,
-            accepted=True,
-        )
-        for context_id, abstract, transfer in fact.contexts
-    )
-    return capture.association_event(
-        "established",
-        fact.association,
-        fact.stamp,
-        presentation_contexts=contexts,
-        max_pdu_length=fact.max_pdu_length,
-    )
-
-
-def _rejected(fact: Rejected) -> CloudEvent:
-    return capture.association_event(
-        "rejected",
-        fact.association,
-        fact.stamp,
-        result=fact.result,
-        source=fact.source,
-        reason=fact.reason,
-        reason_text=fact.reason_text,
-    )
-
-
-def _ended(fact: Ended) -> CloudEvent:
-    if fact.how == "released":
-        return capture.association_event("released", fact.association, fact.stamp)
-    return capture.association_event(
-        "aborted", fact.association, fact.stamp, source=fact.source, reason=fact.reason
-    )
-
-
-def _missing(fact: Missing) -> CloudEvent:
-    return capture.missing_event(fact.sent, fact.reason, fact.detail, fact.stamp)
-
-
-def _answered(fact: Answered) -> CloudEvent:
-    return capture.answer_of(fact.sent, fact.answer, fact.stamp)
-
-
-def _invalid(fact: Invalid) -> CloudEvent:
-    return salvage.invalid_of(fact.facts, fact.stamp)
-
-
-def _unsent(fact: Unsent) -> CloudEvent:
-    return capture.unsent_event(
-        fact.operation,
-        fact.destination_ae_title,
-        list(fact.uids),
-        fact.attempt,
-        fact.originator,
-        fact.labels,
-        fact.reason,  # type: ignore[arg-type]  # validated by the event's model
-        fact.detail,
-        fact.stamp,
-    )
-
-
-def _requested(fact: Requested) -> CloudEvent:
-    model = ev.MoveRequested if fact.kind == "move" else ev.GetRequested
-    return capture.retrieve_requested_event(model, _retrieval_data(fact), fact.stamp)
-
-
-def _completed(fact: Completed) -> CloudEvent:
-    model = ev.MoveCompleted if fact.kind == "move" else ev.GetCompleted
-    data = _retrieval_data(fact)
-    return capture.retrieve_completed_event(model, data, fact.status, fact.stamp)
-
-
-def _response_sent(fact: ResponseSent) -> CloudEvent:
-    return moves.sent_answer_event(
-        fact.operation, fact.attempt, fact.labels, fact.store, fact.stamp, fact.own_ae_title
-    )
-
-
-def _refused(fact: Refused) -> CloudEvent:
-    return capture.access_refused_event(fact.association, fact.stamp, **fact.details)
-
-
-def _retrieval_data(fact: Requested | Completed) -> dict[str, object]:
-    return {
-        **fact.details,
-        "association": fact.association,
-        "message_id": fact.message_id,
-        "operation": fact.operation,
-    }
-
-
-_MAKERS: dict[type[Any], Callable[[Any], CloudEvent]] = {
-    Established: _established,
-    Rejected: _rejected,
-    Ended: _ended,
-    Missing: _missing,
-    Answered: _answered,
-    Invalid: _invalid,
-    Unsent: _unsent,
-    Requested: _requested,
-    Completed: _completed,
-    ResponseSent: _response_sent,
-    Refused: _refused,
-}
-
-
 def heading(fact: Fact) -> tuple[str, str | None, str]:
     """The type, operation id and subject the event of ``fact`` will have (when valid).
 
@@ -369,7 +221,7 @@ def heading(fact: Fact) -> tuple[str, str | None, str]:
     """
     match fact:
         case Established() | Rejected() | Ended():
-            change = fact.how if isinstance(fact, Ended) else _TAGS[type(fact)]
+            change = fact.how if isinstance(fact, Ended) else TAGS[type(fact)]
             return f"dicom.association.{change}", None, str(fact.association.id)
         case Missing() | Answered():
             received = isinstance(fact, Answered) and fact.answer.status is not None
@@ -393,47 +245,3 @@ def heading(fact: Fact) -> tuple[str, str | None, str]:
         case Refused():
             return "dicom.access.refused", None, str(fact.association.id)
     raise TypeError(f"not a fact: {type(fact).__name__}")
-
-
-_MESSAGES: dict[type[Any], str] = {
-    Established: "A-ASSOCIATE-AC",
-    Rejected: "A-ASSOCIATE-RJ",
-    Ended: "A-RELEASE",
-    Missing: "C-STORE-RQ",
-    Answered: "C-STORE-RSP",
-    Invalid: "unknown",
-    Unsent: "C-STORE-RQ",
-    Requested: "C-MOVE-RQ",
-    Completed: "C-MOVE-RSP",
-    ResponseSent: "C-STORE-RSP",
-    Refused: "A-ASSOCIATE-RQ",
-}
-
-
-def _message_of(fact: Any) -> str:
-    """The DICOM message a fact is about, for its invalid event."""
-    if isinstance(fact, Requested | Completed):
-        return f"C-{fact.kind.upper()}-{'RQ' if isinstance(fact, Requested) else 'RSP'}"
-    if isinstance(fact, Ended):
-        return "A-RELEASE" if fact.how == "released" else "A-ABORT"
-    return _MESSAGES[type(fact)]
-
-
-def _unmade(fact: Any, exc: Exception) -> CloudEvent:
-    """``dicom.message.invalid`` for a fact whose own event the contract rejects."""
-    error = salvage.describe_error(exc) if isinstance(exc, ValidationError) else str(exc)
-    association = getattr(fact, "association", None) or getattr(
-        getattr(fact, "sent", None), "association", None
-    )
-    facts = salvage.invalid_facts(
-        _message_of(fact),
-        f"the {_TAGS[type(fact)]} fact could not be made its event: {type(exc).__name__}: {error}",
-        association_id=getattr(association, "id", None),
-        operation=getattr(fact, "operation", None),
-        fields={
-            name: getattr(fact, name)
-            for name in fact.__dataclass_fields__
-            if name not in ("stamp", "association")
-        },
-    )
-    return salvage.invalid_of(facts, fact.stamp)

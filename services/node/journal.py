@@ -20,7 +20,7 @@ from pathlib import Path
 
 from dimsebus.schemas import events as ev
 from dimsebus.services.bus.outbox import JOURNAL_SCHEMA, OPEN_MOVE
-from dimsebus.services.node import facts
+from dimsebus.services.node import fact_events, facts
 from dimsebus.services.node.facts import FORMAT
 
 
@@ -88,7 +88,7 @@ class MoveJournal:
 def _requested(body: bytes) -> ev.MoveRequested:
     """The C-MOVE-RQ's event of a journal entry: kept as its fact, or (before) as its JSON."""
     if bytes(body).startswith(b"["):
-        event = facts.event_of(facts.decode(FORMAT, bytes(body)))
+        event = fact_events.event_of(facts.decode(FORMAT, bytes(body)))
         if not isinstance(event, ev.MoveRequested):
             raise ValueError(f"a journalled C-MOVE-RQ made {event.type}, not its requested event")
         return event

@@ -16,6 +16,7 @@ from pynetdicom.dimse_primitives import C_STORE
 
 from dimsebus.schemas import events as ev
 from dimsebus.services.bus.outbox import Outbox
+from dimsebus.services.node import fact_events
 from dimsebus.services.node.capture_shell import Capture
 from dimsebus.services.node.config import NodeSettings, Peer
 from dimsebus.services.node.sender import SendError, Target, send_files
@@ -63,9 +64,13 @@ def junk_scp() -> Iterator[int]:
 
 
 def events_in(outbox: Outbox, event_type: str) -> list[dict[str, Any]]:
-    """The ``data`` of the spooled events of one type (spooled as JSON, not as records)."""
+    """The ``data`` of the spooled events of one type, facts made into theirs as the relay does."""
     rows = [row for row in outbox.peek(10_000) if row.type == event_type]
-    return [json.loads(row.body)["data"] for row in rows]
+    bodies = [
+        row.body if row.format is None else fact_events.row_event(row).model_dump_json()
+        for row in rows
+    ]
+    return [json.loads(body)["data"] for body in bodies]
 
 
 async def test_unsolicited_responses_to_a_send_abort_it_with_one_event(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from bench.cstore import Floor
 from dimsebus.services.bus.outbox import Outbox, OutboxRow
-from dimsebus.services.node import facts
+from dimsebus.services.node import fact_events
 
 
 def test_each_floor_record_is_a_distinct_event_the_relay_makes(tmp_path: Path) -> None:
@@ -16,7 +16,7 @@ def test_each_floor_record_is_a_distinct_event_the_relay_makes(tmp_path: Path) -
     records = [floor.fresh_record(), floor.fresh_record()]
     # when the relay makes their events, as it does from the outbox's rows
     events = [
-        facts.row_event(
+        fact_events.row_event(
             OutboxRow(
                 seq,
                 r.event_id,

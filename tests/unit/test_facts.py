@@ -1,4 +1,4 @@
-"""The facts pynetdicom's threads spool, and ``facts.event_of``, which makes their events."""
+"""The facts pynetdicom's threads spool, and ``fact_events.event_of``, which makes their events."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dimsebus.schemas import events as ev
 from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.schemas.examples import move_story, sequential_ids
 from dimsebus.services.bus.outbox import Outbox
-from dimsebus.services.node import capture, facts, moves, salvage
+from dimsebus.services.node import capture, fact_events, facts, moves, salvage
 from dimsebus.services.node.capture import SentStore, Stamp, StoreResponse
 from dimsebus.services.node.fact_records import record_of
 from dimsebus.services.node.journal import MoveJournal
@@ -34,7 +34,7 @@ def spooled_and_made(fact: facts.Fact) -> CloudEvent:
     """The event the relay makes of ``fact`` once it went through the outbox's body."""
     record = record_of(fact)
     assert record.format == facts.FORMAT
-    return facts.event_of(facts.decode(record.format, record.body))
+    return fact_events.event_of(facts.decode(record.format, record.body))
 
 
 def test_an_association_fact_makes_the_event_its_thread_used_to_build() -> None:
@@ -241,7 +241,7 @@ def test_a_heading_is_the_events_type_operation_and_subject() -> None:
         ),
         facts.Ended(STAMP, REF, "released"),
     ):
-        event = facts.event_of(fact)
+        event = fact_events.event_of(fact)
         record = record_of(fact)
         assert (record.type, record.subject, record.event_id) == (
             event.type,

@@ -39,7 +39,7 @@ from dimsebus.services.bus.codec import decode_body
 from dimsebus.services.bus.outbox import Outbox
 from dimsebus.services.clock import new_id
 from dimsebus.services.errors import InvalidEvent
-from dimsebus.services.node import facts
+from dimsebus.services.node import fact_events
 from dimsebus.services.node import storepair as exchange
 from dimsebus.services.node.association import command_values, read_values, tags_of
 from dimsebus.services.node.capture import SentStore, Stamp, StoreResponse, answer_event
@@ -322,7 +322,7 @@ def _spooled(outbox: Outbox) -> list[ev.Event]:
     """The events spooled, recorded exchanges made into theirs as the relay does."""
     return [
         ev.parse_event(
-            facts.row_event(row).model_dump_json() if row.format is not None else row.body
+            fact_events.row_event(row).model_dump_json() if row.format is not None else row.body
         )
         for row in outbox.peek(100)
     ]
@@ -448,7 +448,7 @@ def test_a_recorded_exchange_makes_the_event_the_general_path_builds(
     outbox = Outbox(Path(":memory:"))
     outbox.append_record(exchange.Recorder().record(sent, plain, stamp))
     [row] = outbox.peek(1)
-    made = facts.row_event(row)
+    made = fact_events.row_event(row)
     # then it is the event the DIMSE thread would have built from the whole command set
     built = answer_event(sent, StoreResponse.of(everything), sent.association.id, stamp)
     assert str(made.id) == row.event_id

@@ -24,7 +24,7 @@ from dimsebus.services.bus.outbox import Outbox
 from dimsebus.services.bus.publisher import Publisher
 from dimsebus.services.bus.relay import OutboxRelay
 from dimsebus.services.clock import new_id
-from dimsebus.services.node import facts
+from dimsebus.services.node import fact_events, facts
 from dimsebus.services.node.capture import SentStore, Stamp, StoreResponse
 from dimsebus.services.node.fact_records import record_of
 from dimsebus.services.node.journal import MoveJournal
@@ -134,7 +134,7 @@ def test_an_earlier_outbox_drains_its_events_and_records(tmp_path: Path) -> None
     earlier_outbox(path)
     # when the new version's relay drains it
     outbox = Outbox(path)
-    relay = OutboxRelay(outbox, "amqp://unused/", name="test", formats=facts.FORMATS)
+    relay = OutboxRelay(outbox, "amqp://unused/", name="test", formats=fact_events.FORMATS)
     publisher = Confirming()
     confirmed = asyncio.run(relay.drain_once(cast(Publisher, publisher)))
     # then both are published as the events they were, and the outbox is empty
@@ -216,7 +216,7 @@ def test_rows_the_version_before_facts_spooled_drain_beside_new_facts(tmp_path: 
     outbox.append_records([record_of(completed)])
     assert journal.open_moves() == []
     # and its relay drains it
-    relay = OutboxRelay(outbox, "amqp://unused/", name="test", formats=facts.FORMATS)
+    relay = OutboxRelay(outbox, "amqp://unused/", name="test", formats=fact_events.FORMATS)
     publisher = Confirming()
     confirmed = asyncio.run(relay.drain_once(cast(Publisher, publisher)))
     # then every row went out, in order, as the event it was or its fact makes

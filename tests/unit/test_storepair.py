@@ -10,8 +10,8 @@ from dimsebus.schemas import events as ev
 from dimsebus.schemas.examples import move_story, sequential_ids
 from dimsebus.services.bus.outbox import OutboxRow, Record
 from dimsebus.services.node.capture import SentStore, Stamp, StoreResponse, response_event
+from dimsebus.services.node.fact_events import row_event as event_of
 from dimsebus.services.node.facts import FORMAT
-from dimsebus.services.node.facts import row_event as event_of
 from dimsebus.services.node.storepair import (
     EARLIER_FORMAT,
     PAIR_FORMAT,
