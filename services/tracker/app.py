@@ -78,10 +78,13 @@ class Tracker:
                 skipped.routing_key,
                 skipped.reason,
             )
+        committed: dict[MoveKey, MoveState | None] = {}  # each move as the store has it
         for entry in entries:
             if entry.event is None or (key := move_key(entry.event)) is None:
                 continue
-            before = changed.get(key) or self._moves.get(key) or self.store.load(key)
+            if key not in committed:
+                committed[key] = self._moves.get(key) or self.store.load(key)
+            before = changed.get(key) or committed[key]
             after = apply(before, entry.event)
             if after is None or after is before:
                 continue
@@ -91,7 +94,7 @@ class Tracker:
         if derived:
             self.outbox.append(derived)
         if entries:
-            self.store.save(changed.values(), entries[-1].offset, rejected)
+            self.store.save(changed.values(), entries[-1].offset, rejected, before=committed)
         self._keep(changed)
         self.applied += len(entries)
         TRACKER_APPLIED.inc(len(entries))

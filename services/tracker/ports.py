@@ -6,7 +6,7 @@ store and the outbox in the service, and against in-memory fakes in unit tests.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from dimsebus.schemas.envelope import CloudEvent
@@ -26,9 +26,14 @@ class MoveStore(Protocol):
         ...
 
     def save(
-        self, moves: Iterable[MoveState], offset: int, rejected: Iterable[Rejected] = ()
+        self,
+        moves: Iterable[MoveState],
+        offset: int,
+        rejected: Iterable[Rejected] = (),
+        before: Mapping[MoveKey, MoveState | None] | None = None,
     ) -> None:
-        """Store changed moves, skipped entries and the new checkpoint in one transaction."""
+        """Store changed moves, skipped entries and the new checkpoint in one transaction;
+        with ``before`` (each move as last saved), only what changed since."""
         ...
 
     def close(self) -> None:

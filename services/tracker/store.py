@@ -10,13 +10,14 @@ the same small port and pass the same contract tests.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 from dimsebus.services.migrations import Migration, Schema
 from dimsebus.services.sql import Database, open_database
-from dimsebus.services.tracker.progress import MoveKey, MoveState
+from dimsebus.services.tracker.progress import InstanceOutcome, MoveKey, MoveState
 
 # Migration 1 is the schema every release before versions made (tracker_rejected came
 # later than the others: IF NOT EXISTS adds it to a database that lacks it).
@@ -38,7 +39,56 @@ CREATE TABLE IF NOT EXISTS tracker_rejected (
     reason TEXT NOT NULL
 );
 """
-SCHEMA = Schema("tracker", (Migration(1, "moves, checkpoint, rejected entries", _TABLES),))
+# Migration 2: a move's instances and the ids of the events folded into it get a row
+# each, so a batch writes the few that changed, not the whole move again (issue 21).
+# What a move of an older release kept in its JSON moves into the rows.
+_PARTS = """
+CREATE TABLE IF NOT EXISTS tracker_instances (
+    source TEXT NOT NULL,
+    move_id TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    PRIMARY KEY (source, move_id, sop_instance_uid)
+);
+CREATE TABLE IF NOT EXISTS tracker_seen (
+    source TEXT NOT NULL,
+    move_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    PRIMARY KEY (source, move_id, event_id)
+);
+"""
+_PARTS_FROM_JSON_SQLITE = """
+INSERT INTO tracker_instances (source, move_id, sop_instance_uid, outcome)
+SELECT m.source, m.move_id, i.key, i.value
+FROM tracker_moves m, json_each(m.state, '$.instances') i;
+INSERT INTO tracker_seen (source, move_id, event_id)
+SELECT m.source, m.move_id, e.value
+FROM tracker_moves m, json_each(m.state, '$.seen') e;
+UPDATE tracker_moves SET state = json_remove(state, '$.instances', '$.seen')
+"""
+_PARTS_FROM_JSON_POSTGRESQL = """
+INSERT INTO tracker_instances (source, move_id, sop_instance_uid, outcome)
+SELECT m.source, m.move_id, i.key, i.value::text
+FROM tracker_moves m, jsonb_each(m.state::jsonb -> 'instances') i;
+INSERT INTO tracker_seen (source, move_id, event_id)
+SELECT m.source, m.move_id, e.value
+FROM tracker_moves m, jsonb_array_elements_text(m.state::jsonb -> 'seen') e;
+UPDATE tracker_moves SET state = ((state::jsonb - 'instances') - 'seen')::text
+"""
+SCHEMA = Schema(
+    "tracker",
+    (
+        Migration(1, "moves, checkpoint, rejected entries", _TABLES),
+        Migration(
+            2,
+            "a row per instance and per event of a move",
+            _PARTS + _PARTS_FROM_JSON_SQLITE,
+            _PARTS + _PARTS_FROM_JSON_POSTGRESQL,
+        ),
+    ),
+)
+# The parts of a move kept in rows of their own, not in its JSON.
+_IN_ROWS = {"instances", "seen"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +113,17 @@ class TrackerStore(abc.ABC):
 
     @abc.abstractmethod
     def save(
-        self, moves: Iterable[MoveState], offset: int, rejected: Iterable[Rejected] = ()
+        self,
+        moves: Iterable[MoveState],
+        offset: int,
+        rejected: Iterable[Rejected] = (),
+        before: Mapping[MoveKey, MoveState | None] | None = None,
     ) -> None:
-        """Store changed moves, skipped entries and the new checkpoint in one transaction."""
+        """Store changed moves, skipped entries and the new checkpoint in one transaction.
+
+        ``before``: each move as the store last had it (None: not yet), so that only
+        what changed since is written; without it, the whole of every move is.
+        """
 
     @abc.abstractmethod
     def rejected(self) -> list[Rejected]:
@@ -89,6 +147,15 @@ class TrackerStore(abc.ABC):
         return matches[0] if len(matches) == 1 else None
 
 
+_UPSERT_INSTANCE = (
+    "INSERT INTO tracker_instances (source, move_id, sop_instance_uid, outcome) "
+    "VALUES (?, ?, ?, ?) ON CONFLICT (source, move_id, sop_instance_uid) "
+    "DO UPDATE SET outcome = excluded.outcome"
+)
+_INSERT_SEEN = (
+    "INSERT INTO tracker_seen (source, move_id, event_id) VALUES (?, ?, ?) "
+    "ON CONFLICT (source, move_id, event_id) DO NOTHING"
+)
 _UPSERT_MOVE = (
     "INSERT INTO tracker_moves (source, move_id, started_at, state) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (source, move_id) DO UPDATE SET started_at = excluded.started_at, "
@@ -117,19 +184,43 @@ class SqlStore(TrackerStore):
         return int(row[0]) if row else None
 
     def load(self, key: MoveKey) -> MoveState | None:
+        where = (key[0], str(key[1]))
         row = self.db.execute(
-            "SELECT state FROM tracker_moves WHERE source = ? AND move_id = ?",
-            (key[0], str(key[1])),
+            "SELECT state FROM tracker_moves WHERE source = ? AND move_id = ?", where
         ).fetchone()
-        return MoveState.model_validate_json(row[0]) if row else None
+        if row is None:
+            return None
+        instances = self.db.execute(
+            "SELECT sop_instance_uid, outcome FROM tracker_instances "
+            "WHERE source = ? AND move_id = ?",
+            where,
+        )
+        seen = self.db.execute(
+            "SELECT event_id FROM tracker_seen WHERE source = ? AND move_id = ?", where
+        )
+        return _assembled(row[0], list(instances), [event_id for (event_id,) in seen])
 
     def save(
-        self, moves: Iterable[MoveState], offset: int, rejected: Iterable[Rejected] = ()
+        self,
+        moves: Iterable[MoveState],
+        offset: int,
+        rejected: Iterable[Rejected] = (),
+        before: Mapping[MoveKey, MoveState | None] | None = None,
     ) -> None:
-        rows = [_row(move) for move in moves]
+        rows, instances, seen = [], [], []
+        for move in moves:
+            key = (move.source, move.move_id)
+            old = before.get(key) if before is not None else None
+            rows.append(_row(move))
+            instances += _changed_instances(move, old)
+            seen += _new_seen(move, old)
         skipped = [(r.offset, r.routing_key, r.reason[:2000]) for r in rejected]
         with self.db.transaction() as cursor:
             cursor.executemany(self.db.sql(_UPSERT_MOVE), rows)
+            if instances:
+                cursor.executemany(self.db.sql(_UPSERT_INSTANCE), instances)
+            if seen:
+                cursor.executemany(self.db.sql(_INSERT_SEEN), seen)
             if skipped:
                 cursor.executemany(self.db.sql(_INSERT_REJECTED), skipped)
             cursor.execute(self.db.sql(_UPSERT_CHECKPOINT), (offset,))
@@ -141,17 +232,40 @@ class SqlStore(TrackerStore):
         return [Rejected(int(offset), key, reason) for offset, key, reason in rows]
 
     def all_moves(self) -> list[MoveState]:
-        rows = self.db.execute("SELECT state FROM tracker_moves ORDER BY started_at, move_id")
-        return [MoveState.model_validate_json(row[0]) for row in rows]
+        return self._moves("", ())
 
     def moves_starting_with(self, prefix: str) -> list[MoveState]:
         pattern = prefix.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        rows = self.db.execute(
-            "SELECT state FROM tracker_moves WHERE move_id LIKE ? ESCAPE '\\' "
-            "ORDER BY started_at, move_id",
-            (pattern + "%",),
+        return self._moves("WHERE move_id LIKE ? ESCAPE '\\'", (pattern + "%",))
+
+    def _moves(self, where: str, params: tuple[str, ...]) -> list[MoveState]:
+        """The moves ``where`` selects, oldest first, each with its instances and events.
+
+        ``where`` is one of the two constant clauses above, on ``move_id``, which the
+        moves' table and their rows' tables all have."""
+        rows = list(
+            self.db.execute(
+                f"SELECT source, move_id, state FROM tracker_moves {where} "
+                "ORDER BY started_at, move_id",
+                params,
+            )
         )
-        return [MoveState.model_validate_json(row[0]) for row in rows]
+        instances: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        seen: dict[tuple[str, str], list[str]] = {}
+        for source, move_id, uid, outcome in self.db.execute(
+            f"SELECT source, move_id, sop_instance_uid, outcome FROM tracker_instances {where}",
+            params,
+        ):
+            instances.setdefault((source, move_id), []).append((uid, outcome))
+        for source, move_id, event_id in self.db.execute(
+            f"SELECT source, move_id, event_id FROM tracker_seen {where}",
+            params,
+        ):
+            seen.setdefault((source, move_id), []).append(event_id)
+        return [
+            _assembled(state, instances.get((s, m), []), seen.get((s, m), []))
+            for s, m, state in rows
+        ]
 
     def close(self) -> None:
         self.db.close()
@@ -164,4 +278,37 @@ def open_store(db: str) -> TrackerStore:
 
 def _row(move: MoveState) -> tuple[Any, ...]:
     started = move.started_at.isoformat() if move.started_at else None
-    return (move.source, str(move.move_id), started, move.model_dump_json())
+    state = move.model_dump_json(exclude=_IN_ROWS)
+    return (move.source, str(move.move_id), started, state)
+
+
+def _changed_instances(move: MoveState, old: MoveState | None) -> list[tuple[str, ...]]:
+    """Rows of the instances whose outcome is not the one ``old`` had (all without it)."""
+    known = old.instances if old is not None else {}
+    key = (move.source, str(move.move_id))
+    return [
+        (*key, uid, outcome.model_dump_json())
+        for uid, outcome in move.instances.items()
+        if known.get(uid) is not outcome
+    ]
+
+
+def _new_seen(move: MoveState, old: MoveState | None) -> list[tuple[str, ...]]:
+    """Rows of the event ids ``old`` had not seen (all without it)."""
+    fresh = move.seen - old.seen if old is not None else move.seen
+    key = (move.source, str(move.move_id))
+    return [(*key, str(event_id)) for event_id in fresh]
+
+
+def _assembled(state: str, instances: list[tuple[str, str]], seen: list[str]) -> MoveState:
+    """A move from its JSON and its rows of instances and event ids."""
+    move = MoveState.model_validate_json(state)
+    if not instances and not seen:
+        return move
+    outcomes = {uid: InstanceOutcome.model_validate_json(text) for uid, text in instances}
+    return move.model_copy(
+        update={
+            "instances": {**move.instances, **outcomes},
+            "seen": move.seen | {UUID(event_id) for event_id in seen},
+        }
+    )

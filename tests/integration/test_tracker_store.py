@@ -79,3 +79,39 @@ class TestTrackerStore:
         assert store.moves_starting_with("ffffffff") == []
         assert store.moves_starting_with("%") == []
         assert store.moves_starting_with("_") == []
+
+    def test_a_save_after_another_writes_what_changed_and_loads_the_whole_move(
+        self, store: TrackerStore
+    ) -> None:
+        # given the move saved half-way through its events
+        events = [e for e in STORY if move_key(e)]
+        half: MoveState | None = None
+        for event in events[: len(events) // 2]:
+            half = apply(half, event)
+        assert half is not None
+        store.save([half], offset=1)
+        # when the whole move is saved with the half as what the store had
+        whole = folded()
+        store.save([whole], offset=2, before={(whole.source, whole.move_id): half})
+        # then the store has the whole move: its instances and the ids of its events
+        assert store.load((whole.source, whole.move_id)) == whole
+        assert store.all_moves() == [whole]
+        assert isinstance(store, SqlStore)
+        rows = store.db.execute("SELECT COUNT(*) FROM tracker_instances").fetchone()
+        seen = store.db.execute("SELECT COUNT(*) FROM tracker_seen").fetchone()
+        assert (rows[0], seen[0]) == (len(whole.instances), len(whole.seen))
+
+    def test_a_later_outcome_of_an_instance_replaces_its_row(self, store: TrackerStore) -> None:
+        # given a move saved, then an instance's outcome replaced by a later attempt
+        move = folded()
+        store.save([move], offset=1)
+        uid, outcome = next(iter(move.instances.items()))
+        later = outcome.model_copy(update={"attempt": outcome.attempt + 1, "category": "success"})
+        retried = move.model_copy(update={"instances": {**move.instances, uid: later}})
+        # when it is saved with the first as before
+        store.save([retried], offset=2, before={(move.source, move.move_id): move})
+        # then the instance has its later outcome
+        loaded = store.load((move.source, move.move_id))
+        assert loaded is not None
+        assert loaded.instances[uid] == later
+        assert loaded == retried

@@ -7,7 +7,7 @@ so each test reads as what the tracker committed and what it spooled to publish.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import pytest
 
@@ -38,8 +38,14 @@ class MemoryMoves:
         return self.moves.get(key)
 
     def save(
-        self, moves: Iterable[MoveState], offset: int, rejected: Iterable[Rejected] = ()
+        self,
+        moves: Iterable[MoveState],
+        offset: int,
+        rejected: Iterable[Rejected] = (),
+        before: Mapping[MoveKey, MoveState | None] | None = None,
     ) -> None:
+        if before is not None:  # as the tracker last had each move: as committed here
+            assert all(self.moves.get(key) == move for key, move in before.items())
         self.moves.update({(move.source, move.move_id): move for move in moves})
         self.rejected += rejected
         self.offset = offset
