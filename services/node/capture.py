@@ -148,10 +148,12 @@ def answer_facts(response: StoreResponse) -> AnswerFacts:
     """What the event of ``response`` needs of it, as plain values; never raises."""
     problem = status_problem(response.status)
     named = response.affected_sop_instance_uid
+    comment = comment_text(response.error_comment)
     return AnswerFacts(
         status=response.status if problem is None else None,  # type: ignore[arg-type]
         status_problem=problem,
-        error_comment=comment_text(response.error_comment),
+        # cut and escaped as the event has it (a lone surrogate cannot be spooled as JSON)
+        error_comment=text(comment, 1024) if comment is not None else None,
         named_instance=None if named in (None, "") else shown(named, 200),
         fields=rendered(response.command),
     )

@@ -75,6 +75,8 @@ raw_values = st.one_of(
     st.none(),
     st.integers(-(2**20), 2**20),
     st.text(max_size=80),
+    st.text(st.characters(codec=None, categories=["Cs", "Lu"]), max_size=5),  # lone surrogates
+    st.text(min_size=1000, max_size=1100),
     st.binary(max_size=20),
     st.lists(st.text(max_size=10), max_size=3),
     st.booleans(),
