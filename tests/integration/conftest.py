@@ -88,9 +88,7 @@ async def start_node(tmp_path: Path, amqp_url: str) -> AsyncIterator[Callable[..
         return RunningNode(config, node, study_uid, uids, stop, task)
 
     yield start
-    for stop, task in running:
-        stop.set()
-        await asyncio.wait_for(task, 30)
+    await _stop_together(running)
 
 
 def _new_node(
@@ -149,9 +147,15 @@ class Services:
 
     async def stop_all(self) -> None:
         """Stop every service started, and wait for each to end."""
-        for stop, task in self._running:
-            stop.set()
-            await asyncio.wait_for(task, 30)
+        await _stop_together(self._running)
+
+
+async def _stop_together(running: list[tuple[asyncio.Event, asyncio.Task[None]]]) -> None:
+    """Set every stop event at once, then wait for the tasks: each takes a while to end."""
+    for stop, _ in running:
+        stop.set()
+    for _, task in running:
+        await asyncio.wait_for(task, 30)
 
 
 @pytest.fixture
@@ -219,7 +223,7 @@ async def read_events(
                     await _read(amqp_url, source, done, found)
                     return found
                 except (AMQPError, OSError):  # the broker is still starting: read again
-                    await asyncio.sleep(1)
+                    await asyncio.sleep(0.1)
     except TimeoutError:
         return found  # the caller's assertions say what is missing
 

@@ -341,7 +341,7 @@ async def test_the_retrier_re_issues_the_failed_instances_and_the_move_completes
     connection: AbstractRobustConnection,
 ) -> None:
     # given a destination that refuses (0xA700) the first C-STORE of two instances and
-    # takes them the next time, a tracker with retries on and a retrier with a 1 s delay
+    # takes them the next time, a tracker with retries on and a retrier with a 50 ms delay
     refused: set[str] = set()
     stores: dict[str, int] = {}
 
@@ -350,7 +350,7 @@ async def test_the_retrier_re_issues_the_failed_instances_and_the_move_completes
         return 0xA700 if uid in refused and stores[uid] == 1 else 0x0000
 
     tracker = await start_tracker(retries=True)
-    policy = RetryPolicy(max_attempts=3, initial_delay=1.0, multiplier=1.0, jitter=0.0)
+    policy = RetryPolicy(max_attempts=3, initial_delay=0.05, multiplier=1.0, jitter=0.0)
     retrier = RetrierSettings(
         amqp_url=amqp_url, db=tmp_path / "retrier.sqlite", retrier_id="pulls", policy=policy
     )
