@@ -11,8 +11,11 @@ events were built on pynetdicom's threads.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
+from uuid import UUID
 
 from pydantic import ValidationError
 
@@ -37,6 +40,9 @@ from dimsebus.services.node.facts import (
     decode,
 )
 from dimsebus.services.node.pair_record import PairRecord
+from dimsebus.services.node.stamp import Stamp
+
+_KINDS = {tag: kind for kind, tag in TAGS.items()}
 
 
 class RowLike(Protocol):
@@ -50,8 +56,30 @@ class RowLike(Protocol):
 
 
 def row_event(row: RowLike) -> CloudEvent:
-    """The event of a recorded outbox row, of any format the node spools or once spooled."""
-    return event_of(decode(row.format, row.body))
+    """The event of a recorded outbox row, of any format the node spools or once spooled.
+
+    A fact whose fields do not read back as its kind (a value of the wrong type
+    spooled by the thread) is ``dicom.message.invalid`` under its stamp, rather than
+    a row no relay can publish.
+    """
+    try:
+        fact = decode(row.format, row.body)
+    except ValidationError as exc:
+        return _misspooled(row.body, exc)
+    return event_of(fact)
+
+
+def _misspooled(body: bytes, exc: ValidationError) -> CloudEvent:
+    """``dicom.message.invalid`` for a fact that does not read back; raises without a stamp."""
+    tag, fields = json.loads(body)
+    stamp = fields["stamp"]
+    said = salvage.invalid_facts(
+        _MESSAGES.get(_KINDS.get(tag, object), "unknown"),
+        f"the {tag} fact does not read back: {salvage.describe_error(exc)}",
+        fields={name: value for name, value in fields.items() if name != "stamp"},
+    )
+    when = dt.datetime.fromisoformat(stamp["time"])
+    return salvage.invalid_of(said, Stamp(UUID(stamp["id"]), when, str(stamp["source"])))
 
 
 FORMATS: Mapping[str, Callable[[RowLike], CloudEvent]] = {

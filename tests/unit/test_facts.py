@@ -279,3 +279,25 @@ def test_the_nodes_answer_to_its_own_pulls_store_is_made_through_its_fact() -> N
         made.correlation_id,
         made.subject,
     )
+
+
+def test_a_fact_spooled_with_a_value_of_the_wrong_type_is_an_invalid_message() -> None:
+    # given a fact the thread spooled with a value its kind does not take (None for an int)
+    store = moves.ReceivedStore(
+        association=REF,
+        presentation_context_id=1,
+        transfer_syntax_uid="1.2.840.10008.1.2.1",
+        message_id=3,
+        affected_sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+        affected_sop_instance_uid=SENT.affected_sop_instance_uid,
+        originator_message_id=None,  # type: ignore[arg-type]
+        requested_at=T0,
+        status=0,
+    )
+    record = record_of(facts.ResponseSent(STAMP, MOVE, 1, {}, "DIMSEBUS", store))
+    # when the relay makes its event, then it is dicom.message.invalid under the fact's id
+    made = fact_events.row_event(record)
+    assert isinstance(made, ev.MessageInvalid)
+    assert (made.id, made.time) == (STAMP.id, STAMP.time)
+    assert "response_sent fact does not read back" in made.data.error
+    assert "originator_message_id" in made.data.error
