@@ -319,7 +319,16 @@ def run_relay(
 class RelayProcess:
     """A relay child process for one outbox, started and stopped by its DICOM process."""
 
-    def __init__(self, outbox_path: Path, amqp_url: str, *, name: str, window: int = 256) -> None:
+    def __init__(
+        self,
+        outbox_path: Path,
+        amqp_url: str,
+        *,
+        name: str,
+        window: int = 256,
+        niceness: int = NICENESS,
+    ) -> None:
+        """Start the relay of ``outbox_path``, at ``niceness`` (benchmarks may set 0)."""
         self.outbox_path = outbox_path
         argv = [
             sys.executable,
@@ -333,6 +342,8 @@ class RelayProcess:
             name,
             "--window",
             str(window),
+            "--niceness",
+            str(niceness),
         ]
         # AMQP_URL would win over DIMSEBUS_AMQP_URL in the child's settings: this URL only.
         inherited = {key: value for key, value in os.environ.items() if key != "AMQP_URL"}
