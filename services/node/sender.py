@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,9 @@ from dimsebus.services.node.capture import unsent_event
 from dimsebus.services.node.capture_shell import Capture
 from dimsebus.services.node.config import NodeSettings
 from dimsebus.services.node.contexts import storage_contexts
+from dimsebus.services.node.headers import Header, read_headers
 from dimsebus.services.node.jobs import Job
-from dimsebus.services.node.payload import StoredFile, accepted_syntaxes, sends_own_bytes
+from dimsebus.services.node.payload import accepted_syntaxes, sends_own_bytes
 from dimsebus.services.node.tls import association_tls
 
 log = logging.getLogger(__name__)
@@ -120,10 +121,12 @@ def send_files(
     ``archive``, the job's peer and files are recorded so that a resend
     command can send the same files again. Without a capture (the
     benchmark's baseline) the association is set up like the node's others.
+    A file whose own transfer syntax the peer accepted goes as its bytes,
+    written by this thread; any other is decoded and encoded again (``payload``).
     """
     job = job or Job(ev.Operation(kind="store", id=new_id()), labels=dict(labels or {}))
     summary = SendSummary(job.operation)
-    headers = list(_headers(files, summary, on_progress))
+    headers = list(read_headers(files, summary.unreadable, on_progress))
     if not headers:
         return summary
     if capture is not None:
@@ -303,47 +306,3 @@ def _count(summary: SendSummary, status: int | None) -> None:
     category = describe_status(status, Service.STORAGE).category.value
     summary.by_category[category] = summary.by_category.get(category, 0) + 1
     summary.by_status[status] = summary.by_status.get(status, 0) + 1
-
-
-@dataclass(frozen=True, slots=True)
-class Header:
-    """A file to send, as its file meta and data set header say."""
-
-    path: Path
-    file: StoredFile
-    study: str | None
-    patient: str | None
-
-
-def _text(value: object) -> str | None:
-    return str(value) if value not in (None, "") else None
-
-
-def _headers(
-    files: list[Path], summary: SendSummary, on_progress: Callable[[Path, int | None], None]
-) -> Iterator[Header]:
-    for path in files:
-        try:
-            meta = dcmread(path, stop_before_pixels=True)
-            yield Header(
-                path,
-                _stored_file(meta),
-                _text(meta.get("StudyInstanceUID")),
-                _text(meta.get("PatientID")),
-            )
-        except (InvalidDicomError, AttributeError, OSError, ValueError) as exc:
-            summary.unreadable.append(f"{path}: {exc}")
-            on_progress(path, None)
-
-
-def _stored_file(ds: Dataset) -> StoredFile:
-    """The facts ``payload`` decides on, from a file read up to its pixel data."""
-    meta = ds.file_meta
-    return StoredFile(
-        sop_class=str(ds.SOPClassUID),
-        sop_instance=str(ds.SOPInstanceUID),
-        transfer_syntax=str(meta.TransferSyntaxUID),
-        meta_sop_class=_text(meta.get("MediaStorageSOPClassUID")),
-        meta_sop_instance=_text(meta.get("MediaStorageSOPInstanceUID")),
-        encoding=ds.original_encoding,
-    )
