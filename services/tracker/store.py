@@ -306,9 +306,12 @@ def _assembled(state: str, instances: list[tuple[str, str]], seen: list[str]) ->
     if not instances and not seen:
         return move
     outcomes = {uid: InstanceOutcome.model_validate_json(text) for uid, text in instances}
+    # In one order whatever order the rows were written in (a rebuilt store's differs):
+    # the same move reads, and dumps, the same.
+    ids = sorted(move.seen | {UUID(event_id) for event_id in seen})
     return move.model_copy(
         update={
-            "instances": {**move.instances, **outcomes},
-            "seen": move.seen | {UUID(event_id) for event_id in seen},
+            "instances": dict(sorted({**move.instances, **outcomes}.items())),
+            "seen": frozenset(ids),
         }
     )
