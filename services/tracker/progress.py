@@ -11,7 +11,7 @@ Time comes in as arguments; nothing here reads a clock.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from uuid import UUID
 
 from dimsebus.schemas import events as ev
@@ -100,6 +100,71 @@ def apply(state: MoveState | None, event: CloudEvent) -> MoveState | None:
         case ev.MessageInvalid():
             return _unnamed(move, event)
     return move
+
+
+RESPONSES = (ev.CStoreResponseReceived, ev.CStoreResponseMissing)
+
+
+def apply_all(state: MoveState | None, events: Sequence[CloudEvent]) -> MoveState | None:
+    """Fold ``events`` in order, to the state ``apply`` one by one gives.
+
+    A run of responses to the move copies its collections (events seen, instances,
+    timeline) once, not once per event: a copy costs as much as the move is large, so
+    one per event is quadratic over a large move.
+    """
+    at = 0
+    while at < len(events):
+        end = at
+        while end < len(events) and _same_move_response(state, events[end]):
+            end += 1
+        if end > at:
+            assert state is not None
+            state, at = _responses(state, events[at:end]), end
+        else:
+            state, at = apply(state, events[at]), at + 1
+    return state
+
+
+def _same_move_response(state: MoveState | None, event: CloudEvent) -> bool:
+    return (
+        state is not None
+        and isinstance(event, RESPONSES)
+        and move_key(event) == (state.source, state.move_id)
+    )
+
+
+def _responses(move: MoveState, events: Sequence[CloudEvent]) -> MoveState:
+    """``_response`` of each event in turn, on one working copy of the move's collections."""
+    seen, instances = set(move.seen), dict(move.instances)
+    responses, entries = dict(move.responses), list(move.timeline)
+    started, last = move.started_at, move.last_event_at
+    for event in events:
+        if not isinstance(event, RESPONSES) or event.id in seen:
+            continue
+        seen.add(event.id)
+        started = event.time if started is None or event.time < started else started
+        last = event.time if last is None or event.time > last else last
+        outcome, kind = _outcome_of(event), _response_kind(event)
+        responses[kind] = responses.get(kind, 0) + 1
+        current = instances.get(outcome.sop_instance_uid)
+        if current is None or outcome.rank > current.rank:
+            instances[outcome.sop_instance_uid] = outcome
+        if outcome.category != "success":
+            what = f"{outcome.sop_instance_uid} attempt {outcome.attempt}: {outcome.reason}"
+            entries.append(TimelineEntry(at=event.time, event_id=event.id, what=what))
+    if len(seen) == len(move.seen):
+        return move  # every one a repeat
+    update: dict[str, object] = {
+        "seen": frozenset(seen),
+        "started_at": started,
+        "last_event_at": last,
+        "responses": responses,
+        "instances": instances,
+    }
+    if len(entries) != len(move.timeline):
+        # sorted once: the order one sort per entry gives (each key is one event's)
+        update["timeline"] = tuple(sorted(entries, key=lambda e: (e.at, str(e.event_id))))
+    return move.model_copy(update=update)
 
 
 def _touched(move: MoveState, event: CloudEvent) -> dict[str, object]:

@@ -16,6 +16,7 @@ from dimsebus.schemas.examples import move_story, sequential_ids
 from dimsebus.services.tracker.progress import (
     MoveState,
     apply,
+    apply_all,
     counts,
     failed_instances,
     may_be_final,
@@ -202,3 +203,33 @@ def test_folding_never_changes_the_state_it_was_given(
         assert state is not None
         states.append((state, state.model_dump_json()))
     assert all(kept.model_dump_json() == dumped for kept, dumped in states)
+
+
+def _with_retries(events: list[CloudEvent]) -> list[CloudEvent]:
+    """The story's events and a second attempt, failed or not, of each failure."""
+    ids = sequential_ids(3000)
+    failures = [e for e in events if isinstance(e, ev.CStoreResponseReceived) and e.data.status]
+    return [*events, *(_retry(e, 2, 0xA700 * (n % 2), ids) for n, e in enumerate(failures))]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    order=st.permutations(_with_retries(MOVE_EVENTS)),
+    repeats=st.lists(st.sampled_from(MOVE_EVENTS), max_size=10),
+    cut=st.integers(min_value=0, max_value=40),
+)
+def test_folding_a_batch_at_once_is_folding_one_by_one(
+    order: list[CloudEvent], repeats: list[CloudEvent], cut: int
+) -> None:
+    # given the move's events in any order, with duplicates, in two batches
+    events = [*order, *repeats]
+    first, second = events[:cut], events[cut:]
+    # when each batch is folded at once (runs of responses on one working copy)
+    at_once = apply_all(apply_all(None, first), second)
+    # then the state is the one of folding the events one by one
+    assert at_once == fold(events)
+
+
+def test_a_batch_of_repeats_changes_nothing() -> None:
+    move = fold(MOVE_EVENTS)
+    assert apply_all(move, MOVE_EVENTS) is move
