@@ -30,9 +30,11 @@ from dimsebus.services.metrics import TRACKER_APPLIED, GaugeCollector, OutboxCol
 from dimsebus.services.tracker import api
 from dimsebus.services.tracker.ports import EventSpool, MoveStore
 from dimsebus.services.tracker.progress import (
+    RESPONSES,
     MoveKey,
     MoveState,
     apply,
+    apply_all,
     finish,
     may_be_final,
     move_key,
@@ -78,19 +80,17 @@ class Tracker:
                 skipped.routing_key,
                 skipped.reason,
             )
-        committed: dict[MoveKey, MoveState | None] = {}  # each move as the store has it
+        by_move: dict[MoveKey, list[CloudEvent]] = {}
         for entry in entries:
-            if entry.event is None or (key := move_key(entry.event)) is None:
-                continue
-            if key not in committed:
-                committed[key] = self._moves.get(key) or self.store.load(key)
-            before = changed.get(key) or committed[key]
-            after = apply(before, entry.event)
-            if after is None or after is before:
-                continue
-            after, events = self._derive(after, entry.event, now)
-            changed[key] = after
-            derived += events
+            if entry.event is not None and (key := move_key(entry.event)) is not None:
+                by_move.setdefault(key, []).append(entry.event)
+        # each move as the store has it
+        committed = {key: self._moves.get(key) or self.store.load(key) for key in by_move}
+        for key, events in by_move.items():
+            after, found = self._fold(committed[key], events, now)
+            if after is not None and after is not committed[key]:
+                changed[key] = after
+            derived += found
         if derived:
             self.outbox.append(derived)
         if entries:
@@ -120,6 +120,43 @@ class Tracker:
         """How many moves the tracker holds in memory."""
         return len(self._moves)
 
+    def _fold(
+        self, move: MoveState | None, events: list[CloudEvent], now: dt.datetime
+    ) -> tuple[MoveState | None, list[CloudEvent]]:
+        """A move's events of a batch folded in order, deriving what each one would.
+
+        Responses that can derive nothing (the move may not be final, no progress is
+        due) fold at once, on one copy of the move (``apply_all``)."""
+        derived: list[CloudEvent] = []
+        at = 0
+        while at < len(events):
+            run = self._quiet(move, events, at, now)
+            after = apply_all(move, events[at : at + run]) if run else apply(move, events[at])
+            last = events[at + max(run, 1) - 1]
+            at += max(run, 1)
+            if after is None or after is move:
+                continue  # repeats
+            move, found = self._derive(after, last, now)
+            derived += found
+        return move, derived
+
+    def _quiet(
+        self, move: MoveState | None, events: list[CloudEvent], at: int, now: dt.datetime
+    ) -> int:
+        """How many responses from ``at`` on fold at once, none of them deriving an event."""
+        if move is None or may_be_final(move) or self._due(move, events[at], now):
+            return 0
+        end = at
+        while end < len(events) and isinstance(events[end], RESPONSES):
+            end += 1
+        return end - at
+
+    def _due(self, move: MoveState, event: CloudEvent, now: dt.datetime) -> bool:
+        """Whether ``event`` is live and the move's last progress older than the interval."""
+        live = (now - event.time).total_seconds() <= self.settings.live_window
+        last = self._last_progress.get((move.source, move.move_id), 0.0)
+        return live and now.timestamp() - last >= self.settings.progress_interval
+
     def _derive(
         self, move: MoveState, event: CloudEvent, now: dt.datetime
     ) -> tuple[MoveState, list[CloudEvent]]:
@@ -132,10 +169,7 @@ class Tracker:
         retries = self.settings.retries_for(move.node_id)
         if move.retries_on != retries:
             move = move.model_copy(update={"retries_on": retries})
-        live = (now - event.time).total_seconds() <= self.settings.live_window
-        key = (move.source, move.move_id)
-        clock = now.timestamp()
-        due = live and clock - self._last_progress.get(key, 0.0) >= self.settings.progress_interval
+        due = self._due(move, event, now)
         if not due and not may_be_final(move):
             return move, []  # counting a move's instances costs as much as the move is long
         stall = dt.timedelta(seconds=self.settings.stall_after)
@@ -145,7 +179,7 @@ class Tracker:
             finished = ev.MoveFinishedData(**dict(data), revision=revision)
             return move, [self._event(ev.MoveFinished, move, finished, f"finished|{revision}")]
         if due:
-            self._last_progress[key] = clock
+            self._last_progress[(move.source, move.move_id)] = now.timestamp()
             name = f"progressed|{data.outcome}|{len(move.seen)}"
             return move, [self._event(ev.MoveProgressed, move, data, name)]
         return move, []

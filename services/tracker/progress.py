@@ -126,11 +126,11 @@ def apply_all(state: MoveState | None, events: Sequence[CloudEvent]) -> MoveStat
 
 
 def _same_move_response(state: MoveState | None, event: CloudEvent) -> bool:
-    return (
-        state is not None
-        and isinstance(event, RESPONSES)
-        and move_key(event) == (state.source, state.move_id)
-    )
+    """A response to a sub-operation of ``state``'s move (``move_key``, for responses)."""
+    if state is None or not isinstance(event, RESPONSES) or event.source != state.source:
+        return False
+    operation = event.data.operation
+    return operation is not None and operation.kind == "move" and operation.id == state.move_id
 
 
 def _responses(move: MoveState, events: Sequence[CloudEvent]) -> MoveState:
