@@ -32,6 +32,8 @@ from dimsebus.services.node.facts import (
     Fact,
     Invalid,
     Missing,
+    MoveResponded,
+    PullUnsent,
     Refused,
     Rejected,
     Requested,
@@ -182,6 +184,17 @@ def _response_sent(fact: ResponseSent) -> CloudEvent:
     )
 
 
+def _move_responded(fact: MoveResponded) -> CloudEvent:
+    return moves.response_event(
+        fact.command, fact.association, fact.message_id, fact.response, fact.stamp
+    )
+
+
+def _pull_unsent(fact: PullUnsent) -> CloudEvent:
+    reason: Any = fact.reason  # an UnsentReason, validated by the event's model
+    return moves.unsent_event(fact.command, reason, fact.detail, fact.stamp)
+
+
 def _refused(fact: Refused) -> CloudEvent:
     return capture.access_refused_event(fact.association, fact.stamp, **fact.details)
 
@@ -206,6 +219,8 @@ _MAKERS: dict[type[Any], Callable[[Any], CloudEvent]] = {
     Requested: _requested,
     Completed: _completed,
     ResponseSent: _response_sent,
+    MoveResponded: _move_responded,
+    PullUnsent: _pull_unsent,
     Refused: _refused,
 }
 
@@ -221,6 +236,8 @@ _MESSAGES: dict[type[Any], str] = {
     Requested: "C-MOVE-RQ",
     Completed: "C-MOVE-RSP",
     ResponseSent: "C-STORE-RSP",
+    MoveResponded: "C-MOVE-RSP",
+    PullUnsent: "C-MOVE-RQ",
     Refused: "A-ASSOCIATE-RQ",
 }
 

@@ -24,7 +24,7 @@ from pydantic import TypeAdapter
 from dimsebus.schemas import events as ev
 from dimsebus.services.node import pair_record
 from dimsebus.services.node.capture import AnswerFacts, SentStore, Stamp
-from dimsebus.services.node.moves import ReceivedStore
+from dimsebus.services.node.moves import MoveResponse, ReceivedStore
 from dimsebus.services.node.pair_record import PairRecord
 from dimsebus.services.node.salvage import InvalidFacts
 
@@ -145,6 +145,27 @@ class ResponseSent:
 
 
 @dataclass(frozen=True, slots=True)
+class MoveResponded:
+    """A C-MOVE-RSP to a C-MOVE-RQ the node sent (its pull from a remote archive)."""
+
+    stamp: Stamp
+    command: ev.MoveCommandData
+    association: ev.AssociationRef
+    message_id: int
+    response: MoveResponse
+
+
+@dataclass(frozen=True, slots=True)
+class PullUnsent:
+    """A re-issued C-MOVE of the node's pull that could not be asked or answered."""
+
+    stamp: Stamp
+    command: ev.MoveCommandData
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class Refused:
     """An association or request the node's access control refused."""
 
@@ -165,6 +186,8 @@ Fact = (
     | Requested
     | Completed
     | ResponseSent
+    | MoveResponded
+    | PullUnsent
     | Refused
 )
 """Everything pynetdicom's threads spool."""
@@ -180,6 +203,8 @@ TAGS: dict[type[Any], str] = {  # each fact's tag, the first element of its body
     Requested: "requested",
     Completed: "completed",
     ResponseSent: "response_sent",
+    MoveResponded: "move_responded",
+    PullUnsent: "pull_unsent",
     Refused: "refused",
 }
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {tag: TypeAdapter(kind) for kind, tag in TAGS.items()}
@@ -242,6 +267,11 @@ def heading(fact: Fact) -> tuple[str, str | None, str]:
         case ResponseSent():
             operation = str(fact.operation.id)
             return "dicom.cstore.response.sent", operation, fact.store.affected_sop_instance_uid
+        case MoveResponded() | PullUnsent():
+            operation = str(fact.command.operation.id)
+            moved = isinstance(fact, MoveResponded)
+            type_ = "dicom.move.response.received" if moved else "dicom.cstore.unsent"
+            return type_, operation, operation
         case Refused():
             return "dicom.access.refused", None, str(fact.association.id)
     raise TypeError(f"not a fact: {type(fact).__name__}")

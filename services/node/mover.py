@@ -26,6 +26,7 @@ from dimsebus.services.node import moves, salvage
 from dimsebus.services.node.archive import Archive
 from dimsebus.services.node.capture_shell import Capture
 from dimsebus.services.node.config import NodeSettings
+from dimsebus.services.node.facts import MoveResponded, PullUnsent
 from dimsebus.services.node.jobs import Job
 from dimsebus.services.node.tls import association_tls
 
@@ -77,7 +78,7 @@ class MoveSummary:
     """How a C-MOVE ended: its Message ID, final status and counts (None: no final response)."""
 
     message_id: int
-    final: ev.MoveResponseData | None
+    final: moves.MoveResponse | None
     command: ev.MoveCommandData | None = None
 
 
@@ -131,7 +132,7 @@ class Mover:
 
     def _move_one(self, assoc: Any, data: ev.MoveCommandData) -> MoveSummary:
         message_id = self.open_moves.open(data)
-        final: ev.MoveResponseData | None = None
+        final: moves.MoveResponse | None = None
         try:
             responses = assoc.send_c_move(
                 moves.move_identifier(data),
@@ -142,15 +143,11 @@ class Mover:
             for status, identifier in responses:
                 if not status:  # no response: timeout, abort; the capture reports the end
                     break
-                event = moves.response_event(
-                    data,
-                    self.capture.state(assoc).ref,
-                    message_id,
-                    _response(status, identifier),
-                    self.capture.stamp(),
-                )
-                self.capture.emit(event)
-                final = event.data if event.data.final else final
+                response = _response(status, identifier)
+                ref = self.capture.state(assoc).ref
+                stamp = self.capture.stamp()
+                self.capture.spool(MoveResponded(stamp, data, ref, message_id, response))
+                final = response if response.status not in moves.PENDING else final
         finally:
             self.open_moves.close(message_id)
         return MoveSummary(message_id, final, data)
@@ -199,21 +196,21 @@ class Mover:
             source,
             data.attempt,
         )
-        unsent: list[ev.CStoreUnsent] = []
+        unsent: list[PullUnsent] = []
         try:
             summaries = await asyncio.to_thread(self.move, data)
         except MoveError as exc:
             detail = f"C-MOVE from {source}: {exc}"
-            unsent.append(moves.unsent_event(data, exc.reason, detail, self.capture.stamp()))
+            unsent.append(PullUnsent(self.capture.stamp(), data, exc.reason, detail))
         else:
             detail = f"no final C-MOVE-RSP from {source} (timeout or abort)"
             unsent += [
-                moves.unsent_event(s.command, "association_lost", detail, self.capture.stamp())
+                PullUnsent(self.capture.stamp(), s.command, "association_lost", detail)
                 for s in summaries
                 if s.final is None and s.command is not None
             ]
         if unsent:
-            self.capture.emit(*unsent)
+            self.capture.spool(*unsent)
         archive.command_done(str(command.id))
 
     def _ae(self) -> AE:
@@ -260,6 +257,6 @@ def _response(status: Dataset, identifier: Any) -> moves.MoveResponse:
         completed=status.get("NumberOfCompletedSuboperations"),
         failed=status.get("NumberOfFailedSuboperations"),
         warning=status.get("NumberOfWarningSuboperations"),
-        error_comment=str(comment)[:1024] if comment else None,
+        error_comment=salvage.text(str(comment), 1024) if comment else None,
         failed_uids=salvage.split_uids(str(uid) for uid in uids if uid)[0],
     )

@@ -301,3 +301,39 @@ def test_a_fact_spooled_with_a_value_of_the_wrong_type_is_an_invalid_message() -
     assert (made.id, made.time) == (STAMP.id, STAMP.time)
     assert "response_sent fact does not read back" in made.data.error
     assert "originator_message_id" in made.data.error
+
+
+PULL = ev.MoveCommandData.model_validate(
+    {
+        "operation": {"kind": "move", "id": MOVE.id},
+        "node_id": "n1",
+        "source": {"ae_title": "QRSCP", "host": "127.0.0.1", "port": 104},
+        "destination_ae_title": "DIMSEBUS",
+        "query_level": "IMAGE",
+        "study_instance_uid": "1.2.3",
+        "sop_instance_uids": ["1.2.3.4", "1.2.3.5"],
+        "attempt": 2,
+        "labels": {"job": "j1"},
+    }
+)
+
+
+def test_a_pulls_responses_and_unsent_reissue_are_made_through_their_facts() -> None:
+    # given a C-MOVE-RSP of the node's own pull, pending then final, and a reissue unsent
+    pending = moves.MoveResponse(0xFF00, 1, 1, 0, 0)
+    final = moves.MoveResponse(0xB000, 0, 1, 1, 0, "one failed", ("1.2.3.5",))
+    for response in (pending, final):
+        fact = facts.MoveResponded(STAMP, PULL, REF, 5, response)
+        # when spooled and made, then each is the event the worker thread used to build
+        made = spooled_and_made(fact)
+        assert made == moves.response_event(PULL, REF, 5, response, STAMP)
+        record = record_of(fact)
+        assert (record.type, record.correlation_id, record.subject) == (
+            made.type,
+            made.correlation_id,
+            made.subject,
+        )
+    unsent = facts.PullUnsent(STAMP, PULL, "association_lost", "no final C-MOVE-RSP")
+    made = spooled_and_made(unsent)
+    assert made == moves.unsent_event(PULL, "association_lost", "no final C-MOVE-RSP", STAMP)
+    assert record_of(unsent).type == made.type == "dicom.cstore.unsent"
