@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import subprocess
 import uuid
@@ -102,6 +103,35 @@ class Broker:
         """The vhost the URL points at."""
         return unquote(urlsplit(self.url).path.removeprefix("/")) or "/"
 
+    def connection_names(self) -> set[str]:
+        """The names of the client connections to this vhost (``rabbitmqctl list_connections``)."""
+        if self.ctl is None:
+            raise RuntimeError("listing connections needs rabbitmqctl or a testcontainer")
+        listing = self.ctl(
+            [
+                "rabbitmqctl",
+                "list_connections",
+                "-q",
+                "--no-table-headers",
+                "vhost",
+                "client_properties",
+            ]
+        )
+        return {
+            name
+            for vhost, properties in (line.split("\t", 1) for line in listing.splitlines() if line)
+            if vhost == self.vhost
+            for name in re.findall(r'\{"connection_name","([^"]*)"\}', properties)
+        }
+
+    def close_all_connections(self) -> None:
+        """Force-close every connection to this vhost (one ``rabbitmqctl`` run)."""
+        if self.ctl is None:
+            raise RuntimeError("closing connections needs rabbitmqctl or a testcontainer")
+        self.ctl(
+            ["rabbitmqctl", "close_all_connections", "-p", self.vhost, "closed by a dimsebus test"]
+        )
+
     def close_connections(self, name: str) -> int:
         """Force-close (``rabbitmqctl close_connection``) every connection called ``name``."""
         if self.ctl is None:
@@ -137,11 +167,23 @@ def private_vhost(url: str, ctl: Exec | None) -> Iterator[str]:
     if ctl is None:
         yield url
         return
+    made = new_vhost(url, ctl)
+    try:
+        yield made
+    finally:
+        delete_vhost(made, ctl)
+
+
+def new_vhost(url: str, ctl: Exec) -> str:
+    """``url`` pointing at a fresh vhost that its user may use."""
     vhost = f"dimsebus-test-{uuid.uuid4().hex[:8]}"
     user = urlsplit(url).username or "guest"
     ctl(["rabbitmqctl", "add_vhost", vhost])
     ctl(["rabbitmqctl", "set_permissions", "-p", vhost, user, ".*", ".*", ".*"])
-    try:
-        yield with_vhost(url, vhost)
-    finally:
-        ctl(["rabbitmqctl", "delete_vhost", vhost])
+    return with_vhost(url, vhost)
+
+
+def delete_vhost(url: str, ctl: Exec) -> None:
+    """Delete the vhost ``url`` points at."""
+    vhost = unquote(urlsplit(url).path.removeprefix("/"))
+    ctl(["rabbitmqctl", "delete_vhost", vhost])

@@ -74,8 +74,8 @@ async def run_load(root: Path, amqp_url: str, moves: int, instances: int) -> Loa
         )
         try:
             studies = [rig.add_study(instances, seed=f"load{n:02d}") for n in range(1, moves + 1)]
-            await rig.start_downstream()
-            node = await rig.start_node()
+            await rig.start()
+            node = rig.processes["node"]
             memory = Memory()
             started = time.perf_counter()
             requests = asyncio.gather(
@@ -90,7 +90,7 @@ async def run_load(root: Path, amqp_url: str, moves: int, instances: int) -> Loa
             await requests
             seconds = time.perf_counter() - started
             views = await rig.settled(moves=moves, within=600)
-            log = await rig.log()
+            log = rig.settled_log
             answered = [uid for peer in peers for uid in storescp_answers(peer.log)]
         finally:
             rig.stop_all()

@@ -25,6 +25,7 @@ from aiormq.exceptions import ChannelNotFoundEntity
 
 from dimsebus.schemas import events as ev
 from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.audit.chain import Verification, verify
 from dimsebus.services.audit.store import AuditStore
 from dimsebus.services.bus.connection import confirming_channel, connect
 from dimsebus.services.bus.log import LogReader
@@ -40,6 +41,8 @@ from tests.integration.conftest import log_marker
 from tests.integration.peers import dcmtk, free_port, run_tool, wait_for_port
 
 PYTHON = [sys.executable, "-m", "dimsebus.services"]
+# A service's own config names its vhost: these variables would override it (settings.py).
+OVERRIDES = ("AMQP_URL", "DIMSEBUS_AMQP_URL")
 # What each downstream service logs once it consumes.
 READY = {"tracker": "tracker reading dimsebus.log", "retrier": "consuming", "audit": "consuming"}
 
@@ -63,7 +66,7 @@ class Process:
                 self.argv,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, **self.env},
+                env={**service_environment(), **self.env},
                 start_new_session=True,
             )
         return self
@@ -88,9 +91,18 @@ class Process:
 
     def stop(self) -> None:
         """SIGTERM, as an operator stops it; SIGKILL for the whole group if it hangs."""
-        if self.process is None or self.process.poll() is not None:
+        self.terminate()
+        self.reap()
+
+    def terminate(self) -> None:
+        """SIGTERM, without waiting for the service to end."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+
+    def reap(self) -> None:
+        """Wait for a terminated service to end; SIGKILL for the whole group if it hangs."""
+        if self.process is None:
             return
-        self.process.terminate()
         try:
             self.process.wait(30)
         except subprocess.TimeoutExpired:
@@ -129,6 +141,8 @@ class Rig:
     policy: dict[str, float] = field(default_factory=dict)
     processes: dict[str, Process] = field(default_factory=dict)
     study_uids: dict[str, list[str]] = field(default_factory=dict)
+    settled_log: list[CloudEvent] = field(default_factory=list)
+    """The log up to the marker that ``settled`` saw the tracker past (not read again)."""
 
     # -- configuration ------------------------------------------------------------
 
@@ -153,11 +167,11 @@ class Rig:
             f'outbox_path = "{self.root / "tracker-outbox.sqlite"}"\n'
             "progress_interval = 2.0\nstall_after = 600.0\n"
         )
-        policy = {
+        policy = {  # retries within milliseconds: the scenarios wait on them, not on a clock
             "max_attempts": 6,
-            "initial_delay": 1.0,
-            "multiplier": 1.5,
-            "max_delay": 5.0,
+            "initial_delay": 0.05,
+            "multiplier": 2.0,
+            "max_delay": 0.5,
             "jitter": 0.1,
             **self.policy,
         }
@@ -221,7 +235,12 @@ class Rig:
             while not process.said(READY[process.name]):
                 if time.monotonic() > deadline or process.process.poll() is not None:  # type: ignore[union-attr]
                     raise AssertionError(f"{process.name} did not start:\n{process.tail()}")
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.05)
+
+    async def start(self) -> None:
+        """The whole deployment, started at once (each start-up is a second or two of imports):
+        return once the tracker, the retrier and the audit consume and the node listens."""
+        await asyncio.gather(self.start_downstream(), self.start_node())
 
     async def consuming(self, *queues: str, within: float = 60) -> None:
         """Return once each of ``queues`` exists and has a consumer (the broker says so)."""
@@ -235,9 +254,11 @@ class Rig:
                     await asyncio.sleep(0.1)
 
     def stop_all(self) -> None:
-        """SIGTERM every process started."""
+        """SIGTERM every process started, all at once (each takes a while to shut down)."""
         for process in self.processes.values():
-            process.stop()
+            process.terminate()
+        for process in self.processes.values():
+            process.reap()
 
     # -- what happened ------------------------------------------------------------
 
@@ -289,7 +310,7 @@ class Rig:
     async def caught_up(self, within: float = 120) -> None:
         """Return once the tracker (and the audit service, if started) has taken in everything
         on the log: the node's outbox is empty, and they are past a marker published after."""
-        _, marker, offset = await self._log_to_marker(within)
+        self.settled_log, marker, offset = await self._log_to_marker(within)
 
         def past() -> bool:
             store = open_store(str(self.tracker_db))
@@ -315,19 +336,29 @@ class Rig:
         finally:
             audit.close()
 
+    def audit_chain(self) -> tuple[Verification, list[str]]:
+        """The audit trail's chain walked (`dimsebus audit verify`), and its records' event
+        ids in order, repeats included (read in-process)."""
+        audit = AuditStore.open(str(self.audit_db))
+        try:
+            records = list(audit.records())
+        finally:
+            audit.close()
+        return verify(records), [r.event_id for r in records]
+
+    def rejected(self) -> list[str]:
+        """Why the tracker skipped each log entry it did (`dimsebus moves rejected`, in-process)."""
+        store = open_store(str(self.tracker_db))
+        try:
+            return [r.reason for r in store.rejected()]
+        finally:
+            store.close()
+
     def moves(self) -> list[dict[str, Any]]:
         """What `dimsebus moves list --json` prints for this rig's tracker (read in-process)."""
         views = load_views(TrackerSettings(db=str(self.tracker_db)))
         found: list[dict[str, Any]] = json.loads(json.dumps(views))
         return found
-
-    def cli_json(self, *argv: str) -> Any:
-        """Run a ``dimsebus`` command and parse its JSON output."""
-        done = subprocess.run(
-            [*PYTHON, *argv], capture_output=True, text=True, timeout=120, check=False
-        )
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
 
     async def settled(
         self, outcomes: tuple[str, ...] = ("completed",), moves: int = 1, within: float = 180
@@ -343,7 +374,7 @@ class Rig:
                 views = await asyncio.to_thread(self._moves_or_none)
                 if len([v for v in views if v["outcome"] in outcomes]) >= moves:
                     return views
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.1)
         tracker = self.processes.get("tracker")
         raise AssertionError(
             f"moves did not settle on {outcomes}: "
@@ -360,9 +391,13 @@ class Rig:
             return []  # the store is being created
 
     def outbox_depth(self) -> int:
-        """Rows waiting in the node's outbox."""
-        status = self.cli_json("node", "--config", str(self.root / "node.toml"), "status", "--json")
-        return int(status["outbox_depth"])
+        """Rows waiting in the node's outbox (read as `dimsebus node status` reads it)."""
+        return read_depth(self.outbox)
+
+
+def service_environment() -> dict[str, str]:
+    """This process's environment less what would point a service away from its config."""
+    return {name: value for name, value in os.environ.items() if name not in OVERRIDES}
 
 
 async def _has_consumer(connection: AbstractConnection, queue: str) -> bool:

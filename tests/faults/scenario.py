@@ -25,8 +25,7 @@ async def move_through(
 ) -> asyncio.Task[str]:
     """Start the deployment and a C-MOVE of the rig's study; inject ``fault`` mid-move."""
     [study] = rig.study_uids
-    await rig.start_downstream()
-    await rig.start_node()
+    await rig.start()
     move = asyncio.create_task(rig.movescu(study, peer.ae_title))
     await until(lambda: len(storescp_answers(peer.log)) >= after, what=f"{after} C-STOREs")
     await asyncio.to_thread(fault)
@@ -41,7 +40,7 @@ async def account(
     The audit trail must hold every event of the node, too.
     """
     views = await rig.settled(moves=moves)
-    log = await rig.log()
+    log = rig.settled_log
     assert sum(v["counts"]["completed"] for v in views) == instances, views
     # The audit consumes a queue: after a broker restart, deliveries it had not acked come
     # again after later ones, so passing a marker is no proof; wait on the fact itself.

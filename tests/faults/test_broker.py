@@ -18,6 +18,7 @@ from tests.integration.peers import storescp
 
 pytestmark = pytest.mark.faults
 INSTANCES = 500
+OUTAGE = 100  # C-STOREs answered while the broker is down
 
 
 @pytest.mark.parametrize("how", ["stop_app", "kill"])
@@ -33,14 +34,21 @@ async def test_broker_restarted_mid_move(
         rig.add_study(INSTANCES, seed=f"broker-{how}")
         stop = broker_control.stop_app if how == "stop_app" else broker_control.kill
         move = await move_through(rig, peer, stop)
-        await asyncio.sleep(3)  # the outage: the DICOM side goes on, the outbox holds
+        # the outage lasts while the DICOM side goes on (OUTAGE more C-STOREs, or the rest of
+        # the move), the outbox holding their events
+        down_at = len(storescp_answers(peer.log))
+        await until(
+            lambda: len(storescp_answers(peer.log)) >= down_at + OUTAGE or move.done(),
+            what=f"{OUTAGE} C-STOREs with the broker down",
+        )
+        during = len(storescp_answers(peer.log)) - down_at
         start = broker_control.start_app if how == "stop_app" else broker_control.start_server
         await asyncio.to_thread(start)
         await move
         injected = (
-            "rabbitmqctl stop_app, 3 s, start_app"
+            f"rabbitmqctl stop_app, {during} C-STOREs, start_app"
             if how == "stop_app"
-            else "kill -9 of the broker VM, 3 s, rabbitmq-server -detached"
+            else f"kill -9 of the broker VM, {during} C-STOREs, rabbitmq-server -detached"
         )
         report(await account(rig, peer, INSTANCES, f"broker {how} mid-move", injected))
 
@@ -59,11 +67,12 @@ async def test_connections_closed_by_the_broker(
         # Each service is given the time to (re)connect first: the node now reaches the
         # 100th C-STORE before its relay process may have connected at all.
         node = f"dimsebus-node-{rig.node_id}"
-        for name in [node, f"{node}-commands", *names]:
-            deadline = time.monotonic() + 30
-            while here.close_connections(name) < 1:
-                assert time.monotonic() < deadline, f"no connection named {name} within 30 s"
-                time.sleep(0.2)
+        wanted = {node, f"{node}-commands", *names}
+        deadline = time.monotonic() + 30
+        while missing := wanted - here.connection_names():
+            assert time.monotonic() < deadline, f"no connection named {missing} within 30 s"
+            time.sleep(0.2)
+        here.close_all_connections()
 
     with storescp(tmp_path / "received") as peer:
         rig = make_rig({"STORESCP": peer.port})
@@ -78,7 +87,7 @@ async def test_connections_closed_by_the_broker(
                 peer,
                 INSTANCES,
                 "connections closed",
-                "rabbitmqctl close_connection on every publisher and consumer connection, twice",
+                "rabbitmqctl close_all_connections: every publisher and consumer connection, twice",
             )
         )
 
@@ -93,8 +102,7 @@ async def test_disk_alarm_blocks_publishers_not_dicom(
         rig = make_rig({"STORESCP": peer.port})
         rig.add_study(INSTANCES, seed="disk-alarm")
         # given the broker's disk alarm is raised before the move
-        await rig.start_downstream()
-        await rig.start_node()
+        await rig.start()
         await broker_control.raise_disk_alarm()
         # when a C-MOVE runs, DICOM traffic flows and the outbox absorbs the events
         [study] = rig.study_uids

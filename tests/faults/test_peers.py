@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import subprocess
 import sys
@@ -26,15 +27,21 @@ class OddSCP:
 
     port: int
     log: Path
+    process: subprocess.Popen[bytes]
 
     def answered(self) -> list[str]:
         """The SOP instance UIDs it answered, once per response sent."""
         return self.log.read_text().split() if self.log.exists() else []
 
+    async def listening(self) -> None:
+        """Return once it accepts associations."""
+        await asyncio.to_thread(wait_for_port, self.port, 30, self.process)
+
 
 @contextlib.contextmanager
 def oddscp(folder: Path, mode: str, *options: str) -> Iterator[OddSCP]:
-    """Run the misbehaving SCP in ``mode`` until the block ends."""
+    """Run the misbehaving SCP in ``mode`` until the block ends; it may still be starting
+    (``listening``), so that its start-up and the rig's overlap."""
     folder.mkdir(parents=True, exist_ok=True)
     port, log = free_port(), folder / f"oddscp-{mode}.answers"
     argv = [sys.executable, "-m", "tests.faults.oddscp", "--port", str(port), "--mode", mode]
@@ -43,8 +50,7 @@ def oddscp(folder: Path, mode: str, *options: str) -> Iterator[OddSCP]:
             [*argv, "--log", str(log), *options], stdout=out, stderr=subprocess.STDOUT
         )
     try:
-        wait_for_port(port, 30)
-        yield OddSCP(port, log)
+        yield OddSCP(port, log, process)
     finally:
         process.kill()
         process.wait(10)
@@ -71,6 +77,7 @@ class Misbehaviour:
     instances: int
     shows: Callable[[list[CloudEvent]], bool]
     options: tuple[str, ...] = ()
+    dimse_timeout: float = 2.0  # the node's; ample for a peer that answers
 
 
 CASES = [
@@ -94,9 +101,10 @@ CASES = [
     ),
     Misbehaviour(
         "silent",
-        "the peer accepts, then never answers (node DIMSE timeout 2 s)",
+        "the peer accepts, then never answers (node DIMSE timeout 0.5 s)",
         10,
         lambda log: "dimse_timeout" in _missing(log) and not _statuses(log),
+        dimse_timeout=0.5,
     ),
     Misbehaviour(
         "random-abort",
@@ -119,14 +127,13 @@ async def test_misbehaving_destination_is_accounted_for(
         rig = make_rig(
             {"ODDSCP": peer.port},
             policy={"max_attempts": 8 if case.mode == "random-abort" else 2},
-            dimse_timeout=2.0,
+            dimse_timeout=case.dimse_timeout,
         )
         [study] = [rig.add_study(case.instances, seed=case.mode)]
-        await rig.start_downstream()
-        await rig.start_node()
+        await asyncio.gather(rig.start(), peer.listening())
         await rig.movescu(study, "ODDSCP")
         views = await rig.settled(("completed", "completed_with_failures"), within=240)
-        log = await rig.log()
+        log = rig.settled_log
     assert case.shows(log), {e.type for e in log}
     report(
         tally(

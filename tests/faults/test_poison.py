@@ -75,8 +75,7 @@ async def test_poison_messages_are_parked_with_the_reason_and_the_flow_goes_on(
     with storescp(tmp_path / "received") as peer:
         rig = make_rig({"STORESCP": peer.port})
         [study] = [rig.add_study(INSTANCES, seed="poison")]
-        await rig.start_downstream()
-        await rig.start_node()
+        await rig.start()
         await rig.consuming("dimsebus.retrier", "dimsebus.audit", f"dimsebus.node.{rig.node_id}")
         # given poison on the log and on every consumer queue
         await publish_poisons(rig.amqp_url, rig.node_id)
@@ -97,6 +96,6 @@ async def test_poison_messages_are_parked_with_the_reason_and_the_flow_goes_on(
         assert "dicom.teleport.requested" in reasons["poison: unknown type"], reasons
         assert "v2" in reasons["poison: future schema version"], reasons
     # and the tracker, which reads the stream, skipped them and recorded why
-    rejected = rig.cli_json("moves", "rejected", "--json", "--db", str(rig.tracker_db))
+    rejected = rig.rejected()
     assert len(rejected) == 3, rejected
     report(tally)
