@@ -2,7 +2,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup system test faults demo bench soak schemas clean
+.PHONY: setup system test faults faults-private cluster-up cluster-down demo bench soak schemas clean
 
 setup: $(VENV)/.installed
 
@@ -43,6 +43,20 @@ contracts: setup
 # fill the local RabbitMQ on purpose, and print the Reliability table.
 faults: setup system
 	$(BIN)/pytest tests/faults
+
+# The same scenarios (and the one integration test marked faults) on a private RabbitMQ node
+# of scripts/cluster (dimsebus-1@localhost on 5681), stopped afterwards: the broker on 5672,
+# which others may be using, is never touched.
+faults-private: setup system
+	scripts/cluster up
+	scripts/cluster run -- $(BIN)/pytest -m faults; status=$$?; scripts/cluster down; exit $$status
+
+# Private RabbitMQ nodes beside the broker on 5672 (scripts/cluster; N=3 for three).
+cluster-up:
+	scripts/cluster up $(or $(N),1)
+
+cluster-down:
+	scripts/cluster down
 
 demo: setup system
 	$(BIN)/dimsebus demo
