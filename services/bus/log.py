@@ -74,6 +74,7 @@ class LogReader:
         self._ended = False
         self._underlay: aiormq.abc.AbstractChannel | None = None
         self._unacked = 0
+        self._ack_tag: int | None = None
         self._ack_every = max(1, min(500, prefetch // 4))
 
     async def __aenter__(self) -> LogReader:
@@ -118,22 +119,22 @@ class LogReader:
 
     async def __anext__(self) -> LogEntry:
         assert self._underlay is not None, "enter the reader with `async with` first"
+        if self._ack_tag is not None and not self._ended:
+            # A stream needs acks only as credit: one multiple-ack per part of the prefetch
+            # saves frames. It is sent before the next entry is taken, so that a reader
+            # cancelled while it waits (until_idle) never loses an entry it took.
+            tag, self._ack_tag = self._ack_tag, None
+            await self._underlay.basic_ack(tag, multiple=True)
         while not self._deliveries:
             if self._ended:
                 raise StopAsyncIteration
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
         message = self._deliveries.popleft()
-        entry = self._entry(message)
-        # A stream needs acks only as credit: one multiple-ack per part of the prefetch
-        # saves frames, and the broker never waits for it.
         self._unacked += 1
         if self._unacked >= self._ack_every:
-            self._unacked = 0
-            tag = message.delivery_tag
-            if tag is not None and not self._ended:
-                await self._underlay.basic_ack(tag, multiple=True)
-        return entry
+            self._unacked, self._ack_tag = 0, message.delivery_tag
+        return self._entry(message)
 
     def _entry(self, message: DeliveredMessage) -> LogEntry:
         headers = message.header.properties.headers or {}
