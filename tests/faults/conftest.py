@@ -9,13 +9,14 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 
-from tests.broker import Broker, node_option, private_vhost
+from tests.broker import Broker, Exec, delete_vhost, new_vhost, node_option
 from tests.faults.ledger import Tally
 from tests.faults.rig import Rig, new_rig
 
@@ -25,11 +26,54 @@ _TALLIES: list[Tally] = []
 HEADER = ("scenario", "injected", "expected", "received", "lost", "duplicated", "unexpected")
 
 
+class Vhosts:
+    """The scenarios' vhosts: the next one is made, and a used one deleted, in the background
+    (a rabbitmqctl run is a second or two, and a vhost takes two)."""
+
+    def __init__(self, broker: Broker, ctl: Exec, worker: ThreadPoolExecutor) -> None:
+        self.broker, self.ctl, self.worker = broker, ctl, worker
+        self.spare = worker.submit(new_vhost, broker.url, ctl)
+
+    def take(self) -> str:
+        """A fresh vhost's URL."""
+        try:
+            url = self.spare.result()
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            url = new_vhost(self.broker.url, self.ctl)  # made while the broker was down
+        self.spare = self.worker.submit(new_vhost, self.broker.url, self.ctl)
+        return url
+
+    def give_back(self, url: str) -> None:
+        """Delete the vhost of ``url``, later."""
+        self.worker.submit(delete_vhost, url, self.ctl)
+
+    def close(self) -> None:
+        """Delete the spare vhost too."""
+        with contextlib.suppress(subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            delete_vhost(self.spare.result(), self.ctl)
+
+
+@pytest.fixture(scope="session")
+def vhosts(broker: Broker) -> Iterator[Vhosts | None]:
+    """Vhosts for the scenarios, made ahead of them; none without rabbitmqctl."""
+    if broker.ctl is None:
+        yield None
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="vhosts") as worker:
+        made = Vhosts(broker, broker.ctl, worker)
+        yield made
+        made.close()
+
+
 @pytest.fixture
-def vhost_url(broker: Broker) -> Iterator[str]:
+def vhost_url(broker: Broker, vhosts: Vhosts | None) -> Iterator[str]:
     """A vhost of its own for one scenario: its log holds only this scenario's events."""
-    with private_vhost(broker.url, broker.ctl) as url:
-        yield url
+    if vhosts is None:
+        yield broker.url
+        return
+    url = vhosts.take()
+    yield url
+    vhosts.give_back(url)
 
 
 @pytest.fixture
