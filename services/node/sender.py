@@ -23,10 +23,10 @@ from dimsebus.services.errors import DimsebusError
 from dimsebus.services.node import pynetdicom_internals
 from dimsebus.services.node.archive import Archive
 from dimsebus.services.node.association import connection_handlers
-from dimsebus.services.node.capture import unsent_event
 from dimsebus.services.node.capture_shell import Capture
 from dimsebus.services.node.config import NodeSettings
 from dimsebus.services.node.contexts import storage_contexts
+from dimsebus.services.node.facts import Unsent
 from dimsebus.services.node.headers import Header, read_headers
 from dimsebus.services.node.jobs import Job
 from dimsebus.services.node.payload import accepted_syntaxes, sends_own_bytes
@@ -225,18 +225,18 @@ def emit_unsent(
     for uid in uids:
         by_attempt[job.attempts.get(uid, 1)].append(uid)
     log.warning("%d instance(s) of %s not sent: %s", len(uids), job.operation.id, detail)
-    capture.emit(
+    capture.spool(
         *(
-            unsent_event(
+            Unsent(
+                capture.stamp(),
                 job.operation,
                 destination,
-                list(chunk),
+                tuple(chunk),
                 attempt,
                 job.move_originator,
                 {**capture.labels, **job.labels},
                 reason,
                 detail,
-                capture.stamp(),
             )
             for attempt, attempt_uids in sorted(by_attempt.items())
             for chunk in chunked(sorted(attempt_uids))
