@@ -157,13 +157,18 @@ class BrokerControl:
         self.ctl("start_app")
         self.ctl("await_startup")
 
-    def kill(self) -> None:
-        """``kill -9`` the broker's Erlang VM."""
-        pid = self.ctl("eval", "os:getpid().").strip().strip('"')
-        os.kill(int(pid), 9)
+    def vm_pid(self) -> int:
+        """The process id of the broker's Erlang VM."""
+        return int(self.ctl("eval", "os:getpid().").strip().strip('"'))
+
+    def kill(self, pid: int | None = None) -> None:
+        """``kill -9`` the broker's Erlang VM (``pid``: asked for beforehand, so that the kill
+        is at once), and return once it is gone."""
+        pid = pid or self.vm_pid()
+        os.kill(pid, 9)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _alive(int(pid)):
-            time.sleep(0.1)
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
 
     def start_server(self) -> None:
         """``rabbitmq-server -detached``, then wait until it serves."""

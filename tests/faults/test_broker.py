@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +33,9 @@ async def test_broker_restarted_mid_move(
     with storescp(tmp_path / "received") as peer:
         rig = make_rig({"STORESCP": peer.port})
         rig.add_study(INSTANCES, seed=f"broker-{how}")
-        stop = broker_control.stop_app if how == "stop_app" else broker_control.kill
+        stop = broker_control.stop_app
+        if how == "kill":
+            stop = functools.partial(broker_control.kill, broker_control.vm_pid())
         move = await move_through(rig, peer, stop)
         # the outage lasts while the DICOM side goes on (OUTAGE more C-STOREs, or the rest of
         # the move), the outbox holding their events
