@@ -1,16 +1,30 @@
-"""What the sender reads of each file before it associates: up to the pixel data, once."""
+"""What the node reads of a file before it sends it: up to the pixel data, once.
+
+The sender reads every file's header before it associates (``read_headers``). A
+retrieve (the Move and Get SCPs) hands pynetdicom a header (``read_header``) for each
+instance, and the association's ``send_c_store`` (``send_as_stored``) sends that
+header's file: as its bytes when ``payload`` says so, read in full otherwise.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import logging
+from collections.abc import Callable, Iterator, Set
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from dimsebus.services.node.payload import StoredFile
+from dimsebus.services.node.payload import StoredFile, sends_own_bytes
+
+log = logging.getLogger(__name__)
+
+# A Python attribute, not a DICOM element (lower case: pydicom sets it as such): the
+# file a header was read from, which only ``send_as_stored`` acts on.
+_HEADER_OF = "dimsebus_header_of"
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +67,55 @@ def stored_file(ds: Dataset) -> StoredFile:
 
 def _text(value: object) -> str | None:
     return str(value) if value not in (None, "") else None
+
+
+def read_header(path: Path) -> Dataset:
+    """``path`` read up to its pixel data, for ``send_as_stored`` to send as the file.
+
+    pynetdicom's Move and Get SCPs take it as the instance to send: they read its SOP
+    Instance UID (for the Failed SOP Instance UID List) and give it to ``send_c_store``.
+    """
+    header = dcmread(path, stop_before_pixels=True)
+    setattr(header, _HEADER_OF, path)
+    return header
+
+
+SendCStore = Callable[..., Dataset]
+"""An association's ``send_c_store(dataset, msg_id=..., ...)``."""
+
+
+def send_as_stored(send: SendCStore, accepted: Set[tuple[str, str]]) -> SendCStore:
+    """``send`` that sends each ``read_header``'s file instead of the header.
+
+    As its bytes (``send(path)``) when its own syntax is ``accepted`` for its SOP class
+    (``payload.sends_own_bytes``; ``accepted`` is ``payload.accepted_syntaxes`` of the
+    association), else read in full and converted by pynetdicom, as before. Anything
+    else (a data set read in full, a path) goes to ``send`` unchanged.
+    """
+
+    def send_c_store(dataset: Any, *args: Any, **kwargs: Any) -> Dataset:
+        path = _header_path(dataset)
+        if path is None:
+            return send(dataset, *args, **kwargs)
+        if _goes_as_bytes(dataset, accepted):
+            try:
+                return send(path, *args, **kwargs)
+            except (AttributeError, ValueError, InvalidDicomError) as exc:  # nothing was sent
+                log.info("%s: sent decoded, not as its bytes: %s", path, exc)
+        return send(dcmread(path), *args, **kwargs)
+
+    return send_c_store
+
+
+def _header_path(dataset: object) -> Path | None:
+    if not isinstance(dataset, Dataset):
+        return None
+    path = getattr(dataset, _HEADER_OF, None)
+    return path if isinstance(path, Path) else None
+
+
+def _goes_as_bytes(header: Dataset, accepted: Set[tuple[str, str]]) -> bool:
+    try:
+        return sends_own_bytes(stored_file(header), accepted)
+    except AttributeError:  # no SOP class, instance or file meta: pydicom's read decides
+        return False

@@ -237,6 +237,25 @@ def pass_move_originator(assoc: Association, ae_title: str, message_id: int) -> 
     assoc.send_c_store = send_c_store  # type: ignore[method-assign, assignment]
 
 
+WITHOUT_BULK_DATA = "1.2.840.10008.5.1.4.1.2.5.3"
+"""Composite Instance Retrieve Without Bulk Data (PS3.4 Z): its Get SCP edits the data set."""
+
+
+def wrap_retrieve_stores(assoc: Association, wrap: Wrapper) -> None:
+    """Route each ``send_c_store`` a Move or Get SCP makes on ``assoc`` through ``wrap``.
+
+    Relies on: ``QueryRetrieveServiceClass._move_scp`` calls
+    ``store_assoc.send_c_store(dataset, msg_id=..., originator_aet=..., originator_id=...)``
+    and ``_get_scp`` calls ``self.assoc.send_c_store(dataset, msg_id=...)`` with the
+    handler's yielded data set itself, which they only check to be a non-empty
+    ``Dataset`` first, and read nothing else of but ``SOPInstanceUID`` (for the Failed
+    SOP Instance UID List, when the C-STORE failed or raised). ``_get_scp`` deletes the
+    bulk data elements of the data set it sends on a ``WITHOUT_BULK_DATA`` context:
+    what it is given there must be the whole data set.
+    """
+    assoc.send_c_store = wrap(assoc.send_c_store)  # type: ignore[method-assign]
+
+
 # -- C-STORE of a file's own bytes (dimsebus.services.node.sender) --------------------------
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import Any, Literal
 
@@ -18,7 +19,7 @@ from pynetdicom import evt
 from dimsebus.schemas import events as ev
 from dimsebus.schemas.limits import MAX_KEY_NAME_LENGTH, MAX_KEY_VALUE_LENGTH, MAX_KEYS, clip
 from dimsebus.services.clock import new_id, utc_now
-from dimsebus.services.node import admission, moves, pynetdicom_internals
+from dimsebus.services.node import admission, headers, moves, pynetdicom_internals
 from dimsebus.services.node.archive import Archive, Refused, StoredInstance
 from dimsebus.services.node.capture_shell import Capture
 from dimsebus.services.node.config import NodeSettings
@@ -27,6 +28,7 @@ from dimsebus.services.node.facts import Requested, ResponseSent
 from dimsebus.services.node.jobs import Job, Retrieval
 from dimsebus.services.node.journal import MoveJournal
 from dimsebus.services.node.mover import OpenMoves
+from dimsebus.services.node.payload import accepted_syntaxes
 from dimsebus.services.node.query import QueryError, build_query
 from dimsebus.services.node.stamp import Stamp
 from dimsebus.services.node.tls import association_tls
@@ -50,6 +52,8 @@ class ArchiveSCP:
         self.capture = capture_
         self.journal = journal
         self.open_moves = open_moves
+        # the C-GET associations whose send_c_store sends files (send_stored_files)
+        self._sending_files: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def handlers(self) -> list[tuple[Any, ...]]:
         """The service handlers to bind on accepted associations."""
@@ -197,6 +201,7 @@ class ArchiveSCP:
         handlers = [
             *self.capture.handlers(job),
             (evt.EVT_ESTABLISHED, fix_move_originator, [originator]),
+            (evt.EVT_ESTABLISHED, send_stored_files),
         ]
         yield (
             destination.host,
@@ -210,7 +215,7 @@ class ArchiveSCP:
             },
         )
         yield len(instances)
-        yield from _pending_datasets(event, instances)
+        yield from _pending_datasets(event, instances, _header)
 
     def on_c_get(self, event: evt.Event) -> Iterator[Any]:
         """Yield the matching instances; pynetdicom sends them on the requestor's association."""
@@ -231,7 +236,14 @@ class ArchiveSCP:
             yield 0
             return
         yield len(instances)
-        yield from _pending_datasets(event, instances)
+        if str(event.context.abstract_syntax) == pynetdicom_internals.WITHOUT_BULK_DATA:
+            # pynetdicom takes the bulk data out of what it is given: the whole data set
+            yield from _pending_datasets(event, instances, StoredInstance.read)
+            return
+        if event.assoc not in self._sending_files:
+            self._sending_files.add(event.assoc)
+            send_files_as_stored(event.assoc)
+        yield from _pending_datasets(event, instances, _header)
 
     def _resolve(self, event: evt.Event) -> list[StoredInstance] | None:
         identifier = event.identifier
@@ -270,15 +282,41 @@ def fix_move_originator(event: evt.Event, originator: ev.MoveOriginator) -> None
     )
 
 
+def send_stored_files(event: evt.Event) -> None:
+    """Send the Move SCP's sub-operations from their files (``send_files_as_stored``)."""
+    send_files_as_stored(event.assoc)
+
+
+def send_files_as_stored(assoc: Any) -> None:
+    """Make a retrieve's C-STOREs on ``assoc`` send the file of each header it yields.
+
+    The Move and Get SCPs yield ``headers.read_header`` data sets, not decoded files:
+    ``headers.send_as_stored`` sends each file as its bytes when ``assoc`` accepted
+    its own transfer syntax, and reads it in full otherwise.
+    """
+    pynetdicom_internals.send_paths_as_stored()
+    accepted = accepted_syntaxes(
+        (str(cx.abstract_syntax), str(cx.transfer_syntax[0]), bool(cx.as_scu))
+        for cx in assoc.accepted_contexts
+    )
+    pynetdicom_internals.wrap_retrieve_stores(
+        assoc, lambda send: headers.send_as_stored(send, accepted)
+    )
+
+
+def _header(instance: StoredInstance) -> Dataset:
+    return headers.read_header(instance.path)
+
+
 def _pending_datasets(
-    event: evt.Event, instances: list[StoredInstance]
+    event: evt.Event, instances: list[StoredInstance], read: Callable[[StoredInstance], Dataset]
 ) -> Iterator[tuple[int, Any]]:
     for instance in instances:
         if event.is_cancelled:
             yield 0xFE00, None
             return
         try:
-            yield 0xFF00, instance.read()
+            yield 0xFF00, read(instance)
         except Exception as exc:
             log.error("cannot read %s: %s", instance.path, exc)
             yield 0xFF00, None

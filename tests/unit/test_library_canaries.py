@@ -345,6 +345,50 @@ def test_the_move_originator_is_passed_on(assoc: Association) -> None:
     assert sent == [{"msg_id": 3, "priority": 2, "originator_aet": "REQUESTOR", "originator_id": 7}]
 
 
+def _flat(function: Any) -> str:
+    return " ".join(source(function).split())
+
+
+def test_the_retrieve_scps_send_the_yielded_data_set_itself() -> None:
+    # wrap_retrieve_stores: the handler's data set goes to send_c_store as it was yielded,
+    # checked only to be a non-empty Dataset; only its SOP Instance UID is read otherwise
+    move, get = (
+        _flat(QueryRetrieveServiceClass._move_scp),
+        _flat(QueryRetrieveServiceClass._get_scp),
+    )
+    for loop in (move, get):
+        for text in (
+            "(rsp_status, dataset) = cast(UserReturnType, result)",
+            "elif status[0] == STATUS_PENDING and dataset:",
+            "if not isinstance(dataset, Dataset):",
+            "_add_failed_instance(dataset)",
+            'if hasattr(ds, "SOPInstanceUID"): failed_instances.append(ds.SOPInstanceUID)',
+        ):
+            assert text in loop, text
+    assert (
+        "status_ds = store_assoc.send_c_store( dataset, msg_id=msg_id, "
+        "originator_aet=self.ae.ae_title, originator_id=req.MessageID, )"
+    ) in move
+    assert "status_ds = self.assoc.send_c_store(dataset, msg_id=msg_id)" in get
+    # on a Without Bulk Data context the Get SCP edits what it sends: it must be whole
+    without_bulk = f'if context.abstract_syntax == "{pynetdicom_internals.WITHOUT_BULK_DATA}":'
+    assert without_bulk in get
+    assert get.index(without_bulk) < get.index("self.assoc.send_c_store(dataset")
+    assert "delattr(dataset, keyword)" in get
+
+
+def test_the_retrieve_stores_are_wrapped(assoc: Association) -> None:
+    sent: list[tuple[Any, dict[str, Any]]] = []
+    assoc.send_c_store = lambda dataset, **kwargs: sent.append((dataset, kwargs))  # type: ignore[method-assign, assignment]
+
+    def wrap(send: Any) -> Any:
+        return lambda dataset, **kwargs: send(f"sent {dataset}", **kwargs)
+
+    pynetdicom_internals.wrap_retrieve_stores(assoc, wrap)
+    assoc.send_c_store("header", msg_id=3)
+    assert sent == [("sent header", {"msg_id": 3})]
+
+
 # -- pynetdicom: C-STORE of a file's own bytes (dimsebus.services.node.sender) ------------
 
 
