@@ -68,10 +68,11 @@ async def measure(
     """Latencies (s) of ``rate * seconds`` rows, and the relay's CPU seconds per row."""
     events = responses(int(rate * seconds))
     arrived: dict[str, float] = {}
-    done = asyncio.Event()
+    started, done = asyncio.Event(), asyncio.Event()
 
     async def on_message(message: AbstractIncomingMessage) -> None:
         arrived[str(message.message_id)] = time.perf_counter()
+        started.set()
         if len(arrived) >= len(events) + 1:
             done.set()
 
@@ -87,8 +88,7 @@ async def measure(
         )
         try:
             outbox.append(responses(1))  # the relay has started and published once
-            while not arrived:  # noqa: ASYNC110 - the consumer runs on this loop
-                await asyncio.sleep(0.05)
+            await asyncio.wait_for(started.wait(), 120)
             committed: dict[UUID, float] = {}
             cpu = relay.cpu_seconds()
             writer = threading.Thread(
