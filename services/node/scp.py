@@ -283,8 +283,16 @@ def fix_move_originator(event: evt.Event, originator: ev.MoveOriginator) -> None
 
 
 def send_stored_files(event: evt.Event) -> None:
-    """Send the Move SCP's sub-operations from their files (``send_files_as_stored``)."""
+    """Send the Move SCP's sub-operations from their files (``send_files_as_stored``).
+
+    The Move SCP's thread sends one C-STORE-RQ at a time on this association, and
+    nothing else until its release: a request sent as a file's bytes is written to the
+    socket by that thread (``pynetdicom_internals.write_file_requests_on_caller``), as
+    the sender's are. Not on a C-GET's association, where the C-GET-RSPs that
+    pynetdicom queues for its DUL thread go out between the C-STOREs.
+    """
     send_files_as_stored(event.assoc)
+    pynetdicom_internals.write_file_requests_on_caller(event.assoc)
 
 
 def send_files_as_stored(assoc: Any) -> None:
