@@ -1,4 +1,4 @@
-"""Load through one node: one very large C-MOVE, or many C-MOVEs at once (tests and bench/soak).
+"""Load through one node: one very large C-MOVE, or many C-MOVEs at once (the fault scenarios).
 
 Every destination is its own dcmtk storescp, so what each one answered is in
 its own log; the node's memory is sampled from /proc while the moves run.
