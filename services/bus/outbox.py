@@ -23,6 +23,7 @@ response event notes its instance for its open move, a final one closes it.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import sqlite3
 import threading
@@ -33,9 +34,13 @@ from pathlib import Path
 from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.services.bus.wakeup import ArrivalBell
 from dimsebus.services.errors import ConfigError
-from dimsebus.services.sql import make_room_for, unusable
+from dimsebus.services.migrations import Dialect, Migration, Schema
+from dimsebus.services.sql import make_room_for, migrate_sqlite, unusable
 
-_SCHEMA = """
+# Migration 1 is the outbox of the first releases, written out; each later step is a
+# change some release made, so that an outbox from before versions reads as how far it had
+# come (``_unversioned``) and gets only the steps it lacks.
+_ROWS = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY,
     event_id TEXT NOT NULL,
@@ -43,17 +48,15 @@ CREATE TABLE IF NOT EXISTS outbox (
     routing_key TEXT NOT NULL,
     correlation_id TEXT,
     time TEXT NOT NULL,
-    body BLOB NOT NULL,
-    subject TEXT,
-    sent_at TEXT,
-    format TEXT
+    body BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS relay_stats (
     name TEXT PRIMARY KEY,
     value REAL NOT NULL
-);
+)
 """
-JOURNAL_SCHEMA = """
+_JOURNAL = """
+ALTER TABLE outbox ADD COLUMN subject TEXT;
 CREATE TABLE IF NOT EXISTS move_journal (
     operation_id TEXT PRIMARY KEY,
     requested BLOB NOT NULL,
@@ -63,12 +66,46 @@ CREATE TABLE IF NOT EXISTS move_answered (
     operation_id TEXT NOT NULL,
     sop_instance_uid TEXT NOT NULL,
     PRIMARY KEY (operation_id, sop_instance_uid)
-) WITHOUT ROWID;
-DROP TRIGGER IF EXISTS move_journal_answered;
-DROP TRIGGER IF EXISTS move_journal_closed;
+) WITHOUT ROWID
 """
-"""The move journal's tables. An outbox written before 2026-11-30 kept them with triggers;
-they are dropped, since ``Outbox._journal`` now writes the same rows explicitly."""
+# An event appended twice is spooled once. Records get fresh ids when made, so they skip
+# the index: one B-tree less to update on the DICOM thread's commit. The journal's
+# triggers of earlier releases go: ``Outbox._journal`` writes the same rows explicitly.
+_EXPLICIT = """
+CREATE UNIQUE INDEX IF NOT EXISTS outbox_event_id ON outbox (event_id) WHERE format IS NULL;
+DROP TRIGGER IF EXISTS move_journal_answered;
+DROP TRIGGER IF EXISTS move_journal_closed
+"""
+_LATER_COLUMNS = ("subject", "sent_at", "format")  # added by migrations 2, 3 and 4
+
+
+def _unversioned(db: sqlite3.Connection, dialect: Dialect) -> int:
+    """How far an outbox from before versions had come: 0 for a new file."""
+    columns = [row[1] for row in db.execute("PRAGMA table_info(outbox)")]
+    if not columns:
+        return 0
+    added = itertools.takewhile(lambda column: column in columns, _LATER_COLUMNS)
+    return 1 + sum(1 for _ in added)
+
+
+SCHEMA = Schema(
+    "outbox",
+    (
+        Migration(1, "rows and relay statistics", _ROWS),
+        Migration(2, "subjects and the move journal", _JOURNAL),
+        Migration(3, "when a row was sent", "ALTER TABLE outbox ADD COLUMN sent_at TEXT"),
+        Migration(4, "spooled formats", "ALTER TABLE outbox ADD COLUMN format TEXT"),
+        Migration(5, "event ids once, the journal written explicitly", _EXPLICIT),
+    ),
+    unversioned=_unversioned,
+)
+
+
+def migrate_outbox(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the outbox file ``path`` open in ``db`` to this release's schema."""
+    migrate_sqlite(db, SCHEMA, f"outbox {str(path)!r}")
+
+
 ANSWERS = frozenset({"dicom.cstore.response.received", "dicom.cstore.response.missing"})
 """Event types that note, for an open move, that its instance (the subject) got a response."""
 CLOSES = frozenset({"dicom.move.completed", "dicom.move.interrupted"})
@@ -172,17 +209,7 @@ class Outbox:
         self._db.execute("PRAGMA synchronous=NORMAL")
         if not checkpoints:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
-        self._db.executescript(_SCHEMA + JOURNAL_SCHEMA)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
-        for column in ("subject", "sent_at", "format"):  # an outbox from before they were kept
-            if column not in columns:
-                self._db.execute(f"ALTER TABLE outbox ADD COLUMN {column} TEXT")
-        # An event appended twice is spooled once. Records get fresh ids when made, so
-        # they skip the index: one B-tree less to update on the DICOM thread's commit.
-        self._db.execute(
-            "CREATE UNIQUE INDEX IF NOT EXISTS outbox_event_id ON outbox (event_id) "
-            "WHERE format IS NULL"
-        )
+        migrate_outbox(self._db, self.path)
 
     def close(self) -> None:
         """Close the file; rows stay for the next start."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dimsebus.schemas import events as ev
-from dimsebus.services.bus.outbox import JOURNAL_SCHEMA, OPEN_MOVE
+from dimsebus.services.bus.outbox import OPEN_MOVE, migrate_outbox
 from dimsebus.services.node import fact_events, facts
 from dimsebus.services.node.facts import FORMAT
 
@@ -44,7 +44,7 @@ class MoveJournal:
     def __init__(self, outbox_path: Path) -> None:
         self._db = sqlite3.connect(outbox_path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(JOURNAL_SCHEMA)
+        migrate_outbox(self._db, outbox_path)
         self._lock = threading.Lock()
 
     def opened(self, requested: ev.MoveRequested, matched: Sequence[str]) -> None:

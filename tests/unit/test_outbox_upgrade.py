@@ -17,13 +17,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
+import pytest
+
 from dimsebus.schemas import events as ev
 from dimsebus.schemas.examples import move_story, sequential_ids
 from dimsebus.services.bus.batch import Outgoing, PublishOutcome
+from dimsebus.services.bus.outbox import SCHEMA as OUTBOX_SCHEMA
 from dimsebus.services.bus.outbox import Outbox
 from dimsebus.services.bus.publisher import Publisher
 from dimsebus.services.bus.relay import OutboxRelay
 from dimsebus.services.clock import new_id
+from dimsebus.services.errors import ConfigError
+from dimsebus.services.migrations import VERSIONS_TABLE
 from dimsebus.services.node import fact_events, facts
 from dimsebus.services.node.capture import SentStore, Stamp, StoreResponse
 from dimsebus.services.node.fact_records import record_of
@@ -232,3 +237,91 @@ def test_rows_the_version_before_facts_spooled_drain_beside_new_facts(tmp_path: 
     assert made[2].id == later.id
     journal.close()
     outbox.close()
+
+
+# The outbox of the first releases: no subject, sent_at or format, AUTOINCREMENT and a
+# UNIQUE event id. Each later release added one of those columns (migrations 2, 3, 4).
+FIRST_SCHEMA = """
+CREATE TABLE outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL UNIQUE,
+    type TEXT NOT NULL, routing_key TEXT NOT NULL, correlation_id TEXT,
+    time TEXT NOT NULL, body BLOB NOT NULL
+)
+"""
+
+
+def outbox_version(path: Path) -> list[tuple[int]]:
+    with sqlite3.connect(path) as db:
+        found = db.execute(f"SELECT version FROM {VERSIONS_TABLE} WHERE store = 'outbox'")
+        rows = found.fetchall()
+    db.close()
+    return rows
+
+
+def outbox_columns(path: Path) -> list[str]:
+    with sqlite3.connect(path) as db:
+        columns = [row[1] for row in db.execute("PRAGMA table_info(outbox)")]
+    db.close()
+    return columns
+
+
+@pytest.mark.parametrize("columns_added", [0, 1, 2])
+def test_an_outbox_of_any_earlier_release_is_migrated_and_keeps_its_rows(
+    tmp_path: Path, columns_added: int
+) -> None:
+    # given an outbox as a release before versions left it, with an event spooled
+    path = tmp_path / "outbox.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript(FIRST_SCHEMA)
+        for column in ("subject", "sent_at")[:columns_added]:
+            db.execute(f"ALTER TABLE outbox ADD COLUMN {column} TEXT")
+        db.execute(
+            "INSERT INTO outbox (event_id, type, routing_key, correlation_id, time, body) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                str(FIRST.id),
+                FIRST.type,
+                FIRST.routing_key,
+                MOVE,
+                FIRST.time.isoformat(),
+                FIRST.model_dump_json().encode(),
+            ),
+        )
+    db.close()
+    # when this release opens it
+    outbox = Outbox(path)
+    # then it has every column, at the current version, and the event is still there
+    (row,) = outbox.peek(10)
+    outbox.close()
+    assert row.event_id == str(FIRST.id)
+    assert outbox_columns(path) == outbox_columns_of_a_new_file(tmp_path)
+    assert outbox_version(path) == [(OUTBOX_SCHEMA.version,)]
+
+
+def outbox_columns_of_a_new_file(tmp_path: Path) -> list[str]:
+    Outbox(tmp_path / "new.sqlite").close()
+    return outbox_columns(tmp_path / "new.sqlite")
+
+
+def test_a_new_outbox_is_at_the_current_version_and_opens_again(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    Outbox(path).close()
+    MoveJournal(path)  # the journal opens the same file without migrating it again
+    Outbox(path).close()
+    assert outbox_version(path) == [(OUTBOX_SCHEMA.version,)]
+    assert outbox_columns(path)[-3:] == ["subject", "sent_at", "format"]
+
+
+def test_an_outbox_of_a_newer_release_is_refused_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite"
+    Outbox(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute(f"UPDATE {VERSIONS_TABLE} SET version = version + 1")
+    db.close()
+    with pytest.raises(ConfigError) as refused:
+        Outbox(path)
+    newer = OUTBOX_SCHEMA.version + 1
+    assert str(refused.value) == (
+        f"outbox {str(path)!r}: the outbox schema is at version {newer}, newer than this "
+        f"release's {OUTBOX_SCHEMA.version}; refusing to open it (use the release that wrote it)"
+    )
