@@ -36,8 +36,9 @@ def test_clear_waits_for_the_reactor_to_reach_its_checkpoint() -> None:
 
     sender = threading.Thread(target=pause)
     sender.start()
-    time.sleep(0.1)
     # then the pause has not returned while the reactor is still inside its iteration
+    sender.join(0.1)
+    assert sender.is_alive()
     assert not paused_at
     leave.set()
     sender.join(5)
@@ -76,7 +77,7 @@ def test_a_reactor_done_with_its_iteration_is_paused_without_waiting_for_its_sle
     # pynetdicom's does: 1 ms per iteration)
     paused: list[bool] = []
     checkpoint = ReactorCheckpoint(on_pause=lambda: paused.append(True))
-    parked, stop = threading.Event(), threading.Event()
+    parked, slept, stop = threading.Event(), threading.Event(), threading.Event()
     worked: list[float] = []
 
     def reactor() -> None:
@@ -85,7 +86,8 @@ def test_a_reactor_done_with_its_iteration_is_paused_without_waiting_for_its_sle
             worked.append(time.monotonic())
             checkpoint.parked()
             parked.set()
-            time.sleep(0.5)
+            time.sleep(0.3)
+            slept.set()  # back at its checkpoint next
 
     thread = threading.Thread(target=reactor, daemon=True)
     thread.start()
@@ -96,9 +98,11 @@ def test_a_reactor_done_with_its_iteration_is_paused_without_waiting_for_its_sle
     # then the pause returns at once, says the association is paused
     assert time.monotonic() - started < 0.25
     assert paused
-    # and the reactor does no more work until it is let go
+    # and the reactor, back at its checkpoint after the sleep, does no more work until
+    # it is let go
     count = len(worked)
-    time.sleep(0.7)
+    assert slept.wait(5)
+    stop.wait(0.1)  # its next iteration would start now, were it not paused
     assert len(worked) == count
     stop.set()
     checkpoint.set()
