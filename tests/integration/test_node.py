@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tests.integration.conftest import (
     until,
 )
 from tests.integration.peers import dcmtk, run_tool, small_filesystem, storescp
+from tests.integration.sending import dimsebus_send
 
 pytestmark = pytest.mark.integration
 RECEIVED, MISSING = "dicom.cstore.response.received", "dicom.cstore.response.missing"
@@ -46,7 +46,9 @@ async def test_send_to_storescp(tmp_path: Path, amqp_url: str) -> None:
     node_id = f"send-{os.getpid()}-{tmp_path.name[-6:]}"
     with storescp(tmp_path / "received") as peer:
         # when `dimsebus send` stores them
-        output = await _send(tmp_path, peer.port, node_id, amqp_url)
+        output = await dimsebus_send(
+            tmp_path, peer.port, node_id, amqp_url, "--label", "site=ward-7"
+        )
         assert len(peer.files()) == 50, output
     # then the log holds 50 response events with the right UIDs, statuses and labels
     events = await read_events(
@@ -65,31 +67,6 @@ async def test_send_to_storescp(tmp_path: Path, amqp_url: str) -> None:
         assert data.presentation_context_id % 2 == 1
         assert data.move_originator is None
     assert len({(e.data.association.id, e.data.message_id) for e in received}) == 50  # type: ignore[attr-defined]
-
-
-async def _send(tmp_path: Path, port: int, node_id: str, amqp_url: str) -> str:
-    # AMQP_URL (the broker of a test run that sets it) would win over DIMSEBUS_AMQP_URL
-    inherited = {key: value for key, value in os.environ.items() if key != "AMQP_URL"}
-    env = {**inherited, "DIMSEBUS_AMQP_URL": amqp_url, "DIMSEBUS_NODE_ID": node_id}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "dimsebus.services",
-        "send",
-        "--to",
-        f"STORESCP@127.0.0.1:{port}",
-        "--label",
-        "site=ward-7",
-        "--outbox",
-        str(tmp_path / "outbox.sqlite"),
-        str(tmp_path / "study"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )
-    output, _ = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode == 0, output.decode()
-    return output.decode()
 
 
 def _uid(path: Path) -> str:

@@ -10,9 +10,7 @@ another transfer syntax than the one accepted arrives too, converted.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.services.node.synthetic import ct_instance
 from tests.integration.conftest import of_type, read_events
 from tests.integration.peers import storescp
+from tests.integration.sending import dimsebus_send
 
 pytestmark = pytest.mark.integration
 RECEIVED = "dicom.cstore.response.received"
@@ -77,7 +76,7 @@ async def test_the_accepted_syntax_goes_as_its_bytes_and_another_is_converted(
     # when `dimsebus send` stores them in a storescp that accepts explicit VR only
     # (one context per SOP class: the implicit file's syntax is not the accepted one)
     with storescp(tmp_path / "received", "--bit-preserving", "+xe") as peer:
-        output = await _send(tmp_path, peer.port, node_id, amqp_url)
+        output = await dimsebus_send(tmp_path, peer.port, node_id, amqp_url)
         stored = {str(dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in peer.files()}
     # then the explicit files' data sets arrived byte for byte, decoded by nobody
     assert len(stored) == 3, output
@@ -104,26 +103,3 @@ async def test_the_accepted_syntax_goes_as_its_bytes_and_another_is_converted(
 
 def _responses(count: int) -> Callable[[list[CloudEvent]], bool]:
     return lambda events: len(of_type(events, RECEIVED)) >= count
-
-
-async def _send(tmp_path: Path, port: int, node_id: str, amqp_url: str) -> str:
-    # AMQP_URL (the broker of a test run that sets it) would win over DIMSEBUS_AMQP_URL
-    inherited = {key: value for key, value in os.environ.items() if key != "AMQP_URL"}
-    env = {**inherited, "DIMSEBUS_AMQP_URL": amqp_url, "DIMSEBUS_NODE_ID": node_id}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "dimsebus.services",
-        "send",
-        "--to",
-        f"STORESCP@127.0.0.1:{port}",
-        "--outbox",
-        str(tmp_path / "outbox.sqlite"),
-        str(tmp_path / "study"),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env=env,
-    )
-    output, _ = await asyncio.wait_for(process.communicate(), 120)
-    assert process.returncode == 0, output.decode()
-    return output.decode()
