@@ -48,12 +48,13 @@ faults: setup system
 # of scripts/cluster (dimsebus-1@localhost on 5681), stopped afterwards: the broker on 5672,
 # which others may be using, is never touched.
 faults-private: setup system
-	scripts/cluster up
+	scripts/cluster up 1
 	scripts/cluster run -- $(BIN)/pytest -m faults; status=$$?; scripts/cluster down; exit $$status
 
-# Private RabbitMQ nodes beside the broker on 5672 (scripts/cluster; N=3 for three).
+# A cluster of private RabbitMQ nodes beside the broker on 5672 (scripts/cluster): three
+# unless N says otherwise; cluster-down stops them all and removes their data.
 cluster-up:
-	scripts/cluster up $(or $(N),1)
+	scripts/cluster up $(or $(N),3)
 
 cluster-down:
 	scripts/cluster down

@@ -70,3 +70,32 @@ def test_the_node_lists_its_peers_and_lets_strangers_only_echo() -> None:
     assert settings.access.unknown_peers == {"echo"}
     assert settings.access.check_called_ae
     assert settings.peers, "the compose node lists the peers that may do more than echo"
+
+
+CLUSTER = {name: s for name, s in COMPOSE["services"].items() if "cluster" in s.get("profiles", [])}
+
+
+def test_the_cluster_profile_is_three_brokers_that_name_one_another() -> None:
+    # given the cluster profile's brokers and the config file each of them mounts
+    assert sorted(CLUSTER) == ["rabbitmq-1", "rabbitmq-2", "rabbitmq-3"]
+    nodes = {f"rabbit@{service['hostname']}" for service in CLUSTER.values()}
+    for service in CLUSTER.values():
+        mounted = [v.split(":")[0] for v in service["volumes"] if "/etc/rabbitmq/conf.d/" in v]
+        conf = "\n".join((ROOT / source).read_text() for source in mounted)
+        settings = dict(line.split(" = ", 1) for line in conf.splitlines() if " = " in line)
+        # then each finds the other two by classic_config, under their host names
+        assert settings["cluster_formation.peer_discovery_backend"] == "classic_config"
+        peers = {v for k, v in settings.items() if k.startswith("cluster_formation.classic_config")}
+        assert peers == nodes
+        # with one Erlang cookie, its own volume, a healthcheck and a port of its own
+        assert service["environment"]["DIMSEBUS_ERLANG_COOKIE"] == "${DIMSEBUS_ERLANG_COOKIE:-}"
+        assert "/var/lib/rabbitmq/.erlang.cookie" in " ".join(service["command"])
+        assert service["healthcheck"]["test"]
+        assert any(volume.endswith(":/var/lib/rabbitmq") for volume in service["volumes"])
+    ports = [
+        p.rsplit(":", 2)[-2] for s in CLUSTER.values() for p in s["ports"] if p.endswith(":5672")
+    ]
+    assert sorted(ports) == ["5681", "5682", "5683"]
+    # and nothing outside the profile needs them: the default `docker compose up` is unchanged
+    for name, service in COMPOSE["services"].items():
+        assert not set(service.get("depends_on", {})) & set(CLUSTER), name
