@@ -2,42 +2,36 @@
 
 from __future__ import annotations
 
-import asyncio
 import fnmatch
 import json
 import logging
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from aiormq.exceptions import AMQPConnectionError
 from rich.console import Console
 from rich.table import Table
 
-from dimsebus.schemas.export import render
-from dimsebus.services.audit.app import AuditSettings
 from dimsebus.services.audit.cli import audit_app
-from dimsebus.services.bus.connection import connect, refusal
-from dimsebus.services.bus.connection import masked as masked_url
-from dimsebus.services.bus.log import LogEntry, LogReader, parse_offset
-from dimsebus.services.bus.topology import declare_topology
 from dimsebus.services.console import ConfigOption, console, err, fail, say_error, settings_or_exit
-from dimsebus.services.demo import DemoSummary, progress_bars, run_demo
 from dimsebus.services.errors import ConfigError, DimsebusError
-from dimsebus.services.logs import configure_logging, debugging, describe, set_debug
+from dimsebus.services.logs import debugging, describe, set_debug
 from dimsebus.services.node.cli import archive_app, node_app, outbox_app, send
-from dimsebus.services.node.config import NodeSettings
 from dimsebus.services.node.move_cli import move
-from dimsebus.services.retrier.app import RetrierSettings
 from dimsebus.services.retrier.cli import retrier, retries_app
-from dimsebus.services.settings import ServiceSettings, masked
 from dimsebus.services.tracker.cli import moves_app, tracker
-from dimsebus.services.tracker.settings import TrackerSettings
-from dimsebus.services.vhosts import with_vhost
+
+if TYPE_CHECKING:
+    from dimsebus.services.bus.log import LogEntry
+    from dimsebus.services.demo import DemoSummary
+    from dimsebus.services.settings import ServiceSettings
+
+# Every import a command alone needs is made in that command: `dimsebus --help`, or
+# `moves list`, should not pay ~1 s of CPU for aiohttp, pynetdicom and every service.
 
 app = typer.Typer(help="DICOM C-STORE responses as events on RabbitMQ.", no_args_is_help=True)
 schemas_app = typer.Typer(help="The event contract as files.", no_args_is_help=True)
@@ -58,12 +52,56 @@ app.add_typer(retries_app, name="retries")
 app.add_typer(audit_app, name="audit")
 config_app = typer.Typer(help="The effective configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
-SERVICES: dict[str, type[ServiceSettings]] = {
-    "node": NodeSettings,
-    "tracker": TrackerSettings,
-    "retrier": RetrierSettings,
-    "audit": AuditSettings,
-}
+
+
+def _node_settings() -> type[ServiceSettings]:
+    from dimsebus.services.node.config import NodeSettings
+
+    return NodeSettings
+
+
+def _tracker_settings() -> type[ServiceSettings]:
+    from dimsebus.services.tracker.settings import TrackerSettings
+
+    return TrackerSettings
+
+
+def _retrier_settings() -> type[ServiceSettings]:
+    from dimsebus.services.retrier.app import RetrierSettings
+
+    return RetrierSettings
+
+
+def _audit_settings() -> type[ServiceSettings]:
+    from dimsebus.services.audit.app import AuditSettings
+
+    return AuditSettings
+
+
+class _SettingsClasses(Mapping[str, "type[ServiceSettings]"]):
+    """Each service's settings class, imported when it is looked up (not all four at start)."""
+
+    def __init__(self, loaders: dict[str, Callable[[], type[ServiceSettings]]]) -> None:
+        self._loaders = loaders
+
+    def __getitem__(self, name: str) -> type[ServiceSettings]:
+        return self._loaders[name]()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaders)
+
+    def __len__(self) -> int:
+        return len(self._loaders)
+
+
+SERVICES: Mapping[str, type[ServiceSettings]] = _SettingsClasses(
+    {
+        "node": _node_settings,
+        "tracker": _tracker_settings,
+        "retrier": _retrier_settings,
+        "audit": _audit_settings,
+    }
+)
 T = TypeVar("T")
 AmqpOption = Annotated[str | None, typer.Option("--amqp-url", help="RabbitMQ URL")]
 
@@ -114,6 +152,8 @@ def _thread_failed(failure: threading.ExceptHookArgs) -> None:
 
 
 def _settings(config: Path | None, amqp_url: str | None) -> ServiceSettings:
+    from dimsebus.services.settings import ServiceSettings
+
     return settings_or_exit(ServiceSettings, config, amqp_url=amqp_url)
 
 
@@ -122,6 +162,8 @@ def schemas_export(
     directory: Annotated[Path, typer.Argument(help="where to write the files")],
 ) -> None:
     """Write one JSON Schema per event type and asyncapi.yaml into DIRECTORY."""
+    from dimsebus.schemas.export import render
+
     directory.mkdir(parents=True, exist_ok=True)
     files = render()
     for name, text in files.items():
@@ -132,6 +174,9 @@ def schemas_export(
 @topology_app.command("declare")
 def topology_declare(config: ConfigOption = None, amqp_url: AmqpOption = None) -> None:
     """Declare the exchanges and the log stream (every service also does this at start)."""
+    from dimsebus.services.bus.connection import connect
+    from dimsebus.services.bus.topology import declare_topology
+
     settings = _settings(config, amqp_url)
 
     async def declare() -> None:
@@ -149,6 +194,8 @@ def config_show(
     config: ConfigOption = None,
 ) -> None:
     """Print a service's settings as file, environment and defaults make them; secrets masked."""
+    from dimsebus.services.settings import masked
+
     model = SERVICES.get(service)
     if model is None:
         fail(f"service {service!r} is not one of {', '.join(SERVICES)}")
@@ -177,6 +224,9 @@ def events_tail(
     amqp_url: AmqpOption = None,
 ) -> None:
     """Print events from the dimsebus.log stream as they arrive."""
+    from dimsebus.services.bus.connection import connect
+    from dimsebus.services.bus.log import LogReader, parse_offset
+
     settings = _settings(config, amqp_url)
     try:
         offset = parse_offset(start)
@@ -231,6 +281,11 @@ def demo(
     amqp_url: AmqpOption = None,
 ) -> None:
     """The whole product against embedded peers: a C-MOVE whose failures the retries fix."""
+    from dimsebus.services.bus.connection import masked as masked_url
+    from dimsebus.services.demo import progress_bars, run_demo
+    from dimsebus.services.logs import configure_logging
+    from dimsebus.services.vhosts import with_vhost
+
     configure_logging("WARNING", json_logs=non_interactive)
     # The destination misbehaves on purpose; pynetdicom would log each failure it causes.
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
@@ -290,6 +345,12 @@ def _show_demo(summary: DemoSummary, out: Console, url: str) -> None:
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run a command's coroutine; a broker's refusal is bad input, its absence a failure."""
+    import asyncio
+
+    from aiormq.exceptions import AMQPConnectionError
+
+    from dimsebus.services.bus.connection import refusal
+
     try:
         return asyncio.run(coroutine)
     except DimsebusError as exc:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -15,11 +13,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from dimsebus.services.errors import DimsebusError
-from dimsebus.services.settings import ServiceSettings, load_settings
+
+if TYPE_CHECKING:  # pydantic-settings and the bus topology: for the commands that read settings
+    import asyncio
+
+    from dimsebus.services.settings import ServiceSettings
 
 console = Console()
 err = Console(stderr=True)
-S = TypeVar("S", bound=ServiceSettings)
+S = TypeVar("S", bound="ServiceSettings")
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="TOML settings file")]
 DbOption = Annotated[str | None, typer.Option("--db", help="SQLite file or postgresql:// URL")]
@@ -42,6 +44,8 @@ def say_error(message: str) -> None:
 
 def settings_or_exit(cls: type[S], config: Path | None, **flags: Any) -> S:
     """Settings from file, environment and flags; a bad value is one line and exit 2."""
+    from dimsebus.services.settings import load_settings
+
     try:
         return load_settings(cls, config, **flags)
     except DimsebusError as exc:
@@ -64,6 +68,8 @@ def run_service(service: Callable[[asyncio.Event], Awaitable[None]]) -> None:
 
     A ``DimsebusError`` that ends it (bad topology, bad settings) is one line, exit 2.
     """
+    import asyncio
+    import signal
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dimsebus.services.audit.app import AuditSettings, parse_time, replay, run_audit
-from dimsebus.services.audit.chain import AuditRecord, verify
-from dimsebus.services.audit.store import AuditStore, Query
-from dimsebus.services.bus.log import parse_offset
 from dimsebus.services.console import (
     ConfigOption,
     DbOption,
@@ -24,7 +19,11 @@ from dimsebus.services.console import (
     show_rows,
 )
 from dimsebus.services.errors import DimsebusError
-from dimsebus.services.logs import configure_logging
+
+if TYPE_CHECKING:  # aio-pika, aiohttp and the store: imported by the command that uses them
+    from dimsebus.services.audit.app import AuditSettings
+    from dimsebus.services.audit.chain import AuditRecord
+    from dimsebus.services.audit.store import AuditStore
 
 audit_app = typer.Typer(
     help="The audit trail: run it, verify its chain, query it.", invoke_without_command=True
@@ -32,10 +31,14 @@ audit_app = typer.Typer(
 
 
 def _settings(config: Path | None, **flags: Any) -> AuditSettings:
+    from dimsebus.services.audit.app import AuditSettings
+
     return settings_or_exit(AuditSettings, config, **flags)
 
 
 def _store(settings: AuditSettings) -> AuditStore:
+    from dimsebus.services.audit.store import AuditStore
+
     try:
         return AuditStore.open(settings.db)
     except DimsebusError as exc:
@@ -65,6 +68,9 @@ def audit(
     if ctx.invoked_subcommand is not None:
         ctx.obj = (config, flags)
         return
+    from dimsebus.services.audit.app import run_audit
+    from dimsebus.services.logs import configure_logging
+
     configure_logging()
     settings = _settings(config, **flags)
     run_service(lambda stop: run_audit(settings, stop))
@@ -80,6 +86,8 @@ def _from(ctx: typer.Context, config: Path | None, **flags: Any) -> AuditSetting
 @audit_app.command("verify")
 def audit_verify(ctx: typer.Context, config: ConfigOption = None, db: DbOption = None) -> None:
     """Walk the chain: confirm N intact records, or name the first broken one (exit 1)."""
+    from dimsebus.services.audit.chain import verify
+
     store = _store(_from(ctx, config, db=db))
     result = verify(store.records())
     store.close()
@@ -108,6 +116,9 @@ def audit_query(
     db: DbOption = None,
 ) -> None:
     """Records by study, instance, move, peer and time: a table, or JSON for export."""
+    from dimsebus.services.audit.app import parse_time
+    from dimsebus.services.audit.store import Query
+
     try:
         query = Query(
             study,
@@ -153,6 +164,11 @@ def audit_replay(
     amqp_url: Annotated[str | None, typer.Option(help="RabbitMQ URL")] = None,
 ) -> None:
     """Append what the log holds and the trail lacks (ids already recorded are skipped)."""
+    import asyncio
+
+    from dimsebus.services.audit.app import replay
+    from dimsebus.services.bus.log import parse_offset
+
     settings = _from(ctx, config, db=db, amqp_url=amqp_url)
     try:
         read, added = asyncio.run(replay(settings, parse_offset(start)))

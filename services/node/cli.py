@@ -6,16 +6,13 @@ import json
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from dimsebus.schemas.status import Service, describe_status
-from dimsebus.services.bus.outbox import Outbox, read_depth
-from dimsebus.services.bus.relay import NICENESS, RelayProcess, run_relay
 from dimsebus.services.console import (
     ConfigOption,
     HttpPortOption,
@@ -27,14 +24,14 @@ from dimsebus.services.console import (
 )
 from dimsebus.services.errors import DimsebusError
 from dimsebus.services.logs import configure_logging, debugging
-from dimsebus.services.node import fact_events
-from dimsebus.services.node.app import run_node
-from dimsebus.services.node.archive import Archive, ArchiveError
-from dimsebus.services.node.capture_shell import Capture
-from dimsebus.services.node.config import NodeSettings
-from dimsebus.services.node.sender import SendSummary, Target, dicom_files, send_files
-from dimsebus.services.node.target_option import LastError, bracketed, parse_target, peer_trouble
-from dimsebus.services.node.tls import association_tls, scp_context
+
+if TYPE_CHECKING:  # pynetdicom, pydicom, aio-pika and aiohttp: imported by the command that runs
+    from dimsebus.services.node.config import NodeSettings
+    from dimsebus.services.node.sender import SendSummary, Target
+    from dimsebus.services.node.target_option import LastError
+
+RELAY_NICENESS = 10
+"""``outbox relay --niceness``'s default: ``bus.relay.NICENESS`` (a unit test keeps them equal)."""
 
 node_app = typer.Typer(help="Run the DICOM node, or look at it.", invoke_without_command=True)
 archive_app = typer.Typer(help="The node's archive.", no_args_is_help=True)
@@ -43,6 +40,8 @@ outbox_app = typer.Typer(help="The durable outbox of a node or send job.", no_ar
 
 def node_settings(config: Path | None, **flags: Any) -> NodeSettings:
     """Node settings from file, environment and flags, or a clear exit."""
+    from dimsebus.services.node.config import NodeSettings
+
     return settings_or_exit(NodeSettings, config, **flags)
 
 
@@ -60,6 +59,9 @@ def node(
     if ctx.invoked_subcommand is not None:
         ctx.obj = config
         return
+    from dimsebus.services.node.app import run_node
+    from dimsebus.services.node.tls import scp_context
+
     configure_logging()
     settings = node_settings(
         config,
@@ -83,6 +85,9 @@ def node_status(
     config: ConfigOption = None,
 ) -> None:
     """Show the outbox depth (events not yet confirmed by the broker) and the archive size."""
+    from dimsebus.services.bus.outbox import read_depth
+    from dimsebus.services.node.archive import Archive
+
     settings = node_settings(config or ctx.obj)  # --config after `status`, or before it
     archive = Archive(settings.archive_path)
     status = {
@@ -114,6 +119,9 @@ def archive_import(
     another Patient ID (unless overwrite_instances), is skipped: one line each,
     naming it and why. Exits 2 when none of the files was imported.
     """
+    from dimsebus.services.node.archive import Archive, ArchiveError
+    from dimsebus.services.node.sender import dicom_files
+
     settings = node_settings(config)
     try:
         files = dicom_files(paths)
@@ -152,6 +160,10 @@ def send(
     ] = False,
 ) -> None:
     """C-STORE files or folders to a peer; every C-STORE-RSP becomes an event on RabbitMQ."""
+    from dimsebus.services.node.sender import dicom_files
+    from dimsebus.services.node.target_option import parse_target, peer_trouble
+    from dimsebus.services.node.tls import association_tls
+
     configure_logging("WARNING" if debugging() else "ERROR")  # its failure is one line
     settings = node_settings(config, amqp_url=amqp_url, outbox_path=outbox)
     target = parse_target(to, tls)
@@ -177,6 +189,12 @@ def _send(
     labels: dict[str, str],
     trouble: LastError,
 ) -> tuple[SendSummary, int]:
+    from dimsebus.services.bus.outbox import Outbox
+    from dimsebus.services.bus.relay import RelayProcess
+    from dimsebus.services.node.archive import Archive
+    from dimsebus.services.node.capture_shell import Capture
+    from dimsebus.services.node.sender import send_files
+
     box = Outbox(settings.outbox_path, checkpoints=False)
     relay = RelayProcess(
         settings.outbox_path,
@@ -217,6 +235,9 @@ def _send(
 
 
 def _show_summary(summary: SendSummary, target: Target, depth: int, outbox: Path) -> None:
+    from dimsebus.schemas.status import Service, describe_status
+    from dimsebus.services.node.target_option import bracketed
+
     table = Table(
         title=f"sent to {target.ae_title}@{bracketed(target.host)}:{target.port} "
         f"(operation {summary.operation.id})"
@@ -264,9 +285,12 @@ def outbox_relay(
         typer.Option(
             min=0, max=19, help="scheduling niceness: the relay yields the CPU to DICOM traffic"
         ),
-    ] = NICENESS,
+    ] = RELAY_NICENESS,
 ) -> None:
     """Publish an outbox's events with confirms until stopped (nodes run one of these)."""
+    from dimsebus.services.bus.relay import run_relay
+    from dimsebus.services.node import fact_events
+
     configure_logging()
     settings = node_settings(config, amqp_url=amqp_url)
     if not outbox.exists():

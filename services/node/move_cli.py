@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from pydantic import ValidationError
 
-from dimsebus.schemas import events as ev
-from dimsebus.services.bus.codec import describe_validation_error
-from dimsebus.services.bus.connection import confirming_channel, connect
-from dimsebus.services.bus.publisher import Publisher
-from dimsebus.services.bus.topology import COMMANDS_EXCHANGE
-from dimsebus.services.clock import new_id, utc_now
 from dimsebus.services.console import ConfigOption, console, fail, parse_labels, settings_or_exit
-from dimsebus.services.errors import DimsebusError, UnroutableEvent
-from dimsebus.services.node import moves
-from dimsebus.services.node.config import NodeSettings
+from dimsebus.services.errors import DimsebusError
+
+if TYPE_CHECKING:
+    from dimsebus.schemas import events as ev
 
 OPTIONS = {
     "study_instance_uid": "--study",
@@ -58,6 +51,12 @@ def move(
     The node (``dimsebus node``) sends the C-MOVE-RQ; every C-MOVE-RSP becomes
     ``dicom.move.response.received``. Prints the move's operation id.
     """
+    import asyncio
+
+    from dimsebus.services.bus.topology import COMMANDS_EXCHANGE
+    from dimsebus.services.errors import UnroutableEvent
+    from dimsebus.services.node.config import NodeSettings
+
     settings = settings_or_exit(NodeSettings, config, amqp_url=amqp_url)
     try:
         command = _command(
@@ -88,6 +87,13 @@ def _command(
     tls: bool,
     labels: list[str] | None,
 ) -> ev.MoveCommand:
+    from pydantic import ValidationError
+
+    from dimsebus.schemas import events as ev
+    from dimsebus.services.bus.codec import describe_validation_error
+    from dimsebus.services.clock import new_id, utc_now
+    from dimsebus.services.node import moves
+
     ae_title, host, port = moves.parse_remote(source)
     level = moves.query_level(study, series, instances)
     data = {
@@ -120,6 +126,10 @@ def _command(
 
 
 async def _publish(amqp_url: str, command: ev.MoveCommand) -> None:
+    from dimsebus.services.bus.connection import confirming_channel, connect
+    from dimsebus.services.bus.publisher import Publisher
+    from dimsebus.services.bus.topology import COMMANDS_EXCHANGE
+
     connection = await connect(amqp_url, "dimsebus-move")
     async with connection:
         channel = await confirming_channel(connection)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from dimsebus.services.clock import utc_now
 from dimsebus.services.console import (
     ConfigOption,
     HttpPortOption,
@@ -19,10 +17,10 @@ from dimsebus.services.console import (
     show_rows,
 )
 from dimsebus.services.errors import DimsebusError
-from dimsebus.services.logs import configure_logging
-from dimsebus.services.retrier.app import RetrierSettings, purge_delays, requeue, run_retrier
-from dimsebus.services.retrier.decisions import RetryItem
-from dimsebus.services.retrier.store import RetryStore
+
+if TYPE_CHECKING:  # aio-pika and the store: imported by the command that uses them
+    from dimsebus.services.retrier.app import RetrierSettings
+    from dimsebus.services.retrier.decisions import RetryItem
 
 retries_app = typer.Typer(
     help="Scheduled and parked retries, as the retrier decided them.", no_args_is_help=True
@@ -33,6 +31,8 @@ AmqpOption = Annotated[str | None, typer.Option("--amqp-url", help="RabbitMQ URL
 
 
 def _settings(config: Path | None, **flags: Any) -> RetrierSettings:
+    from dimsebus.services.retrier.app import RetrierSettings
+
     policy = {name: value for name, value in flags.pop("policy", {}).items() if value is not None}
     if policy:
         flags["policy"] = policy
@@ -54,6 +54,9 @@ def retrier(
     http_port: HttpPortOption = None,
 ) -> None:
     """Decide on every failed sub-operation: retry it later (held by RabbitMQ) or park it."""
+    from dimsebus.services.logs import configure_logging
+    from dimsebus.services.retrier.app import run_retrier
+
     configure_logging()
     settings = _settings(
         config,
@@ -74,6 +77,8 @@ def retrier(
 
 
 def _view(item: RetryItem) -> dict[str, Any]:
+    from dimsebus.services.clock import utc_now
+
     data = item.data
     waiting = item.state == "scheduled" and item.retry_at is not None and item.retry_at > utc_now()
     return {
@@ -100,6 +105,8 @@ def retries_list(
     db: DbOption = None,
 ) -> None:
     """Scheduled retries (waiting, or sent to the node) and parked items, with the reason."""
+    from dimsebus.services.retrier.store import RetryStore
+
     store = RetryStore(_settings(config, db=db).db)
     items = store.items(("parked",) if parked else ("scheduled", "parked"))
     store.close()
@@ -133,6 +140,11 @@ def retries_requeue(
     amqp_url: AmqpOption = None,
 ) -> None:
     """Send parked items to their node again now, with one more attempt each."""
+    import asyncio
+
+    from dimsebus.services.retrier.app import requeue
+    from dimsebus.services.retrier.store import RetryStore
+
     if (item_id is None) == (not all_parked):
         fail("give a parked item's ID or --all (not both)")
     settings = _settings(config, db=db, amqp_url=amqp_url)
@@ -161,6 +173,11 @@ def retries_purge(
     amqp_url: AmqpOption = None,
 ) -> None:
     """Forget parked items; with --scheduled, also drop the waiting retries from RabbitMQ."""
+    import asyncio
+
+    from dimsebus.services.retrier.app import purge_delays
+    from dimsebus.services.retrier.store import RetryStore
+
     settings = _settings(config, db=db, amqp_url=amqp_url)
     store = RetryStore(settings.db)
     try:

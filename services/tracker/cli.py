@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import itertools
 import json
 import re
 import time
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -17,7 +16,6 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
-from dimsebus.services.clock import new_id, utc_now
 from dimsebus.services.console import (
     ConfigOption,
     DbOption,
@@ -30,27 +28,26 @@ from dimsebus.services.console import (
     show_rows,
 )
 from dimsebus.services.errors import DimsebusError
-from dimsebus.services.logs import configure_logging
-from dimsebus.services.resends import send_commands
-from dimsebus.services.tracker.api import load_views
-from dimsebus.services.tracker.app import run_tracker
-from dimsebus.services.tracker.progress import TERMINAL, retry_commands
-from dimsebus.services.tracker.settings import TrackerSettings
-from dimsebus.services.tracker.store import TrackerStore, open_store
-from dimsebus.services.tracker.views import as_text, move_view
+
+if TYPE_CHECKING:  # the store, the fold and the schemas: imported by the command that reads them
+    from dimsebus.services.tracker.settings import TrackerSettings
+    from dimsebus.services.tracker.store import TrackerStore
 
 moves_app = typer.Typer(
     help="C-MOVEs as the tracker folded them from the log.", no_args_is_help=True
 )
 
-FINAL_EXIT_CODES = {outcome: 0 if outcome == "completed" else 1 for outcome in TERMINAL}
-"""The outcomes `moves wait` stops at, and its exit status for each (3 is a timeout)."""
+FINAL_EXIT_CODES = {"completed": 0, "completed_with_failures": 1, "failed": 1, "cancelled": 1}
+"""The outcomes `moves wait` stops at (``progress.TERMINAL``), and its exit status for each
+(3 is a timeout); written out so that the command's definition does not import the fold."""
 TIMED_OUT = 3
 SHORTEST_ID = 8
 _MOVE_ID_PREFIX = re.compile(r"[0-9a-fA-F-]{1,36}")
 
 
 def _settings(config: Path | None, **flags: Any) -> TrackerSettings:
+    from dimsebus.services.tracker.settings import TrackerSettings
+
     return settings_or_exit(TrackerSettings, config, **flags)
 
 
@@ -61,6 +58,9 @@ def tracker(
     http_port: HttpPortOption = None,
 ) -> None:
     """Fold the log into C-MOVE progress; publish progress events; serve /moves and /metrics."""
+    from dimsebus.services.logs import configure_logging
+    from dimsebus.services.tracker.app import run_tracker
+
     configure_logging()
     settings = _settings(config, db=db, amqp_url=amqp_url, http_port=http_port)
 
@@ -68,6 +68,8 @@ def tracker(
 
 
 def _views(settings: TrackerSettings, prefix: str = "") -> list[dict[str, Any]]:
+    from dimsebus.services.tracker.api import load_views
+
     try:
         return load_views(settings, prefix)
     except DimsebusError as exc:
@@ -115,6 +117,8 @@ def moves_list(
     db: DbOption = None,
 ) -> None:
     """Moves, oldest first, filtered by outcome, AE title and start time."""
+    from dimsebus.services.tracker.views import as_text
+
     views = _views(_settings(config, db=db))
     if status:
         views = [v for v in views if v["outcome"] == status]
@@ -156,6 +160,8 @@ def moves_rejected(
     db: DbOption = None,
 ) -> None:
     """Log entries the tracker skipped because they are not valid events, and why."""
+    from dimsebus.services.tracker.store import open_store
+
     settings = _settings(config, db=db)
     store = open_store(settings.db)
     try:
@@ -239,6 +245,8 @@ def moves_wait(
     ``--interval``: a move in any other state (in progress, retrying, stalled)
     is waited for, and so is an id the tracker has not folded yet.
     """
+    from dimsebus.services.tracker.store import open_store
+
     settings = _wait_settings(move_id, timeout, interval, config, db)
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
@@ -266,6 +274,9 @@ def _final_view(
 
     Each state it waits in is one line on stderr (stdout is the final state's).
     """
+    from dimsebus.services.clock import utc_now
+    from dimsebus.services.tracker.views import move_view
+
     stall, said = dt.timedelta(seconds=settings.stall_after), ""
     while True:
         found = store.moves_starting_with(move_id)
@@ -327,6 +338,8 @@ def _timed_out(
 
 
 def _print_summary(view: dict[str, Any]) -> None:
+    from dimsebus.services.tracker.views import as_text
+
     c = {name: as_text(count) for name, count in view["counts"].items()}
     console.print(
         f"move {view['move_id']}  {as_text(view['requestor_ae_title'])} -> "
@@ -346,6 +359,13 @@ def moves_retry(
     amqp_url: Annotated[str | None, typer.Option(help="RabbitMQ URL")] = None,
 ) -> None:
     """Re-send a move's failed instances now: the node that served it sends them again."""
+    import asyncio
+
+    from dimsebus.services.clock import new_id, utc_now
+    from dimsebus.services.resends import send_commands
+    from dimsebus.services.tracker.progress import retry_commands
+    from dimsebus.services.tracker.store import open_store
+
     settings = _settings(config, db=db, amqp_url=amqp_url)
     try:
         store = open_store(settings.db)

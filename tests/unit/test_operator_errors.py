@@ -193,6 +193,7 @@ def test_usage_errors_stay_clicks_exit_2(capsys: pytest.CaptureFixture[str]) -> 
 def test_a_config_error_that_escapes_is_exit_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from dimsebus.schemas import export
     from dimsebus.services import cli
     from dimsebus.services.errors import ConfigError
 
@@ -200,7 +201,7 @@ def test_a_config_error_that_escapes_is_exit_2(
         raise ConfigError("schemas: a bad value")
 
     monkeypatch.delenv("DIMSEBUS_DEBUG", raising=False)
-    monkeypatch.setattr(cli, "render", lambda: broken(Path()))
+    monkeypatch.setattr(export, "render", lambda: broken(Path()))  # the command imports it
     with pytest.raises(SystemExit) as caught:
         cli.main(["schemas", "export", "unused"])
     assert caught.value.code == 2
