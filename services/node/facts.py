@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import TypeAdapter
 
 from dimsebus.schemas import events as ev
-from dimsebus.services.node import pair_record
+from dimsebus.services.node import pair_record, salvage
 from dimsebus.services.node.capture import AnswerFacts, SentStore, Stamp
 from dimsebus.services.node.moves import MoveResponse, ReceivedStore
 from dimsebus.services.node.pair_record import PairRecord
@@ -254,10 +254,7 @@ def heading(fact: Fact) -> tuple[str, str | None, str]:
             operation = str(fact.sent.operation.id)
             return f"dicom.cstore.response.{kind}", operation, fact.sent.affected_sop_instance_uid
         case Invalid():
-            said = fact.facts
-            association = str(said.association_id) if said.association_id else None
-            subject = said.affected_sop_instance_uid or association or said.message
-            return "dicom.message.invalid", None, subject
+            return "dicom.message.invalid", None, salvage.invalid_subject(fact.facts)
         case Unsent():
             return "dicom.cstore.unsent", str(fact.operation.id), str(fact.operation.id)
         case Requested() | Completed():

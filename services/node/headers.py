@@ -18,7 +18,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from dimsebus.services.node.payload import StoredFile, sends_own_bytes
+from dimsebus.services.node.payload import StoredFile, accepted_syntaxes, sends_own_bytes
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +97,31 @@ def send_as_stored(send: SendCStore, accepted: Set[tuple[str, str]]) -> SendCSto
         path = _header_path(dataset)
         if path is None:
             return send(dataset, *args, **kwargs)
-        if _goes_as_bytes(dataset, accepted):
-            try:
-                return send(path, *args, **kwargs)
-            except (AttributeError, ValueError, InvalidDicomError) as exc:  # nothing was sent
-                log.info("%s: sent decoded, not as its bytes: %s", path, exc)
-        return send(dcmread(path), *args, **kwargs)
+        return send_file(send, path, _goes_as_bytes(dataset, accepted), *args, **kwargs)
 
     return send_c_store
+
+
+def send_file(send: SendCStore, path: Path, as_bytes: bool, *args: Any, **kwargs: Any) -> Dataset:
+    """C-STORE ``path`` through ``send``: its own bytes if ``as_bytes``, else decoded.
+
+    A file pynetdicom refuses to send as its bytes (it checks the file meta and the
+    context before it sends anything) is sent the other way.
+    """
+    if as_bytes:
+        try:
+            return send(path, *args, **kwargs)
+        except (AttributeError, ValueError, InvalidDicomError) as exc:  # nothing was sent
+            log.info("%s: sent decoded, not as its bytes: %s", path, exc)
+    return send(dcmread(path), *args, **kwargs)
+
+
+def accepted_by(assoc: Any) -> frozenset[tuple[str, str]]:
+    """The (SOP class, transfer syntax) pairs ``assoc`` accepted with the node as SCU."""
+    return accepted_syntaxes(
+        (str(cx.abstract_syntax), str(cx.transfer_syntax[0]), bool(cx.as_scu))
+        for cx in assoc.accepted_contexts
+    )
 
 
 def _header_path(dataset: object) -> Path | None:

@@ -144,6 +144,13 @@ def invalid_facts(
     )
 
 
+def invalid_subject(facts: InvalidFacts) -> str:
+    """The subject of ``facts``' event: the instance, else the association, else the message."""
+    if facts.affected_sop_instance_uid:
+        return facts.affected_sop_instance_uid
+    return str(facts.association_id) if facts.association_id else facts.message
+
+
 def invalid_of(facts: InvalidFacts, stamp: Stamp) -> CloudEvent:
     """``dicom.message.invalid`` of ``facts``, under ``stamp``."""
     data = ev.MessageInvalidData(
@@ -157,10 +164,7 @@ def invalid_of(facts: InvalidFacts, stamp: Stamp) -> CloudEvent:
         count=facts.count,
         at=stamp.time,
     )
-    association_id = facts.association_id
-    subject = facts.affected_sop_instance_uid or (
-        str(association_id) if association_id else data.message
-    )
+    subject = invalid_subject(facts)
     return ev.MessageInvalid.model_validate(
         {
             "id": stamp.id,

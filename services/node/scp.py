@@ -28,7 +28,6 @@ from dimsebus.services.node.facts import Requested, ResponseSent
 from dimsebus.services.node.jobs import Job, Retrieval
 from dimsebus.services.node.journal import MoveJournal
 from dimsebus.services.node.mover import OpenMoves
-from dimsebus.services.node.payload import accepted_syntaxes
 from dimsebus.services.node.query import QueryError, build_query
 from dimsebus.services.node.stamp import Stamp
 from dimsebus.services.node.tls import association_tls
@@ -303,10 +302,7 @@ def send_files_as_stored(assoc: Any) -> None:
     its own transfer syntax, and reads it in full otherwise.
     """
     pynetdicom_internals.send_paths_as_stored()
-    accepted = accepted_syntaxes(
-        (str(cx.abstract_syntax), str(cx.transfer_syntax[0]), bool(cx.as_scu))
-        for cx in assoc.accepted_contexts
-    )
+    accepted = headers.accepted_by(assoc)
     pynetdicom_internals.wrap_retrieve_stores(
         assoc, lambda send: headers.send_as_stored(send, accepted)
     )

@@ -9,9 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, evt
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 
@@ -27,9 +25,9 @@ from dimsebus.services.node.capture_shell import Capture
 from dimsebus.services.node.config import NodeSettings
 from dimsebus.services.node.contexts import storage_contexts
 from dimsebus.services.node.facts import Unsent
-from dimsebus.services.node.headers import Header, read_headers
+from dimsebus.services.node.headers import Header, accepted_by, read_headers, send_file
 from dimsebus.services.node.jobs import Job
-from dimsebus.services.node.payload import accepted_syntaxes, sends_own_bytes
+from dimsebus.services.node.payload import sends_own_bytes
 from dimsebus.services.node.tls import association_tls
 
 log = logging.getLogger(__name__)
@@ -181,10 +179,7 @@ def _send_all(
         )
         raise SendError(f"{peer} {what}", rejection.reason)
     pynetdicom_internals.write_file_requests_on_caller(assoc)
-    accepted = accepted_syntaxes(
-        (str(cx.abstract_syntax), str(cx.transfer_syntax[0]), bool(cx.as_scu))
-        for cx in assoc.accepted_contexts
-    )
+    accepted = accepted_by(assoc)
     try:
         for number, header in enumerate(headers):
             if not assoc.is_established:  # aborted, by the peer or for a broken response
@@ -277,21 +272,12 @@ def message_id(number: int) -> int:
 def _store_one(
     assoc: Any, path: Path, as_bytes: bool, number: int, originator: ev.MoveOriginator | None
 ) -> int | None:
-    """One C-STORE of ``path``: its own bytes if ``as_bytes``, else decoded and encoded again.
-
-    A file pynetdicom refuses to send as its bytes (it checks the file meta and the
-    context before it sends anything) is sent the other way.
-    """
+    """One C-STORE of ``path``: its own bytes if ``as_bytes``, else decoded and encoded again
+    (``headers.send_file``)."""
     extra: dict[str, Any] = {"msg_id": message_id(number)}
     if originator is not None:
         extra |= {"originator_aet": originator.ae_title, "originator_id": originator.message_id}
-    if as_bytes:
-        try:
-            response: Dataset = assoc.send_c_store(path, **extra)
-            return _status(response)
-        except (AttributeError, ValueError, InvalidDicomError) as exc:
-            log.info("%s: sent decoded, not as its bytes: %s", path, exc)
-    return _status(assoc.send_c_store(dcmread(path), **extra))
+    return _status(send_file(assoc.send_c_store, path, as_bytes, **extra))
 
 
 def _status(response: Dataset) -> int | None:
