@@ -1,7 +1,9 @@
 """The tracker's read-only HTTP API: ``/moves``, ``/moves/{id}``, and its OpenAPI document.
 
 Each request reads the store through a connection of its own (the tracker
-writes through another), in a worker thread.
+writes through another), in a worker thread. The same port serves the web page
+(``web.pages``): ``/``, and ``/moves/{id}`` as HTML to a browser that asks for it
+(``Accept: text/html``, without ``?format=json``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from dimsebus.services.tracker.progress import MoveState, outcome
 from dimsebus.services.tracker.settings import TrackerSettings
 from dimsebus.services.tracker.store import open_store
 from dimsebus.services.tracker.views import move_view
+from dimsebus.services.tracker.web import pages as web_pages
+from dimsebus.services.tracker.web.live import Live
 
 UNFINISHED = ("in_progress", "retrying", "stalled")
 
@@ -34,6 +38,11 @@ _MOVE = {
         "move_id": {"type": "string", "format": "uuid"},
         "node_id": {"type": "string"},
         "requestor_ae_title": {"type": ["string", "null"]},
+        "source_ae_title": {
+            "type": ["string", "null"],
+            "description": "where the instances come from: the AE title the C-MOVE-RQ called "
+            "(the node), or the archive a Move SCU move asked",
+        },
         "destination_ae_title": {"type": ["string", "null"]},
         "c_move": {"type": "object"},
         "query_level": {"type": ["string", "null"]},
@@ -149,8 +158,9 @@ def moves_in_progress(settings: TrackerSettings) -> float:
     return float(sum(outcome(m, now, stall) in UNFINISHED for m in load_moves(settings)))
 
 
-def routes(settings: TrackerSettings) -> list[web.RouteDef]:
-    """The API's routes over the tracker's store."""
+def routes(settings: TrackerSettings, live: Live | None = None) -> list[web.RouteDef]:
+    """The API's routes over the tracker's store, and the web page's (live through ``live``)."""
+    pages = web_pages.Pages(settings, live)
 
     async def list_moves(request: web.Request) -> web.Response:
         views = await asyncio.to_thread(load_views, settings)
@@ -163,6 +173,10 @@ def routes(settings: TrackerSettings) -> list[web.RouteDef]:
     async def one_move(request: web.Request) -> web.Response:
         prefix = request.match_info["move_id"].lower()
         found = await asyncio.to_thread(load_views, settings, prefix)
+        if web_pages.wants_html(request):
+            if len(found) != 1:
+                return pages.missing(f"The move id {prefix!r} matches {len(found)} moves.")
+            return pages.move(found[0])
         if len(found) != 1:
             return web.json_response(
                 {"error": f"move id {prefix!r} matches {len(found)} moves"}, status=404
@@ -176,4 +190,5 @@ def routes(settings: TrackerSettings) -> list[web.RouteDef]:
         web.get("/moves", list_moves),
         web.get("/moves/{move_id}", one_move),
         web.get("/openapi.json", openapi),
+        *web_pages.routes(pages),
     ]

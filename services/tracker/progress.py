@@ -187,6 +187,7 @@ def _requested(move: MoveState, event: ev.MoveRequested) -> MoveState:
     return move.model_copy(
         update={
             "requestor_ae_title": data.association.peer_ae_title,
+            "called_ae_title": data.association.local_ae_title,
             "destination_ae_title": data.move_destination,
             "association_id": data.association.id,
             "message_id": data.message_id,

@@ -79,6 +79,9 @@ class MoveState(Model):
     source: str
     move_id: UUID
     requestor_ae_title: str | None = None
+    # The AE title the C-MOVE-RQ called: the node's own, the source of the sub-operations
+    # (a Move SCU move's source is its ``archive``).
+    called_ae_title: str | None = None
     destination_ae_title: str | None = None
     association_id: UUID | None = None
     message_id: int | None = None

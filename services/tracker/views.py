@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from dimsebus.schemas.status import describe_status
 from dimsebus.services.tracker.progress import (
     MoveState,
     counts,
@@ -28,6 +29,7 @@ def move_view(move: MoveState, now: dt.datetime, stall_after: dt.timedelta) -> d
         "move_id": str(move.move_id),
         "node_id": move.node_id,
         "requestor_ae_title": move.requestor_ae_title,
+        "source_ae_title": source_ae_title(move),
         "destination_ae_title": move.destination_ae_title,
         "c_move": {"association_id": _text(move.association_id), "message_id": move.message_id},
         "query_level": move.query_level,
@@ -69,6 +71,68 @@ def move_view(move: MoveState, now: dt.datetime, stall_after: dt.timedelta) -> d
         },
         "timeline": [{"at": _text(e.at), "what": e.what} for e in move.timeline],
     }
+
+
+UNFINISHED = ("in_progress", "retrying")
+"""The outcomes that turn ``stalled`` when no event comes for ``stall_after``."""
+
+
+def source_ae_title(move: MoveState) -> str | None:
+    """Where the sub-operations' instances come from: the archive a Move SCU move asked,
+    else the AE title the C-MOVE-RQ called (the node's own)."""
+    return move.archive.ae_title if move.archive is not None else move.called_ae_title
+
+
+def settled_outcome(move: MoveState) -> tuple[str, bool]:
+    """The move's outcome as of its last event, and whether it turns stalled if none follows.
+
+    What the store keeps for the list's filters: whether it is stalled depends on the clock,
+    so the list tells it from the last event's time when it reads the rows."""
+    at = move.last_event_at or move.started_at or dt.datetime.min.replace(tzinfo=dt.UTC)
+    now = outcome(move, at, dt.timedelta(0))
+    if now not in UNFINISHED:
+        return now, False
+    return now, outcome(move, at + dt.timedelta(days=1), dt.timedelta(0)) == "stalled"
+
+
+def move_row(move: MoveState, outcome_now: str) -> dict[str, Any]:
+    """One move as a line of the web page's list: who, how far, how it ended, when.
+
+    ``outcome_now``: its outcome (``outcome(move, now, stall_after)``), or as of its last
+    event (``settled_outcome``) for the row the store keeps."""
+    return {
+        "move_id": str(move.move_id),
+        "node_id": move.node_id,
+        "requestor_ae_title": move.requestor_ae_title,
+        "source_ae_title": source_ae_title(move),
+        "destination_ae_title": move.destination_ae_title,
+        "outcome": outcome_now,
+        "expected": move.expected,
+        "counts": counts(move).model_dump(),
+        "started_at": _text(move.started_at),
+        "completed_at": _text(move.completed_at if outcome_is_final(move) else None),
+        "last_event_at": _text(move.last_event_at),
+    }
+
+
+def live_row(move: MoveState, now: dt.datetime, stall_after: dt.timedelta) -> dict[str, Any]:
+    """The move's row as of ``now`` (what the page's live feed sends)."""
+    return move_row(move, outcome(move, now, stall_after))
+
+
+def outcome_is_final(move: MoveState) -> bool:
+    """Whether the move has had its final C-MOVE-RSP (or was interrupted)."""
+    return move.final_category is not None
+
+
+def status_meaning(status: str | None) -> str:
+    """What a failed instance's status (``0xA700``) means for a C-STORE (PS3.4 B.2.3)."""
+    if status is None:
+        return "no status: no response came"
+    try:
+        return describe_status(int(status, 16)).description
+    except ValueError:
+        return "not a status"
 
 
 UNKNOWN = "?"

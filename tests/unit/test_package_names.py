@@ -32,6 +32,9 @@ def test_the_wheel_installs_only_the_dimsebus_package(tmp_path: Path) -> None:
     assert top == {"dimsebus"}
     assert "dimsebus/services/node/server.py" in names
     assert "dimsebus/schemas/json/asyncapi.yaml" in names
+    # the tracker's web page: its templates, script and style (package data)
+    assert "dimsebus/services/tracker/web/templates/moves.html" in names
+    assert "dimsebus/services/tracker/web/static/web.js" in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     scripts = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "dimsebus = dimsebus.services.cli:main" in scripts
