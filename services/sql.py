@@ -14,12 +14,38 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from dimsebus.services.errors import ConfigError
+from dimsebus.services.errors import ConfigError, DimsebusError
 from dimsebus.services.migrations import VERSIONS_TABLE, Schema, migrate
+
+
+class Fenced(DimsebusError):
+    """This process is no longer the active copy of its service: another one took over."""
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The term of office a store's transactions must still hold (``leadership``)."""
+
+    table: str
+    name: str
+    term: int
+
+    def check(self, cursor: Any, placeholder: str) -> None:
+        """Raise ``Fenced`` unless ``name``'s term is still ``term``; the row stays share-locked
+        until the transaction ends, so a new term waits for it."""
+        row = cursor.execute(
+            f"SELECT term FROM {self.table} WHERE name = {placeholder} FOR SHARE", (self.name,)
+        ).fetchone()
+        if row is None or int(row[0]) != self.term:
+            found = "none" if row is None else int(row[0])
+            raise Fenced(
+                f"{self.name}: term {self.term} is over (now {found}); another copy is active"
+            )
 
 
 class Rows(list[Any]):
@@ -43,6 +69,8 @@ class Database(abc.ABC):
 
     placeholder = "?"
     _db: Any
+    # Set while this process is the active copy of a service on a shared database.
+    fence: Fence | None = None
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
@@ -107,6 +135,8 @@ class PostgresDatabase(Database):
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Any]:
         with self._lock, self._db.transaction(), self._db.cursor() as cursor:
+            if self.fence is not None:
+                self.fence.check(cursor, self.placeholder)
             yield cursor
 
 
@@ -188,12 +218,17 @@ def unusable(path: Path, exc: BaseException) -> str:
     return f"cannot be opened as an SQLite file ({exc})"
 
 
+def is_postgresql(db: str) -> bool:
+    """Whether ``db`` is a PostgreSQL URL (else an SQLite file path)."""
+    return db.startswith(("postgresql://", "postgres://"))
+
+
 def open_database(db: str, schema: Schema) -> Database:
     """``postgresql://...`` opens PostgreSQL; anything else is an SQLite file path.
 
     Either way ``schema`` is brought to its version before the database is returned.
     """
-    if db.startswith(("postgresql://", "postgres://")):
+    if is_postgresql(db):
         try:
             return PostgresDatabase(db, schema)
         except ConfigError:

@@ -43,8 +43,10 @@ from dimsebus.services.bus.session import consume_until, serve_supervised
 from dimsebus.services.bus.topology import WorkQueue, declare_work_queue, ensure_topology
 from dimsebus.services.clock import sleep_unless, utc_now
 from dimsebus.services.http import serving
+from dimsebus.services.leadership import leadership_for, while_active
 from dimsebus.services.metrics import AUDIT_RECORDS, AUDIT_SENT, GaugeCollector
 from dimsebus.services.settings import ServiceSettings
+from dimsebus.services.sql import Fence, masked_url
 
 log = logging.getLogger(__name__)
 AUDIT_QUEUE = WorkQueue("dimsebus.audit", bindings=("#",))
@@ -133,11 +135,18 @@ class Auditor:
 async def run_audit(
     settings: AuditSettings, stop: asyncio.Event, ready: asyncio.Event | None = None
 ) -> None:
-    """Consume every event until ``stop``, delivering audit messages as the collector allows."""
+    """Consume every event until ``stop``, delivering audit messages as the collector allows.
+
+    On a PostgreSQL store shared with other audit services, only the one holding the lock
+    (``dimsebus.services.leadership``) consumes and delivers: one writer of the chain.
+    """
     store = await asyncio.to_thread(AuditStore.open, settings.db)
     auditor = Auditor(settings, store)
-    sender = asyncio.create_task(deliver(settings, store, stop))
     connected = asyncio.Event()
+    leadership = leadership_for(settings.db, "audit", "audit")
+
+    def role() -> str:
+        return "active" if leadership is None or leadership.active else "standby"
 
     async def session(connection: AbstractConnection, stop: asyncio.Event) -> None:
         await ensure_topology(connection, settings.retention)
@@ -155,23 +164,40 @@ async def run_audit(
             prefetch=settings.prefetch,
             max_body_bytes=settings.max_body_bytes,
         )
-        announce = f"audit consuming {AUDIT_QUEUE.name} into {settings.db}"
+        announce = f"audit consuming {AUDIT_QUEUE.name} into {masked_url(settings.db)}"
         await consume_until(consumer, stop, connected, announce)
 
-    def health() -> dict[str, Any]:
-        return {"ok": connected.is_set(), "broker_connected": connected.is_set()}
+    async def term(term_stop: asyncio.Event, fence: Fence | None) -> None:
+        store.db.fence = fence
+        sender = asyncio.create_task(deliver(settings, store, term_stop))
+        try:
+            await serve_supervised(
+                settings.amqp_url, "dimsebus-audit", session, term_stop, connected, ready
+            )
+        finally:
+            term_stop.set()
+            await sender
+            store.db.fence = None
 
-    spool = GaugeCollector(
-        {"dimsebus_audit_spool_depth": ("Audit messages not yet sent", store.spool_depth)}
+    def health() -> dict[str, Any]:
+        if role() == "standby":
+            return {"ok": True, "role": "standby", "broker_connected": False}
+        return {"ok": connected.is_set(), "broker_connected": connected.is_set(), "role": "active"}
+
+    gauges = GaugeCollector(
+        {
+            "dimsebus_audit_spool_depth": ("Audit messages not yet sent", store.spool_depth),
+            "dimsebus_audit_active": (
+                "1 while this audit service is the active one, 0 while it stands by",
+                lambda: float(role() == "active"),
+            ),
+        }
     )
     try:
-        async with serving(settings, [spool], health):
-            await serve_supervised(
-                settings.amqp_url, "dimsebus-audit", session, stop, connected, ready
-            )
+        async with serving(settings, [gauges], health):
+            await while_active(leadership, stop, term)
     finally:
         stop.set()
-        await sender
         store.close()
 
 

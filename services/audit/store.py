@@ -18,6 +18,7 @@ from typing import Any
 
 from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.services.audit.chain import GENESIS, AuditRecord, next_record
+from dimsebus.services.leadership import LEADERS_SQL
 from dimsebus.services.migrations import Migration, Schema
 from dimsebus.services.sql import Database, open_database
 
@@ -52,7 +53,14 @@ CREATE TABLE IF NOT EXISTS audit_spool (
     sent_at TEXT
 );
 """
-SCHEMA = Schema("audit", (Migration(1, "chained records, syslog spool", _TABLES),))
+SCHEMA = Schema(
+    "audit",
+    (
+        Migration(1, "chained records, syslog spool", _TABLES),
+        # The active copy's term, checked by every append (issue 22).
+        Migration(2, "terms of the active audit service", LEADERS_SQL),
+    ),
+)
 _COLUMNS = [field.name for field in dataclasses.fields(AuditRecord)]
 
 

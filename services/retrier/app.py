@@ -18,6 +18,7 @@ import asyncio
 import datetime as dt
 import logging
 import random
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,18 @@ class RetrierSettings(ServiceSettings):
         env_prefix="DIMSEBUS_", extra="forbid", env_nested_delimiter="__"
     )
 
-    db: Path = Field(Path("var/retrier.sqlite"), description="the retrier's decisions")
+    db: Path | str = Field(
+        Path("var/retrier.sqlite"),
+        description="the retrier's decisions: an SQLite file, or a postgresql:// URL that "
+        "several retriers share",
+    )
     retrier_id: str = Field("retrier", pattern=r"^[A-Za-z0-9_.-]+$")
+    claim_lease: float = Field(
+        30.0,
+        gt=0,
+        description="seconds a retrier that claimed a decision has to publish it before "
+        "another one may (it died in between)",
+    )
     policy: RetryPolicy = Field(default_factory=RetryPolicy)
 
 
@@ -96,6 +107,8 @@ class Retrier:
         self.store = store
         self.outlet = outlet
         self.source = f"dimsebus://retrier/{settings.retrier_id}"
+        # Claims are this process's, whatever its retrier_id: two copies may share one.
+        self.holder = f"{settings.retrier_id}/{uuid.uuid4()}"
         self._draw = draw
         self._clock = clock
 
@@ -115,12 +128,17 @@ class Retrier:
             decision = decide(failure, failure.attempt, self.settings.policy, now, self._draw())
             decided = record(failure, decision, item_id, self.source, now)
             item = await asyncio.to_thread(self.store.add, decided)
-        if item.published:
+        if not await self._claimed(item):
             log.info(
                 "decision %s was already published; event %s changes nothing", item.id, event.id
             )
             return
-        await self.publish(item)
+        try:
+            await self.publish(item)
+        except BaseException:
+            # Not published: the next delivery (here or on another retrier) may claim it now.
+            await asyncio.shield(asyncio.to_thread(self.store.release, item.id, self.holder))
+            raise
         await asyncio.to_thread(self.store.mark_published, item.id)
         RETRIES.labels("scheduled" if item.state == "scheduled" else "exhausted").inc()
         log.info(
@@ -133,6 +151,23 @@ class Retrier:
             if item.state == "scheduled"
             else item.reason,
         )
+
+    async def _claimed(self, item: RetryItem) -> bool:
+        """Claim ``item`` to publish it (True), or see it published by anyone (False).
+
+        Another retrier's claim is waited out: it publishes, or its lease runs out."""
+        lease = dt.timedelta(seconds=self.settings.claim_lease)
+        while True:
+            if item.published:
+                return False
+            if await asyncio.to_thread(
+                self.store.claim, item.id, self.holder, self._clock(), lease
+            ):
+                return True
+            await asyncio.sleep(0.1)
+            found = await asyncio.to_thread(self.store.get, item.id)
+            assert found is not None
+            item = found
 
     async def publish(self, item: RetryItem) -> None:
         """The decision's event, then (for a retry) the delayed command."""

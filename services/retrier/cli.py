@@ -26,7 +26,9 @@ retries_app = typer.Typer(
     help="Scheduled and parked retries, as the retrier decided them.", no_args_is_help=True
 )
 
-DbOption = Annotated[Path | None, typer.Option("--db", help="the retrier's SQLite file")]
+DbOption = Annotated[
+    str | None, typer.Option("--db", help="the retrier's SQLite file, or a postgresql:// URL")
+]
 AmqpOption = Annotated[str | None, typer.Option("--amqp-url", help="RabbitMQ URL")]
 
 

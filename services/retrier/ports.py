@@ -26,6 +26,14 @@ class DecisionStore(Protocol):
         """Record ``item`` unless a decision with its id exists; return the one recorded."""
         ...
 
+    def claim(self, item_id: UUID, holder: str, now: dt.datetime, lease: dt.timedelta) -> bool:
+        """Make ``holder`` the publisher of an unpublished decision no one else holds."""
+        ...
+
+    def release(self, item_id: UUID, holder: str) -> None:
+        """``holder`` could not publish the decision: let anyone claim it at once."""
+        ...
+
     def mark_published(self, item_id: UUID) -> None:
         """The decision's event and command are confirmed by the broker."""
         ...

@@ -3,7 +3,10 @@
 The delays themselves are held by RabbitMQ; this store is what makes a
 decision happen once (its id is derived from the failure) and what the
 operator commands (`dimsebus retries ...`) list and change. One SQLite file,
-shared by the running retrier and the CLI, or a ``postgresql://`` database.
+shared by the running retrier and the CLI, or a ``postgresql://`` database that
+several retriers share. Two retriers that hold the same decision (a redelivery
+while the first one still works on it) do not both publish it: ``claim`` is a
+conditional update, which one of them wins until its lease runs out.
 """
 
 from __future__ import annotations
@@ -42,15 +45,27 @@ CREATE TABLE IF NOT EXISTS retries (
 CREATE INDEX IF NOT EXISTS retries_by_state ON retries (state);
 CREATE INDEX IF NOT EXISTS retries_by_operation ON retries (operation_id);
 """
-SCHEMA = Schema("retrier", (Migration(1, "decisions", _TABLES),))
+# Migration 2: who publishes a decision now, and since when (issue 22).
+_CLAIMS = """
+ALTER TABLE retries ADD COLUMN claimed_by TEXT;
+ALTER TABLE retries ADD COLUMN claimed_at TEXT
+"""
+SCHEMA = Schema(
+    "retrier",
+    (Migration(1, "decisions", _TABLES), Migration(2, "claims of the publishing retrier", _CLAIMS)),
+)
+_CLAIM = (
+    "UPDATE retries SET claimed_by = ?, claimed_at = ? WHERE id = ? AND published = 0 "
+    "AND (claimed_by IS NULL OR claimed_by = ? OR claimed_at < ?)"
+)
 
 
 class RetryStore:
     """Decisions by id in an SQLite file or a PostgreSQL database; safe across threads."""
 
-    def __init__(self, path: Path | str) -> None:
-        """``path``: an SQLite file, or a ``postgresql://`` URL (a ``str``)."""
-        self.db = open_database(str(path), SCHEMA)
+    def __init__(self, db: Path | str) -> None:
+        """``db``: an SQLite file, or a ``postgresql://`` URL."""
+        self.db = open_database(str(db), SCHEMA)
 
     def close(self) -> None:
         """Close the database."""
@@ -89,6 +104,25 @@ class RetryStore:
         """The decision with ``item_id``, if any."""
         rows = self._select("WHERE id = ?", (str(item_id),))
         return rows[0] if rows else None
+
+    def claim(self, item_id: UUID, holder: str, now: dt.datetime, lease: dt.timedelta) -> bool:
+        """Make ``holder`` the one that publishes the decision, unless it is published or
+        another holder claimed it less than ``lease`` ago; whether ``holder`` has it."""
+        at, expired = (
+            now.isoformat("T", "microseconds"),
+            (now - lease).isoformat("T", "microseconds"),
+        )
+        with self.db.transaction() as cursor:
+            done = cursor.execute(self.db.sql(_CLAIM), (holder, at, str(item_id), holder, expired))
+            return int(done.rowcount) == 1
+
+    def release(self, item_id: UUID, holder: str) -> None:
+        """``holder`` could not publish the decision: let anyone claim it at once."""
+        self.db.execute(
+            "UPDATE retries SET claimed_by = NULL, claimed_at = NULL "
+            "WHERE id = ? AND claimed_by = ?",
+            (str(item_id), holder),
+        )
 
     def mark_published(self, item_id: UUID) -> None:
         """The decision's events and command are confirmed by the broker."""

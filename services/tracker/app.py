@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 from aio_pika.abc import AbstractConnection
@@ -26,7 +27,9 @@ from dimsebus.services.bus.session import supervised
 from dimsebus.services.bus.topology import ensure_topology
 from dimsebus.services.clock import utc_now
 from dimsebus.services.http import serving
+from dimsebus.services.leadership import leadership_for, while_active
 from dimsebus.services.metrics import TRACKER_APPLIED, GaugeCollector, OutboxCollector
+from dimsebus.services.sql import Fence
 from dimsebus.services.tracker import api
 from dimsebus.services.tracker.ports import EventSpool, MoveStore
 from dimsebus.services.tracker.progress import (
@@ -44,6 +47,8 @@ from dimsebus.services.tracker.progress import (
 # Re-exported: tests and the bench import the settings from here.
 from dimsebus.services.tracker.settings import TrackerSettings as TrackerSettings
 from dimsebus.services.tracker.store import Rejected, open_store
+from dimsebus.services.tracker.views import live_row
+from dimsebus.services.tracker.web.live import Live
 
 log = logging.getLogger(__name__)
 DERIVED_IDS = uuid.UUID("5f1c3f43-8f0e-4a53-9a43-2c1a4f7d0a11")
@@ -63,6 +68,8 @@ class Tracker:
         self._moves: OrderedDict[MoveKey, MoveState] = OrderedDict()
         self._last_progress: dict[MoveKey, float] = {}
         self.applied = 0
+        # Told the moves of each batch once they are committed (the web page's live feed).
+        self.on_commit: Callable[[list[MoveState]], None] | None = None
 
     def handle(self, entries: list[LogEntry], now: dt.datetime) -> list[CloudEvent]:
         """Apply a batch, spool what it derives, commit moves and checkpoint together."""
@@ -95,6 +102,8 @@ class Tracker:
             self.outbox.append(derived)
         if entries:
             self.store.save(changed.values(), entries[-1].offset, rejected, before=committed)
+            if self.on_commit is not None and changed:
+                self.on_commit(list(changed.values()))
         self._keep(changed)
         self.applied += len(entries)
         TRACKER_APPLIED.inc(len(entries))
@@ -202,13 +211,28 @@ class Tracker:
 async def run_tracker(
     settings: TrackerSettings, stop: asyncio.Event, ready: asyncio.Event | None = None
 ) -> None:
-    """Follow the log from the checkpoint until ``stop``; reconnects through outages."""
+    """Follow the log from the checkpoint until ``stop``; reconnects through outages.
+
+    On a PostgreSQL store shared with other trackers, only the one holding the lock
+    (``dimsebus.services.leadership``) reads the log; the others stand by, serve /healthz,
+    /metrics and the read-only API from the shared database, and take over from its
+    committed checkpoint when it goes.
+    """
     store = open_store(settings.db)
+    await asyncio.to_thread(store.fill_listing)  # moves saved before the list had columns
     outbox = Outbox(settings.outbox_path)
+    stall = dt.timedelta(seconds=settings.stall_after)
+    live = Live(lambda move: live_row(move, utc_now(), stall))
+    # In either role: events a killed term left in this outbox are published now.
     relay = RelayProcess(
         settings.outbox_path, settings.amqp_url, name=f"dimsebus-{settings.tracker_id}-relay"
     )
-    tracker = Tracker(settings, store, outbox)
+    leadership = leadership_for(settings.db, "tracker", settings.tracker_id)
+    terms: list[Tracker] = []  # one per term of office: each starts with nothing cached
+
+    def role() -> str:
+        return "active" if leadership is None or leadership.active else "standby"
+
     collectors = [
         OutboxCollector(settings.outbox_path, prefix="dimsebus_tracker_outbox"),
         GaugeCollector(
@@ -216,20 +240,46 @@ async def run_tracker(
                 "dimsebus_moves_in_progress": (
                     "Moves not finished: in progress, retrying or stalled",
                     lambda: api.moves_in_progress(settings),
-                )
+                ),
+                "dimsebus_tracker_active": (
+                    "1 while this tracker is the active one, 0 while it stands by",
+                    lambda: float(role() == "active"),
+                ),
             }
         ),
     ]
 
     def health() -> dict[str, Any]:
-        return {"ok": relay.alive, "relay_running": relay.alive, "applied": tracker.applied}
+        return {
+            "ok": relay.alive,
+            "relay_running": relay.alive,
+            "applied": sum(tracker.applied for tracker in terms),
+            "role": role(),
+        }
 
-    async def session(connection: AbstractConnection, stop: asyncio.Event) -> None:
-        await follow(tracker, settings, connection, stop, ready)
+    async def term(term_stop: asyncio.Event, fence: Fence | None) -> None:
+        # A new term starts from the committed checkpoint, with no moves cached from before.
+        tracker = Tracker(settings, store, outbox)
+        tracker.on_commit = live.committed
+        terms.append(tracker)
+        store.fenced(fence)
+
+        async def session(connection: AbstractConnection, stop: asyncio.Event) -> None:
+            await follow(tracker, settings, connection, stop, ready)
+
+        try:
+            name = f"dimsebus-{settings.tracker_id}"
+            await supervised(settings.amqp_url, name, session, term_stop)
+        finally:
+            store.fenced(None)
 
     try:
-        async with serving(settings, collectors, health, api.routes(settings)):
-            await supervised(settings.amqp_url, f"dimsebus-{settings.tracker_id}", session, stop)
+        live.start()
+        async with serving(settings, collectors, health, api.routes(settings, live)):
+            try:
+                await while_active(leadership, stop, term)
+            finally:
+                live.close()  # the pages' live feeds end, so the server can stop
     finally:
         await asyncio.to_thread(relay.wait_empty, 5.0)
         relay.stop()

@@ -10,14 +10,17 @@ the same small port and pass the same contract tests.
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+from dimsebus.services.leadership import LEADERS_SQL
 from dimsebus.services.migrations import Migration, Schema
-from dimsebus.services.sql import Database, open_database
+from dimsebus.services.sql import Database, Fence, open_database
 from dimsebus.services.tracker.progress import InstanceOutcome, MoveKey, MoveState
+from dimsebus.services.tracker.views import move_row, settled_outcome, source_ae_title
 
 # Migration 1 is the schema every release before versions made (tracker_rejected came
 # later than the others: IF NOT EXISTS adds it to a database that lacks it).
@@ -75,6 +78,26 @@ SELECT m.source, m.move_id, e.value
 FROM tracker_moves m, jsonb_array_elements_text(m.state::jsonb -> 'seen') e;
 UPDATE tracker_moves SET state = ((state::jsonb - 'instances') - 'seen')::text
 """
+# Migration 4: what the web page's list filters, orders and pages by, kept beside each move
+# (issue 23): its AE titles, its outcome as of its last event, whether it turns stalled
+# when no event follows, and its row of the list (JSON); indexed, so a page of the list
+# is read by SQL and not over every move. ``fill_listing`` fills the rows of moves saved
+# before it.
+_LISTING = """
+ALTER TABLE tracker_moves ADD COLUMN requestor_ae TEXT;
+ALTER TABLE tracker_moves ADD COLUMN source_ae TEXT;
+ALTER TABLE tracker_moves ADD COLUMN destination_ae TEXT;
+ALTER TABLE tracker_moves ADD COLUMN outcome TEXT;
+ALTER TABLE tracker_moves ADD COLUMN stalls INTEGER;
+ALTER TABLE tracker_moves ADD COLUMN last_event_at TEXT;
+ALTER TABLE tracker_moves ADD COLUMN summary TEXT;
+CREATE INDEX IF NOT EXISTS tracker_moves_started ON tracker_moves (started_at, move_id);
+CREATE INDEX IF NOT EXISTS tracker_moves_outcome ON tracker_moves (outcome, started_at);
+CREATE INDEX IF NOT EXISTS tracker_moves_requestor ON tracker_moves (requestor_ae, started_at);
+CREATE INDEX IF NOT EXISTS tracker_moves_source ON tracker_moves (source_ae, started_at);
+CREATE INDEX IF NOT EXISTS tracker_moves_destination ON tracker_moves (destination_ae, started_at);
+CREATE INDEX IF NOT EXISTS tracker_moves_stalls ON tracker_moves (stalls, last_event_at)
+"""
 SCHEMA = Schema(
     "tracker",
     (
@@ -85,6 +108,9 @@ SCHEMA = Schema(
             _PARTS + _PARTS_FROM_JSON_SQLITE,
             _PARTS + _PARTS_FROM_JSON_POSTGRESQL,
         ),
+        # Migration 3: the active copy's term, checked by every save (issue 22).
+        Migration(3, "terms of the active tracker", LEADERS_SQL),
+        Migration(4, "the web page's list: AE titles, outcome, summary; indexes", _LISTING),
     ),
 )
 # The parts of a move kept in rows of their own, not in its JSON.
@@ -138,8 +164,16 @@ class TrackerStore(abc.ABC):
         """The moves whose id starts with ``prefix``, oldest first, without reading the others."""
 
     @abc.abstractmethod
+    def fill_listing(self) -> int:
+        """Give moves saved before the web page's list had columns theirs; how many."""
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release the connection."""
+
+    @abc.abstractmethod
+    def fenced(self, fence: Fence | None) -> None:
+        """Make each save check ``fence`` (this tracker's term), or stop checking (None)."""
 
     def find(self, move_id: str) -> MoveState | None:
         """The move whose id starts with ``move_id`` (ids are long; prefixes are handy)."""
@@ -157,9 +191,14 @@ _INSERT_SEEN = (
     "ON CONFLICT (source, move_id, event_id) DO NOTHING"
 )
 _UPSERT_MOVE = (
-    "INSERT INTO tracker_moves (source, move_id, started_at, state) VALUES (?, ?, ?, ?) "
+    "INSERT INTO tracker_moves (source, move_id, started_at, state, requestor_ae, source_ae, "
+    "destination_ae, outcome, stalls, last_event_at, summary) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
     "ON CONFLICT (source, move_id) DO UPDATE SET started_at = excluded.started_at, "
-    "state = excluded.state"
+    "state = excluded.state, requestor_ae = excluded.requestor_ae, "
+    "source_ae = excluded.source_ae, destination_ae = excluded.destination_ae, "
+    "outcome = excluded.outcome, stalls = excluded.stalls, "
+    "last_event_at = excluded.last_event_at, summary = excluded.summary"
 )
 _INSERT_REJECTED = (
     "INSERT INTO tracker_rejected (log_offset, routing_key, reason) VALUES (?, ?, ?) "
@@ -267,8 +306,25 @@ class SqlStore(TrackerStore):
             for s, m, state in rows
         ]
 
+    def fill_listing(self) -> int:
+        """Give the moves saved before migration 4 their columns of the list; how many."""
+        missing = self.db.execute("SELECT source, move_id FROM tracker_moves WHERE summary IS NULL")
+        for source, move_id in missing:
+            move = self.load((source, UUID(move_id)))
+            if move is not None:
+                self.db.execute(
+                    "UPDATE tracker_moves SET requestor_ae = ?, source_ae = ?, "
+                    "destination_ae = ?, outcome = ?, stalls = ?, last_event_at = ?, "
+                    "summary = ? WHERE source = ? AND move_id = ?",
+                    (*_listing(move), source, move_id),
+                )
+        return len(missing)
+
     def close(self) -> None:
         self.db.close()
+
+    def fenced(self, fence: Fence | None) -> None:
+        self.db.fence = fence
 
 
 def open_store(db: str) -> TrackerStore:
@@ -279,7 +335,16 @@ def open_store(db: str) -> TrackerStore:
 def _row(move: MoveState) -> tuple[Any, ...]:
     started = move.started_at.isoformat() if move.started_at else None
     state = move.model_dump_json(exclude=_IN_ROWS)
-    return (move.source, str(move.move_id), started, state)
+    return (move.source, str(move.move_id), started, state, *_listing(move))
+
+
+def _listing(move: MoveState) -> tuple[Any, ...]:
+    """The move's columns for the web page's list (migration 4)."""
+    settled, stalls = settled_outcome(move)
+    last = move.last_event_at.isoformat() if move.last_event_at else None
+    summary = json.dumps(move_row(move, settled))
+    ae_titles = (move.requestor_ae_title, source_ae_title(move), move.destination_ae_title)
+    return (*ae_titles, settled, int(stalls), last, summary)
 
 
 def _changed_instances(move: MoveState, old: MoveState | None) -> list[tuple[str, ...]]:

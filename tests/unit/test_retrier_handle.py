@@ -29,6 +29,7 @@ class MemoryDecisions:
 
     def __init__(self) -> None:
         self.items: dict[UUID, RetryItem] = {}
+        self.claims: dict[UUID, tuple[str, dt.datetime]] = {}
         self.threads: set[int] = set()
 
     def get(self, item_id: UUID) -> RetryItem | None:
@@ -38,6 +39,19 @@ class MemoryDecisions:
     def add(self, item: RetryItem) -> RetryItem:
         self.threads.add(threading.get_ident())
         return self.items.setdefault(item.id, item)
+
+    def claim(self, item_id: UUID, holder: str, now: dt.datetime, lease: dt.timedelta) -> bool:
+        self.threads.add(threading.get_ident())
+        held = self.claims.get(item_id)
+        if self.items[item_id].published or (held and held[0] != holder and held[1] > now - lease):
+            return False
+        self.claims[item_id] = (holder, now)
+        return True
+
+    def release(self, item_id: UUID, holder: str) -> None:
+        self.threads.add(threading.get_ident())
+        if self.claims.get(item_id, ("",))[0] == holder:
+            del self.claims[item_id]
 
     def mark_published(self, item_id: UUID) -> None:
         self.threads.add(threading.get_ident())
