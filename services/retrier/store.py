@@ -56,7 +56,7 @@ SCHEMA = Schema(
 )
 _CLAIM = (
     "UPDATE retries SET claimed_by = ?, claimed_at = ? WHERE id = ? AND published = 0 "
-    "AND (claimed_by IS NULL OR claimed_by = ? OR claimed_at < ?)"
+    "AND (claimed_by IS NULL OR claimed_at < ?)"
 )
 
 
@@ -107,13 +107,14 @@ class RetryStore:
 
     def claim(self, item_id: UUID, holder: str, now: dt.datetime, lease: dt.timedelta) -> bool:
         """Make ``holder`` the one that publishes the decision, unless it is published or
-        another holder claimed it less than ``lease`` ago; whether ``holder`` has it."""
+        claimed less than ``lease`` ago (by anyone: one handler of this process, too);
+        whether ``holder`` has it."""
         at, expired = (
             now.isoformat("T", "microseconds"),
             (now - lease).isoformat("T", "microseconds"),
         )
         with self.db.transaction() as cursor:
-            done = cursor.execute(self.db.sql(_CLAIM), (holder, at, str(item_id), holder, expired))
+            done = cursor.execute(self.db.sql(_CLAIM), (holder, at, str(item_id), expired))
             return int(done.rowcount) == 1
 
     def release(self, item_id: UUID, holder: str) -> None:
