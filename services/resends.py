@@ -56,10 +56,10 @@ async def send_commands(settings: ServiceSettings, commands: list[ev.ResendSubOp
     """
     connection = await connect(settings.amqp_url, "dimsebus-cli-commands")
     async with connection:
-        await ensure_topology(connection, settings.retention)
+        await ensure_topology(connection, settings.retention, settings.replicas)
         channel = await confirming_channel(connection)
         for node_id in {command.data.node_id for command in commands}:
-            await declare_work_queue(channel, node_commands(node_id))
+            await declare_work_queue(channel, node_commands(node_id), settings.replicas)
         publisher = Publisher(channel)
         await publisher.publish_all([operator_retry(command) for command in commands])
         await publisher.publish_all(commands, COMMANDS_EXCHANGE)

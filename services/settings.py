@@ -28,6 +28,7 @@ from pydantic_settings import (
 )
 
 from dimsebus.schemas.limits import MAX_BODY_BYTES
+from dimsebus.services.bus.brokers import parse_urls
 from dimsebus.services.bus.topology import StreamRetention
 from dimsebus.services.errors import ConfigError
 
@@ -35,9 +36,8 @@ DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
 
 def _check_amqp_url(value: str) -> str:
-    if not re.match(r"^amqps?://", value):
-        raise ValueError(f"{value!r} is not an AMQP URL: it must start with amqp:// or amqps://")
-    return value
+    """One AMQP URL or several, comma-separated (a cluster's nodes), each checked."""
+    return ",".join(parse_urls(value))
 
 
 def _check_max_age(value: str) -> str:
@@ -56,7 +56,15 @@ class ServiceSettings(BaseSettings):
     amqp_url: Annotated[str, AfterValidator(_check_amqp_url)] = Field(
         DEFAULT_AMQP_URL,
         validation_alias=AliasChoices("DIMSEBUS_AMQP_URL", "amqp_url", "AMQP_URL"),
-        description="RabbitMQ URL; the password is masked when shown",
+        description="RabbitMQ URL, or several comma-separated (one per cluster node: clients "
+        "move to the next when theirs dies); passwords are masked when shown",
+    )
+    replicas: int | None = Field(
+        None,
+        ge=1,
+        le=255,
+        description="nodes the stream and each quorum queue are created on "
+        "(x-initial-cluster-size, x-quorum-initial-group-size); none: the broker's default",
     )
     publish_window: int = Field(256, ge=1, le=65535, description="unconfirmed publishes in flight")
     prefetch: int = Field(64, ge=1, le=65535, description="unacked deliveries per consumer")
@@ -218,7 +226,8 @@ def describe_config_error(
         loc = [str(part) for part in error["loc"]]
         where = _origin(loc, config_file, flags)
         field = ".".join(loc)
-        problems.append(f"{where}{field}: {error['msg']} (got {error.get('input')!r})")
+        shown = _mask(error.get("input"))  # a URL's password is not shown, even in an error
+        problems.append(f"{where}{field}: {error['msg']} (got {shown!r})")
     return "; ".join(problems)
 
 

@@ -149,12 +149,12 @@ async def run_audit(
         return "active" if leadership is None or leadership.active else "standby"
 
     async def session(connection: AbstractConnection, stop: asyncio.Event) -> None:
-        await ensure_topology(connection, settings.retention)
+        await ensure_topology(connection, settings.retention, settings.replicas)
         channel = await confirming_channel(connection)
         if await asyncio.to_thread(store.count) == 0:
             # A first start: events published before the audit queue existed are only
             # on the log. The queue is declared first, so nothing falls between the two.
-            await declare_work_queue(channel, AUDIT_QUEUE)
+            await declare_work_queue(channel, AUDIT_QUEUE, settings.replicas)
             read, added = await replay_into(auditor, connection)
             log.info("audit caught up with the log: %d read, %d recorded", read, added)
         consumer = Consumer(
@@ -163,6 +163,7 @@ async def run_audit(
             auditor.handle,
             prefetch=settings.prefetch,
             max_body_bytes=settings.max_body_bytes,
+            replicas=settings.replicas,
         )
         announce = f"audit consuming {AUDIT_QUEUE.name} into {masked_url(settings.db)}"
         await consume_until(consumer, stop, connected, announce)

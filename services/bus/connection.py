@@ -6,13 +6,18 @@ aiormq 7.2 raises a refused Connection.Open as ``InvalidFrameError`` naming only
 frame's object; ``close_reason`` recovers the frame through
 ``aiormq_internals.refused_open_frame``, so logs and start-up errors show the broker's
 words. tests/unit/test_library_canaries.py notices when a later aiormq keeps it elsewhere.
+
+``amqp_url`` may name several brokers, comma-separated (``dimsebus.services.bus.brokers``):
+a short-lived command connects to the first that answers (``connect``); a long-lived
+client walks them round-robin through ``Brokers``, moving to the next broker whenever its
+connection fails or is lost. aio-pika's robust connection reconnects to its one URL only,
+so long-lived clients use plain connections and reconnect themselves.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from urllib.parse import unquote, urlsplit
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractRobustConnection
@@ -20,6 +25,8 @@ from aiormq.connection import EXCEPTION_MAPPING
 from aiormq.exceptions import ConnectionClosed, ProbableAuthenticationError
 
 from dimsebus.services.bus.aiormq_internals import refused_open_frame
+from dimsebus.services.bus.brokers import Rotation, parse_urls
+from dimsebus.services.bus.brokers import masked as masked  # re-exported: callers import it here
 from dimsebus.services.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -29,9 +36,79 @@ REFUSED_CODES = frozenset({402, 403, 530})
 _CODES = {error: code for code, error in EXCEPTION_MAPPING.items()}
 
 
-async def connect(url: str, name: str) -> AbstractRobustConnection:
-    """A self-reconnecting connection; ``name`` shows in ``rabbitmqctl list_connections``."""
+async def connect(urls: str, name: str) -> AbstractRobustConnection:
+    """A self-reconnecting connection to the first of ``urls`` that answers; ``name`` shows
+    in ``rabbitmqctl list_connections``.
+
+    It reconnects to that broker only: for commands and tests, not for long-lived clients
+    (``Brokers``). If none answers, the last broker's error is raised.
+    """
+    *others, last = parse_urls(urls)
+    for url in others:
+        try:
+            return await _robust(url, name)
+        except Exception as exc:
+            if refusal(exc) is not None:
+                raise
+            log.info("%s cannot reach %s (%s); trying the next broker", name, masked(url), exc)
+    return await _robust(last, name)
+
+
+async def _robust(url: str, name: str) -> AbstractRobustConnection:
     return await aio_pika.connect_robust(url, client_properties={"connection_name": name})
+
+
+async def _open(url: str, name: str) -> AbstractConnection:
+    return await aio_pika.connect(url, client_properties={"connection_name": name})
+
+
+class Brokers:
+    """The brokers a long-lived client walks round-robin (``brokers.Rotation``).
+
+    ``open`` connects to the current broker; a failure makes the next one current. A
+    connection that is lost (``lost``) does too, and the next connection that is made to
+    another broker than the last one logs one line naming the broker it moved to.
+    """
+
+    def __init__(self, urls: str, name: str) -> None:
+        """``urls``: one AMQP URL or several, comma-separated; ``name``: the connection's."""
+        self.name = name
+        self._rotation = Rotation(parse_urls(urls))
+        self._last: str | None = None
+
+    @property
+    def current(self) -> str:
+        """The URL the next ``open`` connects to."""
+        return self._rotation.current
+
+    @property
+    def round_failed(self) -> bool:
+        """Whether every broker failed since the last connection: back off before the next."""
+        return self._rotation.round_failed
+
+    async def open(self) -> AbstractConnection:
+        """A plain connection to the current broker; if it fails, the next one is current."""
+        url = self._rotation.current
+        try:
+            connection = await _open(url, self.name)
+        except Exception:
+            self._rotation = self._rotation.failed()
+            raise
+        self._rotation = self._rotation.connected()
+        if self._last is not None and self._last != url:
+            log.warning(
+                "%s moved to the broker %s (from %s)",
+                self.name,
+                masked(url),
+                masked(self._last),
+                extra={"client": self.name, "broker": masked(url), "previous": masked(self._last)},
+            )
+        self._last = url
+        return connection
+
+    def lost(self) -> None:
+        """The connection to the current broker was lost: try the next one."""
+        self._rotation = self._rotation.lost()
 
 
 async def confirming_channel(connection: AbstractConnection) -> AbstractChannel:
@@ -69,32 +146,22 @@ def refusal(exc: BaseException) -> str | None:
     return f"the broker refused the connection: {reason[0]} {reason[1]}"
 
 
-def masked(url: str) -> str:
-    """``url`` without its password, and its vhost named (``/`` when none is given)."""
-    parts = urlsplit(url)
-    user = f"{unquote(parts.username)}:***@" if parts.username else ""
-    host = parts.hostname or ""
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:  # not a number: the URL is shown as far as it reads
-        port = ""
-    return f"{parts.scheme}://{user}{host}{port}{parts.path or '/'}"
+async def check_access(urls: str, name: str, within: float = 5.0) -> None:
+    """Raise ``ConfigError`` if a broker of ``urls`` refuses its user or vhost.
 
-
-async def check_access(url: str, name: str, within: float = 5.0) -> None:
-    """Raise ``ConfigError`` if the broker refuses this URL's user or vhost.
-
-    A broker that does not answer is no error here: services wait for it (and the
-    node spools), but a refused login or a vhost that does not exist stays so.
+    The brokers are asked in turn until one answers. A broker that does not answer is
+    no error here: services wait for it (and the node spools), but a refused login or a
+    vhost that does not exist stays so.
     """
-    try:
-        connection = await asyncio.wait_for(
-            aio_pika.connect(url, client_properties={"connection_name": name}), within
-        )
-    except Exception as exc:
-        refused = refusal(exc)
-        if refused is not None:
-            raise ConfigError(f"amqp_url {masked(url)}: {refused}") from exc
-        log.warning("%s cannot reach the broker yet (%s); starting anyway", name, describe(exc))
+    for url in parse_urls(urls):
+        try:
+            connection = await asyncio.wait_for(_open(url, name), within)
+        except Exception as exc:
+            refused = refusal(exc)
+            if refused is not None:
+                raise ConfigError(f"amqp_url {masked(url)}: {refused}") from exc
+            log.warning("%s cannot reach the broker %s yet (%s)", name, masked(url), describe(exc))
+            continue
+        await connection.close()
         return
-    await connection.close()
+    log.warning("%s reaches no broker yet; starting anyway", name)

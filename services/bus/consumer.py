@@ -97,8 +97,11 @@ class Consumer:
         *,
         prefetch: int = 64,
         max_body_bytes: int = MAX_BODY_BYTES,
+        replicas: int | None = None,
     ) -> None:
+        """A consumer of ``queue``, which it declares (on ``replicas`` nodes) when started."""
         self._channel = channel
+        self._replicas = replicas
         self._queue = queue
         self._handler = handler
         self._prefetch = prefetch
@@ -112,7 +115,7 @@ class Consumer:
     async def start(self) -> None:
         """Declare the queue and start consuming; returns once the consumer is registered."""
         await self._channel.set_qos(prefetch_count=self._prefetch)
-        queue = await declare_work_queue(self._channel, self._queue)
+        queue = await declare_work_queue(self._channel, self._queue, self._replicas)
         self._consuming = (queue, await queue.consume(self.on_message))
 
     async def stop(self, within: float = 10.0) -> None:

@@ -8,6 +8,10 @@ relay publishes the oldest rows at once, or as the next batch while confirms are
 outstanding (``dimsebus.services.bus.batching``), and deletes each one after its
 confirm. One relay per outbox (a file lock), and a relay whose parent dies stops within
 a second (``dimsebus.services.bus.lifeline``), so a restarted node does not race an orphan.
+With several broker URLs (the nodes of a cluster) the relay moves to the next broker when
+its connection is lost (``connection.Brokers``); publishes cut off by the loss are looked
+for on the log, read from the new broker, before they are sent again, and a row is deleted
+only once a broker confirmed it.
 Rows spooled as records (``Outbox.append_record``) are made into their events
 here, by the function its ``formats`` names for the record's format.
 """
@@ -27,7 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractConnection
 
 from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.services.backoff import Backoff
@@ -35,11 +39,11 @@ from dimsebus.services.bus import lifeline
 from dimsebus.services.bus.batch import Outgoing, PublishOutcome
 from dimsebus.services.bus.batching import RelayView, Step, gather_for, next_step
 from dimsebus.services.bus.codec import outgoing, outgoing_event
-from dimsebus.services.bus.connection import confirming_channel, connect, describe
+from dimsebus.services.bus.connection import Brokers, confirming_channel, describe, masked
 from dimsebus.services.bus.log import LogReader
 from dimsebus.services.bus.outbox import Outbox, OutboxRow, read_depth
 from dimsebus.services.bus.publisher import Publisher
-from dimsebus.services.bus.topology import EVENTS_EXCHANGE, ensure_topology
+from dimsebus.services.bus.topology import EVENTS_EXCHANGE, StreamRetention, ensure_topology
 from dimsebus.services.bus.wakeup import ArrivalListener
 from dimsebus.services.clock import sleep_unless
 from dimsebus.services.errors import PublishInterrupted
@@ -76,8 +80,11 @@ class OutboxRelay:
         poll: float = 0.02,
         safety_poll: float = 2.0,
         formats: RecordFormats | None = None,
+        retention: StreamRetention | None = None,
+        replicas: int | None = None,
     ) -> None:
-        """A relay of ``outbox`` to the broker at ``amqp_url``.
+        """A relay of ``outbox`` to the broker at ``amqp_url`` (one URL or several,
+        comma-separated), declaring the topology with ``retention`` and ``replicas``.
 
         It publishes as ``dimsebus.services.bus.batching`` decides: a row that arrives
         while no confirm is outstanding goes out at once; rows that arrive while a batch
@@ -89,8 +96,10 @@ class OutboxRelay:
         """
         self._outbox = outbox
         self._formats = formats or {}
-        self._url = amqp_url
+        self._brokers = Brokers(amqp_url, name)
         self._name = name
+        self._retention = retention or StreamRetention()
+        self._replicas = replicas
         self._window = window
         self._batch = window * 4
         self._poll = poll
@@ -126,13 +135,18 @@ class OutboxRelay:
         backoff: Backoff,
     ) -> None:
         while not stop.is_set():
+            tried = self._brokers.current
             try:
-                connection = await connect(self._url, self._name)
+                connection = await self._brokers.open()
             except Exception as exc:
                 log.warning(
-                    "broker unreachable (%s); outbox depth %d", describe(exc), self._outbox.depth()
+                    "broker %s unreachable (%s); outbox depth %d",
+                    masked(tried),
+                    describe(exc),
+                    self._outbox.depth(),
                 )
-                await backoff.wait(stop)
+                if self._brokers.round_failed:  # every broker failed: wait before the next
+                    await backoff.wait(stop)
                 continue
             async with connection:
                 try:
@@ -145,17 +159,18 @@ class OutboxRelay:
                         self._outbox.depth(),
                     )
                     await backoff.wait(stop)
+            if not stop.is_set():
+                self._brokers.lost()
 
     async def _drain_forever(
         self,
-        connection: AbstractRobustConnection,
+        connection: AbstractConnection,
         stop: asyncio.Event,
         stopping: asyncio.Future[bool],
         arrivals: ArrivalListener,
     ) -> None:
-        # Declare on a channel of its own: a robust channel re-declares what it declared
-        # when it reconnects, and a stream that is still starting would close it again.
-        await ensure_topology(connection)
+        # Declare on a channel of its own: a stream that is still starting closes it.
+        await ensure_topology(connection, self._retention, self._replicas)
         channel = await confirming_channel(connection)
         # No retries inside the publisher: a publish cut off by the connection is settled
         # here, by looking for it on the log, rather than sent twice.
@@ -189,7 +204,7 @@ class OutboxRelay:
                 continue
             step = Step.PUBLISH
 
-    async def _settle_ambiguous(self, connection: AbstractRobustConnection) -> None:
+    async def _settle_ambiguous(self, connection: AbstractConnection) -> None:
         """Drop from the outbox the cut-off rows that the log already holds."""
         assert self._ambiguous_since is not None
         since = self._ambiguous_since - dt.timedelta(seconds=5)
@@ -302,6 +317,8 @@ def run_relay(
     window: int,
     formats: RecordFormats | None = None,
     niceness: int = NICENESS,
+    retention: StreamRetention | None = None,
+    replicas: int | None = None,
 ) -> None:
     """The relay process: publish ``outbox_path`` until SIGTERM, or until the parent dies.
 
@@ -320,7 +337,15 @@ def run_relay(
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
         outbox = Outbox(outbox_path)
-        relay = OutboxRelay(outbox, amqp_url, name=name, window=window, formats=formats)
+        relay = OutboxRelay(
+            outbox,
+            amqp_url,
+            name=name,
+            window=window,
+            formats=formats,
+            retention=retention,
+            replicas=replicas,
+        )
         await relay.run(stop)
         outbox.close()
 
@@ -338,8 +363,11 @@ class RelayProcess:
         name: str,
         window: int = 256,
         niceness: int = NICENESS,
+        retention: StreamRetention | None = None,
+        replicas: int | None = None,
     ) -> None:
-        """Start the relay of ``outbox_path``, at ``niceness`` (benchmarks may set 0)."""
+        """Start the relay of ``outbox_path``, at ``niceness`` (benchmarks may set 0); it
+        declares the log with ``retention`` and ``replicas`` (its parent's settings)."""
         self.outbox_path = outbox_path
         argv = [
             sys.executable,
@@ -359,6 +387,11 @@ class RelayProcess:
         # AMQP_URL would win over DIMSEBUS_AMQP_URL in the child's settings: this URL only.
         inherited = {key: value for key, value in os.environ.items() if key != "AMQP_URL"}
         env = {**inherited, "DIMSEBUS_AMQP_URL": amqp_url, **lifeline.child_environment()}
+        if retention is not None:  # the parent's config file is not the child's
+            env["DIMSEBUS_LOG_MAX_AGE"] = retention.max_age
+            env["DIMSEBUS_LOG_MAX_LENGTH_BYTES"] = str(retention.max_length_bytes)
+        if replicas is not None:
+            env["DIMSEBUS_REPLICAS"] = str(replicas)
         self._process = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
 
     def cpu_seconds(self) -> float:

@@ -6,7 +6,10 @@ fails (a quorum queue or stream still starting after a broker restart answers
 again, silently. So consumers use a plain connection here, and a lost
 connection ends the session: the supervisor connects again, declares again
 and consumes again, from scratch, with a back-off (``dimsebus.services.backoff``), until it is
-stopped.
+stopped. With several broker URLs (``amqp_url`` comma-separated) it connects to the next
+one, round-robin, after a lost connection or a failed try (``connection.Brokers``), and
+backs off only once every broker has failed; the session starts over on the new broker as
+on the old (a stream consumer from its committed checkpoint).
 """
 
 from __future__ import annotations
@@ -17,11 +20,10 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractConnection
 
 from dimsebus.services.backoff import Backoff
-from dimsebus.services.bus.connection import describe, masked, refusal
+from dimsebus.services.bus.connection import Brokers, describe, masked, refusal
 from dimsebus.services.bus.consumer import Consumer
 from dimsebus.services.errors import ConfigError
 
@@ -41,25 +43,31 @@ async def supervised(
 ) -> None:
     """Run ``session(connection, stop)`` on a fresh connection until ``stop`` is set.
 
-    The session returns when ``stop`` is set; if the connection is lost or the
-    session fails first, it is cancelled, and run again on a new connection. A broker
-    that refuses the first connection (a wrong password, a vhost that does not exist)
-    raises ``ConfigError``: a start-up mistake, which no retry fixes.
+    ``url`` is one broker URL or several, comma-separated. The session returns when
+    ``stop`` is set; if the connection is lost or the session fails first, it is
+    cancelled, and run again on a new connection, to the next broker. A broker that
+    refuses the first connection (a wrong password, a vhost that does not exist) raises
+    ``ConfigError``: a start-up mistake, which no retry fixes.
     """
     backoff = Backoff(first_delay, max_delay)
+    brokers = Brokers(url, name)
     connected_once = False
     while not stop.is_set():
+        tried = brokers.current
         try:
-            connection = await aio_pika.connect(url, client_properties={"connection_name": name})
+            connection = await brokers.open()
         except Exception as exc:
             refused = refusal(exc)
             if refused is not None and not connected_once:
-                raise ConfigError(f"amqp_url {masked(url)}: {refused}") from exc
-            why = describe(exc)
+                raise ConfigError(f"amqp_url {masked(tried)}: {refused}") from exc
+            if not brokers.round_failed:
+                log.warning("%s cannot reach %s (%s)", name, masked(tried), describe(exc))
+                continue
             log.warning(
-                "%s cannot reach the broker (%s); trying again in %.1f s",
+                "%s cannot reach %s (%s); trying again in %.1f s",
                 name,
-                why,
+                masked(tried),
+                describe(exc),
                 backoff.upcoming,
             )
             await backoff.wait(stop)
@@ -70,10 +78,12 @@ async def supervised(
         try:
             if await _run_until_lost(connection, session, stop, lost):
                 backoff.reset()  # it ran until it was lost: start over quickly
+                brokers.lost()
         except Exception as exc:
             log.warning(
                 "%s lost its session (%r); starting over in %.1f s", name, exc, backoff.upcoming
             )
+            brokers.lost()
             await backoff.wait(stop)
         finally:
             with contextlib.suppress(Exception):

@@ -124,6 +124,8 @@ class Node:
                 self.settings.amqp_url,
                 name=f"dimsebus-node-{self.settings.node_id}",
                 window=self.settings.publish_window,
+                retention=self.settings.retention,
+                replicas=self.settings.replicas,
             )
             await self._serve(stop, ready, relay, open_moves)
         finally:

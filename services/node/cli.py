@@ -295,4 +295,13 @@ def outbox_relay(
     settings = node_settings(config, amqp_url=amqp_url)
     if not outbox.exists():
         fail(f"--outbox: {str(outbox)!r} does not exist")
-    run_relay(outbox, settings.amqp_url, name, window, fact_events.FORMATS, niceness)
+    run_relay(
+        outbox,
+        settings.amqp_url,
+        name,
+        window,
+        fact_events.FORMATS,
+        niceness,
+        retention=settings.retention,
+        replicas=settings.replicas,
+    )

@@ -221,7 +221,7 @@ async def serve_commands(
         return await resender.handle(event)
 
     async def session(connection: AbstractConnection, stop: asyncio.Event) -> None:
-        await ensure_topology(connection, settings.retention)
+        await ensure_topology(connection, settings.retention, settings.replicas)
         channel = await confirming_channel(connection)
         queue = node_commands(settings.node_id)
         consumer = Consumer(
@@ -230,6 +230,7 @@ async def serve_commands(
             handle,
             prefetch=settings.prefetch,
             max_body_bytes=settings.max_body_bytes,
+            replicas=settings.replicas,
         )
         announce = f"node {settings.node_id} takes commands from {queue.name}"
         await consume_until(consumer, stop, asyncio.Event(), announce)

@@ -182,8 +182,9 @@ class Retrier:
 class BrokerOutlet:
     """Decisions to RabbitMQ: events to ``dimsebus.events``, resends to ``dimsebus.delays``."""
 
-    def __init__(self, channel: AbstractChannel, window: int) -> None:
+    def __init__(self, channel: AbstractChannel, window: int, replicas: int | None = None) -> None:
         self._channel = channel
+        self._replicas = replicas
         self._publisher = Publisher(channel, window=window)
         self._node_queues: set[str] = set()
         self._delay_queues: set[int] = set()
@@ -192,7 +193,7 @@ class BrokerOutlet:
         """Declare the node's command queue (a command waits there while the node is down),
         then publish the event."""
         if node_id not in self._node_queues:
-            await declare_work_queue(self._channel, node_commands(node_id))
+            await declare_work_queue(self._channel, node_commands(node_id), self._replicas)
             self._node_queues.add(node_id)
         await self._publisher.publish(event)
 
@@ -202,7 +203,7 @@ class BrokerOutlet:
         """The delay step's queue holds the command until it expires, then dead-letters it
         to ``dimsebus.commands``."""
         if step_ms not in self._delay_queues:
-            await declare_delay_queue(self._channel, step_ms)
+            await declare_delay_queue(self._channel, step_ms, self._replicas)
             self._delay_queues.add(step_ms)
         message = to_message(command)
         message.headers = {DELAY_HEADER: step_ms}
@@ -218,15 +219,18 @@ async def run_retrier(
     connected = asyncio.Event()
 
     async def session(connection: AbstractConnection, stop: asyncio.Event) -> None:
-        await ensure_topology(connection, settings.retention)
+        await ensure_topology(connection, settings.retention, settings.replicas)
         channel = await confirming_channel(connection)
-        retrier = Retrier(settings, store, BrokerOutlet(channel, settings.publish_window))
+        retrier = Retrier(
+            settings, store, BrokerOutlet(channel, settings.publish_window, settings.replicas)
+        )
         consumer = Consumer(
             channel,
             RETRIER_QUEUE,
             retrier.handle,
             prefetch=settings.prefetch,
             max_body_bytes=settings.max_body_bytes,
+            replicas=settings.replicas,
         )
         policy = settings.policy.model_dump()
         announce = f"retrier {settings.retrier_id} consuming {RETRIER_QUEUE.name}; policy {policy}"
@@ -260,7 +264,7 @@ async def purge_delays(settings: RetrierSettings, steps: set[int]) -> int:
     async with connection:
         channel = await connection.channel()
         for step in sorted(steps):
-            queue_name = await declare_delay_queue(channel, step)
+            queue_name = await declare_delay_queue(channel, step, settings.replicas)
             queue = await channel.get_queue(queue_name, ensure=False)
             result = await queue.purge()
             dropped += int(getattr(result, "message_count", 0) or 0)

@@ -225,7 +225,11 @@ async def run_tracker(
     live = Live(lambda move: live_row(move, utc_now(), stall))
     # In either role: events a killed term left in this outbox are published now.
     relay = RelayProcess(
-        settings.outbox_path, settings.amqp_url, name=f"dimsebus-{settings.tracker_id}-relay"
+        settings.outbox_path,
+        settings.amqp_url,
+        name=f"dimsebus-{settings.tracker_id}-relay",
+        retention=settings.retention,
+        replicas=settings.replicas,
     )
     leadership = leadership_for(settings.db, "tracker", settings.tracker_id)
     terms: list[Tracker] = []  # one per term of office: each starts with nothing cached
@@ -298,7 +302,7 @@ async def follow(
     checkpoint = tracker.store.checkpoint()
     start: str | int = settings.start_from if checkpoint is None else checkpoint + 1
     log.info("tracker reading dimsebus.log from %s", start)
-    await ensure_topology(connection, settings.retention)
+    await ensure_topology(connection, settings.retention, settings.replicas)
     await _read(tracker, settings, connection, start, stop, ready)
 
 
