@@ -143,6 +143,10 @@ class Rig:
     study_uids: dict[str, list[str]] = field(default_factory=dict)
     settled_log: list[CloudEvent] = field(default_factory=list)
     """The log up to the marker that ``settled`` saw the tracker past (not read again)."""
+    tracker_store: str | None = None
+    """A postgresql:// URL the trackers share; None: the SQLite file ``tracker_db``."""
+    retrier_store: str | None = None
+    """A postgresql:// URL the retriers share; None: an SQLite file in ``root``."""
 
     # -- configuration ------------------------------------------------------------
 
@@ -163,7 +167,7 @@ class Rig:
             lines += [f"\n[peers.{ae}]", 'host = "127.0.0.1"', 'allow = ["echo", "move"]']
         (self.root / "node.toml").write_text("\n".join(lines) + "\n")
         (self.root / "tracker.toml").write_text(
-            f'amqp_url = "{self.amqp_url}"\ndb = "{self.tracker_db}"\n'
+            f'amqp_url = "{self.amqp_url}"\ndb = "{self.tracker_url}"\n'
             f'outbox_path = "{self.root / "tracker-outbox.sqlite"}"\n'
             "progress_interval = 2.0\nstall_after = 600.0\n"
         )
@@ -176,7 +180,8 @@ class Rig:
             **self.policy,
         }
         (self.root / "retrier.toml").write_text(
-            f'amqp_url = "{self.amqp_url}"\ndb = "{self.root / "retrier.sqlite"}"\n\n[policy]\n'
+            f'amqp_url = "{self.amqp_url}"\n'
+            f'db = "{self.retrier_store or self.root / "retrier.sqlite"}"\n\n[policy]\n'
             + "".join(f"{key} = {value}\n" for key, value in policy.items())
         )
         (self.root / "audit.toml").write_text(
@@ -187,6 +192,11 @@ class Rig:
     def tracker_db(self) -> Path:
         """The tracker's SQLite store."""
         return self.root / "tracker.sqlite"
+
+    @property
+    def tracker_url(self) -> str:
+        """What the trackers' ``db`` is: ``tracker_store``, else the SQLite file."""
+        return self.tracker_store or str(self.tracker_db)
 
     @property
     def audit_db(self) -> Path:
@@ -324,7 +334,7 @@ class Rig:
         self.settled_log, marker, offset = await self._log_to_marker(within)
 
         def past() -> bool:
-            store = open_store(str(self.tracker_db))
+            store = open_store(self.tracker_url)
             try:
                 tracked = (store.checkpoint() or -1) >= offset
             finally:
@@ -359,7 +369,7 @@ class Rig:
 
     def rejected(self) -> list[str]:
         """Why the tracker skipped each log entry it did (`dimsebus moves rejected`, in-process)."""
-        store = open_store(str(self.tracker_db))
+        store = open_store(self.tracker_url)
         try:
             return [r.reason for r in store.rejected()]
         finally:
@@ -367,7 +377,7 @@ class Rig:
 
     def moves(self) -> list[dict[str, Any]]:
         """What `dimsebus moves list --json` prints for this rig's tracker (read in-process)."""
-        views = load_views(TrackerSettings(db=str(self.tracker_db)))
+        views = load_views(TrackerSettings(db=self.tracker_url))
         found: list[dict[str, Any]] = json.loads(json.dumps(views))
         return found
 
@@ -394,7 +404,7 @@ class Rig:
         )
 
     def _moves_or_none(self) -> list[dict[str, Any]]:
-        if not self.tracker_db.exists():
+        if self.tracker_store is None and not self.tracker_db.exists():
             return []
         try:
             return self.moves()
