@@ -16,7 +16,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
-from pydantic import AfterValidator, AliasChoices, BaseModel, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    ValidationError,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -40,6 +47,11 @@ def _check_amqp_url(value: str) -> str:
     return ",".join(parse_urls(value))
 
 
+def _none_if_empty(value: object) -> object:
+    """An empty value (``DIMSEBUS_REPLICAS=`` from compose's default) is no value."""
+    return None if value == "" else value
+
+
 def _check_max_age(value: str) -> str:
     if not re.fullmatch(r"[1-9][0-9]*[YMDhms]", value):
         raise ValueError(f"{value!r} is not a RabbitMQ max-age: expected e.g. 7D, 12h or 30m")
@@ -59,7 +71,7 @@ class ServiceSettings(BaseSettings):
         description="RabbitMQ URL, or several comma-separated (one per cluster node: clients "
         "move to the next when theirs dies); passwords are masked when shown",
     )
-    replicas: int | None = Field(
+    replicas: Annotated[int | None, BeforeValidator(_none_if_empty)] = Field(
         None,
         ge=1,
         le=255,

@@ -9,6 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from dimsebus.services.cli import app
+from tests.compose import interpolate
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -49,7 +50,7 @@ def test_service_has_health_state_and_settings_that_parse(
     assert any(volume.endswith(":/var/lib/dimsebus") for volume in service["volumes"])
     # and its environment (and config file, if any) make valid settings of its model
     for key, value in environment.items():
-        monkeypatch.setenv(key, str(value))
+        monkeypatch.setenv(key, interpolate(str(value), {}))  # as compose would, .env unset
     command = service["command"]
     config = None
     if "--config" in command:
