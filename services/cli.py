@@ -279,10 +279,13 @@ def demo(
     ] = None,
     config: ConfigOption = None,
     amqp_url: AmqpOption = None,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="keep the moves page up after the summary, to Ctrl-C")
+    ] = False,
 ) -> None:
     """The whole product against embedded peers: a C-MOVE whose failures the retries fix."""
     from dimsebus.services.bus.connection import masked as masked_url
-    from dimsebus.services.demo import progress_bars, run_demo
+    from dimsebus.services.demo import progress_bars, run_demo, serve_page
     from dimsebus.services.logs import configure_logging
     from dimsebus.services.vhosts import with_vhost
 
@@ -302,6 +305,15 @@ def demo(
         with progress_bars(out) as bars:
             summary = _run(run_demo(settings, folder, instances, bars, say))
     _show_demo(summary, out, masked_url(with_vhost(settings.amqp_url, summary.vhost)))
+    if serve:
+        import asyncio
+
+        try:
+            asyncio.run(serve_page(summary, say))
+        except KeyboardInterrupt:
+            say("stopped serving the moves page")
+        except OSError as exc:  # its port was taken meanwhile
+            fail(f"cannot serve the moves page at {summary.page_url}: {exc.strerror or exc}")
     if summary.outcome != "completed" or not summary.audit.ok:
         fail(f"the demo move ended {summary.outcome}; audit chain ok: {summary.audit.ok}")
 
@@ -336,6 +348,7 @@ def _show_demo(summary: DemoSummary, out: Console, url: str) -> None:
     out.print(
         "look next:\n"
         f"  dimsebus moves show {summary.move_id[:13]} --db {summary.tracker_db}\n"
+        f"  dimsebus demo --serve keeps the moves page ({summary.page_url}) up after this\n"
         f"  dimsebus audit query --move {summary.move_id[:13]} --db {summary.audit_db}\n"
         f"  dimsebus events tail --from first --type 'dimsebus.retry.*' --amqp-url '{url}'"
         + ("  (password masked)" if "***" in url else ""),

@@ -6,7 +6,8 @@ generated study, a destination Storage SCP that refuses a share of the
 C-STOREs with 0xA700 on their first attempt and aborts its first association
 once, and the tracker, retrier and audit services. A C-MOVE (as AE DEMOSCU)
 moves the study through the node; progress bars follow the tracker while the
-retries complete the move; a summary ends it.
+retries complete the move, and so does the tracker's web page, whose address it
+prints; a summary ends it (``serve_page`` keeps the page up afterwards).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from dimsebus.services.audit.chain import Verification, verify
 from dimsebus.services.audit.store import AuditStore
 from dimsebus.services.bus.connection import refusal
 from dimsebus.services.errors import DimsebusError
+from dimsebus.services.http import serving
 from dimsebus.services.node.app import QUERY_RETRIEVE, Node
 from dimsebus.services.node.archive import Archive
 from dimsebus.services.node.config import Destination, NodeSettings, Peer
@@ -43,6 +45,7 @@ from dimsebus.services.node.synthetic import write_study
 from dimsebus.services.retrier.app import RetrierSettings, run_retrier
 from dimsebus.services.retrier.policy import RetryPolicy
 from dimsebus.services.settings import ServiceSettings
+from dimsebus.services.tracker import api
 from dimsebus.services.tracker.api import load_views
 from dimsebus.services.tracker.app import TrackerSettings, run_tracker
 from dimsebus.services.tracker.progress import TERMINAL
@@ -181,6 +184,8 @@ class DemoSummary:
     seconds: float
     tracker_db: Path
     audit_db: Path
+    page_url: str
+    tracker_port: int
     failed_instances: list[dict[str, Any]] = field(default_factory=list)
     vhost: str = "/"
     """The broker vhost the demo ran in (its own, unless none could be made)."""
@@ -199,6 +204,7 @@ async def run_demo(
     started = time.monotonic()
     node_settings, study_uid = await asyncio.to_thread(_prepare_node, workdir, url, instances, say)
     destination = FlakyDestination(abort_after=max(5, instances // 3))
+    page_port = _free_port()
     tracker = TrackerSettings(
         amqp_url=url,
         db=str(workdir / "tracker.sqlite"),
@@ -206,6 +212,8 @@ async def run_demo(
         tracker_id="demo-tracker",
         start_from="next",
         retries=True,  # the demo runs a retrier: a failure is final once it decided
+        http_host="127.0.0.1",
+        http_port=page_port,
     )
     retrier = RetrierSettings(
         amqp_url=url,
@@ -217,6 +225,7 @@ async def run_demo(
     with destination.serving(node_settings.destinations["DEMODEST"].port):
         async with _services(node_settings, tracker, retrier, audit):
             say(f"moving study {study_uid} ({instances} instances) from DIMSEBUS to DEMODEST")
+            say(f"the moves page, live while the move runs: {_page_url(page_port)}")
             move = asyncio.create_task(asyncio.to_thread(_c_move, node_settings, study_uid))
             view = await _follow(tracker, progress, instances, within)
             await move
@@ -238,9 +247,28 @@ async def run_demo(
         seconds=time.monotonic() - started,
         tracker_db=Path(tracker.db),
         audit_db=Path(audit.db),
+        page_url=_page_url(page_port),
+        tracker_port=page_port,
         failed_instances=view["failed_instances"],
         vhost=vhost_of(url),
     )
+
+
+def _page_url(port: int) -> str:
+    return f"http://127.0.0.1:{port}/"
+
+
+async def serve_page(summary: DemoSummary, say: Callable[[str], None]) -> None:
+    """Serve the tracker's page (and API) over the demo's store, as it ended, until cancelled.
+
+    The services have stopped, so the page has no live feed: it is the moves as they stand.
+    """
+    settings = TrackerSettings(
+        db=str(summary.tracker_db), http_host="127.0.0.1", http_port=summary.tracker_port
+    )
+    async with serving(settings, [], lambda: {"ok": True}, api.routes(settings)):
+        say(f"serving the moves page at {summary.page_url} until Ctrl-C")
+        await asyncio.Event().wait()
 
 
 def _verify(db: str) -> Verification:

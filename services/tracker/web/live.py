@@ -36,10 +36,15 @@ class Subscriber:
         drop them all and ask the page to start over."""
         for row in rows:
             if len(self.rows) >= self.limit and row["move_id"] not in self.rows:
-                self.rows.clear()
-                self.resync = True
-                break
+                self.start_over()
+                return
             self.rows[row["move_id"]] = row
+        self._ready.set()
+
+    def start_over(self) -> None:
+        """Drop what is pending: the page reloads the list instead."""
+        self.rows.clear()
+        self.resync = True
         self._ready.set()
 
     def close(self) -> None:
@@ -96,6 +101,10 @@ class Live:
         self._flush = None
         changed, self._changed = list(self._changed.values()), {}
         if not self.subscribers:
+            return
+        if len(changed) > self.limit:  # more than any page may hold: none gets the rows
+            for subscriber in self.subscribers:
+                subscriber.start_over()
             return
         rows = [self.row_of(move) for move in changed]
         for subscriber in self.subscribers:

@@ -193,10 +193,10 @@ class Pages:
     ) -> None:
         while (found := await subscriber.next(HEARTBEAT)) is not None:
             rows, resync = found
-            if resync:
-                await response.write(b"event: resync\ndata: {}\n\n")
-                continue
-            out = bytearray(b": alive\n\n" if not rows else b"")
+            # resync: the page reloads the list (what came since is in what it reloads)
+            out = bytearray(b"event: resync\ndata: {}\n\n" if resync else b"")
+            if not rows and not resync:
+                out += b": alive\n\n"
             for row in rows:
                 if only and row["move_id"] != only:
                     continue

@@ -62,7 +62,15 @@ function follow(src, status, onMove) {
   const source = new EventSource(src);
   source.addEventListener("open", () => { status.textContent = "Live: changes appear as the tracker commits them."; });
   source.addEventListener("error", () => { status.textContent = "Live updates interrupted; reconnecting…"; });
-  source.addEventListener("resync", () => { window.location.reload(); });
+  // More changed than the feed keeps for a page (a replay, a burst): read the page again,
+  // at most once every 2 s however many come.
+  let reloading = false;
+  source.addEventListener("resync", () => {
+    if (reloading) return;
+    reloading = true;
+    status.textContent = "Many changes at once: reloading the list…";
+    window.setTimeout(() => window.location.reload(), 2000);
+  });
   source.addEventListener("move", (message) => {
     onMove(JSON.parse(message.data));
     status.textContent = "Live: last change at " + new Date().toISOString().slice(11, 19) + " UTC.";
