@@ -26,9 +26,11 @@ from dimsebus.services.audit.chain import verify
 from dimsebus.services.audit.store import AuditStore
 from dimsebus.services.bus.connection import confirming_channel, connect
 from dimsebus.services.bus.publisher import Publisher
+from dimsebus.services.leadership import Leadership
 from dimsebus.services.retrier.app import Retrier, RetrierSettings
 from dimsebus.services.retrier.policy import RetryPolicy
 from dimsebus.services.retrier.store import RetryStore
+from dimsebus.services.sql import Fenced
 from dimsebus.services.tracker.store import open_store
 from tests.broker import Broker, private_vhost
 from tests.faults.rig import Process
@@ -266,16 +268,22 @@ class SlowOutlet(MemoryOutlet):
         await super().announce(event, node_id)
 
 
-async def test_two_retriers_on_one_postgresql_store_publish_each_decision_once(
-    postgres_url: str,
-) -> None:
-    # given two retriers, each with a connection of its own to one PostgreSQL store
+@pytest.fixture(params=["postgresql", "sqlite"])
+def retrier_db(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """One retrier store: a PostgreSQL schema, or an SQLite file that two processes share."""
+    if request.param == "sqlite":
+        return str(tmp_path / "retrier.sqlite")
+    return str(request.getfixturevalue("postgres_url"))
+
+
+async def test_two_retriers_on_one_store_publish_each_decision_once(retrier_db: str) -> None:
+    # given two retriers, each with a connection of its own to one store
     policy = RetryPolicy(max_attempts=3, initial_delay=10, multiplier=2, max_delay=60, jitter=0.0)
     outlet = SlowOutlet()
-    stores = [RetryStore(postgres_url), RetryStore(postgres_url)]
+    stores = [RetryStore(retrier_db), RetryStore(retrier_db)]
     retriers = [
         Retrier(
-            RetrierSettings(retrier_id="r", policy=policy, db=postgres_url),
+            RetrierSettings(retrier_id="r", policy=policy, db=retrier_db),
             store,
             outlet,
             clock=lambda: T0 + dt.timedelta(seconds=1),
@@ -295,3 +303,30 @@ async def test_two_retriers_on_one_postgresql_store_publish_each_decision_once(
     commands = [command.id for command, _, _ in outlet.scheduled]
     assert len(commands) == len(set(commands)) == len(decided)
     assert len(decided) == 2
+
+
+async def test_a_tracker_whose_term_is_over_cannot_commit(postgres_url: str) -> None:
+    # given a tracker store fenced by its term of office
+    first, second = (
+        Leadership(postgres_url, "tracker", "t1"),
+        Leadership(postgres_url, "tracker", "t2"),
+    )
+    store = open_store(postgres_url)  # migrates: the terms' table is there
+    never = asyncio.Event()
+    try:
+        assert await first.acquire(never)
+        store.fenced(first.fence())
+        store.save([], 1)
+        # when its lock's connection is gone and another copy takes the next term
+        holder = lock_holder(postgres_url, "tracker")
+        with psycopg.connect(postgres_url, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (holder,))
+        assert await asyncio.wait_for(second.acquire(never), 10)
+        # then the first one's next commit is refused, and its checkpoint stays
+        with pytest.raises(Fenced, match="term 1 is over"):
+            store.save([], 2)
+        assert store.checkpoint() == 1
+    finally:
+        store.close()
+        await first.release()
+        await second.release()
