@@ -58,8 +58,11 @@ function fillRow(row, move) {
   row.classList.add("changed");
 }
 
+// The status (a live region) says only whether the page is live; each change's time goes
+// beside it, outside the region, so a screen reader is not told of every commit.
 function follow(src, status, onMove) {
   const source = new EventSource(src);
+  const last = document.getElementById("last-change");
   source.addEventListener("open", () => { status.textContent = "Live: changes appear as the tracker commits them."; });
   source.addEventListener("error", () => { status.textContent = "Live updates interrupted; reconnecting…"; });
   // More changed than the feed keeps for a page (a replay, a burst): read the page again,
@@ -73,7 +76,7 @@ function follow(src, status, onMove) {
   });
   source.addEventListener("move", (message) => {
     onMove(JSON.parse(message.data));
-    status.textContent = "Live: last change at " + new Date().toISOString().slice(11, 19) + " UTC.";
+    if (last) last.textContent = "Last change at " + new Date().toISOString().slice(11, 19) + " UTC.";
   });
 }
 
@@ -116,8 +119,7 @@ function followMove() {
       const value = counts[cell.dataset.count];
       cell.textContent = value === null || value === undefined ? "?" : String(value);
     }
-    status.textContent = "Live: counts updated at " + new Date().toISOString().slice(11, 19)
-      + " UTC; reload for the instances and the timeline.";
+    status.textContent = "Live: the counts change as the tracker commits; reload for the instances and the timeline.";
   });
 }
 
