@@ -116,8 +116,20 @@ def move_row(move: MoveState, outcome_now: str) -> dict[str, Any]:
 
 
 def live_row(move: MoveState, now: dt.datetime, stall_after: dt.timedelta) -> dict[str, Any]:
-    """The move's row as of ``now`` (what the page's live feed sends)."""
-    return move_row(move, outcome(move, now, stall_after))
+    """The move's row as of ``now`` (what the page's live feed sends), with when it turns
+    stalled if no event comes (``stalls_at``)."""
+    row = move_row(move, outcome(move, now, stall_after))
+    stalls = settled_outcome(move)[1]
+    return {**row, "stalls_at": stalls_at(move.last_event_at, stalls, stall_after)}
+
+
+def stalls_at(
+    last_event_at: dt.datetime | None, stalls: bool, stall_after: dt.timedelta
+) -> str | None:
+    """When a move that turns stalled without another event does (ISO), else None."""
+    if not stalls or last_event_at is None:
+        return None
+    return (last_event_at + stall_after).isoformat()
 
 
 def outcome_is_final(move: MoveState) -> bool:

@@ -69,6 +69,7 @@ async def test_the_page_follows_a_move_live_and_shows_a_refused_instance(
                 await _follows_the_move(page, base, node)
                 await _shows_a_refused_instance(page, refused)
                 await _reads_on_a_phone(page, base)
+                await _marks_stalled_by_the_clock(page, base)
                 await _shows_markup_from_peers_as_text(page, base, amqp_url)
             finally:
                 await browser.close()
@@ -136,6 +137,19 @@ async def _reads_on_a_phone(page: Page, base: str) -> None:
     assert overflow <= 0
     await page.screenshot(path=str(DOCS / "moves-phone.png"), full_page=False)
     await page.set_viewport_size({"width": 1280, "height": 800})
+
+
+async def _marks_stalled_by_the_clock(page: Page, base: str) -> None:
+    # a running row whose stalls-at time passed turns stalled on the open page (the
+    # script checks every 10 s; here it is asked at once)
+    await page.goto(base + "/")
+    outcome = page.locator('#moves tbody [data-field="outcome"]').first
+    await outcome.evaluate(
+        "el => { el.dataset.outcome = 'in_progress'; "
+        "el.dataset.stallsAt = '2026-01-01T00:00:00+00:00'; }"
+    )
+    await page.evaluate("markStalled()")
+    await expect(outcome).to_have_text("stalled")
 
 
 async def _shows_markup_from_peers_as_text(page: Page, base: str, amqp_url: str) -> None:

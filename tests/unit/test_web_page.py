@@ -90,7 +90,14 @@ def test_filters_by_ae_title_outcome_and_time(tmp_path: Path) -> None:
     later = T0 + dt.timedelta(hours=5)
     assert read_page(store.db, Filters(outcome="stalled"), later, STALL).total == 3
     assert read_page(store.db, Filters(outcome="in_progress"), later, STALL).total == 0
-    assert read_page(store.db, Filters(), later, STALL).rows[0]["outcome"] == "stalled"
+    newest = read_page(store.db, Filters(), later, STALL).rows[0]
+    assert newest["outcome"] == "stalled"
+    # and each running row says when it turns stalled, for the open page's clock
+    last_event = T0 + dt.timedelta(minutes=102, seconds=30)
+    assert newest["stalls_at"] == (last_event + STALL).isoformat()
+    assert read_page(store.db, Filters(ae="OTHER"), later, STALL).rows[0]["stalls_at"] is None
+    assert live_row(a_move(7, running=True), soon, STALL)["stalls_at"] is not None
+    assert live_row(a_move(7), soon, STALL)["stalls_at"] is None
     # an AE title in any role
     assert read_page(store.db, Filters(ae="OTHER"), later, STALL).total == 4
     assert read_page(store.db, Filters(ae="STORESCP"), later, STALL).total == 43

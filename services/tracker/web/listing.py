@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 
 from dimsebus.services.errors import DimsebusError
 from dimsebus.services.sql import Database
+from dimsebus.services.tracker.views import stalls_at
 
 OUTCOMES = (
     "in_progress",
@@ -149,7 +150,7 @@ def read_page(db: Database, filters: Filters, now: dt.datetime, stall_after: dt.
     (total,) = db.execute(f"SELECT count(*) FROM tracker_moves {where}", params).fetchone()
     # A move saved before the list had columns has none until the tracker fills them
     # (``fill_listing``, at its start): it is counted, not shown.
-    rows = [_row(summary, stalls, last, cutoff) for summary, stalls, last in found if summary]
+    rows = [_row(s, stalls, last, cutoff, stall_after) for s, stalls, last in found if s]
     return Page(rows, int(total), filters)
 
 
@@ -179,8 +180,12 @@ def _where(filters: Filters, cutoff: str) -> tuple[str, tuple[Any, ...]]:
     return ("WHERE " + " AND ".join(clauses)) if clauses else "", tuple(params)
 
 
-def _row(summary: str, stalls: int, last_event_at: str | None, cutoff: str) -> dict[str, Any]:
+def _row(
+    summary: str, stalls: int, last_event_at: str | None, cutoff: str, stall_after: dt.timedelta
+) -> dict[str, Any]:
     row: dict[str, Any] = json.loads(summary)
     if stalls and last_event_at is not None and last_event_at < cutoff:
         row["outcome"] = "stalled"
+    last = dt.datetime.fromisoformat(last_event_at) if last_event_at else None
+    row["stalls_at"] = stalls_at(last, bool(stalls), stall_after)
     return row

@@ -52,6 +52,7 @@ BLANK: dict[str, Any] = {
     "counts": {"completed": 0, "warning": 0, "failed": 0, "remaining": None},
     "started_at": None,
     "completed_at": None,
+    "stalls_at": None,
 }
 """The row the page's script copies for a move that appears while it is open."""
 LABELS = {

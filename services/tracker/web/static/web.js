@@ -47,7 +47,9 @@ function fillRow(row, move) {
   for (const name of ["requestor_ae_title", "source_ae_title", "destination_ae_title"]) {
     row.querySelector("[data-field=" + name + "]").textContent = move[name] || "—";
   }
-  setOutcome(row.querySelector("[data-field=outcome]"), move.outcome);
+  const outcome = row.querySelector("[data-field=outcome]");
+  setOutcome(outcome, move.outcome);
+  outcome.dataset.stallsAt = move.stalls_at || "";
   const started = row.querySelector("[data-field=started_at]");
   started.setAttribute("datetime", move.started_at || "");
   started.textContent = when(move.started_at);
@@ -123,4 +125,19 @@ function followMove() {
   });
 }
 
-document.addEventListener("DOMContentLoaded", () => { followList(); followMove(); });
+// A move with no event for stall_after is stalled: the clock says so, not a commit, so the
+// page tells it from each row's stalls-at time (the server's, from the last event).
+function markStalled() {
+  const now = Date.now();
+  for (const el of document.querySelectorAll("[data-stalls-at]")) {
+    const at = Date.parse(el.dataset.stallsAt);
+    const open = el.dataset.outcome === "in_progress" || el.dataset.outcome === "retrying";
+    if (open && !isNaN(at) && at <= now) setOutcome(el, "stalled");
+  }
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  followList();
+  followMove();
+  window.setInterval(markStalled, 10000);
+});
