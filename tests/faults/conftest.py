@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.broker import Broker, Exec, delete_vhost, new_vhost, node_option
+from tests.cluster import cluster, healed_cluster  # noqa: F401 (fixtures: a 3-node cluster)
 from tests.faults.ledger import Tally
 from tests.faults.rig import Rig, new_rig
 
