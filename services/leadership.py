@@ -78,13 +78,16 @@ class Leadership:
 
     async def acquire(self, stop: asyncio.Event) -> bool:
         """Wait until this process holds the lock (True), or ``stop`` is set (False)."""
-        announced = False
+        announced = unreachable = False
         while not stop.is_set():
             try:
                 if await self._try():
                     return True
+                unreachable = False
             except Exception as exc:  # the database is down: a standby keeps trying
-                log.warning("%s: cannot ask %s for the lock (%s)", self.name, self._where, exc)
+                if not unreachable:  # once per outage, not every poll
+                    log.warning("%s: cannot ask %s for the lock (%s)", self.name, self._where, exc)
+                unreachable = True
                 await self._drop()
             if not announced:
                 self._announce("standby", "another copy holds the lock")
