@@ -181,7 +181,9 @@ def topology_declare(config: ConfigOption = None, amqp_url: AmqpOption = None) -
 
     async def declare() -> None:
         async with await connect(settings.amqp_url, "dimsebus-cli") as connection:
-            await declare_topology(await connection.channel(), settings.retention)
+            await declare_topology(
+                await connection.channel(), settings.retention, settings.replicas
+            )
 
     _run(declare())
     console.print("topology declared")

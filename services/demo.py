@@ -35,6 +35,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from dimsebus.services.audit.app import AuditSettings, run_audit
 from dimsebus.services.audit.chain import Verification, verify
 from dimsebus.services.audit.store import AuditStore
+from dimsebus.services.bus.brokers import parse_urls
 from dimsebus.services.bus.connection import refusal
 from dimsebus.services.errors import DimsebusError
 from dimsebus.services.http import serving
@@ -200,7 +201,8 @@ async def run_demo(
     within: float = 300.0,
 ) -> DemoSummary:
     """Run every service, move the study, follow the move to its end; the summary."""
-    url = await own_vhost(await find_broker(settings.amqp_url, say), dt.datetime.now(dt.UTC), say)
+    first = parse_urls(settings.amqp_url)[0]  # of a cluster's URLs, the demo uses the first
+    url = await own_vhost(await find_broker(first, say), dt.datetime.now(dt.UTC), say)
     started = time.monotonic()
     node_settings, study_uid = await asyncio.to_thread(_prepare_node, workdir, url, instances, say)
     destination = FlakyDestination(abort_after=max(5, instances // 3))
