@@ -19,11 +19,14 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 system:
 	scripts/setup-system
 
-# The integration tests run on two workers, each in a vhost of its own; the fault
-# scenarios (and any test marked faults) stop, kill and fill the broker: alone, after.
+# The integration tests and the fault scenarios that leave the broker alone run on two
+# workers, each in a vhost of its own, a file's tests on one worker; the tests marked
+# exclusive stop, kill and fill the broker: alone, after. Both runs write one Reliability
+# table (var/faults-report.md; tests/faults/report.py).
 test: check system
-	$(BIN)/pytest tests/integration -n 2 --dist loadfile -m "not faults"
-	$(BIN)/pytest -m faults
+	export DIMSEBUS_FAULTS_RUN=$$(date +%s%N); \
+	$(BIN)/pytest tests/integration tests/faults -n 2 --dist loadfile -m "not exclusive" \
+	&& $(BIN)/pytest -m exclusive
 
 # The quick check, in under a minute: lint, format, types, import contracts and the unit
 # tests (no broker, no dcmtk), on two workers.

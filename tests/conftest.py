@@ -22,6 +22,9 @@ from tests.broker import (
     rabbitmq_container,
 )
 
+# The Reliability table's fixture and hooks, here so that the xdist controller has them too.
+pytest_plugins = ["tests.faults.report"]
+
 
 async def _answers(url: str) -> str | None:
     try:

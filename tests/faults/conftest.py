@@ -1,4 +1,5 @@
-"""Fixtures of the fault scenarios: a vhost and a rig each, the broker's controls, the report."""
+"""Fixtures of the fault scenarios: a vhost and a rig each, the broker's controls (the
+Reliability table's ``report`` fixture is in tests/faults/report.py)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,9 @@ import pytest
 
 from tests.broker import Broker, Exec, delete_vhost, new_vhost, node_option
 from tests.cluster import cluster, healed_cluster  # noqa: F401 (fixtures: a 3-node cluster)
-from tests.faults.ledger import Tally
 from tests.faults.rig import Rig, new_rig
 
 pytestmark = pytest.mark.faults
-REPORT = Path(os.environ.get("DIMSEBUS_FAULTS_REPORT", "var/faults-report.md"))
-_TALLIES: list[Tally] = []
-HEADER = ("scenario", "injected", "expected", "received", "lost", "duplicated", "unexpected")
 
 
 class Vhosts:
@@ -90,34 +87,6 @@ def make_rig(tmp_path: Path, vhost_url: str) -> Iterator[Callable[..., Rig]]:
     yield make
     for rig in rigs:
         rig.stop_all()
-
-
-@pytest.fixture
-def report() -> Callable[[Tally], Tally]:
-    """Record a scenario's tally for the Reliability table, and assert its invariant."""
-
-    def record(tally: Tally) -> Tally:
-        _TALLIES.append(tally)
-        assert tally.exact, f"invariant broken: {tally}"
-        return tally
-
-    return record
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Print the Reliability table (and write it to var/faults-report.md)."""
-    if not _TALLIES:
-        return
-    lines = [
-        "| " + " | ".join((*HEADER, "tracker")) + " |",
-        "|" + "---|" * (len(HEADER) + 1),
-        *("| " + " | ".join(t.row()) + " |" for t in _TALLIES),
-    ]
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text("\n".join(lines) + "\n")
-    terminalreporter.write_sep("=", f"reliability (also in {REPORT})")
-    for line in lines:
-        terminalreporter.write_line(line)
 
 
 class BrokerControl:

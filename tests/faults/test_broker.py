@@ -17,7 +17,8 @@ from tests.faults.rig import Rig, storescp_answers
 from tests.faults.scenario import account, move_through, until
 from tests.integration.peers import storescp
 
-pytestmark = pytest.mark.faults
+# They stop, kill and fill the broker: never beside other tests (make test runs them alone).
+pytestmark = [pytest.mark.faults, pytest.mark.exclusive]
 INSTANCES = 500
 OUTAGE = 100  # C-STOREs answered while the broker is down
 

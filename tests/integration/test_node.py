@@ -199,7 +199,8 @@ async def test_destination_out_of_space(tmp_path: Path, amqp_url: str, start_nod
     assert stored == 10
 
 
-@pytest.mark.faults  # it stops the broker: never beside other tests (make test runs it alone)
+@pytest.mark.faults
+@pytest.mark.exclusive  # it stops the broker: never beside other tests (make test runs it alone)
 async def test_broker_outage_during_a_move_loses_nothing(
     tmp_path: Path, amqp_url: str, broker: Broker, start_node: Any
 ) -> None:
