@@ -44,12 +44,12 @@ async def second_copy(
 
 
 async def test_active_tracker_killed_mid_move_the_standby_takes_over(
+    postgres_url: str,  # first: its schema is dropped after the rig's processes stopped
     tmp_path: Path,
     make_rig: Callable[..., Rig],
-    postgres_url: str,
     report: Callable[[Tally], Tally],
 ) -> None:
-    instances = 300
+    instances = 200
     with storescp(tmp_path / "received") as peer:
         # given two trackers on one PostgreSQL database, the rig's active, the other standing by
         rig = make_rig({"STORESCP": peer.port})
@@ -86,12 +86,12 @@ async def test_active_tracker_killed_mid_move_the_standby_takes_over(
 
 
 async def test_one_of_two_retriers_killed_while_retries_wait(
+    postgres_url: str,  # first: its schema is dropped after the rig's processes stopped
     tmp_path: Path,
     make_rig: Callable[..., Rig],
-    postgres_url: str,
     report: Callable[[Tally], Tally],
 ) -> None:
-    instances, moves = 50, 3
+    instances, moves = 20, 3
     later = free_port()  # the destination is down until both retriers have decided
     rig = make_rig(
         {"LATER": later}, policy={"max_attempts": 40, "initial_delay": 0.3, "max_delay": 0.6}
