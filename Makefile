@@ -20,12 +20,14 @@ system:
 	scripts/setup-system
 
 # The integration tests and the fault scenarios that leave the broker alone run on two
-# workers, each in a vhost of its own, a file's tests on one worker; the tests marked
+# workers, each in a vhost of its own, a file's tests on one worker, the longest files first
+# (tests/conftest.py); the tests marked
 # exclusive stop, kill and fill the broker: alone, after. Both runs write one Reliability
 # table (var/faults-report.md; tests/faults/report.py).
 test: check system
 	export DIMSEBUS_FAULTS_RUN=$$(date +%s%N); \
-	$(BIN)/pytest tests/integration tests/faults -n 2 --dist loadfile -m "not exclusive" \
+	$(BIN)/pytest tests/integration tests/faults -n 2 --dist loadfile --no-loadscope-reorder \
+	  -m "not exclusive" \
 	&& $(BIN)/pytest -m exclusive
 
 # The quick check, in under a minute: lint, format, types, import contracts and the unit
