@@ -92,6 +92,9 @@ def settled_outcome(move: MoveState) -> tuple[str, bool]:
     now = outcome(move, at, dt.timedelta(0))
     if now not in UNFINISHED:
         return now, False
+    if now == "in_progress":  # an unfinished move always stalls: no need to count again
+        return now, True
+    # retrying stalls only while awaiting a decision, not with an attempt scheduled
     return now, outcome(move, at + dt.timedelta(days=1), dt.timedelta(0)) == "stalled"
 
 
