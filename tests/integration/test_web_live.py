@@ -60,6 +60,27 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[str, Live]]:
         await asyncio.wait_for(runner.cleanup(), 10)
 
 
+async def test_without_a_live_feed_the_page_is_told_not_to_ask(tmp_path: Path) -> None:
+    # given the routes without a feed (the demo's --serve, after the tracker stopped)
+    app = web.Application()
+    app.add_routes(api.routes(TrackerSettings(db=str(tmp_path / "tracker.sqlite"))))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            # then /live answers 204, which stops a browser's EventSource reconnecting
+            async with session.get(base + "/live") as response:
+                assert response.status == 204
+            async with session.get(base + "/", headers={"Accept": "text/html"}) as response:
+                assert response.status == 200
+                assert "as it stood when served" in await response.text()
+    finally:
+        await runner.cleanup()
+
+
 async def _next_move(response: aiohttp.ClientResponse) -> str:
     """The data line of the next ``move`` event on the stream."""
     kind = ""

@@ -168,6 +168,9 @@ def test_what_peers_wrote_is_text_on_both_pages(tmp_path: Path) -> None:
         assert "<b>DEST" not in page
         assert "&#34;&gt;&lt;svg onload=1&gt;" in page
     assert "<script>alert" not in one
+    # and without a live feed (demo --serve) neither page asks for one
+    assert "data-src" not in html
+    assert "data-src" not in one
     assert "&lt;/td&gt;&lt;script&gt;alert(1)" in one
     assert pages.move(view).headers["Content-Security-Policy"].startswith("default-src 'none'")
 

@@ -161,7 +161,7 @@ class Pages:
 
     def move(self, view: dict[str, Any]) -> web.Response:
         """One move's page, from its view (``views.move_view``, as the API serves it)."""
-        return self.html("move.html", move=view)
+        return self.html("move.html", move=view, live=self.live)
 
     def missing(self, message: str) -> web.Response:
         return self.html("error.html", status=404, title="No such move", message=message)
@@ -173,13 +173,13 @@ class Pages:
         except BadFilter as exc:
             raise web.HTTPBadRequest(text=str(exc)) from None
         only = request.query.get("move", "")
+        if self.live is None:  # no tracker commits here (demo --serve): 204 stops EventSource
+            return web.Response(status=204, headers=HEADERS)
         response = web.StreamResponse(
             headers={**HEADERS, "Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}
         )
         await response.prepare(request)
         await response.write(b"retry: 2000\n\n")
-        if self.live is None:
-            return response
         subscriber = self.live.subscribe()
         try:
             await self._stream(response, subscriber, filters, only)

@@ -86,7 +86,7 @@ function followList() {
   const status = document.getElementById("live");
   const table = document.getElementById("moves");
   const template = document.getElementById("row-template");
-  if (!status || !table || !template || !window.EventSource) return;
+  if (!status || !status.dataset.src || !table || !template || !window.EventSource) return;
   const body = table.tBodies[0];
   const firstPage = status.dataset.page === "1";
   const perPage = Number(status.dataset.perPage);
@@ -111,7 +111,7 @@ function followList() {
 function followMove() {
   const summary = document.getElementById("summary");
   const status = document.getElementById("live");
-  if (!summary || !status || !window.EventSource) return;
+  if (!summary || !summary.dataset.src || !status || !window.EventSource) return;
   follow(summary.dataset.src, status, (move) => {
     if (move.move_id !== summary.dataset.moveId) return;
     setOutcome(summary.querySelector("[data-field=outcome]"), move.outcome);
