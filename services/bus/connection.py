@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 REFUSED_CODES = frozenset({402, 403, 530})
 """Reply codes that a retry does not change: invalid path, access refused, not allowed."""
 _CODES = {error: code for code, error in EXCEPTION_MAPPING.items()}
+CONNECT_WITHIN = 15.0
+"""Seconds a connection may take to open: a node whose host is gone drops the handshake
+without a reset, and the operating system would wait minutes before the next URL is tried."""
 
 
 async def connect(urls: str, name: str) -> AbstractRobustConnection:
@@ -50,16 +53,21 @@ async def connect(urls: str, name: str) -> AbstractRobustConnection:
         except Exception as exc:
             if refusal(exc) is not None:
                 raise
-            log.info("%s cannot reach %s (%s); trying the next broker", name, masked(url), exc)
+            why = describe(exc)
+            log.info("%s cannot reach %s (%s); trying the next broker", name, masked(url), why)
     return await _robust(last, name)
 
 
 async def _robust(url: str, name: str) -> AbstractRobustConnection:
-    return await aio_pika.connect_robust(url, client_properties={"connection_name": name})
+    return await aio_pika.connect_robust(
+        url, client_properties={"connection_name": name}, timeout=CONNECT_WITHIN
+    )
 
 
 async def _open(url: str, name: str) -> AbstractConnection:
-    return await aio_pika.connect(url, client_properties={"connection_name": name})
+    return await aio_pika.connect(
+        url, client_properties={"connection_name": name}, timeout=CONNECT_WITHIN
+    )
 
 
 class Brokers:
