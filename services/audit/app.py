@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import socket
 import ssl
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,15 +122,14 @@ class Auditor:
                 return [instances_transferred(g, event.data.at, source, policy) for g in groups]
         return []
 
-    def _association_sent(self, association_id: str) -> list[Sent]:
-        found = []
+    def _association_sent(self, association_id: str) -> Iterator[Sent]:
+        """The association's sub-operations one at a time (``by_study`` keeps counts only)."""
         for body in self.store.association_events(association_id):
             event = ev.MESSAGE_ADAPTER.validate_python(body)
             if isinstance(event, ev.CStoreResponseReceived | ev.CStoreResponseMissing):
                 sent = Sent.of(event)
                 if sent is not None:
-                    found.append(sent)
-        return found
+                    yield sent
 
 
 async def run_audit(

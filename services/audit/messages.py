@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 from uuid import NAMESPACE_URL, UUID, uuid5
 from xml.etree import ElementTree as ET
@@ -86,30 +86,66 @@ def begin_transferring(
     return _done(root, _id("begin", first), first.at, "begin")
 
 
+@dataclass(slots=True)
+class Transfers:
+    """One (association, study)'s sub-operations as counted: the first, how many, how many
+    failed, and the SOP classes of those that arrived. Counts, not the list: an association
+    can carry a 10,000-instance move."""
+
+    first: Sent
+    total: int = 0
+    failed: int = 0
+    classes: Counter[str] = field(default_factory=Counter)
+
+    def add(self, sent: Sent) -> None:
+        """Count one more sub-operation."""
+        self.total += 1
+        if sent.succeeded:
+            self.classes[sent.sop_class_uid] += 1
+        else:
+            self.failed += 1
+
+    @classmethod
+    def of(cls, sent: Iterable[Sent]) -> Transfers:
+        """The sub-operations ``sent`` (of one association and study, at least one) counted."""
+        found: Transfers | None = None
+        for item in sent:
+            found = found or cls(item)
+            found.add(item)
+        if found is None:
+            raise ValueError("sent: no sub-operations to count")
+        return found
+
+
 def instances_transferred(
-    sent: list[Sent], ended_at: dt.datetime, audit_source: str, policy: PatientPolicy = "keep"
+    sent: Transfers | Iterable[Sent],
+    ended_at: dt.datetime,
+    audit_source: str,
+    policy: PatientPolicy = "keep",
 ) -> AuditMessage:
     """DICOM Instances Transferred, for all sub-operations of one (association, study)."""
-    first = sent[0]
-    failed = sum(not s.succeeded for s in sent)
-    outcome = 0 if failed == 0 else 8 if failed == len(sent) else 4
+    counted = sent if isinstance(sent, Transfers) else Transfers.of(sent)
+    first, failed, total = counted.first, counted.failed, counted.total
+    outcome = 0 if failed == 0 else 8 if failed == total else 4
     root = _message(TRANSFERRED, "R", ended_at, outcome)
     if failed:
         ET.SubElement(
             root[0], "EventOutcomeDescription"
-        ).text = f"{failed} of {len(sent)} instances not transferred"
+        ).text = f"{failed} of {total} instances not transferred"
     _participants(root, first)
     _source(root, audit_source)
-    _study(root, first.study_uid, Counter(s.sop_class_uid for s in sent if s.succeeded))
+    _study(root, first.study_uid, counted.classes)
     _patient(root, first.patient_id, policy)
     return _done(root, _id("transferred", first), ended_at, "transferred")
 
 
-def by_study(sent: Iterable[Sent]) -> list[list[Sent]]:
-    """Sub-operations of one association grouped by study, in a stable order."""
-    groups: dict[str, list[Sent]] = {}
+def by_study(sent: Iterable[Sent]) -> list[Transfers]:
+    """Sub-operations of one association counted by study, in a stable order."""
+    groups: dict[str, Transfers] = {}
     for item in sent:
-        groups.setdefault(item.study_uid, []).append(item)
+        if item.study_uid not in groups:
+            groups[item.study_uid] = Transfers(item)
+        groups[item.study_uid].add(item)
     return [groups[study] for study in sorted(groups)]
 
 
