@@ -27,8 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import Progress, TextColumn
 from rich.table import Table
 
+from dimsebus.services.bus.outbox import read_relay_stats
 from tests.broker import LOCAL_URL, local_rabbitmqctl, private_vhost
 from tests.faults.rig import Rig, new_rig, tracked_responses
 from tests.integration.peers import storescp
@@ -92,8 +94,10 @@ class Soak:
     samples: dict[str, list[int]]
 
 
-async def soak(root: Path, amqp_url: str, moves: int, instances: int) -> Soak:
+async def soak(root: Path, amqp_url: str, moves: int, instances: int, progress: Progress) -> Soak:
     """``moves`` C-MOVEs of one study of ``instances``, one after another, memory sampled."""
+    name = f"{moves} x {instances}" if moves > 1 else f"1 move of {instances}"
+    task = progress.add_task(f"{name}: setting up", total=moves * instances)
     with storescp(root / "dest" / "received", "--ignore", ae_title="DEST01") as peer:
         rig = new_rig(root / "rig", amqp_url, {peer.ae_title: peer.port})
         sampler = Sampler(rig)
@@ -107,23 +111,40 @@ async def soak(root: Path, amqp_url: str, moves: int, instances: int) -> Soak:
             await rig.movescu(warmup, peer.ae_title)
             await rig.settled(moves=1, within=300)
             sampler.sample()
+            progress.update(task, description=f"{name}: moving")
+            published = _Published(rig.outbox)
             started = time.perf_counter()
             work = asyncio.ensure_future(_moves(rig, study, peer.ae_title, moves))
             while not work.done():
                 await asyncio.wait({work}, timeout=0.5)
                 sampler.sample()
+                progress.update(task, completed=published.since_start())
             await work
             seconds = time.perf_counter() - started
+            progress.update(task, description=f"{name}: tracker folding")
             settling = asyncio.ensure_future(rig.settled(moves=moves + 1, within=900))
             while not settling.done():
                 await asyncio.wait({settling}, timeout=0.5)
                 sampler.sample()
+                progress.update(task, completed=published.since_start())
             views = await settling
+            progress.update(task, description=f"{name}: done", completed=moves * instances)
         finally:
             rig.stop_all()
-    name = f"{moves} x {instances}" if moves > 1 else f"1 move of {instances}"
     tracked = tracked_responses(views) - WARMUP
     return Soak(name, moves * instances, seconds, tracked, sampler.samples)
+
+
+class _Published:
+    """How many events the node's relay has published since the first sample (about one
+    per instance moved): the progress bar's count, read from the outbox file."""
+
+    def __init__(self, outbox: Path) -> None:
+        self.outbox = outbox
+        self.start = read_relay_stats(outbox).published
+
+    def since_start(self) -> float:
+        return read_relay_stats(self.outbox).published - self.start
 
 
 async def _moves(rig: Rig, study: str, destination: str, moves: int) -> None:
@@ -173,15 +194,19 @@ def totals(results: list[Soak]) -> Table:
     return out
 
 
-async def both(instances: int, moves: int, per_move: int) -> list[Soak]:
-    """The two soaks, each in a vhost and folder of its own."""
-    results = []
-    for count, size in ((1, instances), (moves, per_move)):
-        with (
-            tempfile.TemporaryDirectory() as folder,
-            private_vhost(os.environ.get("AMQP_URL", LOCAL_URL), local_rabbitmqctl()) as url,
-        ):
-            results.append(await soak(Path(folder), url, count, size))
+async def both(instances: int, moves: int, per_move: int, console: Console) -> list[Soak]:
+    """The two soaks, each in a vhost and folder of its own; each one's table printed as it
+    ends (a long run that fails in the second soak still reports the first)."""
+    results: list[Soak] = []
+    columns = (*Progress.get_default_columns(), TextColumn("{task.completed:.0f} events"))
+    with Progress(*columns, console=console) as progress:
+        for count, size in ((1, instances), (moves, per_move)):
+            with (
+                tempfile.TemporaryDirectory() as folder,
+                private_vhost(os.environ.get("AMQP_URL", LOCAL_URL), local_rabbitmqctl()) as url,
+            ):
+                results.append(await soak(Path(folder), url, count, size, progress))
+            progress.console.print(table(results[-1:]))
     return results
 
 
@@ -193,8 +218,8 @@ def main() -> None:
     parser.add_argument("--moves", type=int, default=200, help="moves one after another")
     parser.add_argument("--per-move", type=int, default=500, help="instances of each")
     args = parser.parse_args()
-    results = asyncio.run(both(args.instances, args.moves, args.per_move))
     console = Console(width=160)
+    results = asyncio.run(both(args.instances, args.moves, args.per_move, console))
     console.print(table(results))
     console.print(totals(results))
 
