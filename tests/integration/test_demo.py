@@ -24,23 +24,12 @@ async def test_the_demo_completes_after_retries(tmp_path: Path, amqp_url: str) -
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "AMQP_URL": amqp_url, "DIMSEBUS_AMQP_URL": amqp_url},
     )
-    assert process.stdout is not None
-    output = await asyncio.wait_for(_until(process.stdout, "until Ctrl-C"), 240)
-    # then it printed the page's address while the move ran, and serves it after the summary
-    page = re.search(r"live while the move runs: (http://127\.0\.0\.1:\d+/)", output)
-    assert page is not None, output
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(page[1], headers={"Accept": "text/html"}) as response,
-    ):
-        assert response.status == 200
-        html = await response.text()
-    assert "completed</span>" in html
-    # and Ctrl-C ends it with one line and exit status 0
-    process.send_signal(signal.SIGINT)
-    rest, _ = await asyncio.wait_for(process.communicate(), 30)
-    assert rest.decode().strip() == "stopped serving the moves page"
-    output += rest.decode()
+    try:
+        output = await _served_then_stopped(process)
+    finally:
+        if process.returncode is None:  # it failed before Ctrl-C: it would serve for ever
+            process.kill()
+            await process.wait()
     # then it exits 0 with a summary: failures on the first attempt, retries, outcome, audit
     assert process.returncode == 0, output
     lines = {
@@ -57,6 +46,27 @@ async def test_the_demo_completes_after_retries(tmp_path: Path, amqp_url: str) -
     assert lines["audit chain"].startswith("OK,")
     assert lines["destination holds"] == "80 instances"
     assert "dimsebus moves show" in output
+
+
+async def _served_then_stopped(process: asyncio.subprocess.Process) -> str:
+    """What the demo printed: its page read after the summary, then ended with Ctrl-C."""
+    assert process.stdout is not None
+    output = await asyncio.wait_for(_until(process.stdout, "until Ctrl-C"), 240)
+    # then it printed the page's address while the move ran, and serves it after the summary
+    page = re.search(r"live while the move runs: (http://127\.0\.0\.1:\d+/)", output)
+    assert page is not None, output
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(page[1], headers={"Accept": "text/html"}) as response,
+    ):
+        assert response.status == 200
+        html = await response.text()
+    assert "completed</span>" in html
+    # and Ctrl-C ends it with one line and exit status 0
+    process.send_signal(signal.SIGINT)
+    rest, _ = await asyncio.wait_for(process.communicate(), 30)
+    assert rest.decode().strip() == "stopped serving the moves page"
+    return output + rest.decode()
 
 
 async def _until(stream: asyncio.StreamReader, text: str) -> str:
