@@ -58,9 +58,18 @@ class Leadership:
     """Who of the copies of ``name`` on one PostgreSQL database is active."""
 
     def __init__(
-        self, url: str, name: str, holder: str, poll: float = 0.5, check: float = 1.0
+        self,
+        url: str,
+        name: str,
+        holder: str,
+        poll: float = 0.5,
+        check: float = 1.0,
+        rest: float = 2.0,
     ) -> None:
-        self.url, self.name, self.poll, self.check = url, name, poll, check
+        """``poll``: seconds between a standby's tries; ``check``: between the active one's
+        checks of its connection; ``rest``: how long a copy that lost the lock waits before
+        it tries again, so that a healthy standby takes over first."""
+        self.url, self.name, self.poll, self.check, self.rest = url, name, poll, check, rest
         self.holder = f"{holder}@{socket.gethostname()}:{os.getpid()}"
         self.role: Role = "standby"
         self.term: int | None = None
@@ -197,6 +206,7 @@ async def while_active(
                 watcher.cancel()
                 ender.cancel()
                 await leadership.release()
+            await sleep_unless(stop, leadership.rest)
     finally:
         await leadership.release()
 
