@@ -94,7 +94,7 @@ async def test_one_of_two_retriers_killed_while_retries_wait(
     instances, moves = 20, 3
     later = free_port()  # the destination is down until both retriers have decided
     rig = make_rig(
-        {"LATER": later}, policy={"max_attempts": 40, "initial_delay": 0.3, "max_delay": 0.6}
+        {"LATER": later}, policy={"max_attempts": 20, "initial_delay": 2.0, "max_delay": 2.0}
     )
     rig.retrier_store = postgres_url
     rig.write_configs()
@@ -107,11 +107,12 @@ async def test_one_of_two_retriers_killed_while_retries_wait(
     edit = {"retrier_id": 'retrier_id = "retrier-b"'}
     await second_copy(rig, "retrier", "retrier-b", edit, "consuming")
     # when three C-MOVEs to a destination that is down fail, and each retrier has scheduled
-    # a retry of some, one of them is killed while its retries wait in the delay queues
+    # a retry of some, one of them is killed while the retries wait (2 s) in the delay queue
     await asyncio.gather(*(rig.movescu(study, "LATER", f"MOVESCU{n:02d}") for n in (1, 2, 3)))
     first, second = rig.processes["retrier"], rig.processes["retrier-b"]
     await until(lambda: first.said("retry ") and second.said("retry "), 60, "both to retry")
     await asyncio.to_thread(first.kill)
+    assert not rig.processes["node"].said("re-sending"), "the retries were not waiting"
     with storescp(tmp_path / "received", ae_title="LATER", port=later) as peer:
         # then every instance arrives, each resend once, and the tracker counts them exactly
         tally = await account(
@@ -120,7 +121,8 @@ async def test_one_of_two_retriers_killed_while_retries_wait(
             instances * moves,
             "one of two retriers killed",
             f"two retriers on one PostgreSQL; {moves} moves to a destination that is down; "
-            "kill -9 of one retrier once both had scheduled retries; destination up",
+            "kill -9 of one retrier once both had scheduled retries (waiting 2 s, none sent "
+            "yet); destination up",
             moves=moves,
         )
     log = rig.settled_log
