@@ -68,6 +68,7 @@ async def test_active_tracker_killed_mid_move_the_standby_takes_over(
         await until(lambda: len(storescp_answers(peer.log)) >= 100, what="100 C-STOREs")
         await asyncio.to_thread(rig.processes["tracker"].kill)
         killed = time.monotonic()
+        assert not move.done(), "the move was over before the tracker was killed"
         # then the standby reads the log from the committed checkpoint within 10 s
         await until(lambda: standby.said("tracker reading dimsebus.log from"), TAKEOVER)
         took = time.monotonic() - killed
