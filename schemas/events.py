@@ -718,6 +718,43 @@ class RetryExhausted(CloudEvent):
     data: RetryData
 
 
+# -- recorded for people ----------------------------------------------------------------
+
+ActionName = Literal["retry", "requeue"]
+
+
+class ActionRequestedData(Model):
+    """What a person asked for on the tracker's web page, about one move, and from where."""
+
+    action: ActionName = Field(
+        description="retry: the tracker re-sent the move's failed instances (as `dimsebus "
+        "moves retry` does); requeue: the retrier sends its parked items of the move again "
+        "(as `dimsebus retries requeue` does)"
+    )
+    operation: Operation
+    node_id: NodeId
+    instances: Count | None = Field(
+        None, description="instances the tracker asked to re-send (retry), else absent"
+    )
+    remote_address: Host = Field(description="the address the request came from")
+    session: Annotated[str, Field(pattern=r"^[0-9a-f]{16}$", max_length=16)] = Field(
+        description="a non-secret id of the signed-in session that asked (never the token)"
+    )
+    at: UtcDatetime
+
+
+class ActionRequested(CloudEvent):
+    """A person signed in to the tracker's web page asked for an action on a move."""
+
+    type: Literal["dimsebus.action.requested"] = "dimsebus.action.requested"
+    data: ActionRequestedData
+
+    @property
+    def routing_key(self) -> str:
+        """``type`` and the action: the retrier's queue is bound to the requeues alone."""
+        return f"{self.type}.{self.data.action}"
+
+
 # -- commands --------------------------------------------------------------------------
 
 
@@ -801,6 +838,7 @@ EVENT_MODELS: tuple[type[CloudEvent], ...] = (
     RetryExhausted,
     MoveResponseReceived,
     CStoreResponseSent,
+    ActionRequested,
 )
 COMMAND_MODELS: tuple[type[CloudEvent], ...] = (ResendSubOperations, MoveCommand)
 
@@ -826,7 +864,8 @@ Event = Annotated[
     | ResendSubOperations
     | MoveResponseReceived
     | CStoreResponseSent
-    | MoveCommand,
+    | MoveCommand
+    | ActionRequested,
     Field(discriminator="type"),
 ]
 

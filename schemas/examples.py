@@ -146,6 +146,7 @@ def every_event(node_id: str, start: dt.datetime, ids: Iterator[UUID]) -> list[C
     story = _Story(node_id, events[-1].time, ids)
     _interrupted(story)
     _pulled(story)
+    _acted(story)
     return [*events, *story.events]
 
 
@@ -438,5 +439,22 @@ def _pulled(story: _Story) -> None:
             "counts": {"remaining": 0, "completed": 1, "failed": 1},
             "failed_sop_instance_uids": instances[1:],
             "responded_at": story.tick(),
+        },
+    )
+
+
+def _acted(story: _Story) -> None:
+    """A person asked, on the tracker's web page, for a move's parked items to be requeued."""
+    move = ev.Operation(kind="move", id=next(story.ids))
+    story.add(
+        ev.ActionRequested,
+        str(move.id),
+        {
+            "action": "requeue",
+            "operation": move,
+            "node_id": story.node_id,
+            "remote_address": "192.0.2.10",
+            "session": "3f2a9c1e7b4d8a60",
+            "at": story.tick(),
         },
     )

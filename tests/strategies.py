@@ -328,6 +328,16 @@ DATA: dict[type[CloudEvent], st.SearchStrategy[Any]] = {
         source=remote_aes,
         study_instance_uid=uids,
     ),
+    ev.ActionRequested: st.builds(
+        ev.ActionRequestedData,
+        action=st.sampled_from(get_args(ev.ActionName)),
+        operation=st.builds(ev.Operation, kind=st.just("move"), id=st.uuids()),
+        node_id=st.from_regex(r"\A[A-Za-z0-9_.\-]{1,64}\Z"),
+        instances=st.none() | counts,
+        remote_address=hosts,
+        session=st.from_regex(r"\A[0-9a-f]{16}\Z"),
+        at=times,
+    ),
 }
 
 
