@@ -66,6 +66,8 @@ RETRIER_QUEUE = WorkQueue(
         "dicom.move.response.received.success",
         "dicom.move.response.received.warning",
         "dicom.move.response.received.failure",
+        # A person's requeue on the tracker's web page (ui_actions): run here, by requeue().
+        "dimsebus.action.requested.requeue",
     ),
 )
 
@@ -224,10 +226,17 @@ async def run_retrier(
         retrier = Retrier(
             settings, store, BrokerOutlet(channel, settings.publish_window, settings.replicas)
         )
+
+        async def handle(event: ev.Event) -> None:
+            if isinstance(event, ev.ActionRequested):
+                await requeue_asked(settings, store, event)
+            else:
+                await retrier.handle(event)
+
         consumer = Consumer(
             channel,
             RETRIER_QUEUE,
-            retrier.handle,
+            handle,
             prefetch=settings.prefetch,
             max_body_bytes=settings.max_body_bytes,
             replicas=settings.replicas,
@@ -255,6 +264,26 @@ async def requeue(settings: RetrierSettings, store: RetryStore, items: list[Retr
     for item in items:
         await asyncio.to_thread(store.set_state, item.id, "requeued")
     return len(commands)
+
+
+async def requeue_asked(
+    settings: RetrierSettings, store: RetryStore, event: ev.ActionRequested
+) -> int:
+    """A person's requeue of one move's parked items (the tracker's web page): ``requeue``,
+    as ``dimsebus retries requeue`` runs it. A redelivery finds them requeued already."""
+    if event.data.action != "requeue":
+        return 0
+    move, node_id = event.data.operation.id, event.data.node_id
+    parked = await asyncio.to_thread(store.items, ("parked",))
+    items = [i for i in parked if i.data.operation.id == move and i.data.node_id == node_id]
+    sent = await requeue(settings, store, items) if items else 0
+    log.info(
+        "requeued %d parked item(s) of move %s, as asked on the web page (session %s)",
+        sent,
+        move,
+        event.data.session,
+    )
+    return sent
 
 
 async def purge_delays(settings: RetrierSettings, steps: set[int]) -> int:
