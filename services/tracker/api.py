@@ -1,9 +1,10 @@
-"""The tracker's read-only HTTP API: ``/moves``, ``/moves/{id}``, and its OpenAPI document.
+"""The tracker's HTTP API: ``/moves``, ``/moves/{id}``, and its OpenAPI document.
 
 Each request reads the store through a connection of its own (the tracker
 writes through another), in a worker thread. The same port serves the web page
 (``web.pages``): ``/``, and ``/moves/{id}`` as HTML to a browser that asks for it
-(``Accept: text/html``, without ``?format=json``).
+(``Accept: text/html``, without ``?format=json``). The API only reads; the page's
+actions (``web.actions``, off unless ``ui_actions``) are POSTs of their own.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from dimsebus.services.clock import utc_now
+from dimsebus.services.tracker.ports import EventSpool
 from dimsebus.services.tracker.progress import MoveState, outcome
 from dimsebus.services.tracker.settings import TrackerSettings
 from dimsebus.services.tracker.store import open_store
@@ -158,9 +160,12 @@ def moves_in_progress(settings: TrackerSettings) -> float:
     return float(sum(outcome(m, now, stall) in UNFINISHED for m in load_moves(settings)))
 
 
-def routes(settings: TrackerSettings, live: Live | None = None) -> list[web.RouteDef]:
-    """The API's routes over the tracker's store, and the web page's (live through ``live``)."""
-    pages = web_pages.Pages(settings, live)
+def routes(
+    settings: TrackerSettings, live: Live | None = None, outbox: EventSpool | None = None
+) -> list[web.RouteDef]:
+    """The API's routes over the tracker's store, and the web page's (live through ``live``;
+    its actions, when ``ui_actions`` allows them, recorded through ``outbox``)."""
+    pages = web_pages.Pages(settings, live, outbox)
 
     async def list_moves(request: web.Request) -> web.Response:
         views = await asyncio.to_thread(load_views, settings)
@@ -176,7 +181,7 @@ def routes(settings: TrackerSettings, live: Live | None = None) -> list[web.Rout
         if web_pages.wants_html(request):
             if len(found) != 1:
                 return pages.missing(f"The move id {prefix!r} matches {len(found)} moves.")
-            return pages.move(found[0])
+            return pages.move(found[0], request)
         if len(found) != 1:
             return web.json_response(
                 {"error": f"move id {prefix!r} matches {len(found)} moves"}, status=404

@@ -279,7 +279,7 @@ async def run_tracker(
 
     try:
         live.start()
-        async with serving(settings, collectors, health, api.routes(settings, live)):
+        async with serving(settings, collectors, health, api.routes(settings, live, outbox)):
             try:
                 await while_active(leadership, stop, term)
             finally:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
 from dimsebus.services.settings import ServiceSettings
+
+MIN_TOKEN_LENGTH = 16
 
 
 class TrackerSettings(ServiceSettings):
@@ -43,6 +45,31 @@ class TrackerSettings(ServiceSettings):
     retries_by_node: dict[str, bool] = Field(
         default_factory=dict, description="node id -> retries, where it differs from retries"
     )
+
+    ui_token: SecretStr | None = Field(
+        None,
+        description="the token a person gives the web page once to sign in for its actions "
+        f"(ui_actions; at least {MIN_TOKEN_LENGTH} characters); secret, masked when shown",
+    )
+    ui_actions: bool = Field(
+        False,
+        description="the web page offers actions (retry a move's failed instances, requeue "
+        "its parked items) to a person signed in with ui_token; off: read-only",
+    )
+    ui_session: float = Field(
+        3600.0, gt=0, le=7 * 86400, description="seconds a sign-in on the web page lasts"
+    )
+
+    @field_validator("ui_actions")
+    @classmethod
+    def _actions_need_a_token(cls, value: bool, info: ValidationInfo) -> bool:
+        # checked here, not on ui_token: an error shows the value it was given
+        token = info.data.get("ui_token")
+        if value and token is None:
+            raise ValueError("ui_actions = true needs ui_token (DIMSEBUS_UI_TOKEN)")
+        if value and token is not None and len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"ui_token must be at least {MIN_TOKEN_LENGTH} characters")
+        return value
 
     def retries_for(self, node_id: str) -> bool:
         """Whether a retrier decides about ``node_id``'s failures."""

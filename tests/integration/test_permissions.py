@@ -78,11 +78,13 @@ PUBLISHES = (
     (EVENTS_EXCHANGE, "dimsebus.retry.scheduled"),
     (COMMANDS_EXCHANGE, "dimsebus.command.resend.n1"),
     (COMMANDS_EXCHANGE, "dimsebus.command.move.n1"),
+    (EVENTS_EXCHANGE, "dimsebus.action.requested.retry"),
 )
 MAY_PUBLISH = {
     "admin": set(PUBLISHES),
     "node": {PUBLISHES[0]},
-    "tracker": {PUBLISHES[1]},
+    # its derived events; its web page's actions, and a retry there (ui_actions)
+    "tracker": {PUBLISHES[1], PUBLISHES[2], PUBLISHES[3], PUBLISHES[5]},
     "retrier": {PUBLISHES[2], PUBLISHES[3]},
     "audit": set(),
     "operator": {PUBLISHES[2], PUBLISHES[3], PUBLISHES[4]},  # resends, their scheduled; moves
@@ -152,6 +154,7 @@ QUEUES: list[tuple[str, str, Action, bool]] = [
     ("node", "declare the audit's", declare(WorkQueue("dimsebus.audit")), False),
     ("node", "consume the retrier's queue", consume("dimsebus.retrier"), False),
     ("tracker", "declare a queue", declare(WorkQueue("dimsebus.tracker")), False),
+    ("tracker", "declare a node's queue (a retry)", declare(node_commands("n1")), True),
     ("tracker", "delete the audit's queue", delete_queue("dimsebus.audit"), False),
 ]
 

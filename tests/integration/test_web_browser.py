@@ -3,8 +3,9 @@
 One browser session follows a real 200-instance C-MOVE (dcmtk's movescu through the node,
 to a destination that refuses five instances with 0xA700) on the list without a reload,
 opens the move's page and finds a refused instance's status and reason; then a move whose
-AE titles and reason are markup (they come from peers) shows them as text. Screenshots of
-both pages go to docs/ for the README. Chromium must be installed (scripts/setup-system):
+AE titles and reason are markup (they come from peers) shows them as text; last, a person
+signs in (ui_actions) and presses the move's Retry. Screenshots of the pages go to docs/
+for the README. Chromium must be installed (scripts/setup-system):
 without it the test fails, it never skips. Playwright only drives /usr/bin/chromium
 (never `playwright install`); the flags keep it off the network, which is closed here.
 """
@@ -42,6 +43,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 HOSTILE_AE = '"><svg onload=1>'
 HOSTILE_DETAIL = "</li><script>alert(1)</script>"
 WAIT_MS = 120_000
+TOKEN = "a-token-for-the-browser-test-0123"
 
 
 async def test_the_page_follows_a_move_live_and_shows_a_refused_instance(
@@ -50,7 +52,7 @@ async def test_the_page_follows_a_move_live_and_shows_a_refused_instance(
     _chromium_is_installed()
     # given a tracker serving its page, and a node whose destination refuses 5 of 200
     port = free_port()
-    await start_tracker(http_port=port)
+    await start_tracker(http_port=port, ui_actions=True, ui_token=TOKEN)
     base = f"http://127.0.0.1:{port}"
     refused: set[str] = set()
     with answering_scp(lambda uid: 0xA700 if uid in refused else 0x0000, "ODDSCP") as scp:
@@ -68,9 +70,11 @@ async def test_the_page_follows_a_move_live_and_shows_a_refused_instance(
                 page = browser.pages[0] if browser.pages else await browser.new_page()
                 await _follows_the_move(page, base, node)
                 await _shows_a_refused_instance(page, refused)
+                move_url = page.url
                 await _reads_on_a_phone(page, base)
                 await _marks_stalled_by_the_clock(page, base)
                 await _shows_markup_from_peers_as_text(page, base, amqp_url)
+                await _retries_after_signing_in(page, move_url)
             finally:
                 await browser.close()
 
@@ -168,6 +172,20 @@ async def _shows_markup_from_peers_as_text(page: Page, base: str, amqp_url: str)
     await expect(page.locator(".timeline")).to_contain_text(f"C-MOVE-RQ from {HOSTILE_AE}")
     await expect(page.locator("#failed")).to_contain_text(HOSTILE_DETAIL)
     assert await page.locator("script").count() == 1  # the page's own, /static/web.js
+
+
+async def _retries_after_signing_in(page: Page, move_url: str) -> None:
+    # when a person signs in from the move's page (ui_actions) and presses Retry
+    await page.goto(move_url)
+    await page.locator("#actions").get_by_role("link", name="Sign in").click()
+    await page.get_by_label("Token").fill(TOKEN)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    await page.locator("#actions").screenshot(path=str(DOCS / "move-actions.png"))
+    await page.get_by_role("button", name="Retry 5 failed instance(s)").click()
+    # then the browser's form passed the origin and CSRF checks: the retry was asked
+    await expect(page.locator("#actions .notice")).to_contain_text("Asked: the node sends")
+    assert page.url == move_url + "?asked=retry"
 
 
 def _hostile_story() -> list[CloudEvent]:

@@ -19,9 +19,12 @@ import jinja2
 from aiohttp import web
 
 from dimsebus.services.clock import utc_now
+from dimsebus.services.tracker.ports import EventSpool
 from dimsebus.services.tracker.settings import TrackerSettings
 from dimsebus.services.tracker.store import SqlStore, open_store
 from dimsebus.services.tracker.views import status_meaning
+from dimsebus.services.tracker.web import actions as web_actions
+from dimsebus.services.tracker.web.actions import ACTIONS, Actions
 from dimsebus.services.tracker.web.listing import (
     OUTCOMES,
     BadFilter,
@@ -37,7 +40,9 @@ HEADERS = {
     "img-src 'self'; connect-src 'self'; form-action 'self'; base-uri 'none'; "
     "frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer a browser sends "Origin: null" on a
+    # form's POST, and the actions check that their POST came from this server's page
+    "Referrer-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
 STATIC = {"web.css": "text/css", "web.js": "text/javascript"}
@@ -128,14 +133,18 @@ def wants_html(request: web.Request) -> bool:
 class Pages:
     """The page handlers over one tracker's store and its live feed."""
 
-    def __init__(self, settings: TrackerSettings, live: Live | None) -> None:
+    def __init__(
+        self, settings: TrackerSettings, live: Live | None, outbox: EventSpool | None = None
+    ) -> None:
         self.settings = settings
         self.live = live
         self.env = templates()
         self.stall = dt.timedelta(seconds=settings.stall_after)
+        self.actions = Actions(settings, outbox, self.html)
 
     def html(self, template: str, status: int = 200, **context: Any) -> web.Response:
-        body = self.env.get_template(template).render(**{"now": utc_now(), **context})
+        signed_out = {"actions": False, "signed_in": False, "csrf": ""}
+        body = self.env.get_template(template).render(**{"now": utc_now(), **signed_out, **context})
         return web.Response(
             text=body, status=status, content_type="text/html", charset="utf-8", headers=HEADERS
         )
@@ -148,7 +157,13 @@ class Pages:
         now = utc_now()
         page = await asyncio.to_thread(self._page, filters, now)
         return self.html(
-            "moves.html", page=page, filters=filters, now=now, live=self.live, blank=BLANK
+            "moves.html",
+            page=page,
+            filters=filters,
+            now=now,
+            live=self.live,
+            blank=BLANK,
+            **self.actions.context(request),
         )
 
     def _page(self, filters: Filters, now: dt.datetime) -> Page:
@@ -159,9 +174,16 @@ class Pages:
         finally:
             store.close()
 
-    def move(self, view: dict[str, Any]) -> web.Response:
+    def move(self, view: dict[str, Any], request: web.Request | None = None) -> web.Response:
         """One move's page, from its view (``views.move_view``, as the API serves it)."""
-        return self.html("move.html", move=view, live=self.live)
+        asked = request.query.get("asked", "") if request is not None else ""
+        return self.html(
+            "move.html",
+            move=view,
+            live=self.live,
+            asked=asked if asked in ACTIONS else "",
+            **self.actions.context(request),
+        )
 
     def missing(self, message: str) -> web.Response:
         return self.html("error.html", status=404, title="No such move", message=message)
@@ -229,4 +251,5 @@ def routes(pages: Pages) -> list[web.RouteDef]:
         web.get("/", pages.moves),
         web.get("/live", pages.feed),
         web.get("/static/{name}", pages.static),
+        *web_actions.routes(pages.actions),
     ]
