@@ -13,9 +13,11 @@ from pathlib import Path
 from urllib.parse import quote
 
 import aio_pika
+import aiohttp
 import pytest
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aiormq.exceptions import ChannelAccessRefused
+from pydantic import SecretStr
 
 from dimsebus.schemas import events as ev
 from dimsebus.schemas.envelope import CloudEvent
@@ -43,6 +45,7 @@ from dimsebus.services.tracker.app import TrackerSettings, run_tracker
 from tests.broker import Broker, local_rabbitmqctl
 from tests.integration.conftest import Services, read_events
 from tests.integration.peers import free_port, wait_for_port
+from tests.integration.test_web_actions import TOKEN, Person
 from tests.integration.users import ROLES, Users, script_users
 
 pytestmark = pytest.mark.integration
@@ -214,6 +217,22 @@ async def echo(port: int) -> None:
     await asyncio.to_thread(run)
 
 
+async def web_retry(port: int, move_id: str) -> None:
+    """Sign in on the tracker's page once it shows the move, and press its Retry."""
+    jar = aiohttp.CookieJar(unsafe=True)
+    async with aiohttp.ClientSession(cookie_jar=jar) as client:
+        person = Person(client, port)
+        async with asyncio.timeout(60):
+            while True:
+                async with client.get(f"{person.base}/moves/{move_id}") as response:
+                    if response.status == 200:
+                        break
+                await asyncio.sleep(0.1)  # polling the page: the tracker folds the move
+        assert (await person.sign_in()).status == 303
+        done = await person.post(f"/moves/{move_id}/retry", {"csrf": await person.csrf(move_id)})
+        assert done.status == 303, done.status
+
+
 def found(event_type: str) -> Callable[[list[CloudEvent]], bool]:
     return lambda events: any(e.type == event_type for e in events)
 
@@ -221,7 +240,9 @@ def found(event_type: str) -> Callable[[list[CloudEvent]], bool]:
 async def test_every_service_does_its_work_as_its_own_user(
     users: Users, services: Services, tmp_path: Path
 ) -> None:
-    # given the tracker, the retrier and the audit service, each as its own user
+    # given the tracker (its web page's actions on), the retrier and the audit service,
+    # each as its own user
+    tracker_port = free_port()
     await services.start(
         run_tracker,
         TrackerSettings(
@@ -229,6 +250,9 @@ async def test_every_service_does_its_work_as_its_own_user(
             db=str(tmp_path / "tracker.sqlite"),
             outbox_path=tmp_path / "tracker-outbox.sqlite",
             tracker_id="perm-tracker",
+            http_port=tracker_port,
+            ui_actions=True,
+            ui_token=SecretStr(TOKEN),
         ),
     )
     await services.start(
@@ -283,6 +307,22 @@ async def test_every_service_does_its_work_as_its_own_user(
             assert "is not the event's own" in str((message.headers or {})[REASON_HEADER])
             # and the node's command queue is there, declared by the node's own user
             await channel.get_queue("dimsebus.node.perm-node", ensure=True)
+        # and a person who retries the story's move on the tracker's page: the tracker's
+        # user recorded it, announced the retry and sent the node its resend
+        requested = next(e for e in story if isinstance(e, ev.MoveRequested))
+        move_id = str(requested.data.operation.id)
+        await web_retry(tracker_port, move_id)
+        both = {"dimsebus.action.requested", "dimsebus.retry.scheduled"}
+        tracker_events = await read_events(
+            admin, "dimsebus://tracker/perm-tracker", lambda es: both <= {e.type for e in es}
+        )
+        assert both <= {e.type for e in tracker_events}
+        async with await connect(admin, "dimsebus-test-admin") as connection:
+            channel = await connection.channel()
+            commands = await channel.get_queue("dimsebus.node.perm-story", ensure=False)
+            resend = await commands.get(fail=False)
+            assert resend is not None
+            assert resend.routing_key == "dimsebus.command.resend.perm-story"
     finally:
         stop.set()
         await asyncio.wait_for(serving, 30)

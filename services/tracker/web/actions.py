@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from aiohttp import web
+from aiormq.exceptions import AMQPError
 
 from dimsebus.schemas import events as ev
 from dimsebus.services.clock import new_id, utc_now
@@ -177,8 +178,10 @@ class Actions:
         if commands:
             try:
                 await self.send(self.settings, commands)
-            except (DimsebusError, OSError) as exc:
-                return self.refused(502, f"The retry was recorded but not sent: {exc}")
+            except (DimsebusError, OSError, AMQPError) as exc:
+                # e.g. the broker refused the tracker's user (scripts/rabbitmq-users)
+                log.warning("web action %s on move %s not sent: %r", action, move_id, exc)
+                return self.refused(502, f"The retry was recorded but not sent: {exc!r}")
         raise web.HTTPSeeOther(f"/moves/{move_id}?asked={action}")
 
     async def _checked(self, request: web.Request) -> web.Response | None:
