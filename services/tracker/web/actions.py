@@ -75,6 +75,8 @@ class Actions:
         token = settings.ui_token.get_secret_value() if settings.ui_token else ""
         # without an outbox (dimsebus demo --serve) nothing could be recorded: no actions
         self.enabled = settings.ui_actions and bool(token) and outbox is not None
+        if settings.ui_actions and outbox is None:
+            log.warning("ui_actions is on, but this page has no outbox to record in: no actions")
         self.token = token
         self.key = signing_key(token) if self.enabled else b""
         self.attempts = Attempts()
