@@ -21,11 +21,18 @@ To use it, import the fixture into a conftest or a test module::
 A test that stops, kills or breaks a node leaves it so: call ``heal()`` when it is done
 (the fixture ``healed_cluster`` does it after each test), so that the next test finds
 three running nodes. Node numbers are 1-based, as in scripts/cluster.
+
+Under xdist each worker is a session of its own: the sessions that use the cluster share
+it (a file lock and one file per session under ``/tmp/dimsebus-ha.sessions``; the last to
+end stops it), but they do not take turns. ``make test`` runs a file's tests on one worker
+(``--dist loadfile``), so scenarios that kill or stop nodes belong in one file
+(tests/faults/test_cluster.py) to run one after another.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import re
 import subprocess
@@ -45,6 +52,8 @@ ENVIRONMENT = {
     "CLUSTER_DIR": "/tmp/dimsebus-ha",
 }
 NODES = 3
+SESSIONS = Path("/tmp/dimsebus-ha.sessions")
+"""One file per test session (its pid) using the cluster; the lock file beside it."""
 # What scripts/cluster sets for one node: never inherited from a `scripts/cluster run`.
 _NODE_VARIABLES = ("RABBITMQ_", "AMQP_URL", "DIMSEBUS_AMQP_URL")
 
@@ -199,19 +208,40 @@ def start_cluster(nodes: int = NODES) -> Cluster:
     return Cluster(ports, time.monotonic() - started)
 
 
+@contextlib.contextmanager
+def _sessions() -> Iterator[set[int]]:
+    """The pids of the live sessions using the cluster, under the lock (this one's included
+    by whoever adds it)."""
+    SESSIONS.mkdir(exist_ok=True)
+    with (SESSIONS.parent / f"{SESSIONS.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for entry in SESSIONS.iterdir():
+            if not _alive(int(entry.name)):
+                entry.unlink()  # a session that died without stopping
+        yield {int(entry.name) for entry in SESSIONS.iterdir()}
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    """Three private RabbitMQ nodes in one cluster for the session, stopped at its end."""
-    try:
-        made = start_cluster()
-    except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
-        with_output = str(exc)
-        cluster_script_down()
-        pytest.fail(f"the test cluster did not start: {with_output}", pytrace=False)
+    """Three private RabbitMQ nodes in one cluster for the session, stopped at its end (by
+    the last session using them, under xdist)."""
+    mine = SESSIONS / str(os.getpid())
+    with _sessions() as others:
+        mine.touch()
+        try:
+            made = start_cluster()
+        except (RuntimeError, subprocess.TimeoutExpired, OSError) as exc:
+            mine.unlink()
+            if not others:
+                cluster_script_down()  # what did start
+            pytest.fail(f"the test cluster did not start: {exc}", pytrace=False)
     try:
         yield made
     finally:
-        cluster_script_down()
+        with _sessions() as others:
+            mine.unlink(missing_ok=True)
+            if others <= {os.getpid()}:
+                cluster_script_down()
 
 
 def cluster_script_down() -> None:
