@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from dimsebus.schemas.limits import MAX_BODY_BYTES
+from tests.compose import interpolate
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
@@ -21,7 +22,9 @@ LONG_RUNNING = ("node", "tracker", "retrier", "audit")
 
 
 def amqp_user(service: str) -> str:
-    return str(urlsplit(SERVICES[service]["environment"]["DIMSEBUS_AMQP_URL"]).username)
+    """The user of the service's URL as compose makes it when .env sets no cluster URLs."""
+    url = interpolate(SERVICES[service]["environment"]["DIMSEBUS_AMQP_URL"], {})
+    return str(urlsplit(url).username)
 
 
 def test_no_service_connects_as_guest() -> None:
