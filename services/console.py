@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Awaitable, Callable, Sequence
+import signal
+import threading
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
@@ -82,6 +85,26 @@ def run_service(service: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         asyncio.run(main())
     except DimsebusError as exc:
         fail(str(exc))
+
+
+@contextlib.contextmanager
+def until_interrupted() -> Iterator[threading.Event]:
+    """An event that Ctrl-C (SIGINT) or SIGTERM sets, for a command that loops until then.
+
+    A KeyboardInterrupt is raised wherever the main thread happens to be, inside rich's
+    rendering (beside rich.live's refresh thread) or a store's read; a flag ends the loop at
+    the one place that looks at it.
+    """
+    stop = threading.Event()
+    previous = {
+        signum: signal.signal(signum, lambda *_: stop.set())
+        for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield stop
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def show_rows(

@@ -26,6 +26,7 @@ from dimsebus.services.console import (
     run_service,
     settings_or_exit,
     show_rows,
+    until_interrupted,
 )
 from dimsebus.services.errors import DimsebusError
 
@@ -405,13 +406,10 @@ def moves_watch(
         TextColumn("{task.fields[state]}"),
     )
     tasks: dict[str, TaskID] = {}
-    with Live(progress, console=console, refresh_per_second=4):
-        try:
-            while True:
-                _draw(progress, tasks, _views(settings))
-                time.sleep(interval)
-        except KeyboardInterrupt:
-            return
+    with until_interrupted() as stop, Live(progress, console=console, refresh_per_second=4):
+        while not stop.is_set():
+            _draw(progress, tasks, _views(settings))
+            stop.wait(interval)
 
 
 def _draw(progress: Progress, tasks: dict[str, TaskID], views: list[dict[str, Any]]) -> None:

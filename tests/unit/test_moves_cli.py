@@ -118,13 +118,26 @@ def test_watch_draws_a_bar_for_the_running_move(db: str) -> None:
         output = _read_until(terminal, b"in_progress (2 failed)", within=60)
     finally:
         process.send_signal(signal.SIGINT)  # Ctrl-C: it stops
-        process.wait(30)
+        _read_until_exit(terminal, process, within=30)  # a full terminal would block it
         os.close(terminal)
     # then the unfinished move has a bar, labelled by the prefix that tells it from the
     # finished one (ids ...0001 and ...01f4), and the finished one has none
     assert b"00000000-0000-0000-0000-0000000001 MOVESCU->STORESCP" in output
     assert b"completed_with_failures" not in output
     assert process.returncode == 0
+
+
+def _read_until_exit(terminal: int, process: subprocess.Popen[bytes], within: float) -> None:
+    """Read what ``process`` writes to the terminal until it exits (``within`` seconds)."""
+    deadline = time.monotonic() + within
+    while process.poll() is None and time.monotonic() < deadline:
+        ready, _, _ = select.select([terminal], [], [], 0.1)
+        if ready:
+            try:
+                os.read(terminal, 65536)
+            except OSError:  # EIO: the process closed its end of the terminal
+                break
+    process.wait(max(deadline - time.monotonic(), 0.1))
 
 
 def _read_until(terminal: int, wanted: bytes, within: float) -> bytes:
