@@ -39,7 +39,6 @@ FILES = (
     "test_peers.py",
     "test_poison.py",
     "test_cluster.py",
-    "test_redundant.py",
 )
 
 
