@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from playwright.async_api import Page, async_playwright, expect
 
 from dimsebus.schemas import events as ev
@@ -25,6 +27,7 @@ from dimsebus.schemas.examples import move_story
 from dimsebus.services.bus.connection import confirming_channel, connect
 from dimsebus.services.bus.publisher import Publisher
 from dimsebus.services.clock import utc_now
+from tests.broker import Broker, private_vhost
 from tests.integration.conftest import movescu
 from tests.integration.peers import answering_scp, free_port
 
@@ -43,6 +46,16 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 HOSTILE_AE = '"><svg onload=1>'
 HOSTILE_DETAIL = "</li><script>alert(1)</script>"
 WAIT_MS = 120_000
+
+
+@pytest.fixture
+def amqp_url(broker: Broker) -> Iterator[str]:
+    """A vhost of this test's own: the page lists this test's moves alone, whatever the
+    tests before it on this worker moved (the tracker reads the log from its first event)."""
+    with private_vhost(broker.url, broker.ctl) as url:
+        yield url
+
+
 TOKEN = "a-token-for-the-browser-test-0123"
 
 
