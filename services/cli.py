@@ -312,7 +312,6 @@ def demo(
 
         try:
             asyncio.run(serve_page(summary, say))
-        except KeyboardInterrupt:
             say("stopped serving the moves page")
         except OSError as exc:  # its port was taken meanwhile
             fail(f"cannot serve the moves page at {summary.page_url}: {exc.strerror or exc}")

@@ -53,7 +53,11 @@ async def serving(
     if settings.http_port is None:
         yield None
         return
-    runner = web.AppRunner(application(collectors, health, routes), access_log=None)
+    # A handler still running when the service stops (an open page's /live stream never
+    # ends by itself) is given a second, then cancelled: aiohttp's default waits 60 s.
+    runner = web.AppRunner(
+        application(collectors, health, routes), access_log=None, shutdown_timeout=1.0
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
     await site.start()

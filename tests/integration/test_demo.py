@@ -64,7 +64,14 @@ async def _served_then_stopped(process: asyncio.subprocess.Process) -> str:
     assert "completed</span>" in html
     # and Ctrl-C ends it with one line and exit status 0
     process.send_signal(signal.SIGINT)
-    rest, _ = await asyncio.wait_for(process.communicate(), 30)
+    try:
+        rest, _ = await asyncio.wait_for(process.communicate(), 30)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        rest = await process.stdout.read()
+        stopped = f"the demo did not stop within 30 s of Ctrl-C:\n{rest.decode()}"
+        raise AssertionError(stopped) from None
     assert rest.decode().strip() == "stopped serving the moves page"
     return output + rest.decode()
 
