@@ -24,11 +24,11 @@ from aiohttp import web
 from rich.console import Console
 from rich.table import Table
 
-from dimsebus.schemas.examples import move_story, sequential_ids
 from dimsebus.services.tracker import api
-from dimsebus.services.tracker.progress import MoveState, apply, move_key
+from dimsebus.services.tracker.progress import MoveState
 from dimsebus.services.tracker.settings import TrackerSettings
 from dimsebus.services.tracker.store import open_store
+from tests.moves import folded_story
 
 T0 = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
 NAMES = uuid.UUID("6f2f9d55-8a59-4c1e-9d0c-31f6d8a1b7e2")
@@ -43,17 +43,8 @@ PAGES = {
 }
 
 
-def example_move() -> MoveState:
-    state: MoveState | None = None
-    for event in move_story(node_id="bench", start=T0, ids=sequential_ids(), instances=8):
-        if move_key(event) is not None:
-            state = apply(state, event)
-    assert state is not None
-    return state
-
-
 def moves(count: int) -> list[MoveState]:
-    base = example_move()
+    base = folded_story("bench", 8, T0)
     span = dt.timedelta(days=10) / count
     made = []
     for number in range(count):

@@ -15,27 +15,18 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from dimsebus.schemas.examples import move_story, sequential_ids
 from dimsebus.services.tracker import api
-from dimsebus.services.tracker.progress import MoveState, apply, move_key
+from dimsebus.services.tracker.progress import MoveState
 from dimsebus.services.tracker.settings import TrackerSettings
 from dimsebus.services.tracker.views import live_row
 from dimsebus.services.tracker.web.live import Live
+from tests.moves import folded_story
 
 T0 = dt.datetime(2026, 11, 30, 8, tzinfo=dt.UTC)
 STALL = dt.timedelta(minutes=5)
 
 
-def _example() -> MoveState:
-    state: MoveState | None = None
-    for event in move_story(node_id="live", start=T0, ids=sequential_ids(), instances=20):
-        if move_key(event) is not None:
-            state = apply(state, event)
-    assert state is not None
-    return state
-
-
-EXAMPLE = _example()
+EXAMPLE = folded_story("live", 20, T0)
 
 
 def a_move(number: int) -> MoveState:

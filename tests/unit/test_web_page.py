@@ -12,14 +12,14 @@ from typing import Any
 
 import pytest
 
-from dimsebus.schemas.examples import move_story, sequential_ids
-from dimsebus.services.tracker.progress import MoveState, apply, move_key
+from dimsebus.services.tracker.progress import MoveState
 from dimsebus.services.tracker.settings import TrackerSettings
 from dimsebus.services.tracker.store import SqlStore, open_store
 from dimsebus.services.tracker.views import live_row, move_view
 from dimsebus.services.tracker.web.listing import BadFilter, Filters, parse_filters, read_page
 from dimsebus.services.tracker.web.live import Live
 from dimsebus.services.tracker.web.pages import Pages, bar
+from tests.moves import folded_story
 
 T0 = dt.datetime(2026, 11, 30, 8, tzinfo=dt.UTC)
 STALL = dt.timedelta(minutes=5)
@@ -28,16 +28,7 @@ HOSTILE_AE = '"><svg onload=1>'
 HOSTILE_REASON = "</td><script>alert(1)</script>"
 
 
-def _story_move() -> MoveState:
-    state: MoveState | None = None
-    for event in move_story(node_id="n1", start=T0, ids=sequential_ids(), instances=4):
-        if move_key(event) is not None:
-            state = apply(state, event)
-    assert state is not None
-    return state
-
-
-FINISHED = _story_move()  # 4 instances, 2 failed: completed_with_failures
+FINISHED = folded_story("n1", 4, T0)  # 4 instances, 2 failed: completed_with_failures
 
 
 def a_move(number: int, *, requestor: str = "MOVESCU", running: bool = False) -> MoveState:
