@@ -17,7 +17,15 @@ from rich.console import Console
 from rich.table import Table
 
 from dimsebus.services.audit.cli import audit_app
-from dimsebus.services.console import ConfigOption, console, err, fail, say_error, settings_or_exit
+from dimsebus.services.console import (
+    ConfigOption,
+    console,
+    err,
+    fail,
+    run_service,
+    say_error,
+    settings_or_exit,
+)
 from dimsebus.services.errors import ConfigError, DimsebusError
 from dimsebus.services.logs import debugging, describe, set_debug
 from dimsebus.services.node.cli import archive_app, node_app, outbox_app, send
@@ -308,10 +316,8 @@ def demo(
             summary = _run(run_demo(settings, folder, instances, bars, say))
     _show_demo(summary, out, masked_url(with_vhost(settings.amqp_url, summary.vhost)))
     if serve:
-        import asyncio
-
         try:
-            asyncio.run(serve_page(summary, say))
+            run_service(lambda stop: serve_page(summary, say, stop))
             say("stopped serving the moves page")
         except OSError as exc:  # its port was taken meanwhile
             fail(f"cannot serve the moves page at {summary.page_url}: {exc.strerror or exc}")

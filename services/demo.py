@@ -17,7 +17,6 @@ import contextlib
 import datetime as dt
 import hashlib
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -261,19 +260,15 @@ def _page_url(port: int) -> str:
     return f"http://127.0.0.1:{port}/"
 
 
-async def serve_page(summary: DemoSummary, say: Callable[[str], None]) -> None:
-    """Serve the tracker's page (and API) over the demo's store, as it ended, until Ctrl-C
-    (SIGINT) or SIGTERM.
+async def serve_page(summary: DemoSummary, say: Callable[[str], None], stop: asyncio.Event) -> None:
+    """Serve the tracker's page (and API) over the demo's store, as it ended, until ``stop``
+    is set (``console.run_service``: Ctrl-C or SIGTERM).
 
     The services have stopped, so the page has no live feed: it is the moves as they stand.
     """
     settings = TrackerSettings(
         db=str(summary.tracker_db), http_host="127.0.0.1", http_port=summary.tracker_port
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     async with serving(settings, [], lambda: {"ok": True}, api.routes(settings)):
         say(f"serving the moves page at {summary.page_url} until Ctrl-C")
         await stop.wait()
