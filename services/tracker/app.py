@@ -232,7 +232,8 @@ async def run_tracker(
         replicas=settings.replicas,
     )
     leadership = leadership_for(settings.db, "tracker", settings.tracker_id)
-    terms: list[Tracker] = []  # one per term of office: each starts with nothing cached
+    current: Tracker | None = None  # this term of office's: each starts with nothing cached
+    applied_before = 0  # events folded in the terms that ended
 
     def role() -> str:
         return "active" if leadership is None or leadership.active else "standby"
@@ -257,15 +258,15 @@ async def run_tracker(
         return {
             "ok": relay.alive,
             "relay_running": relay.alive,
-            "applied": sum(tracker.applied for tracker in terms),
+            "applied": applied_before + (current.applied if current else 0),
             "role": role(),
         }
 
     async def term(term_stop: asyncio.Event, fence: Fence | None) -> None:
         # A new term starts from the committed checkpoint, with no moves cached from before.
-        tracker = Tracker(settings, store, outbox)
+        nonlocal current, applied_before
+        tracker = current = Tracker(settings, store, outbox)
         tracker.on_commit = live.committed
-        terms.append(tracker)
         store.fenced(fence)
 
         async def session(connection: AbstractConnection, stop: asyncio.Event) -> None:
@@ -276,6 +277,8 @@ async def run_tracker(
             await supervised(settings.amqp_url, name, session, term_stop)
         finally:
             store.fenced(None)
+            applied_before += tracker.applied  # an ended term's moves are not kept
+            current = None
 
     try:
         live.start()
