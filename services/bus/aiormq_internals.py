@@ -91,6 +91,11 @@ def body_frames(channel: aiormq.Channel, body: bytes) -> list[Any]:
     return list(channel._split_body(body))
 
 
+def max_content_size(channel: aiormq.Channel) -> int:
+    """The most body bytes in one content frame (``_split_body`` splits bodies by it)."""
+    return int(channel.max_content_size)
+
+
 async def write(channel: aiormq.Channel, payload: ChannelFrame) -> None:
     """Queue marshalled frames for the connection's writer, as ``basic_publish`` does."""
     await channel.write_queue.put(payload)

@@ -12,11 +12,12 @@ A confirm's round trip on loopback (about 1 ms) is shorter than the gap between
 C-STOREs at full speed (2 to 3 ms), so at full speed that alone would publish each
 row on its own, and a batch's fixed cost (its SQLite transactions, its socket
 writes, the broker's work) would be paid per row: the relay used several times the
-CPU per event of 250 ms batches, and took it from the DICOM side. So back-to-back
-batches are also spaced by what they cost, as network cards coalesce interrupts:
-the next one starts no sooner than ``cost / DUTY`` after the last one started (at
-most ``MAX_GATHER`` later), so the batches' own cost stays near a tenth of a core
-whatever the rate. An idle relay, or one behind (a full batch), never waits.
+CPU per event of 250 ms batches, and took it from the DICOM side. So batches are
+also spaced by what they cost, as network cards coalesce interrupts: the next one
+starts no sooner than ``cost / DUTY`` after the last one started (at most
+``MAX_GATHER`` later), whether its rows came while the last awaited its confirms or
+woke the relay after, so the batches' own cost stays near a tenth of a core whatever
+the rate. A relay idle for longer than that, or one behind (a full batch), never waits.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from aio_pika.abc import AbstractConnection
@@ -174,9 +174,10 @@ class OutboxRelay:
         channel = await confirming_channel(connection)
         # No retries inside the publisher: a publish cut off by the connection is settled
         # here, by looking for it on the log, rather than sent twice.
-        publisher = Publisher(channel, window=self._window, retry_for=0.0)
+        publisher = Publisher(channel, window=self._window, retry_for=0.0, observe=_uncounted)
         poll = self._safety_poll if arrivals.listening else self._poll
         step, view = Step.PUBLISH, RelayView(0, 0, arrived=True, limit=self._batch)
+        started = time.monotonic()
         while not stop.is_set():
             if channel.is_closed:
                 return  # reconnect from scratch
@@ -184,10 +185,15 @@ class OutboxRelay:
                 await self._settle_ambiguous(connection)
             if step is Step.WAIT_FOR_ROWS:
                 await arrivals.wait(poll, stopping)
+                # Rows came: the next batch is spaced from the last by its cost, as below.
+                view = replace(view, arrived=True, elapsed=time.monotonic() - started)
+                step = next_step(view)
             elif step is Step.GATHER:
-                await sleep_unless(stop, gather_for(view))
+                await asyncio.sleep(gather_for(view))
+                step = Step.PUBLISH
             elif step is Step.BACK_OFF:
                 await sleep_unless(stop, 1.0)
+                step = Step.PUBLISH
             else:
                 arrivals.arrived()  # forget earlier wake-ups: each later commit rings anew
                 started, cpu = time.monotonic(), time.process_time()
@@ -201,8 +207,6 @@ class OutboxRelay:
                     elapsed=time.monotonic() - started,
                 )
                 step = next_step(view)
-                continue
-            step = Step.PUBLISH
 
     async def _settle_ambiguous(self, connection: AbstractConnection) -> None:
         """Drop from the outbox the cut-off rows that the log already holds."""
@@ -298,6 +302,11 @@ class OutboxRelay:
         if str(event.id) != row.event_id:
             raise UnreadableRecord(f"{what}: made into an event with another id, {event.id}")
         return event
+
+
+def _uncounted(_seconds: float) -> None:
+    """The relay's publishes are counted in its outbox (``Outbox.remove``), where the
+    node's /metrics reads them: this process serves no metrics of its own."""
 
 
 async def _until_set(event: asyncio.Event) -> bool:
