@@ -7,7 +7,6 @@ from typing import Any
 from uuid import UUID
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
 from pamqp import commands as spec
 from pydantic import ValidationError
 
@@ -103,11 +102,6 @@ def decode_body(
             f"(type {event.type!r})"
         )
     return event
-
-
-def from_message(message: AbstractIncomingMessage, max_bytes: int = MAX_BODY_BYTES) -> Event:
-    """The event in ``message``, under its own routing key; the properties only mirror it."""
-    return decode_body(message.body, message.routing_key or "", max_bytes)
 
 
 def describe_validation_error(exc: ValidationError, limit: int = 5) -> str:
