@@ -31,6 +31,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.services.bus.wakeup import ArrivalBell
@@ -283,6 +284,22 @@ class Outbox:
             ).fetchall()
         return [OutboxRow(*row) for row in rows]
 
+    def take(self, limit: int, at: dt.datetime) -> list[OutboxRow]:
+        """The oldest ``limit`` rows, noted as being published at ``at`` (``mark_sent``).
+
+        One statement instead of ``peek`` and ``mark_sent``: the relay pays a statement
+        and a write transaction less per batch. A row taken before keeps its first time.
+        """
+        with self._lock:
+            rows = self._db.execute(
+                "UPDATE outbox SET sent_at = coalesce(sent_at, ?) "
+                "WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?) "
+                "RETURNING seq, event_id, type, routing_key, correlation_id, time, body, format",
+                (at.isoformat(), limit),
+            ).fetchall()
+        rows.sort(key=_by_seq)  # RETURNING's order is not the table's
+        return [OutboxRow(*row) for row in rows]
+
     def remove(self, seqs: list[int], latencies: list[float] | None = None) -> None:
         """Forget rows whose events the broker confirmed; count them and their confirm times."""
         if not seqs:
@@ -298,10 +315,11 @@ class Outbox:
             self._db.execute(
                 f"DELETE FROM outbox WHERE seq IN ({', '.join('?' * len(seqs))})", seqs
             )
-            self._db.executemany(
-                "INSERT INTO relay_stats (name, value) VALUES (?, ?) "
+            self._db.execute(  # one statement for every counter (not one each)
+                "INSERT INTO relay_stats (name, value) VALUES "
+                f"{', '.join(['(?, ?)'] * len(increments))} "
                 "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                increments,
+                [value for increment in increments for value in increment],
             )
             self._db.execute("COMMIT")
 
@@ -376,6 +394,10 @@ def _journal(
     answered = [(row[3], row[6]) for row in rows if row[1] in ANSWERS and row[3] is not None]
     closed = [(row[3],) for row in rows if row[1] in CLOSES and row[3] is not None]
     return answered, closed
+
+
+def _by_seq(row: tuple[Any, ...]) -> int:
+    return int(row[0])
 
 
 def _open(path: Path) -> sqlite3.Connection:

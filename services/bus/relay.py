@@ -241,11 +241,10 @@ class OutboxRelay:
         one the broker did not confirm; a row whose publish was cut off is settled
         against the log before it is sent again.
         """
-        rows = self._outbox.peek(self._batch)
+        started = dt.datetime.now(dt.UTC)
+        rows = self._outbox.take(self._batch, started)
         if not rows:
             return Taken(0, 0, 0)
-        started = dt.datetime.now(dt.UTC)
-        self._outbox.mark_sent(rows[-1].seq, started)
         outcomes: dict[int, PublishOutcome | UnreadableRecord] = {}
         ready: list[tuple[int, Outgoing]] = []
         for row in rows:

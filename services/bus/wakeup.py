@@ -72,17 +72,15 @@ class ArrivalBell:
 class ArrivalListener:
     """The relay's side: whether rows arrived, and waiting until they do.
 
-    The socket stays registered with the event loop from the first ``wait`` until
-    ``close``: each ring is read as it comes, and a wait is one future, not a
-    registration of its own (two ``epoll_ctl`` calls and their bookkeeping per batch).
+    The socket is registered with the event loop only while the relay waits: rings that
+    come while it publishes or gathers a batch stay unread until it asks (``arrived``),
+    so they cost the relay no wake-up each (a wake-up, a context switch here, costs
+    more than the two ``epoll_ctl`` calls of registering).
     """
 
     def __init__(self, outbox_path: Path) -> None:
         """Listen for ``outbox_path``'s rings; without a socket (taken, not Linux), poll."""
         self._socket: socket.socket | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._rung = False
-        self._waiter: asyncio.Future[bool] | None = None
         address = arrival_address(outbox_path)
         if address is None:
             return
@@ -103,37 +101,6 @@ class ArrivalListener:
 
     def arrived(self) -> bool:
         """Whether a ring came since the last call; reads them all, so the next starts anew."""
-        came = self._read_rings() or self._rung
-        self._rung = False
-        return came
-
-    async def wait(self, seconds: float, stopping: asyncio.Future[bool]) -> None:
-        """Until a ring comes, ``stopping`` is done, or ``seconds`` have passed."""
-        if self.arrived():
-            return
-        loop = asyncio.get_running_loop()
-        if self._socket is not None and self._loop is None:
-            loop.add_reader(self._socket.fileno(), self._on_ring)
-            self._loop = loop
-        waiter: asyncio.Future[bool] = loop.create_future()
-        self._waiter = waiter
-        timer = loop.call_later(seconds, _settle, waiter)
-        on_stop = functools.partial(_settle_after, waiter)
-        stopping.add_done_callback(on_stop)
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-            timer.cancel()
-            stopping.remove_done_callback(on_stop)
-
-    def _on_ring(self) -> None:
-        if self._read_rings():
-            self._rung = True
-            if self._waiter is not None and not self._waiter.done():
-                self._waiter.set_result(True)
-
-    def _read_rings(self) -> bool:
         if self._socket is None:
             return False
         came = False
@@ -144,11 +111,29 @@ class ArrivalListener:
                 return came
             came = True
 
+    async def wait(self, seconds: float, stopping: asyncio.Future[bool]) -> None:
+        """Until a ring comes, ``stopping`` is done, or ``seconds`` have passed."""
+        if self.arrived():
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        fd = self._socket.fileno() if self._socket is not None else None
+        if fd is not None:
+            loop.add_reader(fd, _settle, waiter)
+        timer = loop.call_later(seconds, _settle, waiter)
+        on_stop = functools.partial(_settle_after, waiter)
+        stopping.add_done_callback(on_stop)
+        try:
+            await waiter
+        finally:
+            if fd is not None:
+                loop.remove_reader(fd)
+            timer.cancel()
+            stopping.remove_done_callback(on_stop)
+
     def close(self) -> None:
         """Stop listening; the address is free for the next relay."""
         if self._socket is not None:
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.remove_reader(self._socket.fileno())
             self._socket.close()
             self._socket = None
 

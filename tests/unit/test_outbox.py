@@ -81,3 +81,19 @@ def test_a_record_is_spooled_with_its_format_for_the_relay(tmp_path: Path) -> No
         str(EVENTS[1].id),
     )
     assert box.depth() == 2
+
+
+def test_take_is_peek_and_mark_sent_in_one_statement(tmp_path: Path) -> None:
+    # given six events, the oldest three taken for a first publish that was cut off
+    box = Outbox(tmp_path / "outbox.sqlite")
+    box.append(EVENTS[:6])
+    first, later = dt.datetime(2026, 11, 30, 9, tzinfo=dt.UTC), dt.datetime(2026, 11, 30, 10)
+    assert [row.event_id for row in box.take(3, first)] == [str(e.id) for e in EVENTS[:3]]
+    # when the next relay takes four, then
+    taken = box.take(4, later.replace(tzinfo=dt.UTC))
+    # they are the oldest four, in order, exactly what peek shows
+    assert taken == box.peek(4)
+    # and in flight are those four, since the first one's time (kept, not moved on)
+    in_flight, since = box.in_flight()
+    assert sorted(in_flight) == [row.seq for row in taken]
+    assert since == first
