@@ -17,6 +17,7 @@ import contextlib
 import queue
 import socket
 import ssl
+import struct
 import threading
 import warnings
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from pynetdicom import _config, evt
 from pynetdicom.association import Association
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.pdu import P_DATA_TF
+from pynetdicom.dsutils import encode
 from pynetdicom.presentation import PresentationContext
 
 WRITTEN_FOR = "3.0.4"
@@ -289,11 +290,13 @@ def write_file_requests_on_caller(assoc: Association) -> None:
     for a 0.5 MB image at a peer's 16 KB maximum PDU), after the DUL's idle sleep
     of up to 1 ms noticed the first. A request whose data set is a file's bytes
     (``send_paths_as_stored``) is encoded into the same PDUs by the thread that
-    sends it and written in one ``sendall``, while nothing else is queued for the
-    DUL; the DUL thread goes on reading the socket (the peer answers only once it
-    has the whole request). The file is read before EVT_DIMSE_SENT: a file that
-    cannot be read raises with nothing sent. Any other message, a TLS socket (an SSL object may not
-    read and write on two threads at once) or a busy DUL take pynetdicom's path.
+    sends it (``p_data_pdus``: the file read once, its fragments views of it, not
+    copies) and written with ``sendmsg``, while nothing else is queued for the DUL;
+    the DUL thread goes on reading the socket (the peer answers only once it has the
+    whole request). The file is read before EVT_DIMSE_SENT: a file that cannot be
+    read raises with nothing sent. Any other message, a TLS socket (an SSL object
+    may not read and write on two threads at once) or a busy DUL take pynetdicom's
+    path.
 
     Relies on: ``DIMSEServiceProvider.send_msg(primitive, context_id)`` makes the
     message with ``primitive_to_message``, sets its ``context_id``, triggers
@@ -320,15 +323,67 @@ def write_file_requests_on_caller(assoc: Association) -> None:
         message = C_STORE_RQ()
         message.primitive_to_message(primitive)
         message.context_id = context_id
-        fragments = message.encode_msg(context_id, dimse.maximum_pdu_size)
-        pdus = b"".join(P_DATA_TF(pdata).encode() for pdata in fragments)  # reads the file
+        path, start = primitive._dataset_path
+        with open(path, "rb") as file:  # read before EVT_DIMSE_SENT: unreadable, nothing sent
+            file.seek(start)
+            data_set = file.read()
+        command = encode(message.command_set, True, True)  # implicit VR little endian
+        pdus = p_data_pdus(context_id, dimse.maximum_pdu_size, command, data_set)
         evt.trigger(assoc, evt.EVT_DIMSE_SENT, {"message": message})
         try:
-            sock.sendall(pdus)
+            send_buffers(sock, pdus)
         except OSError:
             assoc.dul.event_queue.put(TRANSPORT_CLOSED)
 
     dimse.send_msg = send  # type: ignore[method-assign]
+
+
+_PDV_HEADER = struct.Struct(">BBIIBB")
+"""A P-DATA-TF holding one PDV: PDU type 04H, reserved, PDU length; the item's length,
+presentation context ID and message control header (PS3.8 9.3.5, E.2)."""
+_COMMAND, _LAST = 0x01, 0x02
+_IOV_MAX = 1024
+
+
+def p_data_pdus(context_id: int, max_pdu: int, command: bytes, data_set: bytes) -> list[Any]:
+    """The P-DATA-TF PDUs of a message, as buffers to write one after the other.
+
+    The same PDUs as pynetdicom's ``encode_msg`` and ``P_DATA_TF.encode`` (one PDV each,
+    fragments of ``max_pdu - 6`` bytes, or one when the peer set no maximum), made
+    without copying the data set: each fragment is a view of it, after its 12-byte header.
+    """
+    return [
+        *_fragments(context_id, max_pdu, command, _COMMAND),
+        *_fragments(context_id, max_pdu, data_set, 0),
+    ]
+
+
+def _fragments(context_id: int, max_pdu: int, data: bytes, kind: int) -> list[Any]:
+    size = max_pdu - 6 if max_pdu else max(len(data), 1)
+    view = memoryview(data)
+    starts = range(0, max(len(data), 1), size)
+    buffers: list[Any] = []
+    for start in starts:
+        fragment = view[start : start + size]
+        control = kind | (_LAST if start == starts[-1] else 0)
+        buffers += (
+            _PDV_HEADER.pack(4, 0, len(fragment) + 6, len(fragment) + 2, context_id, control),
+            fragment,
+        )
+    return buffers
+
+
+def send_buffers(sock: socket.socket, buffers: list[Any]) -> None:
+    """Write ``buffers`` in order, as few system calls as the kernel allows (``sendmsg``)."""
+    pending = [memoryview(buffer).cast("B") for buffer in buffers]
+    first = 0
+    while first < len(pending):
+        sent = sock.sendmsg(pending[first : first + _IOV_MAX])
+        while first < len(pending) and sent >= len(pending[first]):
+            sent -= len(pending[first])
+            first += 1
+        if sent:
+            pending[first] = pending[first][sent:]
 
 
 # -- the edge server's reads (dimsebus.services.node.server) ---------------------------------------
