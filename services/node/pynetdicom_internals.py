@@ -21,7 +21,8 @@ import struct
 import threading
 import warnings
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import pynetdicom
 import pynetdicom.dul
@@ -323,11 +324,14 @@ def write_file_requests_on_caller(assoc: Association) -> None:
         message = C_STORE_RQ()
         message.primitive_to_message(primitive)
         message.context_id = context_id
-        path, start = primitive._dataset_path
+        command = encode(message.command_set, True, True)  # implicit VR little endian
+        if command is None:  # pydicom could not encode it: pynetdicom's path says why
+            send_msg(primitive, context_id)
+            return
+        path, start = cast(tuple[Path, int], primitive._dataset_path)
         with open(path, "rb") as file:  # read before EVT_DIMSE_SENT: unreadable, nothing sent
             file.seek(start)
             data_set = file.read()
-        command = encode(message.command_set, True, True)  # implicit VR little endian
         pdus = p_data_pdus(context_id, dimse.maximum_pdu_size, command, data_set)
         evt.trigger(assoc, evt.EVT_DIMSE_SENT, {"message": message})
         try:

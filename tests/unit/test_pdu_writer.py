@@ -30,7 +30,9 @@ def request(path: Path, offset: int, message_id: int, uid: str) -> C_STORE_RQ:
     return message
 
 
-@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=60)
+@settings(
+    suppress_health_check=[HealthCheck.function_scoped_fixture], max_examples=60, deadline=None
+)
 @given(
     data_set=st.binary(max_size=40_000),
     preamble=st.binary(max_size=300),
@@ -57,6 +59,7 @@ def test_the_same_pdus_as_pynetdicom(
         P_DATA_TF(pdata).encode() for pdata in message.encode_msg(context_id, max_pdu)
     )
     command = encode(message.command_set, True, True)
+    assert command is not None
     ours = p_data_pdus(context_id, max_pdu, command, data_set)
     assert b"".join(bytes(buffer) for buffer in ours) == pynetdicom
 
