@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections import deque
 from collections.abc import AsyncIterator
@@ -118,6 +119,39 @@ class LogReader:
                 return
 
     async def __anext__(self) -> LogEntry:
+        await self._give_credit()
+        while not self._deliveries:
+            if self._ended:
+                raise StopAsyncIteration
+            await self._wait()
+        return self._entry(self._taken(1)[0])
+
+    async def batch(self, size: int, wait: float, gather: float = 0.01) -> list[LogEntry]:
+        """Up to ``size`` entries: those that have arrived, or the first to come within ``wait``
+        seconds (none: an empty list). Raises ``ConnectionError`` once the log stopped
+        delivering (its channel closed) and every entry was taken.
+
+        While deliveries keep coming (one at least every half millisecond), the batch waits
+        for them, up to ``gather`` seconds: a backlog (a replay) is folded in batches of
+        ``size``, not of what one read of the socket brought, and a lone event waits half a
+        millisecond.
+        """
+        await self._give_credit()
+        if not self._deliveries:
+            if self._ended:
+                raise ConnectionError("the log stopped delivering (its channel closed)")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wait(), wait)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + gather
+        while 0 < len(self._deliveries) < size and not self._ended and loop.time() < until:
+            before = len(self._deliveries)
+            await asyncio.sleep(0.0005)
+            if len(self._deliveries) == before:
+                break
+        return [self._entry(message) for message in self._taken(size)]
+
+    async def _give_credit(self) -> None:
         assert self._underlay is not None, "enter the reader with `async with` first"
         if self._ack_tag is not None and not self._ended:
             # A stream needs acks only as credit: one multiple-ack per part of the prefetch
@@ -125,16 +159,20 @@ class LogReader:
             # cancelled while it waits (until_idle) never loses an entry it took.
             tag, self._ack_tag = self._ack_tag, None
             await self._underlay.basic_ack(tag, multiple=True)
-        while not self._deliveries:
-            if self._ended:
-                raise StopAsyncIteration
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        message = self._deliveries.popleft()
-        self._unacked += 1
-        if self._unacked >= self._ack_every:
-            self._unacked, self._ack_tag = 0, message.delivery_tag
-        return self._entry(message)
+
+    async def _wait(self) -> None:
+        """Until a delivery comes or the log ends."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        await self._waiter
+
+    def _taken(self, size: int) -> list[DeliveredMessage]:
+        """Up to ``size`` deliveries, oldest first; credit is due once enough were taken."""
+        taken = [self._deliveries.popleft() for _ in range(min(size, len(self._deliveries)))]
+        if taken:
+            self._unacked += len(taken)
+            if self._unacked >= self._ack_every:
+                self._unacked, self._ack_tag = 0, taken[-1].delivery_tag
+        return taken
 
     def _entry(self, message: DeliveredMessage) -> LogEntry:
         headers = message.header.properties.headers or {}

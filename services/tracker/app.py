@@ -320,35 +320,10 @@ async def _read(
     async with LogReader(
         await connection.channel(), start, prefetch=2000, max_body_bytes=settings.max_body_bytes
     ) as reader:
-        queue: asyncio.Queue[LogEntry] = asyncio.Queue(maxsize=5000)
-        pump = asyncio.create_task(_pump(reader, queue))
         if ready is not None:
             ready.set()
-        try:
-            while not stop.is_set():
-                batch = await _batch(queue, settings.batch_size, pump)
-                if batch:
-                    await asyncio.to_thread(tracker.handle, batch, utc_now())
-        finally:
-            pump.cancel()
-
-
-async def _pump(reader: LogReader, queue: asyncio.Queue[LogEntry]) -> None:
-    async for entry in reader:
-        await queue.put(entry)
-
-
-async def _batch(
-    queue: asyncio.Queue[LogEntry], size: int, pump: asyncio.Task[None]
-) -> list[LogEntry]:
-    if pump.done():
-        pump.result()  # re-raise why the log stopped
-        raise ConnectionError("the log stopped delivering (its channel closed)")
-    try:
-        first = await asyncio.wait_for(queue.get(), 0.2)
-    except TimeoutError:
-        return []
-    batch = [first]
-    while len(batch) < size and not queue.empty():
-        batch.append(queue.get_nowait())
-    return batch
+        while not stop.is_set():
+            # what came while the last batch was folded: a batch grows with the backlog
+            batch = await reader.batch(settings.batch_size, 0.2)
+            if batch:
+                await asyncio.to_thread(tracker.handle, batch, utc_now())
