@@ -131,10 +131,10 @@ class LogReader:
         seconds (none: an empty list). Raises ``ConnectionError`` once the log stopped
         delivering (its channel closed) and every entry was taken.
 
-        While deliveries keep coming (one at least every half millisecond), the batch waits
-        for them, up to ``gather`` seconds: a backlog (a replay) is folded in batches of
-        ``size``, not of what one read of the socket brought, and a lone event waits half a
-        millisecond.
+        Behind (an eighth of ``size`` waiting: a replay, a catch-up), the batch also waits
+        for the deliveries that keep coming (one at least every half millisecond), up to
+        ``gather`` seconds: a backlog is folded in batches of ``size``, not of what one read
+        of the socket brought. Not behind (live), a batch is what has arrived, at once.
         """
         await self._give_credit()
         if not self._deliveries:
@@ -143,7 +143,7 @@ class LogReader:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wait(), wait)
         loop = asyncio.get_running_loop()
-        until = loop.time() + gather
+        until = loop.time() + (gather if len(self._deliveries) >= size // 8 else 0.0)
         while 0 < len(self._deliveries) < size and not self._ended and loop.time() < until:
             before = len(self._deliveries)
             await asyncio.sleep(0.0005)

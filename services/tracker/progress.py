@@ -11,7 +11,9 @@ Time comes in as arguments; nothing here reads a clock.
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from operator import attrgetter
 from uuid import UUID
 
 from dimsebus.schemas import events as ev
@@ -36,6 +38,7 @@ DECIDED_BY_RETRIER: frozenset[str] = frozenset({"failure", "missing", "unsent"})
 # Reasons a move's sub-operations could not be sent that no retry can fix (the retrier's
 # policy gives them up at once): the move was refused as a whole.
 REFUSED_UNSENT: frozenset[str] = frozenset({"unknown_destination", "rejected_permanent"})
+_category = attrgetter("category")
 TERMINAL: frozenset[str] = frozenset(
     {"completed", "completed_with_failures", "failed", "cancelled"}
 )
@@ -353,9 +356,10 @@ def counts(move: MoveState) -> ev.SubOperationCounts:
     SCU move to another destination adds what its final response counts but does
     not name (``counted_*``) to the instances it names (the failed ones).
     """
-    latest = [outcome.category for outcome in move.instances.values()]
+    # counted in C (Counter over map): a move's instances are counted on every batch
+    latest = Counter(map(_category, move.instances.values()))
     failed_elsewhere = [uid for uid in move.reported_failed if uid not in move.instances]
-    failed = sum(category in FAILED for category in latest) + len(failed_elsewhere)
+    failed = sum(latest[category] for category in FAILED) + len(failed_elsewhere)
     failed += move.counted_failed
     unnamed_done = move.counted_completed + move.counted_warning + move.counted_failed
     accounted = len(move.instances) + len(failed_elsewhere) + unnamed_done
@@ -364,13 +368,18 @@ def counts(move: MoveState) -> ev.SubOperationCounts:
         failed, remaining = failed + remaining, 0
     return ev.SubOperationCounts(
         remaining=remaining,
-        completed=latest.count("success") + move.counted_completed,
-        warning=latest.count("warning") + move.counted_warning,
+        completed=latest["success"] + move.counted_completed,
+        warning=latest["warning"] + move.counted_warning,
         failed=failed,
     )
 
 
-def outcome(move: MoveState, now: dt.datetime, stall_after: dt.timedelta) -> ev.MoveOutcome:
+def outcome(
+    move: MoveState,
+    now: dt.datetime,
+    stall_after: dt.timedelta,
+    tally: ev.SubOperationCounts | None = None,
+) -> ev.MoveOutcome:
     """in_progress, retrying, completed, completed_with_failures, failed, cancelled or stalled.
 
     A move is finished once its final C-MOVE-RSP arrived and every sub-operation it
@@ -383,7 +392,7 @@ def outcome(move: MoveState, now: dt.datetime, stall_after: dt.timedelta) -> ev.
     decided about one: then it is ``retrying``, or ``stalled`` when no decision
     came for ``stall_after``.
     """
-    tally = counts(move)
+    tally = tally if tally is not None else counts(move)  # the caller may have it
     stalled = move.last_event_at is not None and now - move.last_event_at > stall_after
     if move.final_category == "cancel":
         return "cancelled"
@@ -552,7 +561,7 @@ def progress_data(
         destination_ae_title=move.destination_ae_title,
         expected=move.expected,
         counts=tally,
-        outcome=outcome(move, now, stall_after),
+        outcome=outcome(move, now, stall_after, tally),
         failed_instances=failed[:MAX_FAILED_INSTANCES],
         failed_instances_omitted=max(len(failed) - MAX_FAILED_INSTANCES, 0),
         at=now,

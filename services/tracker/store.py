@@ -13,13 +13,15 @@ import abc
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from itertools import compress
+from operator import is_not
 from typing import Any
 from uuid import UUID
 
 from dimsebus.services.leadership import LEADERS_SQL
 from dimsebus.services.migrations import Migration, Schema
 from dimsebus.services.sql import Database, Fence, open_database
-from dimsebus.services.tracker.progress import InstanceOutcome, MoveKey, MoveState
+from dimsebus.services.tracker.progress import InstanceOutcome, MoveKey, MoveState, counts
 from dimsebus.services.tracker.views import move_row, settled_outcome, source_ae_title
 
 # Migration 1 is the schema every release before versions made (tracker_rejected came
@@ -340,9 +342,10 @@ def _row(move: MoveState) -> tuple[Any, ...]:
 
 def _listing(move: MoveState) -> tuple[Any, ...]:
     """The move's columns for the web page's list (migration 4)."""
-    settled, stalls = settled_outcome(move)
+    tally = counts(move)  # once: counting a large move's instances is most of a row's cost
+    settled, stalls = settled_outcome(move, tally)
     last = move.last_event_at.isoformat() if move.last_event_at else None
-    summary = json.dumps(move_row(move, settled))
+    summary = json.dumps(move_row(move, settled, tally))
     ae_titles = (move.requestor_ae_title, source_ae_title(move), move.destination_ae_title)
     return (*ae_titles, settled, int(stalls), last, summary)
 
@@ -351,11 +354,10 @@ def _changed_instances(move: MoveState, old: MoveState | None) -> list[tuple[str
     """Rows of the instances whose outcome is not the one ``old`` had (all without it)."""
     known = old.instances if old is not None else {}
     key = (move.source, str(move.move_id))
-    return [
-        (*key, uid, outcome.model_dump_json())
-        for uid, outcome in move.instances.items()
-        if known.get(uid) is not outcome
-    ]
+    # Compared in C (map, compress): a large move's instances are compared on every batch.
+    uids = move.instances.keys()
+    fresh = compress(uids, map(is_not, map(known.get, uids), move.instances.values()))
+    return [(*key, uid, move.instances[uid].model_dump_json()) for uid in fresh]
 
 
 def _new_seen(move: MoveState, old: MoveState | None) -> list[tuple[str, ...]]:

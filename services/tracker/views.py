@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from dimsebus.schemas import events as ev
 from dimsebus.schemas.status import describe_status
 from dimsebus.services.tracker.progress import (
     MoveState,
@@ -34,7 +35,7 @@ def move_view(move: MoveState, now: dt.datetime, stall_after: dt.timedelta) -> d
         "c_move": {"association_id": _text(move.association_id), "message_id": move.message_id},
         "query_level": move.query_level,
         "keys": move.keys,
-        "outcome": outcome(move, now, stall_after),
+        "outcome": outcome(move, now, stall_after, tally),
         "reason": failure_reason(move, tally),
         "revision": move.finished.revision if move.finished else None,
         "expected": move.expected,
@@ -83,26 +84,33 @@ def source_ae_title(move: MoveState) -> str | None:
     return move.archive.ae_title if move.archive is not None else move.called_ae_title
 
 
-def settled_outcome(move: MoveState) -> tuple[str, bool]:
+def settled_outcome(
+    move: MoveState, tally: ev.SubOperationCounts | None = None
+) -> tuple[str, bool]:
     """The move's outcome as of its last event, and whether it turns stalled if none follows.
 
     What the store keeps for the list's filters: whether it is stalled depends on the clock,
-    so the list tells it from the last event's time when it reads the rows."""
+    so the list tells it from the last event's time when it reads the rows. ``tally``:
+    ``counts(move)``, if the caller has it."""
     at = move.last_event_at or move.started_at or dt.datetime.min.replace(tzinfo=dt.UTC)
-    now = outcome(move, at, dt.timedelta(0))
+    tally = tally if tally is not None else counts(move)
+    now = outcome(move, at, dt.timedelta(0), tally)
     if now not in UNFINISHED:
         return now, False
     if now == "in_progress":  # an unfinished move always stalls: no need to count again
         return now, True
     # retrying stalls only while awaiting a decision, not with an attempt scheduled
-    return now, outcome(move, at + dt.timedelta(days=1), dt.timedelta(0)) == "stalled"
+    return now, outcome(move, at + dt.timedelta(days=1), dt.timedelta(0), tally) == "stalled"
 
 
-def move_row(move: MoveState, outcome_now: str) -> dict[str, Any]:
+def move_row(
+    move: MoveState, outcome_now: str, tally: ev.SubOperationCounts | None = None
+) -> dict[str, Any]:
     """One move as a line of the web page's list: who, how far, how it ended, when.
 
     ``outcome_now``: its outcome (``outcome(move, now, stall_after)``), or as of its last
-    event (``settled_outcome``) for the row the store keeps."""
+    event (``settled_outcome``) for the row the store keeps. ``tally``: ``counts(move)``,
+    if the caller has it."""
     return {
         "move_id": str(move.move_id),
         "node_id": move.node_id,
@@ -111,7 +119,7 @@ def move_row(move: MoveState, outcome_now: str) -> dict[str, Any]:
         "destination_ae_title": move.destination_ae_title,
         "outcome": outcome_now,
         "expected": move.expected,
-        "counts": counts(move).model_dump(),
+        "counts": (tally if tally is not None else counts(move)).model_dump(),
         "started_at": _text(move.started_at),
         "completed_at": _text(move.completed_at if outcome_is_final(move) else None),
         "last_event_at": _text(move.last_event_at),
