@@ -178,14 +178,16 @@ async def test_a_batch_cut_off_by_a_lost_connection_is_ambiguous_and_was_stored(
         await until(
             lambda: len(underlying.confirmations) == len(events), what="100 publishes issued"
         )
+        # (the broker has stored them all: read from the log before the cut, not after,
+        # so that the cut never lands while the proxy still forwards the batch)
+        reader = await connection.channel()
+        found = await asyncio.wait_for(read_ids(reader, {e.id for e in events}), 30)
+        assert len(found) == len(events)
         assert not batch.done()
         proxy.cut()
         outcomes = await asyncio.wait_for(batch, 10)
-    # then every message is ambiguous: unconfirmed, yet the broker may hold it (it does)
+    # then every message is ambiguous: unconfirmed, though the broker holds it
     assert all(isinstance(outcome, PublishInterrupted) for outcome in outcomes), outcomes[:2]
-    reader = await connection.channel()
-    found = await asyncio.wait_for(read_ids(reader, {e.id for e in events}), 30)
-    assert len(found) == len(events)
 
 
 async def test_a_closed_channel_sends_nothing_and_says_so(
