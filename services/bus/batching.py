@@ -37,7 +37,8 @@ class Step(enum.Enum):
     PUBLISH = "publish"
     """Take the oldest rows (up to a batch) and publish them now."""
     GATHER = "gather"
-    """Rows are waiting, but the last batch was costly: let more gather (``gather_for``)."""
+    """The last batch was costly: let rows gather before the next (``gather_for``), then
+    publish them, or wait for rows if none came (``after_gathering``)."""
     WAIT_FOR_ROWS = "wait for rows"
     """Nothing to publish: sleep until a row's wake-up, or the safety poll."""
     BACK_OFF = "back off"
@@ -73,9 +74,16 @@ def next_step(view: RelayView) -> Step:
         return Step.BACK_OFF
     if view.last_taken >= view.limit:  # a backlog: behind, never wait
         return Step.PUBLISH
-    if not view.arrived:
-        return Step.WAIT_FOR_ROWS
-    return Step.GATHER if gather_for(view) > 0 else Step.PUBLISH
+    if gather_for(view) > 0:  # rows that come meanwhile wait for the spacing anyway
+        return Step.GATHER
+    return Step.PUBLISH if view.arrived else Step.WAIT_FOR_ROWS
+
+
+def after_gathering(view: RelayView, arrived: bool) -> Step:
+    """The step after a gathering wait: publish what came (before it or during it), or
+    wait for rows. Spacing first and looking after spares a busy relay the wake-up of
+    the first row's ring: one wake-up (the spacing's end) instead of two."""
+    return Step.PUBLISH if view.arrived or arrived else Step.WAIT_FOR_ROWS
 
 
 def gather_for(view: RelayView) -> float:

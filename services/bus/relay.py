@@ -37,7 +37,13 @@ from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.services.backoff import Backoff
 from dimsebus.services.bus import lifeline
 from dimsebus.services.bus.batch import Outgoing, PublishOutcome
-from dimsebus.services.bus.batching import RelayView, Step, gather_for, next_step
+from dimsebus.services.bus.batching import (
+    RelayView,
+    Step,
+    after_gathering,
+    gather_for,
+    next_step,
+)
 from dimsebus.services.bus.codec import outgoing, outgoing_event
 from dimsebus.services.bus.connection import Brokers, confirming_channel, describe, masked
 from dimsebus.services.bus.log import LogReader
@@ -190,7 +196,7 @@ class OutboxRelay:
                 step = next_step(view)
             elif step is Step.GATHER:
                 await asyncio.sleep(gather_for(view))
-                step = Step.PUBLISH
+                step = after_gathering(view, arrivals.arrived())
             elif step is Step.BACK_OFF:
                 await sleep_unless(stop, 1.0)
                 step = Step.PUBLISH

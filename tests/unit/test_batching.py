@@ -10,6 +10,7 @@ from dimsebus.services.bus.batching import (
     MAX_GATHER,
     RelayView,
     Step,
+    after_gathering,
     gather_for,
     next_step,
 )
@@ -71,6 +72,18 @@ def test_after_a_costly_batch_the_next_gathers_a_little_longer() -> None:
     # then the next batch waits for more rows, up to the cap: cost / DUTY from the start
     assert next_step(after) is Step.GATHER
     assert gather_for(after) == min(MAX_GATHER, 0.001 / DUTY - 0.002)
+
+
+def test_after_a_costly_batch_the_relay_spaces_first_and_looks_after() -> None:
+    # given a costly batch during which no row arrived
+    after = view(taken=2, cost=0.001, elapsed=0.002)
+    # then it does not sleep until a ring (a wake-up of its own) but the spacing
+    assert next_step(after) is Step.GATHER
+    # and then publishes the rows that rang meanwhile, or waits for rows if none did
+    assert after_gathering(after, arrived=True) is Step.PUBLISH
+    assert after_gathering(after, arrived=False) is Step.WAIT_FOR_ROWS
+    # and rows known of before the wait are published whatever rang during it
+    assert after_gathering(view(arrived=True), arrived=False) is Step.PUBLISH
 
 
 def test_a_cheap_or_long_batch_is_followed_at_once() -> None:
