@@ -45,7 +45,13 @@ from dimsebus.services.bus.relay import RelayProcess
 from dimsebus.services.bus.session import supervised
 from dimsebus.services.bus.topology import declare_topology
 from dimsebus.services.clock import new_id, utc_now
-from dimsebus.services.tracker.app import Tracker, TrackerSettings, follow, run_tracker
+from dimsebus.services.tracker.app import (
+    Tracker,
+    TrackerSettings,
+    collect_less_often,
+    follow,
+    run_tracker,
+)
 from dimsebus.services.tracker.progress import move_key
 from dimsebus.services.tracker.store import open_store
 from tests.broker import LOCAL_URL, local_rabbitmqctl, private_vhost
@@ -83,23 +89,26 @@ async def publish_moves(url: str, count: int, chunk: int = 10_000) -> int:
     return published
 
 
-async def replay(url: str, count: int, folder: Path) -> tuple[int, float]:
+async def replay(url: str, count: int, folder: Path) -> tuple[int, float, float]:
+    """Events replayed, seconds until the checkpoint reached the last, and this process's
+    CPU seconds meanwhile (the tracker's, and the bench's polling of the checkpoint)."""
     published = await publish_moves(url, count)
     gc.collect()  # what publishing left is not collected on the tracker's time
+    collect_less_often()  # as `dimsebus tracker` does
     settings = TrackerSettings(
         amqp_url=url, db=str(folder / "replay.sqlite"), outbox_path=folder / "r-outbox.sqlite"
     )
     stop = asyncio.Event()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     task = asyncio.create_task(run_tracker(settings, stop))
     store = open_store(str(folder / "replay.sqlite"))
     while (store.checkpoint() or 0) < published - 1:  # noqa: ASYNC110 - polling another process's file
         await asyncio.sleep(0.05)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     stop.set()
     await task
     store.close()
-    return published, elapsed
+    return published, elapsed, cpu
 
 
 class TimedTracker(Tracker):
@@ -134,6 +143,7 @@ async def live(
         settings, open_store(str(folder / "live.sqlite")), Outbox(settings.outbox_path)
     )
     tracker.latencies, tracker.taken = [], []
+    collect_less_often()  # as `dimsebus tracker` does
     stop = asyncio.Event()
     follow = asyncio.create_task(_follow_live(tracker, settings, stop))
     await asyncio.sleep(2)  # the tracker catches up with the log
@@ -200,7 +210,7 @@ def main() -> None:
     rates: list[float] = [] if args.no_live else (args.rate or [200.0, 1000.0])
     base = os.environ.get("AMQP_URL", LOCAL_URL)
     runs: list[Run] = []
-    replayed: tuple[int, float] | None = None
+    replayed: tuple[int, float, float] | None = None
     with tempfile.TemporaryDirectory() as folder:
         if not args.no_replay:
             with private_vhost(base, local_rabbitmqctl()) as url:
@@ -213,7 +223,7 @@ def main() -> None:
     Console().print(table(replayed, runs, args.seconds))
 
 
-def table(replayed: tuple[int, float] | None, runs: list[Run], seconds: float) -> Table:
+def table(replayed: tuple[int, float, float] | None, runs: list[Run], seconds: float) -> Table:
     """The replay rate, and the latency percentiles of each live rate.
 
     "taken" is when the tracker took the response's batch to fold: before it, the
@@ -222,11 +232,12 @@ def table(replayed: tuple[int, float] | None, runs: list[Run], seconds: float) -
     for column in ("measure", "value"):
         out.add_column(column, justify="left" if column == "measure" else "right")
     if replayed is not None:
-        count, elapsed = replayed
+        count, elapsed, cpu = replayed
         out.add_row(
             f"replay: events folded from the stream ({count:,} events)",
             f"{count / elapsed:,.0f} events/s",
         )
+        out.add_row("replay: the tracker's CPU per event", f"{cpu / count * 1e6:.0f} us")
     for rate, latencies, taken in runs:
         for what, values in (("taken by the tracker", taken), ("committed", latencies)):
             cuts = statistics.quantiles(values, n=100)

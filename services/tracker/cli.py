@@ -60,11 +60,11 @@ def tracker(
 ) -> None:
     """Fold the log into C-MOVE progress; publish progress events; serve /moves and /metrics."""
     from dimsebus.services.logs import configure_logging
-    from dimsebus.services.tracker.app import run_tracker
+    from dimsebus.services.tracker.app import collect_less_often, run_tracker
 
     configure_logging()
     settings = _settings(config, db=db, amqp_url=amqp_url, http_port=http_port)
-
+    collect_less_often()
     run_service(lambda stop: run_tracker(settings, stop))
 
 
