@@ -49,6 +49,17 @@ def _check_source(value: str) -> str:
     return value
 
 
+def _type_schema(validated: dict[str, Any]) -> str:
+    """The ``dataschema`` of the event's type (``validated``: the fields before it)."""
+    return schema_uri(str(validated.get("type", "")))
+
+
+def _require_dataschema(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """``dataschema`` among the required fields, in field order, as senders must give it."""
+    required = {*schema.get("required", ()), "dataschema"}
+    schema["required"] = [name for name in model.model_fields if name in required]
+
+
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 """A timezone-aware instant, normalised to UTC (RFC 3339 on the wire)."""
 
@@ -71,6 +82,8 @@ class Model(BaseModel):
 class CloudEvent(Model):
     """A CloudEvents 1.0 envelope; subclasses fix ``type`` and ``data``."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_require_dataschema)
+
     specversion: Literal["1.0"] = "1.0"
     id: UUID
     source: Source
@@ -78,17 +91,14 @@ class CloudEvent(Model):
     time: UtcDatetime
     subject: Annotated[str, Field(min_length=1, max_length=MAX_SUBJECT_LENGTH)]
     datacontenttype: Literal["application/json"] = "application/json"
-    dataschema: Annotated[str, Field(max_length=MAX_DATASCHEMA_LENGTH)]
+    # Absent, it is the type's: a default made from the validated ``type``, not a "before"
+    # validator, which would make pydantic turn a JSON body into Python objects first and
+    # validate those (a fifth of a C-STORE event's validation, issue 21). Required in the
+    # JSON Schema all the same (``_require_dataschema``): senders give it.
+    dataschema: Annotated[
+        str, Field(max_length=MAX_DATASCHEMA_LENGTH, default_factory=_type_schema)
+    ]
     data: Model
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_dataschema(cls, value: Any) -> Any:
-        if isinstance(value, dict) and "dataschema" not in value:
-            event_type = value.get("type", cls.model_fields["type"].default)
-            if isinstance(event_type, str):
-                return {**value, "dataschema": schema_uri(event_type)}
-        return value
 
     @model_validator(mode="after")
     def _check_dataschema(self) -> CloudEvent:
