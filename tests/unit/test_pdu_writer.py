@@ -39,7 +39,9 @@ def request(path: Path, offset: int, message_id: int, uid: str) -> C_STORE_RQ:
     max_pdu=st.sampled_from([0, 7, 8, 100, 4096, 16_382, 16_384, 65_536, 1_000_000]),
     context_id=st.integers(1, 255).filter(lambda n: n % 2 == 1),
     message_id=st.integers(1, 65_535),
-    uid=st.from_regex(r"1\.2\.[1-9][0-9]{0,20}(\.[1-9][0-9]{0,10}){0,4}", fullmatch=True),
+    uid=st.from_regex(r"1\.2\.[1-9][0-9]{0,20}(\.[1-9][0-9]{0,10}){0,4}", fullmatch=True).filter(
+        lambda uid: len(uid) <= 64
+    ),
 )
 def test_the_same_pdus_as_pynetdicom(
     tmp_path: Path,
