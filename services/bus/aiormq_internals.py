@@ -86,11 +86,6 @@ def forget_message_ids(channel: aiormq.Channel, before: int, message_ids: Sequen
             del channel.message_id_delivery_tag[message_id]
 
 
-def body_frames(channel: aiormq.Channel, body: bytes) -> list[Any]:
-    """A message body as the channel's content frames (``basic_publish``'s ``_split_body``)."""
-    return list(channel._split_body(body))
-
-
 def max_content_size(channel: aiormq.Channel) -> int:
     """The most body bytes in one content frame (``_split_body`` splits bodies by it)."""
     return int(channel.max_content_size)

@@ -31,7 +31,6 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.services.bus.wakeup import ArrivalBell
@@ -146,6 +145,9 @@ def _bucket_rows(latencies: list[float]) -> list[tuple[str, float]]:
         rows.append(("le:+Inf", float(len(ordered))))
     return rows
 
+
+_ROW_COLUMNS = "seq, event_id, type, routing_key, correlation_id, time, body, format"
+"""An ``OutboxRow``'s columns, in its fields' order."""
 
 _INSERT = (
     "INSERT OR IGNORE INTO outbox "
@@ -278,26 +280,26 @@ class Outbox:
         """The oldest ``limit`` rows."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, event_id, type, routing_key, correlation_id, time, body, format "
-                "FROM outbox ORDER BY seq LIMIT ?",
+                f"SELECT {_ROW_COLUMNS} FROM outbox ORDER BY seq LIMIT ?",
                 (limit,),
             ).fetchall()
         return [OutboxRow(*row) for row in rows]
 
     def take(self, limit: int, at: dt.datetime) -> list[OutboxRow]:
-        """The oldest ``limit`` rows, noted as being published at ``at`` (``mark_sent``).
+        """The oldest ``limit`` rows, noted as being published at ``at``, in one statement.
 
-        One statement instead of ``peek`` and ``mark_sent``: the relay pays a statement
-        and a write transaction less per batch. A row taken before keeps its first time.
+        A relay that dies before their confirms leaves them noted: the next one looks for
+        them on the log before it publishes them again (``in_flight``). A row taken before
+        keeps its first time.
         """
         with self._lock:
             rows = self._db.execute(
                 "UPDATE outbox SET sent_at = coalesce(sent_at, ?) "
                 "WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?) "
-                "RETURNING seq, event_id, type, routing_key, correlation_id, time, body, format",
+                f"RETURNING {_ROW_COLUMNS}",
                 (at.isoformat(), limit),
             ).fetchall()
-        rows.sort(key=_by_seq)  # RETURNING's order is not the table's
+        rows.sort()  # RETURNING's order is not the table's; seq comes first, and is unique
         return [OutboxRow(*row) for row in rows]
 
     def remove(self, seqs: list[int], latencies: list[float] | None = None) -> None:
@@ -322,18 +324,6 @@ class Outbox:
                 [value for increment in increments for value in increment],
             )
             self._db.execute("COMMIT")
-
-    def mark_sent(self, up_to_seq: int, at: dt.datetime) -> None:
-        """Note that rows up to ``up_to_seq`` are being published (their confirms pending).
-
-        A relay that dies before the confirms leaves them marked: the next one looks
-        for them on the log before it publishes them again.
-        """
-        with self._lock:
-            self._db.execute(
-                "UPDATE outbox SET sent_at = ? WHERE seq <= ? AND sent_at IS NULL",
-                (at.isoformat(), up_to_seq),
-            )
 
     def in_flight(self) -> tuple[dict[int, str], dt.datetime | None]:
         """Rows published without a confirm yet (seq -> event id), and the earliest time."""
@@ -394,10 +384,6 @@ def _journal(
     answered = [(row[3], row[6]) for row in rows if row[1] in ANSWERS and row[3] is not None]
     closed = [(row[3],) for row in rows if row[1] in CLOSES and row[3] is not None]
     return answered, closed
-
-
-def _by_seq(row: tuple[Any, ...]) -> int:
-    return int(row[0])
 
 
 def _open(path: Path) -> sqlite3.Connection:

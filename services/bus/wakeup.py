@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import functools
 import hashlib
 import logging
 import os
@@ -115,21 +114,18 @@ class ArrivalListener:
         """Until a ring comes, ``stopping`` is done, or ``seconds`` have passed."""
         if self.arrived():
             return
+        waits: set[asyncio.Future[bool]] = {stopping}
         loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[bool] = loop.create_future()
-        fd = self._socket.fileno() if self._socket is not None else None
-        if fd is not None:
-            loop.add_reader(fd, _settle, waiter)
-        timer = loop.call_later(seconds, _settle, waiter)
-        on_stop = functools.partial(_settle_after, waiter)
-        stopping.add_done_callback(on_stop)
+        if self._socket is not None:
+            rung: asyncio.Future[bool] = loop.create_future()
+            loop.add_reader(self._socket, _settle, rung)
+            waits.add(rung)
         try:
-            await waiter
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if fd is not None:
-                loop.remove_reader(fd)
-            timer.cancel()
-            stopping.remove_done_callback(on_stop)
+            if self._socket is not None:
+                loop.remove_reader(self._socket)
+                rung.cancel()
 
     def close(self) -> None:
         """Stop listening; the address is free for the next relay."""
@@ -141,10 +137,6 @@ class ArrivalListener:
 def _settle(future: asyncio.Future[bool]) -> None:
     if not future.done():
         future.set_result(True)
-
-
-def _settle_after(future: asyncio.Future[bool], _done: asyncio.Future[bool]) -> None:
-    _settle(future)
 
 
 def _libc_sendto() -> ctypes._NamedFuncPointer | None:

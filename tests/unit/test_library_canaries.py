@@ -509,7 +509,7 @@ def test_the_dul_internals_the_edge_server_reads_through() -> None:
 
 
 def test_basic_publish_numbers_and_registers_a_publish_as_the_batch_does() -> None:
-    # number_publishes, unnumber_publishes, body_frames, write, publish_lock
+    # number_publishes, unnumber_publishes, max_content_size (_split_body), write, publish_lock
     assert (
         missing(
             aiormq.Channel.basic_publish,

@@ -83,7 +83,7 @@ def test_a_record_is_spooled_with_its_format_for_the_relay(tmp_path: Path) -> No
     assert box.depth() == 2
 
 
-def test_take_is_peek_and_mark_sent_in_one_statement(tmp_path: Path) -> None:
+def test_take_hands_out_the_oldest_rows_and_notes_them_in_flight(tmp_path: Path) -> None:
     # given six events, the oldest three taken for a first publish that was cut off
     box = Outbox(tmp_path / "outbox.sqlite")
     box.append(EVENTS[:6])
