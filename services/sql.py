@@ -96,11 +96,20 @@ class Database(abc.ABC):
 
 
 class SqliteDatabase(Database):
-    """One SQLite file (WAL)."""
+    """One SQLite file (WAL).
 
-    def __init__(self, path: Path, schema: Schema) -> None:
+    ``rebuildable``: the file holds only what replaying the log rebuilds (the tracker's
+    moves and their checkpoint, committed together), so a commit need not wait for the
+    disk (``synchronous=NORMAL``): a crash of the process loses nothing, one of the
+    machine may lose the last commits, each with its checkpoint, and those events are
+    read again. Otherwise every commit is flushed to the disk (SQLite's ``FULL``).
+    """
+
+    def __init__(self, path: Path, schema: Schema, *, rebuildable: bool = False) -> None:
         super().__init__()
         self._db = connect_sqlite(path, schema, isolation_level=None)
+        if rebuildable:
+            self._db.execute("PRAGMA synchronous=NORMAL")
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Any]:
@@ -223,10 +232,11 @@ def is_postgresql(db: str) -> bool:
     return db.startswith(("postgresql://", "postgres://"))
 
 
-def open_database(db: str, schema: Schema) -> Database:
+def open_database(db: str, schema: Schema, *, rebuildable: bool = False) -> Database:
     """``postgresql://...`` opens PostgreSQL; anything else is an SQLite file path.
 
     Either way ``schema`` is brought to its version before the database is returned.
+    ``rebuildable``: see ``SqliteDatabase`` (PostgreSQL commits as its server is set).
     """
     if is_postgresql(db):
         try:
@@ -235,7 +245,7 @@ def open_database(db: str, schema: Schema) -> Database:
             raise
         except Exception as exc:
             raise ConfigError(f"--db: cannot open {masked_url(db)!r}: {exc}") from exc
-    return SqliteDatabase(Path(db), schema)
+    return SqliteDatabase(Path(db), schema, rebuildable=rebuildable)
 
 
 def masked_url(url: str) -> str:

@@ -103,7 +103,9 @@ class Tracker:
         if derived:
             self.outbox.append(derived)
         if entries:
-            self.store.save(changed.values(), entries[-1].offset, rejected, before=committed)
+            self.store.save(
+                changed.values(), entries[-1].offset, rejected, before=committed, folded=by_move
+            )
             if self.on_commit is not None and changed:
                 self.on_commit(list(changed.values()))
         self._keep(changed)

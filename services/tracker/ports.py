@@ -6,7 +6,7 @@ store and the outbox in the service, and against in-memory fakes in unit tests.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from dimsebus.schemas.envelope import CloudEvent
@@ -31,9 +31,11 @@ class MoveStore(Protocol):
         offset: int,
         rejected: Iterable[Rejected] = (),
         before: Mapping[MoveKey, MoveState | None] | None = None,
+        folded: Mapping[MoveKey, Sequence[CloudEvent]] | None = None,
     ) -> None:
         """Store changed moves, skipped entries and the new checkpoint in one transaction;
-        with ``before`` (each move as last saved), only what changed since."""
+        with ``before`` (each move as last saved), only what changed since, looked for
+        among what ``folded`` (the events folded into each move since) names."""
         ...
 
     def close(self) -> None:

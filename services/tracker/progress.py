@@ -108,6 +108,22 @@ def apply(state: MoveState | None, event: CloudEvent) -> MoveState | None:
 RESPONSES = (ev.CStoreResponseReceived, ev.CStoreResponseMissing)
 
 
+def named_instances(event: CloudEvent) -> tuple[str, ...]:
+    """The instances whose outcome folding ``event`` may change; it changes no other.
+
+    What a batch changed is then found among its events' instances, not among all of a
+    large move's (the store writes only those: a property test checks the bound).
+    """
+    match event:
+        case ev.CStoreResponseReceived() | ev.CStoreResponseMissing() | ev.CStoreResponseSent():
+            return (event.data.affected_sop_instance_uid,)
+        case ev.CStoreUnsent():
+            return tuple(event.data.sop_instance_uids)
+        case ev.MoveResponseReceived():
+            return (*(event.data.sop_instance_uids or ()), *event.data.failed_sop_instance_uids)
+    return ()
+
+
 def apply_all(state: MoveState | None, events: Sequence[CloudEvent]) -> MoveState | None:
     """Fold ``events`` in order, to the state ``apply`` one by one gives.
 

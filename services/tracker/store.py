@@ -11,17 +11,24 @@ from __future__ import annotations
 
 import abc
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import compress
 from operator import is_not
 from typing import Any
 from uuid import UUID
 
+from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.services.leadership import LEADERS_SQL
 from dimsebus.services.migrations import Migration, Schema
 from dimsebus.services.sql import Database, Fence, open_database
-from dimsebus.services.tracker.progress import InstanceOutcome, MoveKey, MoveState, counts
+from dimsebus.services.tracker.progress import (
+    InstanceOutcome,
+    MoveKey,
+    MoveState,
+    counts,
+    named_instances,
+)
 from dimsebus.services.tracker.views import move_row, settled_outcome, source_ae_title
 
 # Migration 1 is the schema every release before versions made (tracker_rejected came
@@ -146,11 +153,14 @@ class TrackerStore(abc.ABC):
         offset: int,
         rejected: Iterable[Rejected] = (),
         before: Mapping[MoveKey, MoveState | None] | None = None,
+        folded: Mapping[MoveKey, Sequence[CloudEvent]] | None = None,
     ) -> None:
         """Store changed moves, skipped entries and the new checkpoint in one transaction.
 
         ``before``: each move as the store last had it (None: not yet), so that only
         what changed since is written; without it, the whole of every move is.
+        ``folded``: the events folded into each move since ``before``; only their
+        instances (``named_instances``) and ids are looked at, not all of a large move's.
         """
 
     @abc.abstractmethod
@@ -247,14 +257,16 @@ class SqlStore(TrackerStore):
         offset: int,
         rejected: Iterable[Rejected] = (),
         before: Mapping[MoveKey, MoveState | None] | None = None,
+        folded: Mapping[MoveKey, Sequence[CloudEvent]] | None = None,
     ) -> None:
         rows, instances, seen = [], [], []
         for move in moves:
             key = (move.source, move.move_id)
             old = before.get(key) if before is not None else None
+            events = folded.get(key) if folded is not None else None
             rows.append(_row(move))
-            instances += _changed_instances(move, old)
-            seen += _new_seen(move, old)
+            instances += _changed_instances(move, old, events)
+            seen += _new_seen(move, old, events)
         skipped = [(r.offset, r.routing_key, r.reason[:2000]) for r in rejected]
         with self.db.transaction() as cursor:
             cursor.executemany(self.db.sql(_UPSERT_MOVE), rows)
@@ -330,8 +342,11 @@ class SqlStore(TrackerStore):
 
 
 def open_store(db: str) -> TrackerStore:
-    """``postgresql://...`` opens PostgreSQL; anything else is an SQLite file path."""
-    return SqlStore(open_database(db, SCHEMA))
+    """``postgresql://...`` opens PostgreSQL; anything else is an SQLite file path.
+
+    The moves are a projection of the log, committed with their checkpoint: rebuildable.
+    """
+    return SqlStore(open_database(db, SCHEMA, rebuildable=True))
 
 
 def _row(move: MoveState) -> tuple[Any, ...]:
@@ -350,19 +365,37 @@ def _listing(move: MoveState) -> tuple[Any, ...]:
     return (*ae_titles, settled, int(stalls), last, summary)
 
 
-def _changed_instances(move: MoveState, old: MoveState | None) -> list[tuple[str, ...]]:
-    """Rows of the instances whose outcome is not the one ``old`` had (all without it)."""
+def _changed_instances(
+    move: MoveState, old: MoveState | None, events: Sequence[CloudEvent] | None
+) -> list[tuple[str, ...]]:
+    """Rows of the instances whose outcome is not the one ``old`` had (all without it),
+    looked for among those ``events`` name when given, else among all the move's."""
     known = old.instances if old is not None else {}
     key = (move.source, str(move.move_id))
-    # Compared in C (map, compress): a large move's instances are compared on every batch.
-    uids = move.instances.keys()
-    fresh = compress(uids, map(is_not, map(known.get, uids), move.instances.values()))
+    if events is not None and old is not None:
+        named = {uid for event in events for uid in named_instances(event)}
+        fresh: Iterable[str] = sorted(
+            uid
+            for uid in named.intersection(move.instances)
+            if move.instances[uid] is not known.get(uid)
+        )
+    else:  # compared in C (map, compress): all of a large move's instances
+        uids = move.instances.keys()
+        fresh = compress(uids, map(is_not, map(known.get, uids), move.instances.values()))
     return [(*key, uid, move.instances[uid].model_dump_json()) for uid in fresh]
 
 
-def _new_seen(move: MoveState, old: MoveState | None) -> list[tuple[str, ...]]:
-    """Rows of the event ids ``old`` had not seen (all without it)."""
-    fresh = move.seen - old.seen if old is not None else move.seen
+def _new_seen(
+    move: MoveState, old: MoveState | None, events: Sequence[CloudEvent] | None
+) -> list[tuple[str, ...]]:
+    """Rows of the event ids ``old`` had not seen (all without it), looked for among
+    ``events``' ids when given."""
+    if old is None:
+        fresh: Iterable[UUID] = move.seen
+    elif events is not None:
+        fresh = {event.id for event in events if event.id in move.seen} - old.seen
+    else:
+        fresh = move.seen - old.seen
     key = (move.source, str(move.move_id))
     return [(*key, str(event_id)) for event_id in fresh]
 

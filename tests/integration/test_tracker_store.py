@@ -10,7 +10,7 @@ import pytest
 
 from dimsebus.schemas.examples import move_story, sequential_ids
 from dimsebus.services.sql import PostgresDatabase
-from dimsebus.services.tracker.progress import MoveState, apply, move_key
+from dimsebus.services.tracker.progress import MoveState, apply, apply_all, move_key
 from dimsebus.services.tracker.store import SqlStore, TrackerStore, open_store
 
 STORY = move_story(
@@ -96,6 +96,27 @@ class TestTrackerStore:
         # then the store has the whole move: its instances and the ids of its events
         assert store.load((whole.source, whole.move_id)) == whole
         assert store.all_moves() == [whole]
+        assert isinstance(store, SqlStore)
+        rows = store.db.execute("SELECT COUNT(*) FROM tracker_instances").fetchone()
+        seen = store.db.execute("SELECT COUNT(*) FROM tracker_seen").fetchone()
+        assert (rows[0], seen[0]) == (len(whole.instances), len(whole.seen))
+
+    def test_a_save_given_the_events_folded_writes_what_they_changed(
+        self, store: TrackerStore
+    ) -> None:
+        # given the move saved half-way through its events
+        events = [e for e in STORY if move_key(e)]
+        first, second = events[: len(events) // 2], events[len(events) // 2 :]
+        half = apply_all(None, first)
+        assert half is not None
+        store.save([half], offset=1)
+        # when the rest is folded and saved with the events folded since
+        whole = apply_all(half, second)
+        assert whole is not None
+        key = (whole.source, whole.move_id)
+        store.save([whole], offset=2, before={key: half}, folded={key: second})
+        # then the store has the whole move, each instance and event id in a row once
+        assert store.load(key) == whole
         assert isinstance(store, SqlStore)
         rows = store.db.execute("SELECT COUNT(*) FROM tracker_instances").fetchone()
         seen = store.db.execute("SELECT COUNT(*) FROM tracker_seen").fetchone()

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from dimsebus.schemas import events as ev
 from dimsebus.schemas.envelope import CloudEvent
-from dimsebus.schemas.examples import move_story, sequential_ids
+from dimsebus.schemas.examples import every_event, move_story, sequential_ids
 from dimsebus.services.tracker.progress import (
     MoveState,
     apply,
@@ -21,8 +21,10 @@ from dimsebus.services.tracker.progress import (
     failed_instances,
     may_be_final,
     move_key,
+    named_instances,
     outcome,
 )
+from tests.unit.test_progress_final import UIDS, Events
 
 T0 = dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC)
 LATER = T0 + dt.timedelta(minutes=1)
@@ -233,3 +235,51 @@ def test_folding_a_batch_at_once_is_folding_one_by_one(
 def test_a_batch_of_repeats_changes_nothing() -> None:
     move = fold(MOVE_EVENTS)
     assert apply_all(move, MOVE_EVENTS) is move
+
+
+def _stories() -> list[CloudEvent]:
+    """The story with retries, every kind of event a move folds (pulls too), and unsent."""
+    every = every_event("n1", T0, sequential_ids(5000))
+    e = Events()
+    unsent = [
+        e.stored(UIDS[0], 0),
+        e.unsent(UIDS[1:3], "unreachable"),
+        e.unsent(UIDS[2:], "not_found", 2),
+    ]
+    return [*_with_retries(MOVE_EVENTS), *(x for x in every if move_key(x)), *unsent]
+
+
+STORIES = _stories()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    order=st.permutations(STORIES),
+    repeats=st.lists(st.sampled_from(STORIES), max_size=10),
+    cut=st.integers(min_value=0, max_value=60),
+)
+def test_a_batch_changes_only_the_instances_its_events_name_and_adds_only_their_ids(
+    order: list[CloudEvent], repeats: list[CloudEvent], cut: int
+) -> None:
+    # given each move's events in any order, with duplicates, folded in two batches
+    events = [*order, *repeats]
+    for key in {move_key(event) for event in events}:
+        mine = [event for event in events if move_key(event) == key]
+        first, second = mine[:cut], mine[cut:]
+        before = apply_all(None, first)
+        # when the second batch is folded, one by one and at once
+        for after in (fold_from(before, second), apply_all(before, second)):
+            assert after is not None
+            # then only instances the batch names have another outcome (the store writes
+            # only those), and only the batch's event ids were added
+            known = before.instances if before is not None else {}
+            changed = {uid for uid, o in after.instances.items() if o is not known.get(uid)}
+            assert changed <= {uid for event in second for uid in named_instances(event)}
+            added = after.seen - (before.seen if before is not None else frozenset())
+            assert added <= {event.id for event in second}
+
+
+def fold_from(state: MoveState | None, events: list[CloudEvent]) -> MoveState | None:
+    for event in events:
+        state = apply(state, event)
+    return state

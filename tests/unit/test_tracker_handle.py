@@ -7,7 +7,7 @@ so each test reads as what the tracker committed and what it spooled to publish.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import pytest
 
@@ -16,7 +16,7 @@ from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.services.bus.log import LogEntry
 from dimsebus.services.tracker.app import Tracker
 from dimsebus.services.tracker.ports import EventSpool, MoveStore
-from dimsebus.services.tracker.progress import MoveKey, MoveState
+from dimsebus.services.tracker.progress import MoveKey, MoveState, named_instances
 from dimsebus.services.tracker.settings import TrackerSettings
 from dimsebus.services.tracker.store import Rejected
 from tests.unit.test_progress_final import MOVE, NODE, UIDS, Events, full_disk_story
@@ -43,9 +43,18 @@ class MemoryMoves:
         offset: int,
         rejected: Iterable[Rejected] = (),
         before: Mapping[MoveKey, MoveState | None] | None = None,
+        folded: Mapping[MoveKey, Sequence[CloudEvent]] | None = None,
     ) -> None:
         if before is not None:  # as the tracker last had each move: as committed here
             assert all(self.moves.get(key) == move for key, move in before.items())
+        for move in moves:  # and what changed is among what the events folded name
+            key = (move.source, move.move_id)
+            old = before.get(key) if before is not None else None
+            if old is not None and folded is not None:
+                named = {uid for event in folded[key] for uid in named_instances(event)}
+                changed = {u for u, o in move.instances.items() if o is not old.instances.get(u)}
+                assert changed <= named
+                assert move.seen - old.seen <= {event.id for event in folded[key]}
         self.moves.update({(move.source, move.move_id): move for move in moves})
         self.rejected += rejected
         self.offset = offset
