@@ -154,13 +154,15 @@ def _same_move_response(state: MoveState | None, event: CloudEvent) -> bool:
 
 def _responses(move: MoveState, events: Sequence[CloudEvent]) -> MoveState:
     """``_response`` of each event in turn, on one working copy of the move's collections."""
-    seen, instances = set(move.seen), dict(move.instances)
+    # the ids new to the move, and its instances, copied once: a copy costs as much as the
+    # move is large (the ids: once, by the union at the end)
+    known, added, instances = move.seen, set[UUID](), dict(move.instances)
     responses, entries = dict(move.responses), list(move.timeline)
     started, last = move.started_at, move.last_event_at
     for event in events:
-        if not isinstance(event, RESPONSES) or event.id in seen:
+        if not isinstance(event, RESPONSES) or event.id in known or event.id in added:
             continue
-        seen.add(event.id)
+        added.add(event.id)
         started = event.time if started is None or event.time < started else started
         last = event.time if last is None or event.time > last else last
         outcome, kind = _outcome_of(event), _response_kind(event)
@@ -171,10 +173,10 @@ def _responses(move: MoveState, events: Sequence[CloudEvent]) -> MoveState:
         if outcome.category != "success":
             what = f"{outcome.sop_instance_uid} attempt {outcome.attempt}: {outcome.reason}"
             entries.append(TimelineEntry(at=event.time, event_id=event.id, what=what))
-    if len(seen) == len(move.seen):
+    if not added:
         return move  # every one a repeat
     update: dict[str, object] = {
-        "seen": frozenset(seen),
+        "seen": known | added,
         "started_at": started,
         "last_event_at": last,
         "responses": responses,
@@ -364,16 +366,21 @@ def may_be_final(move: MoveState) -> bool:
 # -- what a state means --------------------------------------------------------------
 
 
-def counts(move: MoveState) -> ev.SubOperationCounts:
+def categories(move: MoveState) -> Counter[str]:
+    """How many of the move's instances have each category as their latest outcome."""
+    return Counter(map(_category, move.instances.values()))  # counted in C
+
+
+def counts(move: MoveState, latest: Counter[str] | None = None) -> ev.SubOperationCounts:
     """Completed, warning and failed sub-operations by their latest attempt; what remains.
 
     Once the final response came, sub-operations it counted that no event can name
     (the node reported them only as invalid UIDs) are failed, not remaining. A Move
     SCU move to another destination adds what its final response counts but does
     not name (``counted_*``) to the instances it names (the failed ones).
+    ``latest``: ``categories(move)``, if the caller keeps it up to date.
     """
-    # counted in C (Counter over map): a move's instances are counted on every batch
-    latest = Counter(map(_category, move.instances.values()))
+    latest = latest if latest is not None else categories(move)
     failed_elsewhere = [uid for uid in move.reported_failed if uid not in move.instances]
     failed = sum(latest[category] for category in FAILED) + len(failed_elsewhere)
     failed += move.counted_failed

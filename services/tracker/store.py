@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import json
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import compress
@@ -26,6 +27,7 @@ from dimsebus.services.tracker.progress import (
     InstanceOutcome,
     MoveKey,
     MoveState,
+    categories,
     counts,
     named_instances,
 )
@@ -227,6 +229,7 @@ class SqlStore(TrackerStore):
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._tallies = _Tallies()
 
     def checkpoint(self) -> int | None:
         row = self.db.execute(
@@ -264,8 +267,10 @@ class SqlStore(TrackerStore):
             key = (move.source, move.move_id)
             old = before.get(key) if before is not None else None
             events = folded.get(key) if folded is not None else None
-            rows.append(_row(move))
-            instances += _changed_instances(move, old, events)
+            changed = _changed_instances(move, old, events)
+            rows.append(_row(move, self._tallies.after(key, old, move, changed)))
+            row_key = (move.source, str(move.move_id))
+            instances += [(*row_key, u, move.instances[u].model_dump_json()) for u in changed]
             seen += _new_seen(move, old, events)
         skipped = [(r.offset, r.routing_key, r.reason[:2000]) for r in rejected]
         with self.db.transaction() as cursor:
@@ -349,15 +354,16 @@ def open_store(db: str) -> TrackerStore:
     return SqlStore(open_database(db, SCHEMA, rebuildable=True))
 
 
-def _row(move: MoveState) -> tuple[Any, ...]:
+def _row(move: MoveState, latest: Counter[str] | None = None) -> tuple[Any, ...]:
     started = move.started_at.isoformat() if move.started_at else None
     state = move.model_dump_json(exclude=_IN_ROWS)
-    return (move.source, str(move.move_id), started, state, *_listing(move))
+    return (move.source, str(move.move_id), started, state, *_listing(move, latest))
 
 
-def _listing(move: MoveState) -> tuple[Any, ...]:
-    """The move's columns for the web page's list (migration 4)."""
-    tally = counts(move)  # once: counting a large move's instances is most of a row's cost
+def _listing(move: MoveState, latest: Counter[str] | None = None) -> tuple[Any, ...]:
+    """The move's columns for the web page's list (migration 4); ``latest``: its
+    instances' categories (``progress.categories``), if the caller keeps them."""
+    tally = counts(move, latest)  # once: counting a large move's instances costs most
     settled, stalls = settled_outcome(move, tally)
     last = move.last_event_at.isoformat() if move.last_event_at else None
     summary = json.dumps(move_row(move, settled, tally))
@@ -367,22 +373,56 @@ def _listing(move: MoveState) -> tuple[Any, ...]:
 
 def _changed_instances(
     move: MoveState, old: MoveState | None, events: Sequence[CloudEvent] | None
-) -> list[tuple[str, ...]]:
-    """Rows of the instances whose outcome is not the one ``old`` had (all without it),
-    looked for among those ``events`` name when given, else among all the move's."""
+) -> list[str]:
+    """The instances whose outcome is not the one ``old`` had (all without it), looked
+    for among those ``events`` name when given, else among all the move's."""
     known = old.instances if old is not None else {}
-    key = (move.source, str(move.move_id))
     if events is not None and old is not None:
         named = {uid for event in events for uid in named_instances(event)}
-        fresh: Iterable[str] = sorted(
+        return sorted(
             uid
             for uid in named.intersection(move.instances)
             if move.instances[uid] is not known.get(uid)
         )
-    else:  # compared in C (map, compress): all of a large move's instances
-        uids = move.instances.keys()
-        fresh = compress(uids, map(is_not, map(known.get, uids), move.instances.values()))
-    return [(*key, uid, move.instances[uid].model_dump_json()) for uid in fresh]
+    # compared in C (map, compress): all of a large move's instances
+    uids = move.instances.keys()
+    return list(compress(uids, map(is_not, map(known.get, uids), move.instances.values())))
+
+
+class _Tallies:
+    """The categories of each open move's instances as last saved, kept up to date from
+    what each save changed: a large move's instances are not counted again every batch.
+
+    A tally is kept with the instances it counted (the move's dict, which the fold never
+    changes: it makes a new one), and used only for the move whose ``before`` has that
+    very dict; any other move is counted afresh. A finished move's tally is let go, and
+    no more than ``KEPT`` are kept.
+    """
+
+    KEPT = 256
+
+    def __init__(self) -> None:
+        self._kept: OrderedDict[MoveKey, tuple[Mapping[str, InstanceOutcome], Counter[str]]]
+        self._kept = OrderedDict()
+
+    def after(
+        self, key: MoveKey, old: MoveState | None, move: MoveState, changed: Iterable[str]
+    ) -> Counter[str]:
+        """``categories(move)``, from the tally of ``old`` and the ``changed`` instances."""
+        kept = self._kept.pop(key, None)
+        if kept is not None and old is not None and kept[0] is old.instances:
+            latest = kept[1].copy()
+            for uid in changed:
+                if (was := old.instances.get(uid)) is not None:
+                    latest[was.category] -= 1
+                latest[move.instances[uid].category] += 1
+        else:
+            latest = categories(move)
+        if move.finished is None or move.finished.outcome is None:
+            self._kept[key] = (move.instances, latest)
+            while len(self._kept) > self.KEPT:
+                self._kept.popitem(last=False)
+        return latest
 
 
 def _new_seen(

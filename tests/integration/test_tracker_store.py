@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from dimsebus.schemas import events as ev
 from dimsebus.schemas.examples import move_story, sequential_ids
 from dimsebus.services.sql import PostgresDatabase
 from dimsebus.services.tracker.progress import MoveState, apply, apply_all, move_key
-from dimsebus.services.tracker.store import SqlStore, TrackerStore, open_store
+from dimsebus.services.tracker.store import SqlStore, TrackerStore, _listing, open_store
 
 STORY = move_story(
     node_id="n1", start=dt.datetime(2026, 11, 26, tzinfo=dt.UTC), ids=sequential_ids()
@@ -122,6 +124,29 @@ class TestTrackerStore:
         seen = store.db.execute("SELECT COUNT(*) FROM tracker_seen").fetchone()
         assert (rows[0], seen[0]) == (len(whole.instances), len(whole.seen))
 
+    def test_the_list_columns_kept_batch_by_batch_are_those_of_the_whole_move(
+        self, store: TrackerStore
+    ) -> None:
+        # given the move's events with retries, folded and saved a few at a time, as the
+        # tracker does (each batch with the move before it and the events folded since)
+        events = [e for e in STORY if move_key(e)]
+        retried = [_retried(e) for e in events if isinstance(e, ev.CStoreResponseReceived)]
+        assert isinstance(store, SqlStore)
+        move: MoveState | None = None
+        for at in range(0, len(events) + len(retried), 3):
+            batch = [*events, *retried][at : at + 3]
+            after = apply_all(move, batch)
+            assert after is not None
+            key = (after.source, after.move_id)
+            store.save([after], offset=at, before={key: move}, folded={key: batch})
+            move = after
+            # then the list's row after each batch is the one the whole move gives
+            row = store.db.execute(
+                "SELECT requestor_ae, source_ae, destination_ae, outcome, stalls, "
+                "last_event_at, summary FROM tracker_moves"
+            ).fetchone()
+            assert tuple(row) == _listing(after)
+
     def test_a_later_outcome_of_an_instance_replaces_its_row(self, store: TrackerStore) -> None:
         # given a move saved, then an instance's outcome replaced by a later attempt
         move = folded()
@@ -136,3 +161,11 @@ class TestTrackerStore:
         assert loaded is not None
         assert loaded.instances[uid] == later
         assert loaded == retried
+
+
+def _retried(event: ev.CStoreResponseReceived) -> ev.CStoreResponseReceived:
+    """A second attempt of the instance ``event`` answered, which a warning answers."""
+    data = event.data.model_copy(
+        update={"attempt": 2, "status": 0xB000, "status_category": "warning"}
+    )
+    return event.model_copy(update={"id": uuid.uuid4(), "data": data})
