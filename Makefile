@@ -2,7 +2,8 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup system test faults faults-private cluster-up cluster-down demo bench soak schemas clean
+.PHONY: setup system test faults faults-private cluster-up cluster-down demo bench soak schemas \
+	screenshots clean
 
 setup: $(VENV)/.installed
 
@@ -75,6 +76,11 @@ soak: setup system
 
 schemas: setup
 	$(BIN)/dimsebus schemas export schemas/json
+
+# The README's screenshots of the web page (docs/*.png), taken by its browser test; the test
+# otherwise writes them to its own temporary folder.
+screenshots: setup system
+	DIMSEBUS_SCREENSHOTS=docs $(BIN)/pytest tests/integration/test_web_browser.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -13,6 +13,7 @@ without it the test fails, it never skips. Playwright only drives /usr/bin/chrom
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +43,8 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-DOCS = Path(__file__).resolve().parents[2] / "docs"
+SCREENSHOTS = "DIMSEBUS_SCREENSHOTS"
+"""Where the README's screenshots go (``make screenshots``: docs/); else the test's own folder."""
 HOSTILE_AE = '"><svg onload=1>'
 HOSTILE_DETAIL = "</li><script>alert(1)</script>"
 WAIT_MS = 120_000
@@ -63,6 +65,7 @@ async def test_the_page_follows_a_move_live_and_shows_a_refused_instance(
     tmp_path: Path, amqp_url: str, start_node: Any, start_tracker: Any
 ) -> None:
     _chromium_is_installed()
+    shots = Path(os.environ.get(SCREENSHOTS) or tmp_path)
     # given a tracker serving its page, and a node whose destination refuses 5 of 200
     port = free_port()
     await start_tracker(http_port=port, ui_actions=True, ui_token=TOKEN)
@@ -81,13 +84,13 @@ async def test_the_page_follows_a_move_live_and_shows_a_refused_instance(
             )
             try:
                 page = browser.pages[0] if browser.pages else await browser.new_page()
-                await _follows_the_move(page, base, node)
-                await _shows_a_refused_instance(page, refused)
+                await _follows_the_move(page, base, node, shots)
+                await _shows_a_refused_instance(page, refused, shots)
                 move_url = page.url
-                await _reads_on_a_phone(page, base)
+                await _reads_on_a_phone(page, base, shots)
                 await _marks_stalled_by_the_clock(page, base)
                 await _shows_markup_from_peers_as_text(page, base, amqp_url)
-                await _retries_after_signing_in(page, move_url)
+                await _retries_after_signing_in(page, move_url, shots)
             finally:
                 await browser.close()
 
@@ -99,7 +102,7 @@ def _chromium_is_installed() -> None:
     )
 
 
-async def _follows_the_move(page: Page, base: str, node: Any) -> None:
+async def _follows_the_move(page: Page, base: str, node: Any, shots: Path) -> None:
     # when the list is open before the move starts
     await page.goto(base + "/")
     await expect(page.locator("#live")).to_contain_text("Live:", timeout=WAIT_MS)
@@ -123,11 +126,11 @@ async def _follows_the_move(page: Page, base: str, node: Any) -> None:
     await move
     await expect(row.locator('[data-field="source_ae_title"]')).to_have_text(node.settings.ae_title)
     await expect(row.locator('[data-field="destination_ae_title"]')).to_have_text("ODDSCP")
-    await page.screenshot(path=str(DOCS / "moves.png"), full_page=True)
+    await page.screenshot(path=str(shots / "moves.png"), full_page=True)
     await row.get_by_role("link").click()
 
 
-async def _shows_a_refused_instance(page: Page, refused: set[str]) -> None:
+async def _shows_a_refused_instance(page: Page, refused: set[str], shots: Path) -> None:
     # then the move's page lists each refused instance with its status and reason
     await expect(page.get_by_role("heading", name="Failed instances (5)")).to_be_visible()
     uid = sorted(refused)[0]
@@ -140,10 +143,10 @@ async def _shows_a_refused_instance(page: Page, refused: set[str]) -> None:
     await expect(page.get_by_role("link", name="this move")).to_have_attribute(
         "href", f"/moves/{page.url.rsplit('/', 1)[-1]}?format=json"
     )
-    await page.screenshot(path=str(DOCS / "move.png"), full_page=True)
+    await page.screenshot(path=str(shots / "move.png"), full_page=True)
 
 
-async def _reads_on_a_phone(page: Page, base: str) -> None:
+async def _reads_on_a_phone(page: Page, base: str, shots: Path) -> None:
     # a phone's width: nothing is wider than the screen, each move a card
     await page.set_viewport_size({"width": 390, "height": 844})
     await page.goto(base + "/")
@@ -152,7 +155,7 @@ async def _reads_on_a_phone(page: Page, base: str) -> None:
         "document.documentElement.scrollWidth - document.documentElement.clientWidth"
     )
     assert overflow <= 0
-    await page.screenshot(path=str(DOCS / "moves-phone.png"), full_page=False)
+    await page.screenshot(path=str(shots / "moves-phone.png"), full_page=False)
     await page.set_viewport_size({"width": 1280, "height": 800})
 
 
@@ -187,14 +190,14 @@ async def _shows_markup_from_peers_as_text(page: Page, base: str, amqp_url: str)
     assert await page.locator("script").count() == 1  # the page's own, /static/web.js
 
 
-async def _retries_after_signing_in(page: Page, move_url: str) -> None:
+async def _retries_after_signing_in(page: Page, move_url: str, shots: Path) -> None:
     # when a person signs in from the move's page (ui_actions) and presses Retry
     await page.goto(move_url)
     await page.locator("#actions").get_by_role("link", name="Sign in").click()
     await page.get_by_label("Token").fill(TOKEN)
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.get_by_role("button", name="Sign out")).to_be_visible()
-    await page.locator("#actions").screenshot(path=str(DOCS / "move-actions.png"))
+    await page.locator("#actions").screenshot(path=str(shots / "move-actions.png"))
     await page.get_by_role("button", name="Retry 5 failed instance(s)").click()
     # then the browser's form passed the origin and CSRF checks: the retry was asked
     await expect(page.locator("#actions .notice")).to_contain_text("Asked: the node sends")
