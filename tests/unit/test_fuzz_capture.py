@@ -15,6 +15,7 @@ import struct
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -313,8 +314,21 @@ def association() -> Association:
     return _association()
 
 
+_OPENED: list[Outbox] = []
+"""The outboxes ``_capture`` opened during the running test (every example of it)."""
+
+
+@pytest.fixture(autouse=True)
+def _close_outboxes() -> Iterator[None]:
+    """Close each outbox a test's captures opened, with its wake-up socket, after it."""
+    yield
+    while _OPENED:
+        _OPENED.pop().close()
+
+
 def _capture() -> tuple[Capture, Outbox]:
     outbox = Outbox(Path(":memory:"))
+    _OPENED.append(outbox)
     return Capture("fuzz", outbox), outbox
 
 
@@ -446,8 +460,11 @@ def test_a_recorded_exchange_makes_the_event_the_general_path_builds(
     assert values == {keyword: everything.get(keyword) for keyword in exchange.RESPONSE_KEYWORDS}
     # when the exchange is spooled as a record, and the relay makes its event
     outbox = Outbox(Path(":memory:"))
-    outbox.append_record(exchange.Recorder().record(sent, plain, stamp))
-    [row] = outbox.peek(1)
+    try:
+        outbox.append_record(exchange.Recorder().record(sent, plain, stamp))
+        [row] = outbox.peek(1)
+    finally:
+        outbox.close()
     made = fact_events.row_event(row)
     # then it is the event the DIMSE thread would have built from the whole command set
     built = answer_event(sent, StoreResponse.of(everything), sent.association.id, stamp)

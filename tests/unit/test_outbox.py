@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from dimsebus.schemas.examples import move_story, sequential_ids
 from dimsebus.services.bus.outbox import Outbox, Record, read_depth
+
+
+@pytest.fixture
+def box(tmp_path: Path) -> Iterator[Outbox]:
+    """An outbox in the test's folder, closed (with its wake-up socket) after the test."""
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    yield outbox
+    outbox.close()
+
 
 EVENTS = move_story(
     node_id="n1", start=dt.datetime(2026, 11, 26, tzinfo=dt.UTC), ids=sequential_ids()
@@ -22,6 +34,7 @@ def test_rows_come_back_oldest_first_and_survive_reopening(tmp_path: Path) -> No
     # when it is opened again
     reopened = Outbox(tmp_path / "outbox.sqlite")
     rows = reopened.peek(10)
+    reopened.close()
     # then the same events are there, in order, ready to publish as they were
     assert [row.event_id for row in rows] == [str(e.id) for e in EVENTS[:5]]
     assert [row.routing_key for row in rows] == [e.routing_key for e in EVENTS[:5]]
@@ -29,23 +42,20 @@ def test_rows_come_back_oldest_first_and_survive_reopening(tmp_path: Path) -> No
     assert read_depth(tmp_path / "outbox.sqlite") == 5
 
 
-def test_an_event_id_is_spooled_once(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "outbox.sqlite")
+def test_an_event_id_is_spooled_once(box: Outbox) -> None:
     box.append(EVENTS[:3])
     box.append(EVENTS[:3])
     assert box.depth() == 3
 
 
-def test_remove_forgets_only_confirmed_rows(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "outbox.sqlite")
+def test_remove_forgets_only_confirmed_rows(box: Outbox) -> None:
     box.append(EVENTS[:4])
     rows = box.peek(4)
     box.remove([rows[0].seq, rows[2].seq])
     assert [row.event_id for row in box.peek(4)] == [str(EVENTS[1].id), str(EVENTS[3].id)]
 
 
-def test_appends_from_many_threads_all_land(tmp_path: Path) -> None:
-    box = Outbox(tmp_path / "outbox.sqlite")
+def test_appends_from_many_threads_all_land(box: Outbox) -> None:
     threads = [threading.Thread(target=box.append, args=([event],)) for event in EVENTS]
     for thread in threads:
         thread.start()
@@ -58,9 +68,8 @@ def test_depth_of_a_missing_file_is_zero(tmp_path: Path) -> None:
     assert read_depth(tmp_path / "nothing.sqlite") == 0
 
 
-def test_a_record_is_spooled_with_its_format_for_the_relay(tmp_path: Path) -> None:
+def test_a_record_is_spooled_with_its_format_for_the_relay(box: Outbox) -> None:
     # given an event, then the facts of another recorded in a format its relay reads
-    box = Outbox(tmp_path / "outbox.sqlite")
     box.append(EVENTS[:1])
     record = Record(
         format="example/1",
@@ -83,9 +92,8 @@ def test_a_record_is_spooled_with_its_format_for_the_relay(tmp_path: Path) -> No
     assert box.depth() == 2
 
 
-def test_take_hands_out_the_oldest_rows_and_notes_them_in_flight(tmp_path: Path) -> None:
+def test_take_hands_out_the_oldest_rows_and_notes_them_in_flight(box: Outbox) -> None:
     # given six events, the oldest three taken for a first publish that was cut off
-    box = Outbox(tmp_path / "outbox.sqlite")
     box.append(EVENTS[:6])
     first, later = dt.datetime(2026, 11, 30, 9, tzinfo=dt.UTC), dt.datetime(2026, 11, 30, 10)
     assert [row.event_id for row in box.take(3, first)] == [str(e.id) for e in EVENTS[:3]]

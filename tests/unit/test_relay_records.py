@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,30 +23,36 @@ def row(format: str, event_id: str = str(EVENT.id)) -> OutboxRow:
     return OutboxRow(7, event_id, EVENT.type, EVENT.type, None, time, b"{}", format)
 
 
-def relay(tmp_path: Path, make: Callable[[OutboxRow], CloudEvent]) -> OutboxRelay:
-    """A relay (never connected) that reads ``example/1`` records with ``make``."""
-    outbox = Outbox(tmp_path / "outbox.sqlite")
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    opened = Outbox(tmp_path / "outbox.sqlite")
+    yield opened
+    opened.close()
+
+
+def relay(outbox: Outbox, make: Callable[[OutboxRow], CloudEvent]) -> OutboxRelay:
+    """A relay (never connected) of ``outbox`` that reads ``example/1`` records with ``make``."""
     return OutboxRelay(outbox, "amqp://unused/", name="test", formats={"example/1": make})
 
 
-def test_a_record_becomes_the_event_its_format_makes(tmp_path: Path) -> None:
-    assert relay(tmp_path, lambda _: EVENT)._event_of(row("example/1")) == EVENT
+def test_a_record_becomes_the_event_its_format_makes(outbox: Outbox) -> None:
+    assert relay(outbox, lambda _: EVENT)._event_of(row("example/1")) == EVENT
 
 
-def test_a_format_the_relay_does_not_read_names_the_row_and_the_format(tmp_path: Path) -> None:
+def test_a_format_the_relay_does_not_read_names_the_row_and_the_format(outbox: Outbox) -> None:
     with pytest.raises(UnreadableRecord, match=r"row 7 .*'other/2' record.*reads only"):
-        relay(tmp_path, lambda _: EVENT)._event_of(row("other/2"))
+        relay(outbox, lambda _: EVENT)._event_of(row("other/2"))
 
 
-def test_a_record_that_cannot_be_read_says_why(tmp_path: Path) -> None:
+def test_a_record_that_cannot_be_read_says_why(outbox: Outbox) -> None:
     def broken(_: OutboxRow) -> CloudEvent:
         raise KeyError("exchange")
 
     with pytest.raises(UnreadableRecord, match=r"row 7 .*KeyError: 'exchange'"):
-        relay(tmp_path, broken)._event_of(row("example/1"))
+        relay(outbox, broken)._event_of(row("example/1"))
 
 
-def test_an_event_made_under_another_id_is_refused(tmp_path: Path) -> None:
+def test_an_event_made_under_another_id_is_refused(outbox: Outbox) -> None:
     other = "00000000-0000-4000-8000-000000000001"
     with pytest.raises(UnreadableRecord, match="another id"):
-        relay(tmp_path, lambda _: EVENT)._event_of(row("example/1", other))
+        relay(outbox, lambda _: EVENT)._event_of(row("example/1", other))

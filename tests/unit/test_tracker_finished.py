@@ -5,8 +5,12 @@ Its SQLite store and outbox are real files; the events are the fold tests' own.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from dimsebus.schemas import events as ev
 from dimsebus.schemas.envelope import CloudEvent
@@ -20,14 +24,24 @@ from dimsebus.services.tracker.store import open_store
 from tests.unit.test_progress_final import UIDS, Events, fold, full_disk_story, result
 
 
-def tracker(tmp_path: Path, name: str, **extra: object) -> Tracker:
+@pytest.fixture
+def cleanup() -> Iterator[contextlib.ExitStack]:
+    """Closes what a test opened (the trackers' stores and outboxes) after it."""
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
+def tracker(cleanup: contextlib.ExitStack, tmp_path: Path, name: str, **extra: object) -> Tracker:
     settings = TrackerSettings(
         db=str(tmp_path / f"{name}.sqlite"),
         outbox_path=tmp_path / f"{name}-outbox.sqlite",
         progress_interval=3600,
         **extra,  # type: ignore[arg-type]
     )
-    return Tracker(settings, open_store(settings.db), Outbox(settings.outbox_path))
+    store, outbox = open_store(settings.db), Outbox(settings.outbox_path)
+    cleanup.callback(store.close)
+    cleanup.callback(outbox.close)
+    return Tracker(settings, store, outbox)
 
 
 def feed(t: Tracker, events: list[CloudEvent], first_offset: int = 0) -> list[CloudEvent]:
@@ -59,9 +73,11 @@ def given_up_then_retried() -> list[CloudEvent]:
     return [*story["first"], gave_up, announced, *manual]
 
 
-def test_failures_awaiting_the_retrier_publish_one_finished(tmp_path: Path) -> None:
+def test_failures_awaiting_the_retrier_publish_one_finished(
+    cleanup: contextlib.ExitStack, tmp_path: Path
+) -> None:
     # given a tracker that knows a retrier decides about this node's failures
-    t = tracker(tmp_path, "t", retries=True)
+    t = tracker(cleanup, tmp_path, "t", retries=True)
     events = scenario()
     # when the failures arrive before the retrier's decision, then the retries succeed
     derived = finished(feed(t, events))
@@ -69,8 +85,10 @@ def test_failures_awaiting_the_retrier_publish_one_finished(tmp_path: Path) -> N
     assert [(f.data.outcome, f.data.revision) for f in derived] == [("completed", 1)]
 
 
-def test_without_retries_configured_failures_are_final_at_once(tmp_path: Path) -> None:
-    t = tracker(tmp_path, "t", retries_by_node={"n1": False}, retries=True)
+def test_without_retries_configured_failures_are_final_at_once(
+    cleanup: contextlib.ExitStack, tmp_path: Path
+) -> None:
+    t = tracker(cleanup, tmp_path, "t", retries_by_node={"n1": False}, retries=True)
     derived = finished(feed(t, scenario()))
     # the failures were final (revision 1); the retries that came anyway changed it (revision 2)
     assert [(f.data.outcome, f.data.revision) for f in derived] == [
@@ -79,14 +97,16 @@ def test_without_retries_configured_failures_are_final_at_once(tmp_path: Path) -
     ]
 
 
-def test_revisions_survive_a_restart_and_a_replay_derives_the_same_ids(tmp_path: Path) -> None:
+def test_revisions_survive_a_restart_and_a_replay_derives_the_same_ids(
+    cleanup: contextlib.ExitStack, tmp_path: Path
+) -> None:
     events = given_up_then_retried()
     # given a tracker that finished the move with failures (given up), then stopped
-    first = tracker(tmp_path, "t", retries=True)
+    first = tracker(cleanup, tmp_path, "t", retries=True)
     before = finished(feed(first, events[:-3]))
     first.store.close()
     # when it starts again from its store and an operator's retry succeeds
-    again = tracker(tmp_path, "t", retries=True)
+    again = tracker(cleanup, tmp_path, "t", retries=True)
     after = finished(feed(again, events[-3:], first_offset=len(events) - 3))
     # then the change is revision 2, not a second revision 1
     assert [(f.data.outcome, f.data.revision) for f in before + after] == [
@@ -94,7 +114,7 @@ def test_revisions_survive_a_restart_and_a_replay_derives_the_same_ids(tmp_path:
         ("completed", 2),
     ]
     # and a replay into a new store derives the same events, with the same ids
-    replay = finished(feed(tracker(tmp_path, "replay", retries=True), events))
+    replay = finished(feed(tracker(cleanup, tmp_path, "replay", retries=True), events))
     assert [f.id for f in replay] == [f.id for f in before + after]
     # and the same events again (a redelivery) derive nothing
     assert finished(feed(again, events, first_offset=len(events))) == []
