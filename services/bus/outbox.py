@@ -285,6 +285,18 @@ class Outbox:
             ).fetchall()
         return [OutboxRow(*row) for row in rows]
 
+    def rows(self, seqs: Sequence[int]) -> list[OutboxRow]:
+        """The rows ``seqs`` that are still spooled, oldest first."""
+        if not seqs:
+            return []
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {_ROW_COLUMNS} FROM outbox WHERE seq IN ({', '.join('?' * len(seqs))}) "
+                "ORDER BY seq",
+                list(seqs),
+            ).fetchall()
+        return [OutboxRow(*row) for row in rows]
+
     def take(self, limit: int, at: dt.datetime) -> list[OutboxRow]:
         """The oldest ``limit`` rows, noted as being published at ``at``, in one statement.
 
@@ -302,9 +314,17 @@ class Outbox:
         rows.sort()  # RETURNING's order is not the table's; seq comes first, and is unique
         return [OutboxRow(*row) for row in rows]
 
-    def remove(self, seqs: list[int], latencies: list[float] | None = None) -> None:
-        """Forget rows whose events the broker confirmed; count them and their confirm times."""
+    def remove(
+        self, seqs: list[int], latencies: list[float] | None = None, *, counted: bool = True
+    ) -> None:
+        """Forget rows whose events the broker confirmed; count them and their confirm times
+        (unless ``counted`` is false: events counted when first published)."""
         if not seqs:
+            return
+        if not counted:
+            with self._lock:
+                placeholders = ", ".join("?" * len(seqs))
+                self._db.execute(f"DELETE FROM outbox WHERE seq IN ({placeholders})", seqs)
             return
         latencies = latencies or []
         increments = [

@@ -49,10 +49,15 @@ from dimsebus.services.bus.connection import Brokers, confirming_channel, descri
 from dimsebus.services.bus.log import LogReader
 from dimsebus.services.bus.outbox import Outbox, OutboxRow, read_depth
 from dimsebus.services.bus.publisher import Publisher
-from dimsebus.services.bus.topology import EVENTS_EXCHANGE, StreamRetention, ensure_topology
+from dimsebus.services.bus.topology import (
+    EVENTS_EXCHANGE,
+    REDELIVERIES_EXCHANGE,
+    StreamRetention,
+    ensure_topology,
+)
 from dimsebus.services.bus.wakeup import ArrivalListener
 from dimsebus.services.clock import sleep_unless
-from dimsebus.services.errors import PublishInterrupted
+from dimsebus.services.errors import PublishInterrupted, UnroutableEvent
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +193,7 @@ class OutboxRelay:
             if channel.is_closed:
                 return  # reconnect from scratch
             if self._ambiguous:
-                await self._settle_ambiguous(connection)
+                await self._settle_ambiguous(connection, publisher)
             if step is Step.WAIT_FOR_ROWS:
                 await arrivals.wait(poll, stopping)
                 # Rows came: the next batch is spaced from the last by its cost, as below.
@@ -214,8 +219,14 @@ class OutboxRelay:
                 )
                 step = next_step(view)
 
-    async def _settle_ambiguous(self, connection: AbstractConnection) -> None:
-        """Drop from the outbox the cut-off rows that the log already holds."""
+    async def _settle_ambiguous(self, connection: AbstractConnection, publisher: Publisher) -> None:
+        """Settle the cut-off rows: those the log holds go to the work queues alone.
+
+        The broker may have written such an event to the log and not yet to every work
+        queue when it went (kill -9): it is sent again on ``dimsebus.redeliveries``, which
+        only work queues are bound to, and dropped from the outbox once confirmed (or
+        returned: no queue wants it). The others are published again as any row is.
+        """
         assert self._ambiguous_since is not None
         since = self._ambiguous_since - dt.timedelta(seconds=5)
         wanted = {event_id: seq for seq, event_id in self._ambiguous.items()}
@@ -227,14 +238,46 @@ class OutboxRelay:
                     found.append(wanted.pop(event_id))
                     if not wanted:
                         break
-        self._outbox.remove(found)
+        settled = await self._redeliver(publisher, found)
         log.info(
-            "%d of %d cut-off events were already on the log; %d will be sent again",
+            "%d of %d cut-off events were already on the log, and were sent again to the "
+            "work queues alone; %d will be published again",
             len(found),
             len(self._ambiguous),
             len(wanted),
         )
-        self._ambiguous, self._ambiguous_since = {}, None
+        unsettled = set(found) - set(settled)
+        self._ambiguous = {seq: self._ambiguous[seq] for seq in unsettled}
+        if self._ambiguous:  # never published again on dimsebus.events: settled anew first
+            raise PublishInterrupted(
+                f"{len(unsettled)} events on the log were not confirmed sent again to the "
+                "work queues"
+            )
+        self._ambiguous_since = None
+
+    async def _redeliver(self, publisher: Publisher, seqs: list[int]) -> list[int]:
+        """Send the rows ``seqs`` (on the log already) to the work queues; remove those the
+        broker confirmed or returned. Returns those settled: these, and any this relay
+        cannot make (left spooled; it can never publish them, so never twice)."""
+        rows = self._outbox.rows(seqs)
+        ready: list[tuple[int, Outgoing]] = []
+        unsent = sorted(set(seqs).difference(row.seq for row in rows))  # no longer spooled
+        for row in rows:
+            try:
+                ready.append((row.seq, self._outgoing(row)))
+            except UnreadableRecord as exc:
+                log.warning("%s", exc)
+                unsent.append(row.seq)
+        outcomes = await publisher.send_batch(
+            [message for _, message in ready], REDELIVERIES_EXCHANGE
+        )
+        done = [
+            seq
+            for (seq, _), outcome in zip(ready, outcomes, strict=True)
+            if isinstance(outcome, float | UnroutableEvent)
+        ]
+        self._outbox.remove(done, counted=False)  # counted as published the first time
+        return done + unsent
 
     async def drain_once(self, publisher: Publisher) -> int:
         """Publish the oldest rows in one batch; delete those confirmed; how many were."""

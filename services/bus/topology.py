@@ -33,6 +33,8 @@ from dimsebus.services.errors import TopologyError, TopologyNotAllowed
 log = logging.getLogger(__name__)
 
 EVENTS_EXCHANGE = "dimsebus.events"
+REDELIVERIES_EXCHANGE = "dimsebus.redeliveries"
+"""Events the log already holds, sent again to the work queues only (``redelivery``)."""
 LOG_STREAM = "dimsebus.log"
 DEAD_LETTER_EXCHANGE = "dimsebus.dlx"
 COMMANDS_EXCHANGE = "dimsebus.commands"
@@ -60,7 +62,15 @@ class StreamRetention:
 
 @dataclass(frozen=True, slots=True)
 class WorkQueue:
-    """A consumer service's quorum queue on ``dimsebus.events``."""
+    """A consumer service's quorum queue on ``dimsebus.events``.
+
+    A work queue on ``dimsebus.events`` is bound with the same keys to
+    ``dimsebus.redeliveries``, which no log is bound to. A relay whose publish was cut off
+    before its confirm, and who then finds the event on the log, sends it again there: the
+    broker may have written it to the log and not yet to every queue (a broker killed in
+    between), and the log must not hold it twice. A queue that had it gets it twice, which
+    its consumer, idempotent by event id (DESIGN.md rule 2), ignores.
+    """
 
     name: str
     bindings: tuple[str, ...] = ("#",)
@@ -157,7 +167,13 @@ def delay_queue_arguments(replicas: int | None = None) -> dict[str, str | int]:
     }
 
 
-EXCHANGES = (EVENTS_EXCHANGE, DEAD_LETTER_EXCHANGE, COMMANDS_EXCHANGE, DELAYS_EXCHANGE)
+EXCHANGES = (
+    EVENTS_EXCHANGE,
+    REDELIVERIES_EXCHANGE,
+    DEAD_LETTER_EXCHANGE,
+    COMMANDS_EXCHANGE,
+    DELAYS_EXCHANGE,
+)
 
 
 async def declare_topology(
@@ -173,6 +189,9 @@ async def declare_topology(
     try:
         events = await channel.declare_exchange(
             EVENTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        await channel.declare_exchange(
+            REDELIVERIES_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
         )
         await channel.declare_exchange(
             DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.DIRECT, durable=True
@@ -244,6 +263,10 @@ async def declare_work_queue(
     work = await _declare_queue(channel, queue.name, work_queue_arguments(queue, replicas))
     for key in queue.bindings:
         await work.bind(source, key)
+    if queue.exchange == EVENTS_EXCHANGE:  # and the events sent again to the work queues alone
+        redeliveries = await channel.get_exchange(REDELIVERIES_EXCHANGE, ensure=False)
+        for key in queue.bindings:
+            await work.bind(redeliveries, key)
     return work
 
 

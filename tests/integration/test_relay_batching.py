@@ -18,16 +18,22 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
 from dimsebus.schemas import events as ev
 from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.schemas.examples import move_story
 from dimsebus.services.bus.connection import confirming_channel
+from dimsebus.services.bus.log import LogEntry, LogReader
 from dimsebus.services.bus.outbox import Outbox, read_depth
 from dimsebus.services.bus.publisher import Publisher
 from dimsebus.services.bus.relay import OutboxRelay, RelayProcess
-from dimsebus.services.bus.topology import EVENTS_EXCHANGE
+from dimsebus.services.bus.topology import (
+    EVENTS_EXCHANGE,
+    LOG_STREAM,
+    WorkQueue,
+    declare_work_queue,
+)
 from dimsebus.services.bus.wakeup import ArrivalListener
 from dimsebus.services.clock import new_id, utc_now
 
@@ -210,6 +216,58 @@ async def test_rows_a_dead_relay_left_in_flight_are_published_once_under_their_i
     assert arrivals.ids.count(lost.id) == 1
     assert writer.depth() == 0
     writer.close()
+
+
+async def test_a_row_the_log_holds_but_a_work_queue_missed_reaches_the_queue_once(
+    tmp_path: Path, amqp_url: str, connection: AbstractRobustConnection, arrivals: Arrivals
+) -> None:
+    # given a work queue, and a row a relay published and died before its confirm: the
+    # broker wrote it to the log, and went before the queue had it (as a kill -9 can)
+    channel = await connection.channel()
+    work = await declare_work_queue(channel, WorkQueue("dimsebus.test-redelivery"))
+    path = tmp_path / "outbox.sqlite"
+    outbox = Outbox(path)
+    [logged] = responses(1)
+    outbox.append([logged])
+    outbox.take(1, utc_now())
+    log_only = await channel.declare_exchange("test.log-only", auto_delete=True, type="topic")
+    stream = await channel.get_queue(LOG_STREAM, ensure=False)
+    await stream.bind(log_only, "#")
+    await Publisher(await confirming_channel(connection)).publish(logged, "test.log-only")
+    outbox.close()
+    # when a new relay starts on the outbox, and a later row is committed
+    [later] = responses(1)
+    async with running_relay(path, amqp_url, safety_poll=AN_HOUR):
+        writer = Outbox(path, checkpoints=False)
+        writer.append([later])
+        await arrivals.until(lambda: later.id in arrivals.ids, 120, "the later row published")
+        # then the work queue gets the row the log held, as well as the later one
+        got = [await _next(work) for _ in range(2)]
+    assert {event.id for event in got} == {logged.id, later.id}
+    # and the row is on the log once: sent again to the work queues alone
+    assert logged.id not in arrivals.ids
+    on_log = [entry.event.id async for entry in _log(connection) if entry.event is not None]
+    assert on_log.count(logged.id) == 1
+    assert writer.depth() == 0
+    writer.close()
+    await channel.close()
+
+
+async def _next(queue: AbstractQueue) -> ev.Event:
+    """The next message of ``queue``, acknowledged, within 60 s."""
+    deadline = time.monotonic() + 60
+    while (message := await queue.get(fail=False)) is None:
+        assert time.monotonic() < deadline, f"nothing came on {queue.name} within 60 s"
+        await asyncio.sleep(0.05)
+    await message.ack()
+    return ev.parse_event(message.body)
+
+
+async def _log(connection: AbstractRobustConnection) -> AsyncIterator[LogEntry]:
+    """Every entry of the log, from its first."""
+    async with LogReader(await connection.channel(), "first") as reader:
+        async for entry in reader.until_idle(1.5):
+            yield entry
 
 
 async def test_kill_9_of_the_relay_mid_burst_then_a_new_one_publishes_each_row_once(
