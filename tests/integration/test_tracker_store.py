@@ -11,9 +11,9 @@ import pytest
 
 from dimsebus.schemas import events as ev
 from dimsebus.schemas.examples import move_story, sequential_ids
-from dimsebus.services.sql import PostgresDatabase
+from dimsebus.services.sql import PostgresDatabase, open_database
 from dimsebus.services.tracker.progress import MoveState, apply, apply_all, move_key
-from dimsebus.services.tracker.store import SqlStore, TrackerStore, _listing, open_store
+from dimsebus.services.tracker.store import SCHEMA, SqlStore, TrackerStore, _listing, open_store
 
 STORY = move_story(
     node_id="n1", start=dt.datetime(2026, 11, 26, tzinfo=dt.UTC), ids=sequential_ids()
@@ -169,3 +169,15 @@ def _retried(event: ev.CStoreResponseReceived) -> ev.CStoreResponseReceived:
         update={"attempt": 2, "status": 0xB000, "status_category": "warning"}
     )
     return event.model_copy(update={"id": uuid.uuid4(), "data": data})
+
+
+def test_the_sqlite_store_commits_without_waiting_for_the_disk(tmp_path: Path) -> None:
+    # the moves are rebuilt from the log, each commit with its checkpoint: NORMAL, not FULL;
+    # a database not said to be rebuildable (the retrier's, the audit's) keeps SQLite's FULL
+    store = open_store(str(tmp_path / "tracker.sqlite"))
+    assert isinstance(store, SqlStore)
+    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    store.close()
+    plain = open_database(str(tmp_path / "other.sqlite"), SCHEMA)
+    assert plain.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    plain.close()
