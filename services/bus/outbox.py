@@ -212,6 +212,7 @@ class Outbox:
             raise ConfigError(f"outbox {str(path)!r}: {unusable(path, exc)}") from exc
         self._lock = threading.Lock()
         self._arrivals = ArrivalBell(path)  # rung after each commit: wakes the relay
+        self._skipping = False  # rows left out of ``take`` (``skip``), in a temporary table
 
     def _prepare(self, checkpoints: bool) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -304,15 +305,33 @@ class Outbox:
         them on the log before it publishes them again (``in_flight``). A row taken before
         keeps its first time.
         """
+        skipped = "WHERE seq NOT IN (SELECT seq FROM temp.skipped) " if self._skipping else ""
         with self._lock:
             rows = self._db.execute(
                 "UPDATE outbox SET sent_at = coalesce(sent_at, ?) "
-                "WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?) "
+                f"WHERE seq IN (SELECT seq FROM outbox {skipped}ORDER BY seq LIMIT ?) "
                 f"RETURNING {_ROW_COLUMNS}",
                 (at.isoformat(), limit),
             ).fetchall()
         rows.sort()  # RETURNING's order is not the table's; seq comes first, and is unique
         return [OutboxRow(*row) for row in rows]
+
+    def skip(self, seqs: Sequence[int]) -> None:
+        """Leave the rows ``seqs`` out of this object's later ``take``s; they stay spooled,
+        not in flight (their relay could not make their events, so never sent them)."""
+        if not seqs:
+            return
+        with self._lock:
+            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS skipped (seq INTEGER PRIMARY KEY)")
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR IGNORE INTO temp.skipped VALUES (?)", [(seq,) for seq in seqs]
+            )
+            self._db.executemany(
+                "UPDATE outbox SET sent_at = NULL WHERE seq = ?", [(seq,) for seq in seqs]
+            )
+            self._db.execute("COMMIT")
+            self._skipping = True
 
     def remove(
         self, seqs: list[int], latencies: list[float] | None = None, *, counted: bool = True

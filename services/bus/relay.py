@@ -260,14 +260,8 @@ class OutboxRelay:
         broker confirmed or returned. Returns those settled: these, and any this relay
         cannot make (left spooled; it can never publish them, so never twice)."""
         rows = self._outbox.rows(seqs)
-        ready: list[tuple[int, Outgoing]] = []
-        unsent = sorted(set(seqs).difference(row.seq for row in rows))  # no longer spooled
-        for row in rows:
-            try:
-                ready.append((row.seq, self._outgoing(row)))
-            except UnreadableRecord as exc:
-                log.warning("%s", exc)
-                unsent.append(row.seq)
+        ready = self._made(rows)
+        unsent = set(seqs).difference(seq for seq, _ in ready)  # gone, or unreadable
         outcomes = await publisher.send_batch(
             [message for _, message in ready], REDELIVERIES_EXCHANGE
         )
@@ -277,7 +271,7 @@ class OutboxRelay:
             if isinstance(outcome, float | UnroutableEvent)
         ]
         self._outbox.remove(done, counted=False)  # counted as published the first time
-        return done + unsent
+        return [*done, *unsent]
 
     async def drain_once(self, publisher: Publisher) -> int:
         """Publish the oldest rows in one batch; delete those confirmed; how many were."""
@@ -294,13 +288,8 @@ class OutboxRelay:
         rows = self._outbox.take(self._batch, started)
         if not rows:
             return Taken(0, 0, 0)
-        outcomes: dict[int, PublishOutcome | UnreadableRecord] = {}
-        ready: list[tuple[int, Outgoing]] = []
-        for row in rows:
-            try:
-                ready.append((row.seq, self._outgoing(row)))
-            except UnreadableRecord as exc:
-                outcomes[row.seq] = exc
+        outcomes: dict[int, PublishOutcome] = {}
+        ready = self._made(rows)
         published = await publisher.send_batch([message for _, message in ready], EVENTS_EXCHANGE)
         outcomes.update(zip((seq for seq, _ in ready), published, strict=True))
         confirmed = {seq: took for seq, took in outcomes.items() if isinstance(took, float)}
@@ -308,7 +297,7 @@ class OutboxRelay:
         cut_off = {
             row.seq: row.event_id
             for row in rows
-            if isinstance(outcomes[row.seq], PublishInterrupted)
+            if isinstance(outcomes.get(row.seq), PublishInterrupted)
         }
         if cut_off:
             self._ambiguous.update(cut_off)
@@ -318,11 +307,29 @@ class OutboxRelay:
             log.warning(
                 "%d of %d events not confirmed (%s); outbox depth %d",
                 len(failures),
-                len(rows),
+                len(ready),
                 failures[0],
                 self._outbox.depth(),
             )
         return Taken(len(rows), len(confirmed), len(failures))
+
+    def _made(self, rows: list[OutboxRow]) -> list[tuple[int, Outgoing]]:
+        """The message of each row this relay can make, by seq.
+
+        A row it cannot make stays spooled, said once, and is left out of its later
+        batches (``Outbox.skip``): it is no refusal by the broker to back off from, and the
+        rows after it go on. A relay started later (another version) tries it again.
+        """
+        made: list[tuple[int, Outgoing]] = []
+        unreadable: list[int] = []
+        for row in rows:
+            try:
+                made.append((row.seq, self._outgoing(row)))
+            except UnreadableRecord as exc:
+                log.warning("%s: left in the outbox; this relay skips it", exc)
+                unreadable.append(row.seq)
+        self._outbox.skip(unreadable)
+        return made
 
     def _outgoing(self, row: OutboxRow) -> Outgoing:
         """The message of a row: a spooled event as it is, a record made into its event."""

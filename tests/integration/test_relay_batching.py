@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import logging
 import threading
 import time
 from collections import Counter
@@ -25,7 +27,7 @@ from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.schemas.examples import move_story
 from dimsebus.services.bus.connection import confirming_channel
 from dimsebus.services.bus.log import LogEntry, LogReader
-from dimsebus.services.bus.outbox import Outbox, read_depth
+from dimsebus.services.bus.outbox import Outbox, Record, read_depth
 from dimsebus.services.bus.publisher import Publisher
 from dimsebus.services.bus.relay import OutboxRelay, RelayProcess
 from dimsebus.services.bus.topology import (
@@ -95,6 +97,10 @@ def responses(count: int, association: UUID | None = None) -> list[CloudEvent]:
         )
         made.append(template.model_copy(update={"id": new_id(), "data": data}))
     return made
+
+
+def arrived(arrivals: Arrivals, event: CloudEvent) -> bool:
+    return event.id in arrivals.ids
 
 
 def commit_each(outbox: Outbox, events: list[CloudEvent]) -> None:
@@ -268,6 +274,33 @@ async def _log(connection: AbstractRobustConnection) -> AsyncIterator[LogEntry]:
     async with LogReader(await connection.channel(), "first") as reader:
         async for entry in reader.until_idle(1.5):
             yield entry
+
+
+async def test_a_row_the_relay_cannot_make_stays_spooled_and_the_rows_after_it_flow(
+    tmp_path: Path, amqp_url: str, arrivals: Arrivals, caplog: pytest.LogCaptureFixture
+) -> None:
+    # given an outbox whose oldest row is a record this relay cannot read (a format of
+    # another version's: it reads none)
+    path = tmp_path / "outbox.sqlite"
+    writer = Outbox(path, checkpoints=False)
+    unknown = str(new_id())
+    writer.append_record(
+        Record("newer/9", unknown, ev.CStoreResponseReceived.__name__, None, "t", "s", b"{}")
+    )
+    caplog.set_level(logging.WARNING, logger="dimsebus.services.bus.relay")
+    async with running_relay(path, amqp_url, safety_poll=AN_HOUR):
+        # when rows are committed after it, one at a time
+        for event in responses(20):
+            writer.append([event])
+            await arrivals.until(functools.partial(arrived, arrivals, event), 30, "the row")
+    # then each was published, and the relay never backed off for the row it cannot make:
+    # it said so once, and left the row in the outbox
+    said = [record.getMessage() for record in caplog.records]
+    assert [line for line in said if unknown in line and "left in the outbox" in line]
+    assert sum(unknown in line for line in said) == 1
+    assert not [line for line in said if "not confirmed" in line]
+    assert [row.event_id for row in writer.peek(10)] == [unknown]
+    writer.close()
 
 
 async def test_kill_9_of_the_relay_mid_burst_then_a_new_one_publishes_each_row_once(

@@ -105,3 +105,22 @@ def test_take_hands_out_the_oldest_rows_and_notes_them_in_flight(box: Outbox) ->
     in_flight, since = box.in_flight()
     assert sorted(in_flight) == [row.seq for row in taken]
     assert since == first
+
+
+def test_skipped_rows_stay_spooled_out_of_later_takes_and_not_in_flight(box: Outbox) -> None:
+    # given four events, the first two taken, then skipped (their relay cannot make them)
+    box.append(EVENTS[:4])
+    first = box.take(2, dt.datetime(2026, 11, 30, 9, tzinfo=dt.UTC))
+    box.skip([row.seq for row in first])
+    # when the next batch is taken, then it is the two after them
+    later = box.take(4, dt.datetime(2026, 11, 30, 10, tzinfo=dt.UTC))
+    assert [row.event_id for row in later] == [str(e.id) for e in EVENTS[2:4]]
+    # and the skipped ones are still spooled, not in flight (never sent)
+    assert box.depth() == 4
+    assert sorted(box.in_flight()[0]) == [row.seq for row in later]
+    # and another outbox object on the file (a relay started later) takes them again
+    other = Outbox(box.path)
+    assert [row.seq for row in other.take(2, dt.datetime(2026, 11, 30, 11, tzinfo=dt.UTC))] == [
+        row.seq for row in first
+    ]
+    other.close()
