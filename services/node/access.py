@@ -15,6 +15,7 @@ No sockets and no pynetdicom here: ``dimsebus.services.node.gate`` applies these
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -117,12 +118,26 @@ def admit(
     return grant
 
 
+def canonical_address(address: str) -> str:
+    """One text per host: an IPv4-mapped IPv6 address (``::ffff:10.0.0.5``, how a listener
+    on ``::`` sees an IPv4 peer) as the IPv4 address, any other IP address in its
+    canonical form (``0:0::1`` as ``::1``); anything else as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
+
+
 def _grant(
     access: Access, peer: Peer | None, address: str, addresses: frozenset[str] | None
 ) -> Grant:
     if peer is None:
         return Grant(access.unknown_peers, known=False)
-    if peer.host is not None and address not in (addresses or frozenset()):
+    allowed = {canonical_address(each) for each in addresses or ()}
+    if peer.host is not None and canonical_address(address) not in allowed:
         return Grant(
             access.unknown_peers,
             known=False,

@@ -191,7 +191,8 @@ class Gate:
         self, assoc: Association, service: str, reason: str, detail: str, **more: Any
     ) -> bool:
         """Spool the refusal's event, unless over the budget of its address; whether it was."""
-        held = self.budget.take(str(assoc.requestor.address), time.monotonic())
+        address = access.canonical_address(str(assoc.requestor.address))
+        held = self.budget.take(address, time.monotonic())
         if held is None:
             return False
         try:

@@ -11,6 +11,7 @@ from dimsebus.services.node.access import (
     Grant,
     Rejection,
     admit,
+    canonical_address,
     may,
     service_of,
     services_of,
@@ -108,6 +109,34 @@ def test_a_listed_peer_from_another_host_is_an_unknown_peer() -> None:
     rejection = _admit("MOVESCU", {"move"}, address="10.6.6.6")
     assert isinstance(rejection, Rejection)
     assert rejection.reason == "host_not_allowed"
+
+
+@pytest.mark.parametrize("address", ["::ffff:10.0.0.5", "0:0:0:0:0:ffff:a00:5", "10.0.0.5"])
+def test_a_listed_peer_seen_by_a_dual_stack_listener_is_from_its_host(address: str) -> None:
+    # a node listening on :: sees an IPv4 peer as its IPv4-mapped IPv6 address
+    grant = _admit("MOVESCU", {"move"}, address=address)
+    assert isinstance(grant, Grant)
+    assert grant.services == {"echo", "move", "find"}
+
+
+def test_an_ipv4_mapped_address_of_another_host_is_still_another_host() -> None:
+    rejection = _admit("MOVESCU", {"move"}, address="::ffff:10.6.6.6")
+    assert isinstance(rejection, Rejection)
+    assert rejection.reason == "host_not_allowed"
+
+
+@pytest.mark.parametrize(
+    ("address", "canonical"),
+    [
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("0:0:0:0:0:0:0:1", "::1"),
+        ("2001:DB8::1", "2001:db8::1"),
+        ("192.0.2.7", "192.0.2.7"),
+        ("pacs.example", "pacs.example"),  # not an address: as it is
+    ],
+)
+def test_addresses_are_compared_in_one_form(address: str, canonical: str) -> None:
+    assert canonical_address(address) == canonical
 
 
 def test_the_event_budget_holds_back_a_flood_and_counts_it() -> None:
