@@ -26,6 +26,7 @@ from dimsebus.services.clock import new_id
 from dimsebus.services.node import pynetdicom_internals as internals
 from dimsebus.services.node import salvage
 from dimsebus.services.node.reactor import install_checkpoint, sleep_on_socket_no_more, wake_on_data
+from dimsebus.services.node.server import bound_reads_of_requested
 
 ABORT_TEXT = {
     "local": "A-ABORT sent by the node",
@@ -46,16 +47,19 @@ def abort_source(assoc: Association) -> str | None:
 def connection_handlers() -> list[tuple[Any, ...]]:
     """What every association of the node gets at EVT_CONN_OPEN, with or without a capture.
 
-    TCP_NODELAY, the race-free reactor checkpoint, and a DUL thread that wakes when the
-    peer sends. Asked for before the node makes an association or its server, so none
-    of those gets pynetdicom's standard per-message logging handlers either
-    (``pynetdicom_internals.quiet_standard_event_logging``).
+    TCP_NODELAY, the race-free reactor checkpoint, a DUL thread that wakes when the
+    peer sends, and, on the associations the node requests, PDUs read by a deadline and
+    within the length it announced (``server.bound_reads_of_requested``; its server does
+    that for those it accepts). Asked for before the node makes an association or its
+    server, so none of those gets pynetdicom's standard per-message logging handlers
+    either (``pynetdicom_internals.quiet_standard_event_logging``).
     """
     internals.quiet_standard_event_logging()
     return [
         (evt.EVT_CONN_OPEN, set_tcp_nodelay),
         (evt.EVT_CONN_OPEN, install_checkpoint),
         (evt.EVT_CONN_OPEN, wake_on_data),
+        (evt.EVT_CONN_OPEN, bound_reads_of_requested),
         (evt.EVT_CONN_CLOSE, sleep_on_socket_no_more),
     ]
 

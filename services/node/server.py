@@ -41,7 +41,14 @@ from pynetdicom.utils import make_target
 
 from dimsebus.services.node import pynetdicom_internals as internals
 from dimsebus.services.node.config import NodeSettings
-from dimsebus.services.node.framing import PeerClosed, Refused, associate_request, quietly, read_pdu
+from dimsebus.services.node.framing import (
+    ASSOCIATION_PDU_LIMIT,
+    PeerClosed,
+    Refused,
+    associate_request,
+    quietly,
+    read_pdu,
+)
 from dimsebus.services.node.limits import Connection, ConnectionTable, Limits
 
 log = logging.getLogger(__name__)
@@ -58,8 +65,12 @@ POLL_INTERVAL = 0.05
 class PduReader:
     """``DULServiceProvider._read_pdu_data`` with deadlines and length limits (PS3.8 9.3)."""
 
-    def __init__(self, dul: DULServiceProvider, connection: Connection, limits: Limits) -> None:
+    def __init__(
+        self, dul: DULServiceProvider, connection: Connection, limits: Limits, side: str = "from"
+    ) -> None:
+        """``side``: how log lines name the peer, ``from`` it (accepted) or ``to`` it."""
         self._dul, self._connection, self._limits = dul, connection, limits
+        self._side = side
         self._aborting = False
 
     def __call__(self) -> None:
@@ -99,13 +110,13 @@ class PduReader:
     def _close(self, reason: str | None) -> None:
         """The transport is gone: close it, which queues Evt17 once."""
         if reason is not None:
-            log.warning("connection from %s closed: %s", self._connection.peer, reason)
+            log.warning("connection %s %s closed: %s", self._side, self._connection.peer, reason)
         assert self._dul.socket is not None
         self._dul.socket.close()
 
     def abort(self, reason: str) -> None:
         """Evt19: the state machine sends the A-ABORT; nothing more is read meanwhile."""
-        log.warning("association from %s aborted: %s", self._connection.peer, reason)
+        log.warning("association %s %s aborted: %s", self._side, self._connection.peer, reason)
         self._aborting = True
         internals.queue_event(self._dul, INVALID_PDU)
 
@@ -220,6 +231,37 @@ class EdgeServer(ThreadedAssociationServer):
 
         assoc.run = run_then_release  # type: ignore[method-assign]
         connection.adopted = True
+
+
+NO_DEADLINE = 24 * 3600.0
+"""A deadline for a timeout the association was given as None (none: the node sets them)."""
+
+
+def bound_reads_of_requested(event: evt.Event) -> None:
+    """EVT_CONN_OPEN of an association the node requests (to a C-STORE's destination, to a
+    C-MOVE's archive): its PDUs are read through ``PduReader`` as an accepted one's are, by
+    a deadline (``acse_timeout`` for the A-ASSOCIATE-AC, ``network_timeout`` a PDU after),
+    within the Maximum Length Received the node announced, an invalid one aborted unread.
+    A peer the node calls gets no more of its memory or time than one that calls it.
+    """
+    assoc: Association = event.assoc
+    sock = internals.transport_socket(assoc)
+    if not assoc.is_requestor or sock is None:
+        return
+    announced = int(assoc.requestor.maximum_length or 0)  # 0: no limit was announced
+    limits = Limits(
+        acse_timeout=float(assoc.acse_timeout or NO_DEADLINE),
+        network_timeout=float(assoc.network_timeout or NO_DEADLINE),
+        max_pdu=announced or ASSOCIATION_PDU_LIMIT,
+        max_connections=0,
+        max_per_host=0,
+    )
+    host, port = str(assoc.acceptor.address), int(assoc.acceptor.port or 0)
+    connection = Connection(sock, host, port, time.monotonic() + limits.acse_timeout)
+    reader = PduReader(assoc.dul, connection, limits, side="to")
+    internals.read_pdus_with(assoc.dul, reader)
+    abort_on_undecodable_messages(assoc, reader)
+    drop_requests_once_gone(assoc.dul)
 
 
 def hand_over(dul: DULServiceProvider, request: bytes) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import inspect
 import logging
 import os
+import socket
 import ssl
 import subprocess
 import threading
@@ -29,6 +30,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler
 from dimsebus.services.node import server as edge
 from dimsebus.services.node.config import NodeSettings, Peer
 from dimsebus.services.node.limits import ACCEPT_MARGIN
+from dimsebus.services.node.sender import SendError, Target, send_files
 from dimsebus.services.node.synthetic import write_study
 from tests.integration.conftest import RunningNode
 from tests.integration.hostile import (
@@ -390,3 +392,45 @@ def _send_quietly(sock: Any, data: bytes) -> bool:
 def _close(sockets: list[Any]) -> None:
     for sock in sockets:
         sock.close()
+
+
+def test_a_peer_the_node_calls_gets_the_same_pdu_limits(tmp_path: Path) -> None:
+    # given a destination that answers the node's A-ASSOCIATE-RQ with a PDU announcing
+    # 4 GiB, and then keeps the connection open
+    listener = socket.create_server(("127.0.0.1", 0))
+    after: list[bytes] = []
+
+    def destination() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            header = _exactly(conn, 6)
+            _exactly(conn, int.from_bytes(header[2:], "big"))
+            conn.sendall(b"\x02\x00\xff\xff\xff\xff")
+            after.append(received(conn, 10.0))
+
+    peer = threading.Thread(target=destination)
+    peer.start()
+    files = write_study(tmp_path / "study", 1, seed="limits")
+    settings = NodeSettings(node_id="limits", acse_timeout=30.0)
+    target = Target("PEER", "127.0.0.1", listener.getsockname()[1])
+    started = time.monotonic()
+    # when the node sends it a file
+    with pytest.raises(SendError):
+        send_files(settings, None, target, files)
+    peer.join(15)
+    listener.close()
+    # then the node aborts at once, the PDU's body unread (not after its 30 s acse_timeout,
+    # nor once the peer gave up): an A-ABORT from the service provider
+    assert time.monotonic() - started < 5
+    assert after
+    assert after[0].startswith(A_ABORT + b"\x00\x00\x02")
+
+
+def _exactly(conn: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = conn.recv(count - len(data))
+        assert chunk, "the node closed the connection"
+        data += chunk
+    return data
