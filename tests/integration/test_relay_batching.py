@@ -126,6 +126,20 @@ async def running_relay(
         await asyncio.wait_for(task, 30)
 
 
+@contextlib.asynccontextmanager
+async def relay_and_a_later_row(
+    path: Path, url: str, arrivals: Arrivals
+) -> AsyncIterator[tuple[Outbox, CloudEvent]]:
+    """A new relay on the outbox at ``path``, once a row committed after it started was
+    published: a writer of the outbox, and that row."""
+    [later] = responses(1)
+    async with running_relay(path, url, safety_poll=AN_HOUR):
+        writer = Outbox(path, checkpoints=False)
+        writer.append([later])
+        await arrivals.until(lambda: later.id in arrivals.ids, 120, "the later row published")
+        yield writer, later
+
+
 async def test_a_row_written_while_the_relay_waits_is_published_at_once(
     tmp_path: Path, amqp_url: str, arrivals: Arrivals
 ) -> None:
@@ -212,11 +226,8 @@ async def test_rows_a_dead_relay_left_in_flight_are_published_once_under_their_i
     await Publisher(await confirming_channel(connection)).publish(reached)
     outbox.close()
     # when a new relay starts on the outbox, and a later row is committed
-    [later] = responses(1)
-    async with running_relay(path, amqp_url, safety_poll=AN_HOUR):
-        writer = Outbox(path, checkpoints=False)
-        writer.append([later])
-        await arrivals.until(lambda: later.id in arrivals.ids, 120, "the later row published")
+    async with relay_and_a_later_row(path, amqp_url, arrivals) as (writer, _):
+        pass
     # then the lost row is published under its own id, and neither twice
     assert arrivals.ids.count(reached.id) == 1
     assert arrivals.ids.count(lost.id) == 1
@@ -242,11 +253,7 @@ async def test_a_row_the_log_holds_but_a_work_queue_missed_reaches_the_queue_onc
     await Publisher(await confirming_channel(connection)).publish(logged, "test.log-only")
     outbox.close()
     # when a new relay starts on the outbox, and a later row is committed
-    [later] = responses(1)
-    async with running_relay(path, amqp_url, safety_poll=AN_HOUR):
-        writer = Outbox(path, checkpoints=False)
-        writer.append([later])
-        await arrivals.until(lambda: later.id in arrivals.ids, 120, "the later row published")
+    async with relay_and_a_later_row(path, amqp_url, arrivals) as (writer, later):
         # then the work queue gets the row the log held, as well as the later one
         got = [await _next(work) for _ in range(2)]
     assert {event.id for event in got} == {logged.id, later.id}
