@@ -41,7 +41,15 @@ from tests.integration.conftest import (
     read_events,
     settled,
 )
-from tests.integration.peers import ENV, answering_scp, dcmtk, free_port, storescp, wait_for_port
+from tests.integration.peers import (
+    ENV,
+    PeerExited,
+    answering_scp,
+    dcmtk,
+    free_port,
+    storescp,
+    wait_for_port,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -64,45 +72,54 @@ class Archive:
 
 @contextlib.contextmanager
 def dcmqrscp(folder: Path, count: int, destinations: dict[str, int]) -> Iterator[Archive]:
-    """dcmqrscp serving a synthetic study of ``count`` instances, moving to ``destinations``."""
+    """dcmqrscp serving a synthetic study of ``count`` instances, moving to ``destinations``.
+
+    Another test worker may take the free port before dcmqrscp binds it ("Address
+    already in use"): it starts again on another (three tries), as ``storescp`` does.
+    """
     storage = folder / "storage"
     storage.mkdir(parents=True)
     paths = write_study(folder / "study", count, patient_id="QR1", seed=str(folder))
     subprocess.run([dcmtk("dcmqridx"), str(storage), *map(str, paths)], check=True, env=ENV)
-    port = free_port()
     hosts = "\n".join(
         f"dest{n} = ({ae}, 127.0.0.1, {dest_port})"
         for n, (ae, dest_port) in enumerate(destinations.items())
     )
     config = folder / "dcmqrscp.cfg"
-    config.write_text(
-        f"NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 16\n"
-        f"HostTable BEGIN\n{hosts}\nHostTable END\n"
-        "VendorTable BEGIN\nVendorTable END\n"
-        f"AETable BEGIN\n{QRSCP} {storage} RW (200, 1024mb) ANY\nAETable END\n"
-    )
-    log = (folder / "dcmqrscp.log").open("ab")
-    process = subprocess.Popen(
-        [dcmtk("dcmqrscp"), "-d", "-c", str(config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=ENV,
-    )
-    try:
-        wait_for_port(port)
-        from pydicom import dcmread
-
-        datasets = [dcmread(path, stop_before_pixels=True) for path in paths]
-        yield Archive(
-            port,
-            str(datasets[0].StudyInstanceUID),
-            str(datasets[0].SeriesInstanceUID),
-            [str(ds.SOPInstanceUID) for ds in datasets],
+    for _ in range(3):
+        port = free_port()
+        config.write_text(
+            f"NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 16\n"
+            f"HostTable BEGIN\n{hosts}\nHostTable END\n"
+            "VendorTable BEGIN\nVendorTable END\n"
+            f"AETable BEGIN\n{QRSCP} {storage} RW (200, 1024mb) ANY\nAETable END\n"
         )
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
+        with (folder / "dcmqrscp.log").open("ab") as log:
+            process = subprocess.Popen(
+                [dcmtk("dcmqrscp"), "-d", "-c", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=ENV,
+            )
+        try:
+            wait_for_port(port, process=process)
+        except PeerExited:
+            continue
+        try:
+            from pydicom import dcmread
+
+            datasets = [dcmread(path, stop_before_pixels=True) for path in paths]
+            yield Archive(
+                port,
+                str(datasets[0].StudyInstanceUID),
+                str(datasets[0].SeriesInstanceUID),
+                [str(ds.SOPInstanceUID) for ds in datasets],
+            )
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+        return
+    raise AssertionError(f"dcmqrscp did not start on three free ports; log: {folder}/dcmqrscp.log")
 
 
 async def commands_queue(connection: AbstractRobustConnection, node: RunningNode) -> None:
