@@ -203,28 +203,41 @@ class Rsyslog:
 
 @contextlib.contextmanager
 def rsyslog(folder: Path, port: int | None = None) -> Iterator[Rsyslog]:
-    """Debian's rsyslogd in the foreground, listening with imtcp on 127.0.0.1:``port``."""
+    """Debian's rsyslogd in the foreground, listening with imtcp on 127.0.0.1:``port``.
+
+    Without ``port``, it chooses a free one, and starts again on another if a test
+    worker took that one first (three tries), as ``storescp`` does.
+    """
     daemon = Path("/usr/sbin/rsyslogd")
     assert daemon.exists(), f"{daemon} missing: install Debian's rsyslog (make system)"
     folder.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    config = folder / f"rsyslog-{port}.conf"
     received = folder / "received.log"
-    config.write_text(
-        f'global(workDirectory="{folder}" maxMessageSize="256k")\n'
-        'module(load="imtcp")\n'
-        f'input(type="imtcp" address="127.0.0.1" port="{port}")\n'
-        'template(name="raw" type="string" string="%rawmsg%\\n")\n'
-        f'*.* action(type="omfile" file="{received}" template="raw")\n'
-    )
-    process = subprocess.Popen(
-        [str(daemon), "-n", "-f", str(config), "-i", str(folder / f"rsyslog-{port}.pid")],
-        stdout=subprocess.DEVNULL,
-        stderr=(folder / f"rsyslog-{port}.err").open("ab"),
-    )
-    try:
-        wait_for_port(port)
-        yield Rsyslog(port, received, process)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    for _ in range(3):
+        chosen = port or free_port()
+        config = folder / f"rsyslog-{chosen}.conf"
+        config.write_text(
+            f'global(workDirectory="{folder}" maxMessageSize="256k")\n'
+            'module(load="imtcp")\n'
+            f'input(type="imtcp" address="127.0.0.1" port="{chosen}")\n'
+            'template(name="raw" type="string" string="%rawmsg%\\n")\n'
+            f'*.* action(type="omfile" file="{received}" template="raw")\n'
+        )
+        with (folder / f"rsyslog-{chosen}.err").open("ab") as errors:
+            process = subprocess.Popen(
+                [str(daemon), "-n", "-f", str(config), "-i", str(folder / f"rsyslog-{chosen}.pid")],
+                stdout=subprocess.DEVNULL,
+                stderr=errors,
+            )
+        try:
+            wait_for_port(chosen, process=process)
+        except PeerExited:
+            if port is not None:
+                raise
+            continue
+        try:
+            yield Rsyslog(chosen, received, process)
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+        return
+    raise AssertionError(f"rsyslogd did not start on three free ports; see {folder}")

@@ -30,7 +30,7 @@ from tests.integration.conftest import (
     of_type,
     read_events,
 )
-from tests.integration.peers import free_port, refusing_scp, rsyslog, storescp
+from tests.integration.peers import refusing_scp, rsyslog, storescp
 
 pytestmark = pytest.mark.integration
 AuditFactory = Callable[..., Any]
@@ -184,9 +184,9 @@ async def test_audit_messages_reach_rsyslog_and_survive_its_outage(
     tmp_path: Path, start_node: Any, start_audit: AuditFactory
 ) -> None:
     # given rsyslog listening on TCP, and the audit service sending to it
-    port = free_port()
     begin, transferred = "Begin Transferring DICOM Instances", "DICOM Instances Transferred"
-    with rsyslog(tmp_path / "syslog", port) as collector:
+    with rsyslog(tmp_path / "syslog") as collector:
+        port = collector.port
         audit = await start_audit(syslog_host="127.0.0.1", syslog_port=port)
         with storescp(tmp_path / "received") as peer:
             node: RunningNode = await start_node(instances=10, destinations={"STORESCP": peer.port})
