@@ -49,24 +49,35 @@ class StoreSCP:
 def storescp(
     folder: Path, *options: str, ae_title: str = "STORESCP", port: int | None = None
 ) -> Iterator[StoreSCP]:
-    """Run ``storescp -d`` (debug: logs every command set) until the block ends.
-
-    A free port can be taken by another test worker before storescp binds it: when
-    storescp exits before it listens on a port it chose itself, it starts again on
-    another (three tries), and otherwise the failure quotes its log.
-    """
+    """Run ``storescp -d`` (debug: logs every command set) until the block ends, on
+    ``port`` or a free one (``on_a_free_port``)."""
     folder.mkdir(parents=True, exist_ok=True)
+    argv = [dcmtk("storescp"), "-d", "-aet", ae_title, "-od", str(folder), *options]
+
+    def start(chosen: int) -> subprocess.Popen[bytes]:
+        with (folder.parent / f"storescp-{chosen}.log").open("ab") as out:
+            return subprocess.Popen(
+                [*argv, str(chosen)], stdout=out, stderr=subprocess.STDOUT, env=ENV
+            )
+
+    with on_a_free_port(start, port, f"storescp (logs in {folder.parent})") as (chosen, process):
+        log = folder.parent / f"storescp-{chosen}.log"
+        yield StoreSCP(ae_title, chosen, folder, log, process)
+
+
+@contextlib.contextmanager
+def on_a_free_port(
+    start: Callable[[int], subprocess.Popen[bytes]], port: int | None, what: str
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """``start(port)``, once it listens; terminated when the block ends.
+
+    A free port can be taken by another test worker before the peer binds it: without
+    ``port``, a peer that exits before it listens on the one chosen for it starts again
+    on another (three tries); its exit ends each wait at once (``PeerExited``).
+    """
     for _ in range(3):
         chosen = port or free_port()
-        log = folder.parent / f"storescp-{chosen}.log"
-        argv = [dcmtk("storescp"), "-d", "-aet", ae_title, "-od", str(folder), *options]
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                [*argv, str(chosen)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=ENV,
-            )
+        process = start(chosen)
         try:
             wait_for_port(chosen, process=process)
         except PeerExited:
@@ -74,12 +85,12 @@ def storescp(
                 raise
             continue
         try:
-            yield StoreSCP(ae_title, chosen, folder, log, process)
+            yield chosen, process
         finally:
             process.terminate()
             process.wait(timeout=10)
         return
-    raise AssertionError(f"storescp did not start on three free ports; last log: {log}")
+    raise AssertionError(f"{what} did not start on three free ports")
 
 
 class PeerExited(AssertionError):
@@ -205,15 +216,14 @@ class Rsyslog:
 def rsyslog(folder: Path, port: int | None = None) -> Iterator[Rsyslog]:
     """Debian's rsyslogd in the foreground, listening with imtcp on 127.0.0.1:``port``.
 
-    Without ``port``, it chooses a free one, and starts again on another if a test
-    worker took that one first (three tries), as ``storescp`` does.
+    Without ``port``, on a free one (``on_a_free_port``).
     """
     daemon = Path("/usr/sbin/rsyslogd")
     assert daemon.exists(), f"{daemon} missing: install Debian's rsyslog (make system)"
     folder.mkdir(parents=True, exist_ok=True)
     received = folder / "received.log"
-    for _ in range(3):
-        chosen = port or free_port()
+
+    def start(chosen: int) -> subprocess.Popen[bytes]:
         config = folder / f"rsyslog-{chosen}.conf"
         config.write_text(
             f'global(workDirectory="{folder}" maxMessageSize="256k")\n'
@@ -222,22 +232,13 @@ def rsyslog(folder: Path, port: int | None = None) -> Iterator[Rsyslog]:
             'template(name="raw" type="string" string="%rawmsg%\\n")\n'
             f'*.* action(type="omfile" file="{received}" template="raw")\n'
         )
+        pid_file = folder / f"rsyslog-{chosen}.pid"
         with (folder / f"rsyslog-{chosen}.err").open("ab") as errors:
-            process = subprocess.Popen(
-                [str(daemon), "-n", "-f", str(config), "-i", str(folder / f"rsyslog-{chosen}.pid")],
+            return subprocess.Popen(
+                [str(daemon), "-n", "-f", str(config), "-i", str(pid_file)],
                 stdout=subprocess.DEVNULL,
                 stderr=errors,
             )
-        try:
-            wait_for_port(chosen, process=process)
-        except PeerExited:
-            if port is not None:
-                raise
-            continue
-        try:
-            yield Rsyslog(chosen, received, process)
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
-        return
-    raise AssertionError(f"rsyslogd did not start on three free ports; see {folder}")
+
+    with on_a_free_port(start, port, f"rsyslogd (see {folder})") as (chosen, process):
+        yield Rsyslog(chosen, received, process)

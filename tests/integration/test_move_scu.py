@@ -43,12 +43,11 @@ from tests.integration.conftest import (
 )
 from tests.integration.peers import (
     ENV,
-    PeerExited,
     answering_scp,
     dcmtk,
     free_port,
+    on_a_free_port,
     storescp,
-    wait_for_port,
 )
 
 pytestmark = pytest.mark.integration
@@ -74,8 +73,7 @@ class Archive:
 def dcmqrscp(folder: Path, count: int, destinations: dict[str, int]) -> Iterator[Archive]:
     """dcmqrscp serving a synthetic study of ``count`` instances, moving to ``destinations``.
 
-    Another test worker may take the free port before dcmqrscp binds it ("Address
-    already in use"): it starts again on another (three tries), as ``storescp`` does.
+    On a free port (``on_a_free_port``: another test worker may take the one chosen).
     """
     storage = folder / "storage"
     storage.mkdir(parents=True)
@@ -86,8 +84,8 @@ def dcmqrscp(folder: Path, count: int, destinations: dict[str, int]) -> Iterator
         for n, (ae, dest_port) in enumerate(destinations.items())
     )
     config = folder / "dcmqrscp.cfg"
-    for _ in range(3):
-        port = free_port()
+
+    def start(port: int) -> subprocess.Popen[bytes]:
         config.write_text(
             f"NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 16\n"
             f"HostTable BEGIN\n{hosts}\nHostTable END\n"
@@ -95,31 +93,23 @@ def dcmqrscp(folder: Path, count: int, destinations: dict[str, int]) -> Iterator
             f"AETable BEGIN\n{QRSCP} {storage} RW (200, 1024mb) ANY\nAETable END\n"
         )
         with (folder / "dcmqrscp.log").open("ab") as log:
-            process = subprocess.Popen(
+            return subprocess.Popen(
                 [dcmtk("dcmqrscp"), "-d", "-c", str(config)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=ENV,
             )
-        try:
-            wait_for_port(port, process=process)
-        except PeerExited:
-            continue
-        try:
-            from pydicom import dcmread
 
-            datasets = [dcmread(path, stop_before_pixels=True) for path in paths]
-            yield Archive(
-                port,
-                str(datasets[0].StudyInstanceUID),
-                str(datasets[0].SeriesInstanceUID),
-                [str(ds.SOPInstanceUID) for ds in datasets],
-            )
-        finally:
-            process.terminate()
-            process.wait(timeout=10)
-        return
-    raise AssertionError(f"dcmqrscp did not start on three free ports; log: {folder}/dcmqrscp.log")
+    with on_a_free_port(start, None, f"dcmqrscp (log in {folder})") as (port, _):
+        from pydicom import dcmread
+
+        datasets = [dcmread(path, stop_before_pixels=True) for path in paths]
+        yield Archive(
+            port,
+            str(datasets[0].StudyInstanceUID),
+            str(datasets[0].SeriesInstanceUID),
+            [str(ds.SOPInstanceUID) for ds in datasets],
+        )
 
 
 async def commands_queue(connection: AbstractRobustConnection, node: RunningNode) -> None:
