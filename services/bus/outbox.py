@@ -340,11 +340,6 @@ class Outbox:
         (unless ``counted`` is false: events counted when first published)."""
         if not seqs:
             return
-        if not counted:
-            with self._lock:
-                placeholders = ", ".join("?" * len(seqs))
-                self._db.execute(f"DELETE FROM outbox WHERE seq IN ({placeholders})", seqs)
-            return
         latencies = latencies or []
         increments = [
             ("published", float(len(seqs))),
@@ -356,12 +351,13 @@ class Outbox:
             self._db.execute(
                 f"DELETE FROM outbox WHERE seq IN ({', '.join('?' * len(seqs))})", seqs
             )
-            self._db.execute(  # one statement for every counter (not one each)
-                "INSERT INTO relay_stats (name, value) VALUES "
-                f"{', '.join(['(?, ?)'] * len(increments))} "
-                "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                [value for increment in increments for value in increment],
-            )
+            if counted:
+                self._db.execute(  # one statement for every counter (not one each)
+                    "INSERT INTO relay_stats (name, value) VALUES "
+                    f"{', '.join(['(?, ?)'] * len(increments))} "
+                    "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                    [value for increment in increments for value in increment],
+                )
             self._db.execute("COMMIT")
 
     def in_flight(self) -> tuple[dict[int, str], dt.datetime | None]:

@@ -36,7 +36,7 @@ from aio_pika.abc import AbstractConnection
 from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.services.backoff import Backoff
 from dimsebus.services.bus import lifeline
-from dimsebus.services.bus.batch import Outgoing, PublishOutcome
+from dimsebus.services.bus.batch import Outgoing
 from dimsebus.services.bus.batching import (
     RelayView,
     Step,
@@ -288,10 +288,9 @@ class OutboxRelay:
         rows = self._outbox.take(self._batch, started)
         if not rows:
             return Taken(0, 0, 0)
-        outcomes: dict[int, PublishOutcome] = {}
         ready = self._made(rows)
         published = await publisher.send_batch([message for _, message in ready], EVENTS_EXCHANGE)
-        outcomes.update(zip((seq for seq, _ in ready), published, strict=True))
+        outcomes = dict(zip((seq for seq, _ in ready), published, strict=True))
         confirmed = {seq: took for seq, took in outcomes.items() if isinstance(took, float)}
         self._outbox.remove(list(confirmed), list(confirmed.values()))
         cut_off = {

@@ -217,10 +217,7 @@ class EdgeServer(ThreadedAssociationServer):
         if connection is None:
             return
         dul, run = assoc.dul, assoc.run
-        reader = PduReader(dul, connection, self.limits)
-        internals.read_pdus_with(dul, reader)
-        abort_on_undecodable_messages(assoc, reader)
-        drop_requests_once_gone(dul)
+        read_through(assoc, PduReader(dul, connection, self.limits))
 
         def run_then_release() -> None:
             try:
@@ -258,7 +255,12 @@ def bound_reads_of_requested(event: evt.Event) -> None:
     )
     host, port = str(assoc.acceptor.address), int(assoc.acceptor.port or 0)
     connection = Connection(sock, host, port, time.monotonic() + limits.acse_timeout)
-    reader = PduReader(assoc.dul, connection, limits, side="to")
+    read_through(assoc, PduReader(assoc.dul, connection, limits, side="to"))
+
+
+def read_through(assoc: Association, reader: PduReader) -> None:
+    """``assoc``'s DUL reads each PDU with ``reader``, aborts on an undecodable DIMSE message
+    and drops its own requests once the association is gone: accepted and requested alike."""
     internals.read_pdus_with(assoc.dul, reader)
     abort_on_undecodable_messages(assoc, reader)
     drop_requests_once_gone(assoc.dul)
