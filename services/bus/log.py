@@ -8,6 +8,7 @@ import datetime as dt
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiormq.abc
 from aio_pika.abc import AbstractChannel
@@ -16,10 +17,15 @@ from aiormq.abc import DeliveredMessage
 from dimsebus.schemas.events import Event
 from dimsebus.schemas.limits import MAX_BODY_BYTES
 from dimsebus.services.bus.codec import decode_body
+from dimsebus.services.bus.stream_client import StreamAddress, StreamSubscription
+from dimsebus.services.bus.stream_wire import WireError, amqp_message
 from dimsebus.services.bus.topology import LOG_STREAM
 from dimsebus.services.errors import ConfigError, InvalidEvent
 
 NAMED_OFFSETS = ("first", "last", "next")
+FIRST_CREDIT = 32  # chunks a stream subscription asks for before it knows how big they are
+MAX_CREDIT = 2000  # chunks asked for at most at once (a chunk holds one record at least)
+CREDIT_STEP = 16  # credit is given in steps of at least this many chunks
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,61 +51,21 @@ def parse_offset(text: str) -> str | int:
     raise ConfigError(f"--from: {text!r} is not first, last, next or a stream offset")
 
 
-class LogReader:
-    """Reads the log from ``offset`` on; subscribed once ``async with`` has entered.
+class _Reader:
+    """What both ways of reading the log share: a queue of what arrived, taken in batches.
 
-    The reader owns ``channel`` and closes it on exit. Entering before publishing
-    guarantees that ``offset="next"`` sees what follows.
-
-    It consumes on the channel's aiormq channel, not through aio-pika's queue
-    iterator: a delivery is queued as aiormq parsed it, without aio-pika's message
-    object and its task per message (half the reader's CPU per entry in
-    the replay profile of issue 21). At most ``prefetch`` deliveries wait; the
-    acks that make room are multiple, one per ``prefetch // 4`` entries read.
+    A subclass fills ``_deliveries``, calls ``_wake`` and ``_end``, and says how an item
+    becomes an entry (``_entry``), how its credit is counted (``_taken``) and given back
+    (``_give_credit``).
     """
 
-    def __init__(
-        self,
-        channel: AbstractChannel,
-        offset: str | int | dt.datetime = "first",
-        *,
-        prefetch: int = 1000,
-        max_body_bytes: int = MAX_BODY_BYTES,
-    ) -> None:
-        self._channel = channel
-        self._offset = offset
-        self._prefetch = prefetch
-        self._max_body_bytes = max_body_bytes
-        self._deliveries: deque[DeliveredMessage] = deque()
+    def __init__(self) -> None:
+        self._deliveries: deque[Any] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._ended = False
-        self._underlay: aiormq.abc.AbstractChannel | None = None
-        self._unacked = 0
-        self._ack_tag: int | None = None
-        self._ack_every = max(1, min(500, prefetch // 4))
 
-    async def __aenter__(self) -> LogReader:
-        await self._channel.set_qos(prefetch_count=self._prefetch)
-        underlay = await self._channel.get_underlay_channel()
-        self._underlay = underlay
-        underlay.on_consumer_cancel_callbacks.add(self._end)
-        underlay.closing.add_done_callback(self._end)
-        await underlay.basic_consume(
-            LOG_STREAM, self._deliver, arguments={"x-stream-offset": self._offset}
-        )
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        # Closing the channel returns unacked deliveries; a nack would make the
-        # stream close the connection.
-        await self._channel.close()
-
-    async def _deliver(self, message: DeliveredMessage) -> None:
-        self._deliveries.append(message)
-        self._wake()
-
-    def _end(self, _: object) -> None:
-        """The channel closed or the broker cancelled the consumer (the stream was deleted)."""
+    def _end(self, _: object = None) -> None:
+        """The log stopped delivering (its channel or connection closed, the stream deleted)."""
         self._ended = True
         self._wake()
 
@@ -107,7 +73,7 @@ class LogReader:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def __aiter__(self) -> LogReader:
+    def __aiter__(self) -> _Reader:
         return self
 
     async def until_idle(self, idle: float = 2.0) -> AsyncIterator[LogEntry]:
@@ -137,11 +103,11 @@ class LogReader:
         of the socket brought. Not behind (live), a batch is what has arrived, at once.
         """
         await self._give_credit()
-        if not self._deliveries:
-            if self._ended:
-                raise ConnectionError("the log stopped delivering (its channel closed)")
+        if not self._deliveries and not self._ended:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wait(), wait)
+        if not self._deliveries and self._ended:
+            raise ConnectionError("the log stopped delivering (its channel closed)")
         loop = asyncio.get_running_loop()
         until = loop.time() + (gather if len(self._deliveries) >= size // 8 else 0.0)
         while 0 < len(self._deliveries) < size and not self._ended and loop.time() < until:
@@ -149,7 +115,77 @@ class LogReader:
             await asyncio.sleep(0.0005)
             if len(self._deliveries) == before:
                 break
-        return [self._entry(message) for message in self._taken(size)]
+        return [self._entry(item) for item in self._taken(size)]
+
+    async def _wait(self) -> None:
+        """Until a delivery comes or the log ends."""
+        self._waiter = asyncio.get_running_loop().create_future()
+        await self._waiter
+
+    async def _give_credit(self) -> None:
+        raise NotImplementedError
+
+    def _taken(self, size: int) -> list[Any]:
+        """Up to ``size`` items, oldest first (a subclass counts its credit here)."""
+        return self._oldest(size)
+
+    def _oldest(self, size: int) -> list[Any]:
+        return [self._deliveries.popleft() for _ in range(min(size, len(self._deliveries)))]
+
+    def _entry(self, item: Any) -> LogEntry:
+        raise NotImplementedError
+
+
+class LogReader(_Reader):
+    """Reads the log from ``offset`` on; subscribed once ``async with`` has entered.
+
+    The reader owns ``channel`` and closes it on exit. Entering before publishing
+    guarantees that ``offset="next"`` sees what follows.
+
+    It consumes on the channel's aiormq channel, not through aio-pika's queue
+    iterator: a delivery is queued as aiormq parsed it, without aio-pika's message
+    object and its task per message (half the reader's CPU per entry in
+    the replay profile of issue 21). At most ``prefetch`` deliveries wait; the
+    acks that make room are multiple, one per ``prefetch // 4`` entries read.
+    """
+
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        offset: str | int | dt.datetime = "first",
+        *,
+        prefetch: int = 1000,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
+        self._channel = channel
+        self._offset = offset
+        self._prefetch = prefetch
+        self._max_body_bytes = max_body_bytes
+        super().__init__()
+        self._underlay: aiormq.abc.AbstractChannel | None = None
+        self._unacked = 0
+        self._ack_tag: int | None = None
+        self._ack_every = max(1, min(500, prefetch // 4))
+
+    async def __aenter__(self) -> LogReader:
+        await self._channel.set_qos(prefetch_count=self._prefetch)
+        underlay = await self._channel.get_underlay_channel()
+        self._underlay = underlay
+        underlay.on_consumer_cancel_callbacks.add(self._end)
+        underlay.closing.add_done_callback(self._end)
+        await underlay.basic_consume(
+            LOG_STREAM, self._deliver, arguments={"x-stream-offset": self._offset}
+        )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        # Closing the channel returns unacked deliveries; a nack would make the
+        # stream close the connection.
+        await self._channel.close()
+
+    async def _deliver(self, message: DeliveredMessage) -> None:
+        self._deliveries.append(message)
+        self._wake()
 
     async def _give_credit(self) -> None:
         assert self._underlay is not None, "enter the reader with `async with` first"
@@ -160,14 +196,9 @@ class LogReader:
             tag, self._ack_tag = self._ack_tag, None
             await self._underlay.basic_ack(tag, multiple=True)
 
-    async def _wait(self) -> None:
-        """Until a delivery comes or the log ends."""
-        self._waiter = asyncio.get_running_loop().create_future()
-        await self._waiter
-
     def _taken(self, size: int) -> list[DeliveredMessage]:
         """Up to ``size`` deliveries, oldest first; credit is due once enough were taken."""
-        taken = [self._deliveries.popleft() for _ in range(min(size, len(self._deliveries)))]
+        taken = self._oldest(size)
         if taken:
             self._unacked += len(taken)
             if self._unacked >= self._ack_every:
@@ -182,3 +213,89 @@ class LogReader:
             return LogEntry(offset, key, decode_body(message.body, key, self._max_body_bytes))
         except InvalidEvent as exc:
             return LogEntry(offset, key, None, str(exc))
+
+
+class StreamLogReader(_Reader):
+    """The log read over RabbitMQ's stream protocol (``stream_client``), from ``offset`` on;
+    the same entries, in the same batches, as ``LogReader``'s.
+
+    A Deliver frame is a chunk of records (what the broker wrote at once: a relay's batch,
+    a few publishes), read in one go. Credit is counted in chunks, so it is sized from
+    the chunks seen: about ``max_waiting`` records may wait or be on their way, which
+    bounds the reader's memory, and it is given as soon as records are taken, not when
+    the next batch is asked for, so the broker sends while a batch is folded.
+
+    Opening raises ``ConnectionError`` when the broker's stream port does not answer or
+    refuses (``StreamRefused``): the caller may read over AMQP instead.
+    """
+
+    def __init__(
+        self,
+        address: StreamAddress,
+        offset: str | int = "first",
+        *,
+        name: str = "dimsebus",
+        max_waiting: int = 4000,
+        max_body_bytes: int = MAX_BODY_BYTES,
+    ) -> None:
+        super().__init__()
+        self._offset = offset
+        self._max_waiting = max_waiting
+        self._max_body_bytes = max_body_bytes
+        self._in_flight = FIRST_CREDIT  # chunks asked for that have not arrived
+        self._chunks = self._records = 0  # seen so far: how big a chunk is
+        self._subscription = StreamSubscription(address, name, self._arrived)
+
+    async def __aenter__(self) -> StreamLogReader:
+        await self._subscription.open(LOG_STREAM, self._offset, FIRST_CREDIT)
+        self._subscription.ended.add_done_callback(self._end)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._subscription.close()
+        self._end()
+
+    @property
+    def reason(self) -> BaseException | None:
+        """Why the subscription ended, once it has."""
+        return self._subscription.reason
+
+    def _arrived(self, records: list[tuple[int, bytes]], chunks: int) -> None:
+        self._in_flight -= chunks
+        self._chunks += chunks
+        self._records += len(records)
+        if records:
+            self._deliveries.extend(records)
+            self._wake()
+        self._top_up()
+
+    def _top_up(self) -> None:
+        """Ask for the chunks that keep about ``max_waiting`` records waiting or coming."""
+        if self._ended:
+            return
+        per_chunk = max(1.0, self._records / self._chunks) if self._chunks else 1.0
+        room = (self._max_waiting - len(self._deliveries)) / per_chunk
+        wanted = min(int(room), MAX_CREDIT) - self._in_flight
+        if wanted >= CREDIT_STEP or (wanted > 0 and self._in_flight == 0):
+            self._in_flight += wanted
+            self._subscription.give_credit(wanted)
+
+    async def _give_credit(self) -> None:
+        """Given as records are taken (``_taken``)."""
+
+    def _taken(self, size: int) -> list[tuple[int, bytes]]:
+        taken = self._oldest(size)
+        self._top_up()
+        return taken
+
+    def _entry(self, item: tuple[int, bytes]) -> LogEntry:
+        offset, record = item
+        try:
+            key, body = amqp_message(record)
+        except WireError as exc:
+            return LogEntry(offset, "", None, f"not an AMQP message: {exc}")
+        try:
+            event = decode_body(body, key, self._max_body_bytes)
+        except InvalidEvent as exc:
+            return LogEntry(offset, key or "", None, str(exc))
+        return LogEntry(offset, key or event.routing_key, event)

@@ -1,0 +1,172 @@
+"""The log read over RabbitMQ's stream protocol: the same entries as over AMQP, from any
+offset, and a tracker that falls back to AMQP where the stream port does not serve it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+
+from dimsebus.schemas import events as ev
+from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.examples import move_story
+from dimsebus.services.bus.codec import outgoing_event
+from dimsebus.services.bus.log import LogEntry, LogReader, StreamLogReader
+from dimsebus.services.bus.publisher import Publisher
+from dimsebus.services.bus.stream_client import StreamAddress, StreamRefused
+from dimsebus.services.bus.topology import EVENTS_EXCHANGE
+from dimsebus.services.clock import new_id, utc_now
+from dimsebus.services.tracker.app import TrackerSettings
+from dimsebus.services.tracker.store import open_store
+from tests.integration.conftest import until
+
+pytestmark = pytest.mark.integration
+
+
+def some_events(count: int) -> list[CloudEvent]:
+    story = move_story(node_id="streamed", start=utc_now(), ids=iter(new_id, None), instances=count)
+    return [e for e in story if not isinstance(e, ev.COMMAND_MODELS)][:count]
+
+
+def stream_address(amqp_url: str) -> StreamAddress:
+    """Where the test broker serves the stream protocol (a container's mapped port)."""
+    port = os.environ.get("DIMSEBUS_STREAM_PORT")
+    return StreamAddress.of(amqp_url, int(port) if port else None)
+
+
+def seen(entries: list[LogEntry]) -> list[tuple[int, str, str]]:
+    """What a reader made of each entry: its offset, routing key and event id or error."""
+    return [
+        (e.offset, e.routing_key, str(e.event.id) if e.event else f"error: {e.error}")
+        for e in entries
+    ]
+
+
+async def read_all(reader: LogReader | StreamLogReader, count: int) -> list[LogEntry]:
+    """The first ``count`` entries ``reader`` gives (entered here)."""
+    async with reader:
+        return await take(reader, count)
+
+
+async def take(reader: LogReader | StreamLogReader, count: int) -> list[LogEntry]:
+    found: list[LogEntry] = []
+    while len(found) < count:
+        batch = await reader.batch(500, wait=10.0)
+        assert batch, f"{len(found)} of {count} entries came within 10 s"
+        found += batch
+    return found[:count]
+
+
+async def test_the_stream_protocol_reads_the_same_entries_as_amqp(
+    amqp_url: str, connection: AbstractRobustConnection, channel: AbstractChannel
+) -> None:
+    events = some_events(45)
+    publisher = Publisher(channel)
+    async with LogReader(await connection.channel(), "next") as amqp_reader:
+        # given a log written as relays write it (batches of 10, a chunk each or more), one
+        # event at a time, and a body that is no event under an event's routing key
+        for at in range(0, 30, 10):
+            await publisher.send_batch([outgoing_event(e) for e in events[at : at + 10]])
+        await publisher.publish_all(events[30:40])
+        raw = await channel.get_exchange(EVENTS_EXCHANGE)
+        await raw.publish(aio_pika.Message(b"{not json"), "dicom.association.released")
+        await publisher.publish_all(events[40:])
+        total = 46
+        # when it is read over AMQP and over the stream protocol, from its first offset
+        over_amqp = await take(amqp_reader, total)
+    address = stream_address(amqp_url)
+    streamed = await read_all(StreamLogReader(address, over_amqp[0].offset), total)
+    # then both give every entry with the same offset, routing key and event, in order
+    assert seen(streamed) == seen(over_amqp)
+    assert [e.event.id for e in streamed if e.event] == [e.id for e in events]
+    assert [e.error for e in streamed if e.error] == [over_amqp[40].error]
+    assert "Invalid JSON" in str(over_amqp[40].error)
+    # and read from an offset inside a batch's chunk, the stream starts at that offset
+    later = await read_all(StreamLogReader(address, over_amqp[13].offset), total - 13)
+    assert seen(later) == seen(over_amqp[13:])
+
+
+async def test_a_stream_reader_takes_what_comes_next_and_ends_with_its_connection(
+    amqp_url: str, channel: AbstractChannel
+) -> None:
+    # given a stream reader of what comes next
+    reader = StreamLogReader(stream_address(amqp_url), "next")
+    async with reader:
+        events = some_events(3)
+        await Publisher(channel).publish_all(events)
+        # then what is published after it subscribed arrives, live
+        found: list[LogEntry] = []
+        while len(found) < 3:
+            batch = await reader.batch(16, wait=10.0)
+            assert batch, "a live event did not arrive within 10 s"
+            found += batch
+        assert [e.event.id for e in found if e.event] == [e.id for e in events]
+        # and once its connection is gone, the next batch says the log stopped delivering
+        await reader.__aexit__(None, None, None)
+        with pytest.raises(ConnectionError, match="stopped delivering"):
+            await reader.batch(16, wait=5.0)
+
+
+async def test_a_stream_subscription_to_a_vhost_it_may_not_open_is_refused(
+    amqp_url: str,
+) -> None:
+    address = stream_address(amqp_url)
+    elsewhere = StreamAddress(
+        address.host, address.port, address.user, address.password, "no-such-vhost", None
+    )
+    with pytest.raises(StreamRefused, match="opening vhost no-such-vhost"):
+        await StreamLogReader(elsewhere, "first").__aenter__()
+
+
+def a_closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_a_tracker_whose_broker_serves_no_stream_protocol_reads_over_amqp(
+    start_tracker: Callable[..., Awaitable[TrackerSettings]],
+    channel: AbstractChannel,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # given a tracker told the stream port is one where nothing listens
+    caplog.set_level(logging.WARNING, logger="dimsebus.services.tracker.app")
+    events = some_events(5)
+    await Publisher(channel).publish_all(events)
+    settings = await start_tracker(db=tmp_path / "fallback.sqlite", stream_port=a_closed_port())
+    # then it folds the log all the same, over AMQP
+    store = open_store(settings.db)
+    try:
+        await until(lambda: (store.checkpoint() or -1) >= 4, within=30.0, what="the fold")
+    finally:
+        store.close()
+    # and said so in one line naming the port
+    lines = [r.getMessage() for r in caplog.records if "over AMQP" in r.getMessage()]
+    assert len(lines) >= 1
+    assert f":{settings.stream_port} did not serve it" in lines[0]
+
+
+async def test_a_tracker_reads_the_log_over_the_stream_protocol_by_default(
+    start_tracker: Callable[..., Awaitable[TrackerSettings]],
+    channel: AbstractChannel,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="dimsebus.services.tracker.app")
+    await Publisher(channel).publish_all(some_events(5))
+    settings = await start_tracker(db=tmp_path / "streamed.sqlite")
+    store = open_store(settings.db)
+    try:
+        await until(lambda: (store.checkpoint() or -1) >= 4, within=30.0, what="the fold")
+    finally:
+        store.close()
+    assert settings.log_protocol == "stream"
+    # the choice of reader comes before the first fold, so none fell back to AMQP
+    assert not [r for r in caplog.records if "over AMQP" in r.getMessage()]

@@ -1,0 +1,169 @@
+"""The stream protocol as data: osiris chunks and the AMQP 1.0 records in them, no sockets.
+
+The records are built here by a small AMQP 1.0 encoder (part 1 of the specification);
+``tests/integration/test_stream_log.py`` reads what RabbitMQ itself stores.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dimsebus.services.bus import stream_wire as wire
+
+
+def symbol(text: str) -> bytes:
+    data = text.encode()
+    return b"\xa3" + bytes([len(data)]) + data
+
+
+def string(text: str) -> bytes:
+    data = text.encode()
+    if len(data) < 256:
+        return b"\xa1" + bytes([len(data)]) + data
+    return b"\xb1" + struct.pack(">I", len(data)) + data
+
+
+def binary(data: bytes) -> bytes:
+    if len(data) < 256:
+        return b"\xa0" + bytes([len(data)]) + data
+    return b"\xb0" + struct.pack(">I", len(data)) + data
+
+
+def amqp_map(pairs: list[tuple[bytes, bytes]], wide: bool = False) -> bytes:
+    items = b"".join(k + v for k, v in pairs)
+    if wide:
+        return b"\xd1" + struct.pack(">II", len(items) + 4, 2 * len(pairs)) + items
+    return b"\xc1" + bytes([len(items) + 1, 2 * len(pairs)]) + items
+
+
+def section(code: int, value: bytes) -> bytes:
+    return b"\x00\x53" + bytes([code]) + value
+
+
+def record(routing_key: str | None, body: bytes, *, wide: bool = False, split: int = 0) -> bytes:
+    """A message as RabbitMQ stores an AMQP 0-9-1 publish: header, annotations, properties,
+    application properties, then the body as data sections (``split``: two of them)."""
+    annotations = [(symbol("x-exchange"), string("dimsebus.events"))]
+    if routing_key is not None:
+        annotations.append((symbol("x-routing-key"), string(routing_key)))
+    annotations.append((symbol("x-basic-priority"), b"\x50\x00"))
+    fields = string("id-1") + b"\x40" + b"\x83" + bytes(8)  # message-id, null, a timestamp
+    properties = b"\xc0" + bytes([len(fields) + 1, 3]) + fields
+    data = [body[:split], body[split:]] if split else [body]
+    return (
+        section(0x70, b"\xc0\x02\x01\x41")  # header: durable
+        + section(0x72, amqp_map(annotations, wide))
+        + section(0x73, properties)
+        + section(0x74, amqp_map([(string("n"), b"\x71\x00\x00\x00\x07")]))
+        + b"".join(section(0x75, binary(part)) for part in data)
+    )
+
+
+def chunk(first: int, records: list[bytes], kind: int = wire.USER_CHUNK) -> bytes:
+    entries = b"".join(struct.pack(">I", len(r)) + r for r in records)
+    header = wire.CHUNK_HEADER.pack(
+        0x50, kind, len(records), len(records), 0, 1, first, 0, len(entries), 44, 0
+    )
+    return header + entries
+
+
+def test_a_record_gives_its_routing_key_and_body() -> None:
+    assert wire.amqp_message(record("dicom.move.requested", b'{"a": 1}')) == (
+        "dicom.move.requested",
+        b'{"a": 1}',
+    )
+
+
+def test_a_body_in_several_data_sections_is_joined() -> None:
+    body = b"x" * 300
+    assert wire.amqp_message(record("k", body, split=100)) == ("k", body)
+
+
+def test_a_message_without_a_routing_key_annotation_has_none() -> None:
+    assert wire.amqp_message(record(None, b"{}")) == (None, b"{}")
+
+
+@given(
+    key=st.text(max_size=300),
+    body=st.binary(max_size=2000),
+    wide=st.booleans(),
+    split=st.integers(0, 50),
+)
+def test_any_key_and_body_read_back(key: str, body: bytes, wide: bool, split: int) -> None:
+    split = min(split, len(body) - 1) if len(body) > 1 else 0
+    assert wire.amqp_message(record(key, body, wide=wide, split=split)) == (key, body)
+
+
+@given(cut=st.integers(1, 200))
+def test_a_record_cut_short_is_a_wire_error_or_lost_its_body(cut: int) -> None:
+    """Cut inside a section, it is an error, not an IndexError; cut between two sections
+    it is a shorter message, without the body."""
+    whole = record("dicom.move.requested", b'{"a": 1}')
+    try:
+        _, body = wire.amqp_message(whole[: max(1, len(whole) - cut)])
+    except wire.WireError:
+        return
+    assert body == b""
+
+
+def test_bytes_that_are_no_message_section_are_a_wire_error() -> None:
+    with pytest.raises(wire.WireError, match="does not start a message section"):
+        wire.amqp_message(b'{"not": "amqp"}')
+    with pytest.raises(wire.WireError, match=r"unknown AMQP 1\.0 constructor"):
+        wire.amqp_message(section(0x74, b"\x33\x00"))
+
+
+def test_a_chunk_gives_each_record_its_offset() -> None:
+    records = [record("k", bytes([n])) for n in range(3)]
+    found, taken = wire.chunk_records(b"\x00" * 5 + chunk(40, records), 5, 0)
+    assert found == wire.Chunk(40, 3, user=True)
+    assert taken == [(40, records[0]), (41, records[1]), (42, records[2])]
+
+
+def test_records_before_the_start_offset_are_left_out() -> None:
+    """A subscription at offset 41 is sent the whole chunk that holds it."""
+    records = [record("k", bytes([n])) for n in range(3)]
+    _, taken = wire.chunk_records(chunk(40, records), 0, 41)
+    assert [offset for offset, _ in taken] == [41, 42]
+    assert wire.chunk_records(chunk(40, records), 0, 43)[1] == []
+
+
+def test_a_chunk_that_is_not_user_data_gives_no_records() -> None:
+    found, taken = wire.chunk_records(chunk(7, [b"tracking"], kind=1), 0, 0)
+    assert not found.user
+    assert taken == []
+
+
+def test_a_chunk_shorter_than_it_says_is_a_wire_error() -> None:
+    whole = chunk(0, [record("k", b"{}")])
+    with pytest.raises(wire.WireError, match="claims"):
+        wire.chunk_records(whole[:-3], 0, 0)
+    with pytest.raises(wire.WireError, match="shorter than its header"):
+        wire.chunk_records(whole[:20], 0, 0)
+    with pytest.raises(wire.WireError, match="not an osiris chunk"):
+        wire.chunk_records(b"\x10" + whole[1:], 0, 0)
+
+
+def test_a_sub_batch_entry_is_a_wire_error_naming_its_offset() -> None:
+    entries = struct.pack(">I", 0x8000_0000 | 10) + bytes(10)
+    header = wire.CHUNK_HEADER.pack(0x50, 0, 1, 3, 0, 1, 9, 0, len(entries), 0, 0)
+    with pytest.raises(wire.WireError, match="offset 9: a sub-batch"):
+        wire.chunk_records(header + entries, 0, 0)
+
+
+def test_subscribe_names_its_offset() -> None:
+    named = wire.subscribe_parts(0, "dimsebus.log", "first", 32)
+    assert named == b"\x00" + wire.short_string("dimsebus.log") + b"\x00\x01\x00\x20" + bytes(4)
+    numbered = wire.subscribe_parts(0, "dimsebus.log", 1234, 32)
+    assert numbered[15:25] == struct.pack(">HQ", wire.OFFSET_NUMBER, 1234)
+
+
+def test_a_frame_is_sized_keyed_and_versioned() -> None:
+    assert (
+        wire.frame(wire.CREDIT, b"\x00\x00\x10") == b"\x00\x00\x00\x07\x00\x09\x00\x01\x00\x00\x10"
+    )
+    assert wire.credit(0, 16) == wire.frame(wire.CREDIT, b"\x00\x00\x10")
