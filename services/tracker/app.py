@@ -21,10 +21,11 @@ from aio_pika.abc import AbstractConnection
 
 from dimsebus.schemas import events as ev
 from dimsebus.schemas.envelope import CloudEvent
-from dimsebus.services.bus.log import LogEntry, LogReader
+from dimsebus.services.bus.log import LogEntry, LogReader, StreamLogReader
 from dimsebus.services.bus.outbox import Outbox
 from dimsebus.services.bus.relay import RelayProcess
 from dimsebus.services.bus.session import supervised
+from dimsebus.services.bus.stream_client import StreamAddress
 from dimsebus.services.bus.topology import ensure_topology
 from dimsebus.services.clock import utc_now
 from dimsebus.services.http import serving
@@ -334,13 +335,53 @@ async def _read(
     stop: asyncio.Event,
     ready: asyncio.Event | None,
 ) -> None:
-    async with LogReader(
-        await connection.channel(), start, prefetch=2000, max_body_bytes=settings.max_body_bytes
-    ) as reader:
+    reader = await _open_log(settings, connection, start)
+    folding: asyncio.Future[list[CloudEvent]] | None = None  # a batch folded on a worker thread
+    try:
         if ready is not None:
             ready.set()
         while not stop.is_set():
-            # what came while the last batch was folded: a batch grows with the backlog
+            # The next batch is taken and decoded while the last one is folded (its SQLite
+            # commit lets go of the GIL); batches are folded one at a time, in order.
+            # What came meanwhile joins the batch: a batch grows with the backlog.
             batch = await reader.batch(settings.batch_size, 0.2)
+            if folding is not None:
+                await folding
+                folding = None
             if batch:
-                await asyncio.to_thread(tracker.handle, batch, utc_now())
+                folding = asyncio.ensure_future(asyncio.to_thread(tracker.handle, batch, utc_now()))
+    finally:
+        try:
+            if folding is not None:
+                await folding  # never two folds at once, even across a new session
+        finally:
+            await reader.__aexit__(None, None, None)
+
+
+async def _open_log(
+    settings: TrackerSettings, connection: AbstractConnection, start: str | int
+) -> LogReader | StreamLogReader:
+    """The log from ``start``, entered: over the stream protocol on the broker ``connection``
+    is connected to (``log_protocol = "stream"``), else over AMQP on ``connection``.
+
+    A broker whose stream port does not answer or refuses (the plugin not enabled, a
+    node without a replica of the log) is read over AMQP, said in one line.
+    """
+    limit = settings.max_body_bytes
+    if settings.log_protocol == "stream":
+        address = StreamAddress.of(str(getattr(connection, "url", "")), settings.stream_port)
+        reader = StreamLogReader(
+            address, start, name=f"dimsebus-{settings.tracker_id}", max_body_bytes=limit
+        )
+        try:
+            return await reader.__aenter__()
+        except (OSError, TimeoutError) as exc:
+            log.warning(
+                "tracker reading dimsebus.log over AMQP: the stream protocol at %s:%d "
+                "did not serve it (%s)",
+                address.host,
+                address.port,
+                exc or type(exc).__name__,
+            )
+    amqp = LogReader(await connection.channel(), start, prefetch=2000, max_body_bytes=limit)
+    return await amqp.__aenter__()
