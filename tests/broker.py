@@ -50,7 +50,7 @@ def rabbitmq_container() -> Iterator[tuple[str, Exec]]:
     """A throw-away RabbitMQ in Docker: its URL and a way to run rabbitmqctl in it."""
     from testcontainers.rabbitmq import RabbitMqContainer
 
-    with RabbitMqContainer("rabbitmq:3.13-management") as container:
+    with RabbitMqContainer("rabbitmq:3.13-management").with_exposed_ports(5552) as container:
         host = container.get_container_host_ip()
         port = container.get_exposed_port(5672)
 
@@ -60,6 +60,10 @@ def rabbitmq_container() -> Iterator[tuple[str, Exec]]:
                 raise RuntimeError(f"{argv} failed in the container: {output!r}")
             return output.decode()  # type: ignore[no-any-return]
 
+        # The tracker reads the log over the stream protocol, on the port Docker mapped
+        # 5552 to: this process's trackers, and those it starts, read the setting.
+        run(["rabbitmq-plugins", "enable", "rabbitmq_stream"])
+        os.environ["DIMSEBUS_STREAM_PORT"] = str(container.get_exposed_port(5552))
         yield f"amqp://guest:guest@{host}:{port}/", run
 
 
