@@ -3,6 +3,12 @@
 replay   N C-STORE response events of C-MOVEs of 100 instances each are put
          on the log, then a tracker with an empty database folds the whole log;
          events/s = events folded / time until its checkpoint reaches the end.
+         Each log is replayed twice, alternately over the stream protocol and over
+         AMQP 0-9-1 (the baseline). A log is written in publishes of --log-batch
+         events (repeatable; default 1, 4 and 100): 1 is one confirmed publish at a
+         time, 4 about what a node's relay sends a batch at full C-STORE speed, 100
+         a relay catching up. The broker stores what it receives together as one
+         chunk, and a reader pays per chunk as well as per event.
 live     a node-side capture appends responses to the outbox at R/s (the
          same call the DIMSE thread makes); the relay publishes them, the
          tracker folds and commits; latency = commit time - responded_at.
@@ -10,6 +16,7 @@ live     a node-side capture appends responses to the outbox at R/s (the
          in a vhost of its own.
 
   python -m bench.tracker [--events 100000] [--rate 200 --rate 1000] [--seconds 15]
+                          [--log-batch 1 --log-batch 4 --log-batch 100]
                           [--no-replay | --no-live]
 """
 
@@ -27,7 +34,7 @@ import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from aio_pika.abc import AbstractConnection
@@ -37,6 +44,7 @@ from rich.table import Table
 from dimsebus.schemas import events as ev
 from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.schemas.examples import move_story
+from dimsebus.services.bus.codec import outgoing_event
 from dimsebus.services.bus.connection import confirming_channel, connect
 from dimsebus.services.bus.log import LogEntry
 from dimsebus.services.bus.outbox import Outbox
@@ -70,8 +78,9 @@ def move_events(count: int) -> list[CloudEvent]:
     return found
 
 
-async def publish_moves(url: str, count: int, chunk: int = 10_000) -> int:
-    """Put about ``count`` events of whole moves on the log; how many.
+async def publish_moves(url: str, count: int, batch: int = 1, chunk: int = 10_000) -> int:
+    """Put about ``count`` events of whole moves on the log, ``batch`` to a publish (one
+    write, as the relay sends a batch; 1: each on its own); how many.
 
     Made and published ``chunk`` at a time, and not kept: the tracker, which the bench
     runs in this process, should not pay for collecting the bench's own events (100,000
@@ -84,31 +93,61 @@ async def publish_moves(url: str, count: int, chunk: int = 10_000) -> int:
         publisher = Publisher(channel, window=512)
         while published < count:
             events = move_events(min(chunk, count - published))
-            await publisher.publish_all(events)
+            if batch == 1:
+                await publisher.publish_all(events)
+            else:
+                for at in range(0, len(events), batch):
+                    part = [outgoing_event(e) for e in events[at : at + batch]]
+                    await publisher.send_batch(part)
             published += len(events)
     return published
 
 
-async def replay(url: str, count: int, folder: Path) -> tuple[int, float, float]:
-    """Events replayed, seconds until the checkpoint reached the last, and this process's
-    CPU seconds meanwhile (the tracker's, and the bench's polling of the checkpoint)."""
-    published = await publish_moves(url, count)
+async def replay(
+    url: str, published: int, folder: Path, protocol: Literal["stream", "amqp"] = "stream"
+) -> tuple[float, float]:
+    """Seconds until a tracker with an empty database, reading the log over ``protocol``,
+    had its checkpoint at the last of ``published`` events, and this process's CPU seconds
+    meanwhile (the tracker's, and the bench's polling of the checkpoint)."""
     gc.collect()  # what publishing left is not collected on the tracker's time
     collect_less_often()  # as `dimsebus tracker` does
+    db = str(folder / f"replay-{protocol}.sqlite")
     settings = TrackerSettings(
-        amqp_url=url, db=str(folder / "replay.sqlite"), outbox_path=folder / "r-outbox.sqlite"
+        amqp_url=url,
+        db=db,
+        outbox_path=folder / f"r-outbox-{protocol}.sqlite",
+        log_protocol=protocol,
     )
     stop = asyncio.Event()
     started, cpu = time.perf_counter(), time.process_time()
     task = asyncio.create_task(run_tracker(settings, stop))
-    store = open_store(str(folder / "replay.sqlite"))
+    store = open_store(db)
     while (store.checkpoint() or 0) < published - 1:  # noqa: ASYNC110 - polling another process's file
         await asyncio.sleep(0.05)
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
     stop.set()
     await task
     store.close()
-    return published, elapsed, cpu
+    return elapsed, cpu
+
+
+Replayed = tuple[int, int, str, float, float]  # log batch, events, protocol, seconds, CPU
+
+
+async def replays(url: str, count: int, batch: int, rounds: int, folder: Path) -> list[Replayed]:
+    """The log written ``batch`` to a publish, replayed ``rounds`` times over each protocol,
+    alternating which goes first."""
+    published = await publish_moves(url, count, batch)
+    done: list[Replayed] = []
+    for n in range(rounds):
+        order: tuple[Literal["stream", "amqp"], ...] = ("stream", "amqp")
+        order = order if n % 2 == 0 else order[::-1]
+        for protocol in order:
+            place = folder / f"replay-{batch}-{n}-{protocol}"
+            place.mkdir()
+            seconds, cpu = await replay(url, published, place, protocol)
+            done.append((batch, published, protocol, seconds, cpu))
+    return done
 
 
 class TimedTracker(Tracker):
@@ -204,17 +243,21 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--rate", type=float, action="append", help="responses/s (repeatable)")
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--log-batch", type=int, action="append", help="events per publish to the log (repeatable)"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="replays of each log, per protocol")
     parser.add_argument("--no-replay", action="store_true", help="live runs only")
     parser.add_argument("--no-live", action="store_true", help="the replay only")
     args = parser.parse_args()
     rates: list[float] = [] if args.no_live else (args.rate or [200.0, 1000.0])
     base = os.environ.get("AMQP_URL", LOCAL_URL)
     runs: list[Run] = []
-    replayed: tuple[int, float, float] | None = None
+    replayed: list[Replayed] = []
     with tempfile.TemporaryDirectory() as folder:
-        if not args.no_replay:
+        for batch in [] if args.no_replay else (args.log_batch or [1, 4, 100]):
             with private_vhost(base, local_rabbitmqctl()) as url:
-                replayed = asyncio.run(replay(url, args.events, Path(folder)))
+                replayed += asyncio.run(replays(url, args.events, batch, args.rounds, Path(folder)))
         for n, rate in enumerate(rates):
             with private_vhost(base, local_rabbitmqctl()) as url:
                 place = Path(folder) / f"live-{n}"
@@ -223,21 +266,34 @@ def main() -> None:
     Console().print(table(replayed, runs, args.seconds))
 
 
-def table(replayed: tuple[int, float, float] | None, runs: list[Run], seconds: float) -> Table:
-    """The replay rate, and the latency percentiles of each live rate.
+def table(replayed: list[Replayed], runs: list[Run], seconds: float) -> Table:
+    """The replay rates, and the latency percentiles of each live rate.
 
-    "taken" is when the tracker took the response's batch to fold: before it, the
-    relay, the broker and the tracker's reader; after it, the fold and the commit."""
-    out = Table(title="tracker")
+    A replay row is the median of its rounds, with their range, and the ratio of the
+    stream protocol's rate to AMQP's (the median of each round's pair). "taken" is when
+    the tracker took the response's batch to fold: before it, the relay, the broker and
+    the tracker's reader; after it, the fold and the commit."""
+    out = Table(title=f"tracker (load {os.getloadavg()[0]:.2f})")
     for column in ("measure", "value"):
         out.add_column(column, justify="left" if column == "measure" else "right")
-    if replayed is not None:
-        count, elapsed, cpu = replayed
-        out.add_row(
-            f"replay: events folded from the stream ({count:,} events)",
-            f"{count / elapsed:,.0f} events/s",
-        )
-        out.add_row("replay: the tracker's CPU per event", f"{cpu / count * 1e6:.0f} us")
+    for batch in dict.fromkeys(r[0] for r in replayed):
+        mine = [r for r in replayed if r[0] == batch]
+        count = mine[0][1]
+        rates = {
+            protocol: [c / s for b, c, p, s, _ in mine if p == protocol]
+            for protocol in ("stream", "amqp")
+        }
+        for protocol, label in (("stream", "stream protocol"), ("amqp", "AMQP 0-9-1")):
+            values = rates[protocol]
+            cpu = statistics.median(u / c for b, c, p, s, u in mine if p == protocol)
+            out.add_row(
+                f"replay, log written {batch} per publish ({count:,} events), over {label}",
+                f"{statistics.median(values):,.0f} events/s "
+                f"({min(values):,.0f}-{max(values):,.0f}), {cpu * 1e6:.0f} us CPU/event",
+            )
+        pairs = zip(rates["stream"], rates["amqp"], strict=True)
+        ratio = statistics.median(s / a for s, a in pairs)
+        out.add_row(f"replay, log written {batch} per publish: stream / AMQP", f"{ratio:.2f}x")
     for rate, latencies, taken in runs:
         for what, values in (("taken by the tracker", taken), ("committed", latencies)):
             cuts = statistics.quantiles(values, n=100)

@@ -106,7 +106,8 @@ def main() -> None:
         del bodies
         gc.collect()
     with tempfile.TemporaryDirectory() as folder, private_vhost(base, local_rabbitmqctl()) as url:
-        replayed, elapsed, whole = asyncio.run(replay(url, args.events, Path(folder)))
+        replayed = asyncio.run(publish_moves(url, args.events))
+        elapsed, whole = asyncio.run(replay(url, replayed, Path(folder)))
     table = Table(title=f"replay split: {count:,} events (load {os.getloadavg()[0]:.2f})")
     for column in ("stage", "CPU us/event", "at most events/s"):
         table.add_column(column, justify="left" if column == "stage" else "right")
