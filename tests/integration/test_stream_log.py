@@ -124,49 +124,42 @@ async def test_a_stream_subscription_to_a_vhost_it_may_not_open_is_refused(
         await StreamLogReader(elsewhere, "first").__aenter__()
 
 
+async def folded(settings: TrackerSettings, offset: int) -> None:
+    """Once the tracker's checkpoint is at ``offset`` or past it."""
+    store = open_store(settings.db)
+    try:
+        await until(lambda: (store.checkpoint() or -1) >= offset, within=30.0, what="the fold")
+    finally:
+        store.close()
+
+
 def a_closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-async def test_a_tracker_whose_broker_serves_no_stream_protocol_reads_over_amqp(
+@pytest.mark.parametrize("serves", [True, False], ids=["stream-port", "nothing-listens"])
+async def test_a_tracker_reads_over_the_stream_protocol_or_says_it_reads_over_amqp(
+    serves: bool,
     start_tracker: Callable[..., Awaitable[TrackerSettings]],
     channel: AbstractChannel,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # given a tracker told the stream port is one where nothing listens
-    caplog.set_level(logging.WARNING, logger="dimsebus.services.tracker.app")
-    events = some_events(5)
-    await Publisher(channel).publish_all(events)
-    settings = await start_tracker(db=tmp_path / "fallback.sqlite", stream_port=a_closed_port())
-    # then it folds the log all the same, over AMQP
-    store = open_store(settings.db)
-    try:
-        await until(lambda: (store.checkpoint() or -1) >= 4, within=30.0, what="the fold")
-    finally:
-        store.close()
-    # and said so in one line naming the port
-    lines = [r.getMessage() for r in caplog.records if "over AMQP" in r.getMessage()]
-    assert len(lines) >= 1
-    assert f":{settings.stream_port} did not serve it" in lines[0]
-
-
-async def test_a_tracker_reads_the_log_over_the_stream_protocol_by_default(
-    start_tracker: Callable[..., Awaitable[TrackerSettings]],
-    channel: AbstractChannel,
-    tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+    # given a tracker whose broker serves the stream protocol, or one told that the stream
+    # port is one where nothing listens
     caplog.set_level(logging.WARNING, logger="dimsebus.services.tracker.app")
     await Publisher(channel).publish_all(some_events(5))
-    settings = await start_tracker(db=tmp_path / "streamed.sqlite")
-    store = open_store(settings.db)
-    try:
-        await until(lambda: (store.checkpoint() or -1) >= 4, within=30.0, what="the fold")
-    finally:
-        store.close()
-    assert settings.log_protocol == "stream"
-    # the choice of reader comes before the first fold, so none fell back to AMQP
-    assert not [r for r in caplog.records if "over AMQP" in r.getMessage()]
+    extra = {} if serves else {"stream_port": a_closed_port()}
+    settings = await start_tracker(db=tmp_path / "t.sqlite", **extra)
+    # then it folds the log either way
+    await folded(settings, 4)
+    # and where it fell back to AMQP, it said so in one line naming the port; the choice
+    # of reader comes before the first fold, so a tracker that did not say so read streamed
+    lines = [r.getMessage() for r in caplog.records if "over AMQP" in r.getMessage()]
+    if serves:
+        assert lines == []
+    else:
+        assert len(lines) == 1
+        assert f":{settings.stream_port} did not serve it" in lines[0]
