@@ -17,7 +17,12 @@ from aiormq.abc import DeliveredMessage
 from dimsebus.schemas.events import Event
 from dimsebus.schemas.limits import MAX_BODY_BYTES
 from dimsebus.services.bus.codec import decode_body
-from dimsebus.services.bus.stream_client import StreamAddress, StreamSubscription
+from dimsebus.services.bus.stream_client import (
+    MAX_FRAME,
+    ChunkTooLarge,
+    StreamAddress,
+    StreamSubscription,
+)
 from dimsebus.services.bus.stream_wire import WireError, amqp_message
 from dimsebus.services.bus.topology import LOG_STREAM
 from dimsebus.services.errors import ConfigError, InvalidEvent
@@ -26,6 +31,11 @@ NAMED_OFFSETS = ("first", "last", "next")
 FIRST_CREDIT = 32  # chunks a stream subscription asks for before it knows how big they are
 MAX_CREDIT = 2000  # chunks asked for at most at once (a chunk holds one record at least)
 CREDIT_STEP = 16  # credit is given in steps of at least this many chunks
+
+
+def log_stopped() -> ConnectionError:
+    """What a batch raises once the log stopped delivering and every entry was taken."""
+    return ConnectionError("the log stopped delivering (its channel closed)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +117,7 @@ class _Reader:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wait(), wait)
         if not self._deliveries and self._ended:
-            raise ConnectionError("the log stopped delivering (its channel closed)")
+            raise self._stopped()
         loop = asyncio.get_running_loop()
         until = loop.time() + (gather if len(self._deliveries) >= size // 8 else 0.0)
         while 0 < len(self._deliveries) < size and not self._ended and loop.time() < until:
@@ -116,6 +126,10 @@ class _Reader:
             if len(self._deliveries) == before:
                 break
         return [self._entry(item) for item in self._taken(size)]
+
+    def _stopped(self) -> ConnectionError:
+        """What a batch raises once the log stopped delivering and every entry was taken."""
+        return log_stopped()
 
     async def _wait(self) -> None:
         """Until a delivery comes or the log ends."""
@@ -237,6 +251,7 @@ class StreamLogReader(_Reader):
         name: str = "dimsebus",
         max_waiting: int = 4000,
         max_body_bytes: int = MAX_BODY_BYTES,
+        max_frame: int = MAX_FRAME,
     ) -> None:
         super().__init__()
         self._offset = offset
@@ -244,7 +259,7 @@ class StreamLogReader(_Reader):
         self._max_body_bytes = max_body_bytes
         self._in_flight = FIRST_CREDIT  # chunks asked for that have not arrived
         self._chunks = self._records = 0  # seen so far: how big a chunk is
-        self._subscription = StreamSubscription(address, name, self._arrived)
+        self._subscription = StreamSubscription(address, name, self._arrived, max_frame)
 
     async def __aenter__(self) -> StreamLogReader:
         await self._subscription.open(LOG_STREAM, self._offset, FIRST_CREDIT)
@@ -259,6 +274,12 @@ class StreamLogReader(_Reader):
     def reason(self) -> BaseException | None:
         """Why the subscription ended, once it has."""
         return self._subscription.reason
+
+    def _stopped(self) -> ConnectionError:
+        """``ChunkTooLarge`` when that is why the subscription ended: reading on over the
+        stream protocol would stop at the same chunk again."""
+        reason = self.reason
+        return reason if isinstance(reason, ChunkTooLarge) else log_stopped()
 
     def _arrived(self, records: list[tuple[int, bytes]], chunks: int) -> None:
         self._in_flight -= chunks

@@ -24,12 +24,22 @@ from dimsebus.services.bus import stream_wire as wire
 
 STREAM_PORT = 5552
 STREAM_TLS_PORT = 5551
-MAX_FRAME = 8 * 1024 * 1024  # what this client announces in Tune; the broker sends no more
+# A Deliver frame is one whole osiris chunk: what the broker's writer batched, whatever
+# frame_max says (brokers before 4.3.5 send it anyway; later ones close the connection
+# with "frame too large"). This client accepts the broker's frame_max in Tune and reads
+# frames up to MAX_FRAME, a memory bound; a larger chunk ends the subscription with
+# ChunkTooLarge, and the tracker reads on over AMQP.
+MAX_FRAME = 64 * 1024 * 1024
+FRAME_TOO_LARGE = 0x0E
 HEARTBEAT = 60  # seconds, at most; the broker's Tune may ask for less
 SUBSCRIPTION = 0
 REQUEST_TIMEOUT = 10.0
 
 _HEADER = struct.Struct(">HH")
+
+
+class ChunkTooLarge(ConnectionError):
+    """A chunk of the log is larger than a frame may be, here or for the broker."""
 
 
 class StreamRefused(ConnectionError):
@@ -89,8 +99,9 @@ class StreamProtocol(asyncio.Protocol):
     """The connection's frames: responses to this client's requests, Deliver, Heartbeat,
     Tune and Close from the broker. Delivered records go to ``on_records``."""
 
-    def __init__(self, on_records: Records, start: int) -> None:
+    def __init__(self, on_records: Records, start: int, max_frame: int = MAX_FRAME) -> None:
         self._on_records = on_records
+        self.max_frame = max_frame
         self.start = start  # records before this offset are left out
         self._buffer = bytearray()
         self._pending: dict[int, asyncio.Future[bytes]] = {}
@@ -148,7 +159,10 @@ class StreamProtocol(asyncio.Protocol):
         at = 0
         while len(buffer) - at >= 4:
             (size,) = struct.unpack_from(">I", buffer, at)
-            if size > MAX_FRAME + 1024 or size < 4:
+            if size > self.max_frame:
+                self._close(ChunkTooLarge(f"a frame of {size} bytes, over {self.max_frame}"))
+                return
+            if size < 4:
                 self._close(wire.WireError(f"a stream frame of {size} bytes"))
                 return
             if len(buffer) - at - 4 < size:
@@ -179,10 +193,11 @@ class StreamProtocol(asyncio.Protocol):
             if not self.tune.done():
                 self.tune.set_result(struct.unpack_from(">II", body, 4))
         elif key == wire.CLOSE:
-            (correlation, _code) = struct.unpack_from(">IH", body, 4)
+            (correlation, code) = struct.unpack_from(">IH", body, 4)
             reason, _ = wire.read_string(body, 10)
             self.send(wire.frame(wire.CLOSE | wire.RESPONSE, struct.pack(">IH", correlation, 1)))
-            self._close(ConnectionError(f"the broker closed the stream connection: {reason}"))
+            why = f"the broker closed the stream connection: {reason}"
+            self._close(ChunkTooLarge(why) if code == FRAME_TOO_LARGE else ConnectionError(why))
         elif key == wire.METADATA_UPDATE:
             # the stream was deleted or its leader moved: read again, from the checkpoint
             self._close(ConnectionError("the stream's metadata changed (deleted or moved)"))
@@ -196,10 +211,13 @@ class StreamSubscription:
     taken. The connection's end (lost, closed, the stream deleted) sets ``ended``.
     """
 
-    def __init__(self, address: StreamAddress, name: str, on_records: Records) -> None:
+    def __init__(
+        self, address: StreamAddress, name: str, on_records: Records, max_frame: int = MAX_FRAME
+    ) -> None:
         self._address = address
         self._name = name
         self._on_records = on_records
+        self._max_frame = max_frame
         self._protocol: StreamProtocol | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
 
@@ -220,7 +238,7 @@ class StreamSubscription:
         start = offset if isinstance(offset, int) else 0
         _, protocol = await asyncio.wait_for(
             loop.create_connection(
-                lambda: StreamProtocol(self._on_records, start),
+                lambda: StreamProtocol(self._on_records, start, self._max_frame),
                 address.host,
                 address.port,
                 ssl=address.tls,
@@ -255,7 +273,7 @@ class StreamSubscription:
             what=f"authenticating as {address.user}",
         )
         frame_max, heartbeat = await asyncio.wait_for(protocol.tune, REQUEST_TIMEOUT)
-        frame_max = min(frame_max or MAX_FRAME, MAX_FRAME)
+        frame_max = min(frame_max or protocol.max_frame, protocol.max_frame)
         heartbeat = min(heartbeat or HEARTBEAT, HEARTBEAT)
         protocol.send(wire.frame(wire.TUNE, struct.pack(">II", frame_max, heartbeat)))
         await protocol.call(

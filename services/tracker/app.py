@@ -15,7 +15,7 @@ import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from aio_pika.abc import AbstractConnection
 
@@ -25,7 +25,7 @@ from dimsebus.services.bus.log import LogEntry, LogReader, StreamLogReader
 from dimsebus.services.bus.outbox import Outbox
 from dimsebus.services.bus.relay import RelayProcess
 from dimsebus.services.bus.session import supervised
-from dimsebus.services.bus.stream_client import StreamAddress
+from dimsebus.services.bus.stream_client import ChunkTooLarge, StreamAddress
 from dimsebus.services.bus.topology import ensure_topology
 from dimsebus.services.clock import utc_now
 from dimsebus.services.http import serving
@@ -335,7 +335,30 @@ async def _read(
     stop: asyncio.Event,
     ready: asyncio.Event | None,
 ) -> None:
-    reader = await _open_log(settings, connection, start)
+    protocol = settings.log_protocol
+    while True:
+        reader = await _open_log(settings, connection, start, protocol)
+        try:
+            await _fold(tracker, settings, reader, stop, ready)
+            return
+        except ChunkTooLarge as exc:
+            # The stream would stop at the same chunk again: this session reads on over
+            # AMQP, from what the fold committed (a start of "next" or "last" with nothing
+            # committed yet is asked for again as it was).
+            checkpoint = tracker.store.checkpoint()
+            start = start if checkpoint is None else checkpoint + 1
+            log.warning("tracker reading dimsebus.log over AMQP from %s: %s", start, exc)
+            protocol = "amqp"
+
+
+async def _fold(
+    tracker: Tracker,
+    settings: TrackerSettings,
+    reader: LogReader | StreamLogReader,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None,
+) -> None:
+    """Fold what ``reader`` gives until ``stop``; the reader is closed on the way out."""
     folding: asyncio.Future[list[CloudEvent]] | None = None  # a batch folded on a worker thread
     try:
         if ready is not None:
@@ -359,16 +382,19 @@ async def _read(
 
 
 async def _open_log(
-    settings: TrackerSettings, connection: AbstractConnection, start: str | int
+    settings: TrackerSettings,
+    connection: AbstractConnection,
+    start: str | int,
+    protocol: Literal["stream", "amqp"],
 ) -> LogReader | StreamLogReader:
     """The log from ``start``, entered: over the stream protocol on the broker ``connection``
-    is connected to (``log_protocol = "stream"``), else over AMQP on ``connection``.
+    is connected to (``protocol`` "stream"), else over AMQP on ``connection``.
 
     A broker whose stream port does not answer or refuses (the plugin not enabled, a
     node without a replica of the log) is read over AMQP, said in one line.
     """
     limit = settings.max_body_bytes
-    if settings.log_protocol == "stream":
+    if protocol == "stream":
         address = StreamAddress.of(str(getattr(connection, "url", "")), settings.stream_port)
         reader = StreamLogReader(
             address, start, name=f"dimsebus-{settings.tracker_id}", max_body_bytes=limit

@@ -3,6 +3,7 @@ offset, and a tracker that falls back to AMQP where the stream port does not ser
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -19,9 +20,10 @@ from dimsebus.schemas.examples import move_story
 from dimsebus.services.bus.codec import outgoing_event
 from dimsebus.services.bus.log import LogEntry, LogReader, StreamLogReader
 from dimsebus.services.bus.publisher import Publisher
-from dimsebus.services.bus.stream_client import StreamAddress, StreamRefused
+from dimsebus.services.bus.stream_client import ChunkTooLarge, StreamAddress, StreamRefused
 from dimsebus.services.bus.topology import EVENTS_EXCHANGE
 from dimsebus.services.clock import new_id, utc_now
+from dimsebus.services.tracker import app as tracker_app
 from dimsebus.services.tracker.app import TrackerSettings
 from dimsebus.services.tracker.store import open_store
 from tests.integration.conftest import until
@@ -163,3 +165,32 @@ async def test_a_tracker_reads_over_the_stream_protocol_or_says_it_reads_over_am
     else:
         assert len(lines) == 1
         assert f":{settings.stream_port} did not serve it" in lines[0]
+
+
+async def test_a_chunk_over_the_frame_bound_ends_the_stream_and_the_tracker_reads_on_over_amqp(
+    amqp_url: str,
+    start_tracker: Callable[..., Awaitable[TrackerSettings]],
+    connection: AbstractRobustConnection,
+    channel: AbstractChannel,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a log holding a batch of 30 events published in one write (a chunk of several
+    # KB), and readers that take frames of 4 KB at most
+    events = some_events(30)
+    await Publisher(channel).send_batch([outgoing_event(e) for e in events])
+    small = functools.partial(StreamLogReader, max_frame=4096)
+    # when a stream reader reaches that chunk, then it ends, saying why
+    with pytest.raises(ChunkTooLarge, match="over 4096"):
+        await read_all(small(stream_address(amqp_url), "first"), 10**6)
+    # and a tracker whose stream stops there reads on over AMQP, said in one line
+    caplog.set_level(logging.WARNING, logger="dimsebus.services.tracker.app")
+    monkeypatch.setattr(tracker_app, "StreamLogReader", small)
+    settings = await start_tracker(db=tmp_path / "t.sqlite")
+    await until(lambda: any("over AMQP from" in r.getMessage() for r in caplog.records))
+    # and folds the whole log: the big chunk, and what is published after it
+    async with LogReader(await connection.channel(), "next") as later:
+        await Publisher(channel).publish_all(some_events(2))
+        last = (await take(later, 2))[-1].offset
+    await folded(settings, last)
