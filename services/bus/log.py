@@ -281,9 +281,10 @@ class StreamLogReader(_Reader):
         reason = self.reason
         return reason if isinstance(reason, ChunkTooLarge) else log_stopped()
 
-    def _arrived(self, records: list[tuple[int, bytes]], chunks: int) -> None:
-        self._in_flight -= chunks
-        self._chunks += chunks
+    def _arrived(self, records: list[tuple[int, bytes]]) -> None:
+        """One chunk's records, those before the start offset left out."""
+        self._in_flight -= 1
+        self._chunks += 1
         self._records += len(records)
         if records:
             self._deliveries.extend(records)

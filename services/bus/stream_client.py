@@ -92,7 +92,7 @@ def _tls_context(url: yarl.URL) -> ssl.SSLContext:
     return context
 
 
-Records = Callable[[list[tuple[int, bytes]], int], None]
+Records = Callable[[list[tuple[int, bytes]]], None]  # a chunk's (offset, record)s
 
 
 class StreamProtocol(asyncio.Protocol):
@@ -117,9 +117,10 @@ class StreamProtocol(asyncio.Protocol):
         self.transport = transport
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._close(exc or ConnectionError("the broker closed the stream connection"))
+        self.end(exc or ConnectionError("the broker closed the stream connection"))
 
-    def _close(self, exc: BaseException) -> None:
+    def end(self, exc: BaseException) -> None:
+        """End the connection: pending requests fail with ``exc``, ``closed`` is set."""
         if self.reason is None:
             self.reason = exc
         for waiter in self._pending.values():
@@ -127,6 +128,7 @@ class StreamProtocol(asyncio.Protocol):
                 waiter.set_exception(exc)
         if not self.tune.done():
             self.tune.set_exception(exc)
+            self.tune.exception()  # a handshake refused earlier never awaits it
         if not self.closed.done():
             self.closed.set_result(None)
         if self.transport is not None:
@@ -160,10 +162,10 @@ class StreamProtocol(asyncio.Protocol):
         while len(buffer) - at >= 4:
             (size,) = struct.unpack_from(">I", buffer, at)
             if size > self.max_frame:
-                self._close(ChunkTooLarge(f"a frame of {size} bytes, over {self.max_frame}"))
+                self.end(ChunkTooLarge(f"a frame of {size} bytes, over {self.max_frame}"))
                 return
             if size < 4:
-                self._close(wire.WireError(f"a stream frame of {size} bytes"))
+                self.end(wire.WireError(f"a stream frame of {size} bytes"))
                 return
             if len(buffer) - at - 4 < size:
                 break
@@ -172,16 +174,15 @@ class StreamProtocol(asyncio.Protocol):
             try:
                 self._frame(body)
             except (wire.WireError, struct.error) as exc:
-                self._close(wire.WireError(f"the stream sent what cannot be read: {exc}"))
+                self.end(wire.WireError(f"the stream sent what cannot be read: {exc}"))
                 return
         del buffer[:at]
 
     def _frame(self, body: bytes) -> None:
         key, _version = _HEADER.unpack_from(body)
         if key == wire.DELIVER:
-            chunk, records = wire.chunk_records(body, 5, self.start)
-            self._on_records(records, 1)
-            del chunk
+            _, records = wire.chunk_records(body, 5, self.start)
+            self._on_records(records)
         elif key & wire.RESPONSE:
             (correlation,) = struct.unpack_from(">I", body, 4)
             waiter = self._pending.get(correlation)
@@ -197,10 +198,10 @@ class StreamProtocol(asyncio.Protocol):
             reason, _ = wire.read_string(body, 10)
             self.send(wire.frame(wire.CLOSE | wire.RESPONSE, struct.pack(">IH", correlation, 1)))
             why = f"the broker closed the stream connection: {reason}"
-            self._close(ChunkTooLarge(why) if code == FRAME_TOO_LARGE else ConnectionError(why))
+            self.end(ChunkTooLarge(why) if code == FRAME_TOO_LARGE else ConnectionError(why))
         elif key == wire.METADATA_UPDATE:
             # the stream was deleted or its leader moved: read again, from the checkpoint
-            self._close(ConnectionError("the stream's metadata changed (deleted or moved)"))
+            self.end(ConnectionError("the stream's metadata changed (deleted or moved)"))
 
 
 class StreamSubscription:
@@ -290,7 +291,7 @@ class StreamSubscription:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(protocol.closed), every)
             if loop.time() - protocol.heard > 2 * every:
-                protocol._close(ConnectionError(f"no heartbeat from the broker in {2 * every} s"))
+                protocol.end(ConnectionError(f"no heartbeat from the broker in {2 * every} s"))
 
     def give_credit(self, chunks: int) -> None:
         if self._protocol is not None and chunks > 0:
@@ -307,4 +308,4 @@ class StreamSubscription:
                 await protocol.call(
                     wire.CLOSE, struct.pack(">H", 1), wire.short_string("OK"), what="closing"
                 )
-            protocol._close(ConnectionError("closed"))
+            protocol.end(ConnectionError("closed"))
