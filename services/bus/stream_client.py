@@ -24,6 +24,8 @@ from dimsebus.services.bus import stream_wire as wire
 
 STREAM_PORT = 5552
 STREAM_TLS_PORT = 5551
+AMQP_PORT = 5672
+AMQPS_PORT = 5671
 # A Deliver frame is one whole osiris chunk: what the broker's writer batched, whatever
 # frame_max says (brokers before 4.3.5 send it anyway; later ones close the connection
 # with "frame too large"). This client accepts the broker's frame_max in Tune and reads
@@ -67,9 +69,21 @@ class StreamAddress:
     def of(cls, amqp_url: str, port: int | None = None) -> StreamAddress:
         """The stream protocol's address for a broker reached at ``amqp_url``: its host,
         user, password and vhost, and for ``amqps`` TLS with the URL's ``cafile``,
-        ``capath``, ``certfile``, ``keyfile`` and ``no_verify_ssl``, as aiormq reads them."""
+        ``capath``, ``certfile``, ``keyfile`` and ``no_verify_ssl``, as aiormq reads them.
+
+        ``port`` None is 5552 (5551 for amqps), for a broker on the standard AMQP port;
+        for one on another port it raises ``ConnectionError`` rather than guess.
+        """
         url = yarl.URL(amqp_url)
         secure = url.scheme == "amqps"
+        standard = AMQPS_PORT if secure else AMQP_PORT
+        if port is None and url.explicit_port not in (None, standard):
+            # A broker on another AMQP port (a second node on this host, a mapped port)
+            # has its stream port elsewhere too: 5552 could be another broker's log.
+            raise ConnectionError(
+                f"the broker's AMQP port is {url.explicit_port}, not {standard}, "
+                "and stream_port is not set"
+            )
         vhost = unquote(url.raw_path[1:]) if len(url.raw_path) > 1 else "/"
         return cls(
             host=url.host or "127.0.0.1",

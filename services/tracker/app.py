@@ -21,6 +21,7 @@ from aio_pika.abc import AbstractConnection
 
 from dimsebus.schemas import events as ev
 from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.services.bus.brokers import masked
 from dimsebus.services.bus.log import LogEntry, LogReader, StreamLogReader
 from dimsebus.services.bus.outbox import Outbox
 from dimsebus.services.bus.relay import RelayProcess
@@ -395,18 +396,19 @@ async def _open_log(
     """
     limit = settings.max_body_bytes
     if protocol == "stream":
-        address = StreamAddress.of(str(getattr(connection, "url", "")), settings.stream_port)
-        reader = StreamLogReader(
-            address, start, name=f"dimsebus-{settings.tracker_id}", max_body_bytes=limit
-        )
+        url = str(getattr(connection, "url", ""))
+        address: StreamAddress | None = None
         try:
+            address = StreamAddress.of(url, settings.stream_port)
+            reader = StreamLogReader(
+                address, start, name=f"dimsebus-{settings.tracker_id}", max_body_bytes=limit
+            )
             return await reader.__aenter__()
         except (OSError, TimeoutError) as exc:
             log.warning(
-                "tracker reading dimsebus.log over AMQP: the stream protocol at %s:%d "
-                "did not serve it (%s)",
-                address.host,
-                address.port,
+                "tracker reading dimsebus.log over AMQP: the stream protocol at %s did not "
+                "serve it (%s)",
+                masked(url) if address is None else f"{address.host}:{address.port}",
                 exc or type(exc).__name__,
             )
     amqp = LogReader(await connection.channel(), start, prefetch=2000, max_body_bytes=limit)

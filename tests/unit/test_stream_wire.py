@@ -6,6 +6,7 @@ The records are built here by a small AMQP 1.0 encoder (part 1 of the specificat
 
 from __future__ import annotations
 
+import ssl
 import struct
 
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dimsebus.services.bus import stream_wire as wire
+from dimsebus.services.bus.stream_client import StreamAddress
 
 
 def symbol(text: str) -> bytes:
@@ -167,3 +169,30 @@ def test_a_frame_is_sized_keyed_and_versioned() -> None:
         wire.frame(wire.CREDIT, b"\x00\x00\x10") == b"\x00\x00\x00\x07\x00\x09\x00\x01\x00\x00\x10"
     )
     assert wire.credit(0, 16) == wire.frame(wire.CREDIT, b"\x00\x00\x10")
+
+
+def test_the_stream_address_is_the_amqp_brokers_host_user_and_vhost() -> None:
+    address = StreamAddress.of("amqp://tracker:s3cret@mq.example:5672/dimsebus%2Fprod")
+    assert (address.host, address.port, address.user, address.password, address.vhost) == (
+        "mq.example",
+        5552,
+        "tracker",
+        "s3cret",
+        "dimsebus/prod",
+    )
+    assert address.tls is None
+    assert StreamAddress.of("amqp://mq.example/").vhost == "/"
+
+
+def test_amqps_reads_the_stream_over_tls_on_5551() -> None:
+    address = StreamAddress.of("amqps://tracker:x@mq.example/?no_verify_ssl=1")
+    assert address.port == 5551
+    assert address.tls is not None
+    assert address.tls.verify_mode == ssl.CERT_NONE
+
+
+def test_a_broker_on_another_amqp_port_needs_its_stream_port_said() -> None:
+    """A second node on this host (AMQP on 5681) would otherwise be read at the first's 5552."""
+    with pytest.raises(ConnectionError, match="AMQP port is 5681, not 5672, and stream_port"):
+        StreamAddress.of("amqp://guest:guest@127.0.0.1:5681/")
+    assert StreamAddress.of("amqp://guest:guest@127.0.0.1:5681/", 5562).port == 5562
