@@ -19,7 +19,7 @@ from dimsebus.schemas.limits import MAX_BODY_BYTES
 from dimsebus.services.bus.codec import decode_body
 from dimsebus.services.bus.stream_client import (
     MAX_FRAME,
-    ChunkTooLarge,
+    ChunkNotReadable,
     StreamAddress,
     StreamSubscription,
 )
@@ -276,10 +276,10 @@ class StreamLogReader(_Reader):
         return self._subscription.reason
 
     def _stopped(self) -> ConnectionError:
-        """``ChunkTooLarge`` when that is why the subscription ended: reading on over the
-        stream protocol would stop at the same chunk again."""
+        """``ChunkNotReadable`` when that is why the subscription ended: reading on over
+        the stream protocol would stop at the same chunk again."""
         reason = self.reason
-        return reason if isinstance(reason, ChunkTooLarge) else log_stopped()
+        return reason if isinstance(reason, ChunkNotReadable) else log_stopped()
 
     def _arrived(self, records: list[tuple[int, bytes]]) -> None:
         """One chunk's records, those before the start offset left out."""

@@ -30,7 +30,7 @@ AMQPS_PORT = 5671
 # frame_max says (brokers before 4.3.5 send it anyway; later ones close the connection
 # with "frame too large"). This client accepts the broker's frame_max in Tune and reads
 # frames up to MAX_FRAME, a memory bound; a larger chunk ends the subscription with
-# ChunkTooLarge, and the tracker reads on over AMQP.
+# ChunkTooLarge (a ChunkNotReadable), and the tracker reads on over AMQP.
 MAX_FRAME = 64 * 1024 * 1024
 FRAME_TOO_LARGE = 0x0E
 HEARTBEAT = 60  # seconds, at most; the broker's Tune may ask for less
@@ -40,7 +40,13 @@ REQUEST_TIMEOUT = 10.0
 _HEADER = struct.Struct(">HH")
 
 
-class ChunkTooLarge(ConnectionError):
+class ChunkNotReadable(ConnectionError):
+    """A chunk of the log this client cannot read (a stream client's sub-batch, bytes that
+    are not the protocol's): the subscription would stop there again. Read it over AMQP,
+    to which the broker hands each message on its own."""
+
+
+class ChunkTooLarge(ChunkNotReadable):
     """A chunk of the log is larger than a frame may be, here or for the broker."""
 
 
@@ -179,7 +185,7 @@ class StreamProtocol(asyncio.Protocol):
                 self.end(ChunkTooLarge(f"a frame of {size} bytes, over {self.max_frame}"))
                 return
             if size < 4:
-                self.end(wire.WireError(f"a stream frame of {size} bytes"))
+                self.end(ChunkNotReadable(f"a stream frame of {size} bytes"))
                 return
             if len(buffer) - at - 4 < size:
                 break
@@ -188,7 +194,7 @@ class StreamProtocol(asyncio.Protocol):
             try:
                 self._frame(body)
             except (wire.WireError, struct.error) as exc:
-                self.end(wire.WireError(f"the stream sent what cannot be read: {exc}"))
+                self.end(ChunkNotReadable(f"the stream sent what cannot be read: {exc}"))
                 return
         del buffer[:at]
 

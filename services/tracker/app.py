@@ -26,7 +26,7 @@ from dimsebus.services.bus.log import LogEntry, LogReader, StreamLogReader
 from dimsebus.services.bus.outbox import Outbox
 from dimsebus.services.bus.relay import RelayProcess
 from dimsebus.services.bus.session import supervised
-from dimsebus.services.bus.stream_client import ChunkTooLarge, StreamAddress
+from dimsebus.services.bus.stream_client import ChunkNotReadable, StreamAddress
 from dimsebus.services.bus.topology import ensure_topology
 from dimsebus.services.clock import utc_now
 from dimsebus.services.http import serving
@@ -342,7 +342,7 @@ async def _read(
         try:
             await _fold(tracker, settings, reader, stop, ready)
             return
-        except ChunkTooLarge as exc:
+        except ChunkNotReadable as exc:
             # The stream would stop at the same chunk again: this session reads on over
             # AMQP, from what the fold committed (a start of "next" or "last" with nothing
             # committed yet is asked for again as it was).

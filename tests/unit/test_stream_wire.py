@@ -6,6 +6,7 @@ The records are built here by a small AMQP 1.0 encoder (part 1 of the specificat
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import struct
 
@@ -14,7 +15,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dimsebus.services.bus import stream_wire as wire
-from dimsebus.services.bus.stream_client import StreamAddress
+from dimsebus.services.bus.stream_client import (
+    ChunkNotReadable,
+    ChunkTooLarge,
+    StreamAddress,
+    StreamProtocol,
+)
 
 
 def symbol(text: str) -> bytes:
@@ -196,3 +202,58 @@ def test_a_broker_on_another_amqp_port_needs_its_stream_port_said() -> None:
     with pytest.raises(ConnectionError, match="AMQP port is 5681, not 5672, and stream_port"):
         StreamAddress.of("amqp://guest:guest@127.0.0.1:5681/")
     assert StreamAddress.of("amqp://guest:guest@127.0.0.1:5681/", 5562).port == 5562
+
+
+class Transport(asyncio.Transport):
+    """What a StreamProtocol writes; no socket."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.written.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+
+def deliver(chunk_bytes: bytes) -> bytes:
+    return wire.frame(wire.DELIVER, b"\x00" + chunk_bytes)
+
+
+async def test_delivered_chunks_reach_the_subscriber_split_anywhere_by_the_socket() -> None:
+    got: list[list[tuple[int, bytes]]] = []
+    protocol = StreamProtocol(got.append, start=0)
+    protocol.connection_made(Transport())
+    records = [record("k", bytes([n])) for n in range(3)]
+    data = deliver(chunk(0, records[:2])) + deliver(chunk(2, records[2:]))
+    for at in range(0, len(data), 7):  # the socket gives 7 bytes at a time
+        protocol.data_received(data[at : at + 7])
+    assert got == [[(0, records[0]), (1, records[1])], [(2, records[2])]]
+    assert protocol.reason is None
+
+
+async def test_a_chunk_it_cannot_read_ends_the_connection_as_not_readable() -> None:
+    """A stream client's sub-batch on the log: the tracker reads on over AMQP."""
+    protocol = StreamProtocol(lambda records: None, start=0)
+    transport = Transport()
+    protocol.connection_made(transport)
+    entries = struct.pack(">I", 0x8000_0000 | 10) + bytes(10)
+    header = wire.CHUNK_HEADER.pack(0x50, 0, 1, 3, 0, 1, 9, 0, len(entries), 0, 0)
+    protocol.data_received(deliver(header + entries))
+    assert isinstance(protocol.reason, ChunkNotReadable)
+    assert "offset 9: a sub-batch" in str(protocol.reason)
+    assert protocol.closed.done()
+    assert transport.closing
+
+
+async def test_a_frame_over_the_bound_ends_the_connection_as_too_large() -> None:
+    protocol = StreamProtocol(lambda records: None, start=0, max_frame=100)
+    protocol.connection_made(Transport())
+    protocol.data_received(struct.pack(">I", 101))
+    assert isinstance(protocol.reason, ChunkTooLarge)
