@@ -69,7 +69,8 @@ class _Reader:
     (``_give_credit``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_body_bytes: int) -> None:
+        self._max_body_bytes = max_body_bytes
         self._deliveries: deque[Any] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self._ended = False
@@ -149,6 +150,15 @@ class _Reader:
     def _entry(self, item: Any) -> LogEntry:
         raise NotImplementedError
 
+    def _decoded(self, offset: int, key: str | None, body: bytes) -> LogEntry:
+        """The entry of a record's body published under ``key`` (None: the record does not
+        say, so it is not checked), or why it is not an event."""
+        try:
+            event = decode_body(body, key, self._max_body_bytes)
+        except InvalidEvent as exc:
+            return LogEntry(offset, key or "", None, str(exc))
+        return LogEntry(offset, key or event.routing_key, event)
+
 
 class LogReader(_Reader):
     """Reads the log from ``offset`` on; subscribed once ``async with`` has entered.
@@ -174,8 +184,7 @@ class LogReader(_Reader):
         self._channel = channel
         self._offset = offset
         self._prefetch = prefetch
-        self._max_body_bytes = max_body_bytes
-        super().__init__()
+        super().__init__(max_body_bytes)
         self._underlay: aiormq.abc.AbstractChannel | None = None
         self._unacked = 0
         self._ack_tag: int | None = None
@@ -222,11 +231,7 @@ class LogReader(_Reader):
     def _entry(self, message: DeliveredMessage) -> LogEntry:
         headers = message.header.properties.headers or {}
         offset = int(headers.get("x-stream-offset", -1))  # type: ignore[arg-type]
-        key = message.routing_key or ""
-        try:
-            return LogEntry(offset, key, decode_body(message.body, key, self._max_body_bytes))
-        except InvalidEvent as exc:
-            return LogEntry(offset, key, None, str(exc))
+        return self._decoded(offset, message.routing_key or "", message.body)
 
 
 class StreamLogReader(_Reader):
@@ -253,10 +258,9 @@ class StreamLogReader(_Reader):
         max_body_bytes: int = MAX_BODY_BYTES,
         max_frame: int = MAX_FRAME,
     ) -> None:
-        super().__init__()
+        super().__init__(max_body_bytes)
         self._offset = offset
         self._max_waiting = max_waiting
-        self._max_body_bytes = max_body_bytes
         self._in_flight = FIRST_CREDIT  # chunks asked for that have not arrived
         self._chunks = self._records = 0  # seen so far: how big a chunk is
         self._subscription = StreamSubscription(address, name, self._arrived, max_frame)
@@ -316,8 +320,4 @@ class StreamLogReader(_Reader):
             key, body = amqp_message(record)
         except WireError as exc:
             return LogEntry(offset, "", None, f"not an AMQP message: {exc}")
-        try:
-            event = decode_body(body, key, self._max_body_bytes)
-        except InvalidEvent as exc:
-            return LogEntry(offset, key or "", None, str(exc))
-        return LogEntry(offset, key or event.routing_key, event)
+        return self._decoded(offset, key, body)

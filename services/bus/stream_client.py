@@ -51,8 +51,7 @@ class ChunkTooLarge(ChunkNotReadable):
 
 
 class StreamRefused(ConnectionError):
-    """The broker answered a request with an error code, or the port is not the stream
-    protocol's (``code`` 0)."""
+    """The broker answered a request with an error code (``code``, PROTOCOL.adoc)."""
 
     def __init__(self, what: str, code: int) -> None:
         self.code = code
@@ -228,8 +227,8 @@ class StreamSubscription:
     """The log read over the stream protocol, from ``start`` on; records go to ``on_records``
     as ``(offset, record)`` lists, one list per chunk.
 
-    ``credit`` chunks may be on their way at once; ``give_credit`` returns one per chunk
-    taken. The connection's end (lost, closed, the stream deleted) sets ``ended``.
+    ``open`` asks for ``credit`` chunks; ``give_credit`` asks for more. The connection's
+    end (lost, closed, the stream deleted) sets ``ended``, and ``reason`` says why.
     """
 
     def __init__(

@@ -26,7 +26,6 @@ HEARTBEAT = 0x0017
 SUBSCRIBE = 0x0007
 DELIVER = 0x0008
 CREDIT = 0x0009
-UNSUBSCRIBE = 0x000C
 METADATA_UPDATE = 0x0010
 RESPONSE = 0x8000
 
@@ -187,15 +186,18 @@ def _skip(data: bytes, at: int) -> int:
     return at + 5 + int(_U32.unpack_from(data, at + 1)[0])
 
 
+def _variable(data: bytes, at: int) -> bytes:
+    """The bytes of the variable-width value (binary, string, symbol) at ``at``: a one-byte
+    size for constructors 0xA?, a four-byte one for 0xB?."""
+    if data[at] >> 4 == 0xA:
+        return data[at + 2 : at + 2 + data[at + 1]]
+    (size,) = _U32.unpack_from(data, at + 1)
+    return data[at + 5 : at + 5 + size]
+
+
 def _text(data: bytes, at: int) -> bytes | None:
     """The bytes of the string or symbol at ``at``; None for any other type."""
-    code = data[at]
-    if code in (0xA1, 0xA3):
-        return data[at + 2 : at + 2 + data[at + 1]]
-    if code in (0xB1, 0xB3):
-        (size,) = _U32.unpack_from(data, at + 1)
-        return data[at + 5 : at + 5 + size]
-    return None
+    return _variable(data, at) if data[at] in (0xA1, 0xA3, 0xB1, 0xB3) else None
 
 
 def _routing_key(data: bytes, at: int) -> str | None:
@@ -249,10 +251,7 @@ def amqp_message(data: bytes) -> tuple[str | None, bytes]:
 
 
 def _binary(data: bytes, at: int) -> bytes:
-    code = data[at]
-    if code == 0xA0:
-        return data[at + 2 : at + 2 + data[at + 1]]
-    if code == 0xB0:
-        (size,) = _U32.unpack_from(data, at + 1)
-        return data[at + 5 : at + 5 + size]
-    raise WireError(f"a data section that is not binary (constructor {code:#04x})")
+    """The bytes of the binary at ``at`` (a data section's value)."""
+    if data[at] not in (0xA0, 0xB0):
+        raise WireError(f"a data section that is not binary (constructor {data[at]:#04x})")
+    return _variable(data, at)

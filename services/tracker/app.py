@@ -396,7 +396,7 @@ async def _open_log(
     """
     limit = settings.max_body_bytes
     if protocol == "stream":
-        url = str(getattr(connection, "url", ""))
+        url = str(connection.url)  # type: ignore[attr-defined]  # aio-pika's have one
         address: StreamAddress | None = None
         try:
             address = StreamAddress.of(url, settings.stream_port)
