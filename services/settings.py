@@ -34,6 +34,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from dimsebus.schemas.dicom import error_message
 from dimsebus.schemas.limits import MAX_BODY_BYTES
 from dimsebus.services.bus.brokers import parse_urls
 from dimsebus.services.bus.topology import StreamRetention
@@ -119,7 +120,7 @@ class TomlEnvSource(EnvSettingsSource):
 
     pydantic-settings hands a scalar variable to the model as text and leaves the
     conversion to pydantic's lax mode; the strict DICOM types of the contract
-    (``Port``: ``Strict()`` in a field's metadata) refuse text, so ``DIMSEBUS_PORT``
+    (``Port`` is a strict integer) refuse text, so ``DIMSEBUS_PORT``
     failed where ``port = 11113`` in the file passed. Here every value that should be a
     number or a boolean is parsed as TOML first, at the top level and under ``__``.
     """
@@ -239,7 +240,7 @@ def describe_config_error(
         where = _origin(loc, config_file, flags)
         field = ".".join(loc)
         shown = _mask(error.get("input"))  # a URL's password is not shown, even in an error
-        problems.append(f"{where}{field}: {error['msg']} (got {shown!r})")
+        problems.append(f"{where}{field}: {error_message(error)} (got {shown!r})")
     return "; ".join(problems)
 
 

@@ -10,6 +10,7 @@ import aio_pika
 from pamqp import commands as spec
 from pydantic import ValidationError
 
+from dimsebus.schemas.dicom import error_message
 from dimsebus.schemas.envelope import CONTENT_TYPE, CloudEvent
 from dimsebus.schemas.events import Event, parse_event
 from dimsebus.schemas.limits import MAX_BODY_BYTES
@@ -111,7 +112,7 @@ def describe_validation_error(exc: ValidationError, limit: int = 5) -> str:
         where = ".".join(str(part) for part in error["loc"]) or "body"
         value = repr(error.get("input"))
         shown = value if len(value) <= 80 else value[:77] + "..."
-        lines.append(f"{where}: {error['msg']} (got {shown})")
+        lines.append(f"{where}: {error_message(error)} (got {shown})")
     if exc.error_count() > limit:
         lines.append(f"... and {exc.error_count() - limit} more")
     return "; ".join(lines)

@@ -16,7 +16,13 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from dimsebus.schemas import events as ev
-from dimsebus.schemas.dicom import MESSAGE_ID_MAX, STATUS_MAX, check_ae_title, check_uid
+from dimsebus.schemas.dicom import (
+    MESSAGE_ID_MAX,
+    STATUS_MAX,
+    check_ae_title,
+    check_uid,
+    error_message,
+)
 from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.services.node.stamp import Stamp
 
@@ -59,7 +65,7 @@ def represented(value: object, limit: int = VALUE_LIMIT) -> str:
 def describe_error(exc: ValidationError, limit: int = 5) -> str:
     """One clause per problem, each naming the field path and the rejected value."""
     clauses = [
-        f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error['msg']} "
+        f"{'.'.join(str(part) for part in error['loc']) or 'body'}: {error_message(error)} "
         f"(got {shown(error.get('input'), 200)})"
         for error in exc.errors(include_url=False)[:limit]
     ]

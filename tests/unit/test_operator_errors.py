@@ -97,8 +97,8 @@ def test_every_service_reads_typed_variables(monkeypatch: pytest.MonkeyPatch) ->
 @pytest.mark.parametrize(
     ("variable", "value", "named"),
     [
-        ("DIMSEBUS_PORT", "eleven", "DIMSEBUS_PORT: port: Input should be a valid integer"),
-        ("DIMSEBUS_PORT", "70000", "DIMSEBUS_PORT: port: Value error, 70000 is not a valid TCP"),
+        ("DIMSEBUS_PORT", "eleven", "DIMSEBUS_PORT: port: 'eleven' is not a valid TCP port"),
+        ("DIMSEBUS_PORT", "70000", "DIMSEBUS_PORT: port: 70000 is not a valid TCP port: it is not"),
         ("DIMSEBUS_ACCESS__CHECK_CALLED_AE", "maybe", "DIMSEBUS_ACCESS__CHECK_CALLED_AE: access"),
         ("DIMSEBUS_LABELS", "{site", "DIMSEBUS_LABELS: '{site' is neither JSON nor a TOML value"),
     ],
