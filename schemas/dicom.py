@@ -2,22 +2,22 @@
 
 pydantic-core checks each type itself, with no Python call per value: a replay
 validates a few of them in every event, 20,000 events a second (issue 21). A value it
-rejects is one error of the type's own code (``dicom_uid``, ``dicom_ae_title``...);
-``error_message`` explains it in the words of the Python check the type mirrors,
-naming the bad value: ``association.peer_ae_title: 'A\\B' is not a valid AE title: it
-contains a backslash``. Every formatter of a ``ValidationError`` shown to an operator
-goes through ``error_message``; ``str(exc)`` gives the type's one-line summary.
+rejects is one error of the type's own code (``dicom_uid``, ``dicom_ae_title``...),
+which ``native.error_message`` explains in the words of the Python check the type
+mirrors, naming the bad value: ``association.peer_ae_title: 'A\\B' is not a valid AE
+title: it contains a backslash``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import GetCoreSchemaHandler, WithJsonSchema
-from pydantic_core import ErrorDetails, core_schema
+from pydantic import WithJsonSchema
+from pydantic_core import core_schema
+
+from dimsebus.schemas.native import Native
 
 UID_MAX_LENGTH = 64
 AE_TITLE_MAX_LENGTH = 16
@@ -85,62 +85,13 @@ def _range_check(name: str, low: int, high: int, *, odd: bool = False) -> Callab
     return check
 
 
-_EXPLAIN: dict[str, Callable[[Any], str]] = {}
-"""Each DICOM type's error code, and what says why a value is not one of its values."""
-
-
-@dataclass(frozen=True, eq=False)  # hashed by identity: Annotated metadata is hashed
-class _Native:
-    """A DICOM value type checked by pydantic-core, explained by the Python ``check``.
-
-    ``schema`` must accept exactly the values of ``kind`` that ``check`` accepts, and
-    give what ``check`` returns (a property test holds the two together); ``check``
-    only runs to explain a rejection.
-    """
-
-    code: str
-    name: str
-    kind: type
-    schema: core_schema.CoreSchema
-    check: Callable[[Any], object]
-
-    def __post_init__(self) -> None:
-        _EXPLAIN[self.code] = self.explain
-
-    def __get_pydantic_core_schema__(
-        self, source: Any, handler: GetCoreSchemaHandler
-    ) -> core_schema.CoreSchema:
-        return core_schema.custom_error_schema(
-            self.schema,
-            custom_error_type=self.code,
-            custom_error_message=f"Input is not a valid {self.name}",
-        )
-
-    def explain(self, value: Any) -> str:
-        """Why ``value`` is not one of this type's values, naming it."""
-        if not isinstance(value, self.kind) or isinstance(value, bool):
-            what = "a string" if self.kind is str else "an integer"
-            return f"{value!r} is not a valid {self.name}: it is not {what}"
-        try:
-            self.check(value)
-        except ValueError as exc:
-            return str(exc)
-        return f"{value!r} is not a valid {self.name}"  # pragma: no cover - the two agree
-
-
-def error_message(error: ErrorDetails) -> str:
-    """``error``'s message; for a DICOM value type, why its value is not one, naming it."""
-    explain = _EXPLAIN.get(error["type"])
-    return explain(error.get("input")) if explain else error["msg"]
-
-
-def _strict_int(name: str, code: str, low: int, high: int, *, odd: bool = False) -> _Native:
+def _strict_int(name: str, code: str, low: int, high: int, *, odd: bool = False) -> Native:
     schema: core_schema.CoreSchema = core_schema.int_schema(strict=True, ge=low, le=high)
     if odd:  # a look-up in a set of the odd values, in pydantic-core
         schema = core_schema.chain_schema(
             [schema, core_schema.literal_schema(list(range(low | 1, high + 1, 2)))]
         )
-    return _Native(code, name, int, schema, _range_check(name, low, high, odd=odd))
+    return Native(code, name, schema, _range_check(name, low, high, odd=odd), int)
 
 
 def _padded_ae_title(value: str) -> str:
@@ -149,12 +100,12 @@ def _padded_ae_title(value: str) -> str:
 
 UID = Annotated[
     str,
-    _Native(
+    Native(
         "dicom_uid",
         "UID",
-        str,
         core_schema.str_schema(strict=True, max_length=UID_MAX_LENGTH, pattern=_UID_PATTERN),
         check_uid,
+        str,
     ),
     WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 64, "pattern": _UID_PATTERN}),
 ]
@@ -162,10 +113,9 @@ UID = Annotated[
 
 AETitle = Annotated[
     str,
-    _Native(
+    Native(
         "dicom_ae_title",
         "AE title",
-        str,
         core_schema.union_schema(
             [
                 core_schema.str_schema(strict=True, pattern=_AE_UNPADDED),
@@ -176,6 +126,7 @@ AETitle = Annotated[
             mode="left_to_right",
         ),
         _padded_ae_title,
+        str,
     ),
     WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 16, "pattern": _AE_PATTERN}),
 ]

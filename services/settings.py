@@ -34,8 +34,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from dimsebus.schemas.dicom import error_message
 from dimsebus.schemas.limits import MAX_BODY_BYTES
+from dimsebus.schemas.native import error_message
 from dimsebus.services.bus.brokers import parse_urls
 from dimsebus.services.bus.topology import StreamRetention
 from dimsebus.services.errors import ConfigError

@@ -10,10 +10,10 @@ import aio_pika
 from pamqp import commands as spec
 from pydantic import ValidationError
 
-from dimsebus.schemas.dicom import error_message
 from dimsebus.schemas.envelope import CONTENT_TYPE, CloudEvent
 from dimsebus.schemas.events import Event, parse_event
 from dimsebus.schemas.limits import MAX_BODY_BYTES
+from dimsebus.schemas.native import error_message
 from dimsebus.services.bus.batch import Outgoing
 from dimsebus.services.errors import InvalidEvent
 

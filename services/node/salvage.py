@@ -16,14 +16,9 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from dimsebus.schemas import events as ev
-from dimsebus.schemas.dicom import (
-    MESSAGE_ID_MAX,
-    STATUS_MAX,
-    check_ae_title,
-    check_uid,
-    error_message,
-)
+from dimsebus.schemas.dicom import MESSAGE_ID_MAX, STATUS_MAX, check_ae_title, check_uid
 from dimsebus.schemas.envelope import CloudEvent
+from dimsebus.schemas.native import error_message
 from dimsebus.services.node.stamp import Stamp
 
 ERROR_LIMIT = 4096

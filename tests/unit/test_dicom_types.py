@@ -18,8 +18,8 @@ from dimsebus.schemas.dicom import (
     StatusCode,
     check_ae_title,
     check_uid,
-    error_message,
 )
+from dimsebus.schemas.native import error_message
 
 
 class Probe(BaseModel):
