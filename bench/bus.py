@@ -27,6 +27,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from rich.console import Console
 from rich.table import Table
 
+from bench import machine
 from dimsebus.schemas import events as ev
 from dimsebus.schemas.envelope import CONTENT_TYPE
 from dimsebus.schemas.examples import move_story
@@ -231,4 +232,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with machine.reported():
+        main()

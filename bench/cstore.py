@@ -49,6 +49,7 @@ from pynetdicom import AE, evt
 from rich.console import Console
 from rich.table import Table
 
+from bench import machine
 from dimsebus.schemas import events as ev
 from dimsebus.schemas.examples import move_story
 from dimsebus.services.bus.outbox import Outbox, Record
@@ -463,4 +464,5 @@ def show(
 
 
 if __name__ == "__main__":
-    main()
+    with machine.reported():
+        main()

@@ -28,6 +28,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from rich.console import Console
 from rich.table import Table
 
+from bench import machine
 from dimsebus.schemas import events as ev
 from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.schemas.examples import move_story
@@ -139,4 +140,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with machine.reported():
+        main()

@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.progress import Progress, TextColumn
 from rich.table import Table
 
+from bench import machine
 from dimsebus.services.bus.outbox import read_relay_stats
 from tests.broker import LOCAL_URL, local_rabbitmqctl, private_vhost
 from tests.faults.rig import Rig, new_rig, tracked_responses
@@ -225,4 +226,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with machine.reported():
+        main()

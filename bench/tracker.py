@@ -41,6 +41,7 @@ from aio_pika.abc import AbstractConnection
 from rich.console import Console
 from rich.table import Table
 
+from bench import machine
 from dimsebus.schemas import events as ev
 from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.schemas.examples import move_story
@@ -310,4 +311,5 @@ def table(replayed: list[Replayed], runs: list[Run], seconds: float) -> Table:
 
 
 if __name__ == "__main__":
-    main()
+    with machine.reported():
+        main()

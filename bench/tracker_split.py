@@ -38,6 +38,7 @@ from aiormq.abc import DeliveredMessage
 from rich.console import Console
 from rich.table import Table
 
+from bench import machine
 from bench.tracker import publish_moves, replay
 from dimsebus.services.bus.codec import decode_body
 from dimsebus.services.bus.connection import connect
@@ -172,4 +173,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with machine.reported():
+        main()

@@ -24,6 +24,7 @@ from aiohttp import web
 from rich.console import Console
 from rich.table import Table
 
+from bench import machine
 from dimsebus.services.tracker import api
 from dimsebus.services.tracker.progress import MoveState
 from dimsebus.services.tracker.settings import TrackerSettings
@@ -126,4 +127,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with machine.reported():
+        main()
