@@ -235,9 +235,10 @@ def events_tail(
 ) -> None:
     """Print events from the dimsebus.log stream as they arrive."""
     from dimsebus.services.bus.connection import connect
-    from dimsebus.services.bus.log import LogReader, parse_offset
+    from dimsebus.services.bus.log import open_log, parse_offset
+    from dimsebus.services.settings import LogSettings
 
-    settings = _settings(config, amqp_url)
+    settings = settings_or_exit(LogSettings, config, amqp_url=amqp_url)
     try:
         offset = parse_offset(start)
     except DimsebusError as exc:
@@ -246,7 +247,14 @@ def events_tail(
     async def tail() -> None:
         async with (
             await connect(settings.amqp_url, "dimsebus-tail") as connection,
-            LogReader(await connection.channel(), offset) as log,
+            open_log(
+                connection,
+                offset,
+                name="dimsebus-tail",
+                protocol=settings.log_protocol,
+                stream_port=settings.stream_port,
+                max_body_bytes=settings.max_body_bytes,
+            ) as log,
         ):
             count = 0
             async for entry in log:

@@ -14,7 +14,7 @@ import tomllib
 import types
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 from pydantic import (
     AfterValidator,
@@ -113,6 +113,20 @@ class ServiceSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, TomlEnvSource(settings_cls), TomlConfigSettingsSource(settings_cls)
+
+
+class LogSettings(ServiceSettings):
+    """A service that reads the log (tracker, audit, ``events tail``): how it reads it."""
+
+    log_protocol: Literal["stream", "amqp"] = Field(
+        "stream",
+        description="how the log is read: RabbitMQ's stream protocol (the rabbitmq_stream "
+        "plugin; a broker whose stream port does not serve it is read over AMQP, said in "
+        "one line) or AMQP 0-9-1",
+    )
+    stream_port: int | None = Field(
+        None, ge=1, le=65535, description="the broker's stream port; none: 5552, 5551 for amqps"
+    )
 
 
 class TomlEnvSource(EnvSettingsSource):

@@ -39,21 +39,21 @@ from dimsebus.services.audit.messages import (
 from dimsebus.services.audit.store import AuditStore
 from dimsebus.services.bus.connection import confirming_channel, connect
 from dimsebus.services.bus.consumer import Consumer
-from dimsebus.services.bus.log import LogReader
+from dimsebus.services.bus.log import open_log
 from dimsebus.services.bus.session import consume_until, serve_supervised
 from dimsebus.services.bus.topology import WorkQueue, declare_work_queue, ensure_topology
 from dimsebus.services.clock import sleep_unless, utc_now
 from dimsebus.services.http import serving
 from dimsebus.services.leadership import leadership_for, while_active
 from dimsebus.services.metrics import AUDIT_RECORDS, AUDIT_SENT, GaugeCollector
-from dimsebus.services.settings import ServiceSettings
+from dimsebus.services.settings import LogSettings
 from dimsebus.services.sql import Fence, masked_url
 
 log = logging.getLogger(__name__)
 AUDIT_QUEUE = WorkQueue("dimsebus.audit", bindings=("#",))
 
 
-class AuditSettings(ServiceSettings):
+class AuditSettings(LogSettings):
     """``dimsebus audit``: the store, and the Audit Record Repository (syslog collector)."""
 
     db: str = Field("var/audit.sqlite", description="SQLite file, or a postgresql:// URL")
@@ -275,8 +275,15 @@ async def replay_into(
 ) -> tuple[int, int]:
     """Record what the log holds from ``start`` and the trail lacks: (read, added)."""
     read = added = 0
-    limit = auditor.settings.max_body_bytes
-    async with LogReader(await connection.channel(), start, max_body_bytes=limit) as reader:
+    settings = auditor.settings
+    async with open_log(
+        connection,
+        start,
+        name="dimsebus-audit-replay",
+        protocol=settings.log_protocol,
+        stream_port=settings.stream_port,
+        max_body_bytes=settings.max_body_bytes,
+    ) as reader:
         batch: list[Any] = []
         async for entry in reader.until_idle():
             read += 1

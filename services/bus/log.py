@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import aiormq.abc
-from aio_pika.abc import AbstractChannel
+from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage
 
 from dimsebus.schemas.events import Event
 from dimsebus.schemas.limits import MAX_BODY_BYTES
+from dimsebus.services.bus.brokers import masked
 from dimsebus.services.bus.codec import decode_body
 from dimsebus.services.bus.stream_client import (
     MAX_FRAME,
@@ -27,6 +29,9 @@ from dimsebus.services.bus.stream_wire import WireError, amqp_message
 from dimsebus.services.bus.topology import LOG_STREAM
 from dimsebus.services.errors import ConfigError, InvalidEvent
 
+log = logging.getLogger(__name__)
+
+LogProtocol = Literal["stream", "amqp"]
 NAMED_OFFSETS = ("first", "last", "next")
 FIRST_CREDIT = 32  # chunks a stream subscription asks for before it knows how big they are
 MAX_CREDIT = 2000  # chunks asked for at most at once (a chunk holds one record at least)
@@ -321,3 +326,63 @@ class StreamLogReader(_Reader):
         except WireError as exc:
             return LogEntry(offset, "", None, f"not an AMQP message: {exc}")
         return self._decoded(offset, key, body)
+
+
+@contextlib.asynccontextmanager
+async def open_log(
+    connection: AbstractConnection,
+    start: str | int,
+    *,
+    name: str,
+    protocol: LogProtocol = "stream",
+    stream_port: int | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    prefetch: int = 1000,
+) -> AsyncIterator[LogReader | StreamLogReader]:
+    """The log from ``start``, read while entered: over the stream protocol on the broker
+    ``connection`` is connected to (``protocol`` "stream"), else over AMQP on a channel of
+    ``connection``.
+
+    A broker whose stream port does not answer or refuses (the plugin not enabled, a
+    node without a replica of the log) is read over AMQP, said in one line naming
+    ``name``, the reader (also the stream connection's name).
+    """
+    reader: LogReader | StreamLogReader | None = await _entered_log(
+        connection, start, name, protocol, stream_port, max_body_bytes
+    )
+    if reader is None:
+        reader = LogReader(
+            await connection.channel(), start, prefetch=prefetch, max_body_bytes=max_body_bytes
+        )
+        await reader.__aenter__()
+    try:
+        yield reader
+    finally:
+        await reader.__aexit__(None, None, None)
+
+
+async def _entered_log(
+    connection: AbstractConnection,
+    start: str | int,
+    name: str,
+    protocol: LogProtocol,
+    stream_port: int | None,
+    max_body_bytes: int,
+) -> StreamLogReader | None:
+    """The log over the stream protocol, entered; None where it is to be read over AMQP."""
+    if protocol == "stream":
+        url = str(connection.url)  # type: ignore[attr-defined]  # aio-pika's have one
+        address: StreamAddress | None = None
+        try:
+            address = StreamAddress.of(url, stream_port)
+            reader = StreamLogReader(address, start, name=name, max_body_bytes=max_body_bytes)
+            return await reader.__aenter__()
+        except (OSError, TimeoutError) as exc:
+            log.warning(
+                "%s reading dimsebus.log over AMQP: the stream protocol at %s did not "
+                "serve it (%s)",
+                name,
+                masked(url) if address is None else f"{address.host}:{address.port}",
+                exc or type(exc).__name__,
+            )
+    return None

@@ -15,18 +15,17 @@ import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from aio_pika.abc import AbstractConnection
 
 from dimsebus.schemas import events as ev
 from dimsebus.schemas.envelope import CloudEvent
-from dimsebus.services.bus.brokers import masked
-from dimsebus.services.bus.log import LogEntry, LogReader, StreamLogReader
+from dimsebus.services.bus.log import LogEntry, LogReader, StreamLogReader, open_log
 from dimsebus.services.bus.outbox import Outbox
 from dimsebus.services.bus.relay import RelayProcess
 from dimsebus.services.bus.session import supervised
-from dimsebus.services.bus.stream_client import ChunkNotReadable, StreamAddress
+from dimsebus.services.bus.stream_client import ChunkNotReadable
 from dimsebus.services.bus.topology import ensure_topology
 from dimsebus.services.clock import utc_now
 from dimsebus.services.http import serving
@@ -338,9 +337,17 @@ async def _read(
 ) -> None:
     protocol = settings.log_protocol
     while True:
-        reader = await _open_log(settings, connection, start, protocol)
         try:
-            await _fold(tracker, settings, reader, stop, ready)
+            async with open_log(
+                connection,
+                start,
+                name=f"dimsebus-{settings.tracker_id}",
+                protocol=protocol,
+                stream_port=settings.stream_port,
+                max_body_bytes=settings.max_body_bytes,
+                prefetch=2000,
+            ) as reader:
+                await _fold(tracker, settings, reader, stop, ready)
             return
         except ChunkNotReadable as exc:
             # The stream would stop at the same chunk again: this session reads on over
@@ -359,7 +366,7 @@ async def _fold(
     stop: asyncio.Event,
     ready: asyncio.Event | None,
 ) -> None:
-    """Fold what ``reader`` gives until ``stop``; the reader is closed on the way out."""
+    """Fold what ``reader`` gives until ``stop``, and the batch being folded, if any."""
     folding: asyncio.Future[list[CloudEvent]] | None = None  # a batch folded on a worker thread
     try:
         if ready is not None:
@@ -375,41 +382,5 @@ async def _fold(
             if batch:
                 folding = asyncio.ensure_future(asyncio.to_thread(tracker.handle, batch, utc_now()))
     finally:
-        try:
-            if folding is not None:
-                await folding  # never two folds at once, even across a new session
-        finally:
-            await reader.__aexit__(None, None, None)
-
-
-async def _open_log(
-    settings: TrackerSettings,
-    connection: AbstractConnection,
-    start: str | int,
-    protocol: Literal["stream", "amqp"],
-) -> LogReader | StreamLogReader:
-    """The log from ``start``, entered: over the stream protocol on the broker ``connection``
-    is connected to (``protocol`` "stream"), else over AMQP on ``connection``.
-
-    A broker whose stream port does not answer or refuses (the plugin not enabled, a
-    node without a replica of the log) is read over AMQP, said in one line.
-    """
-    limit = settings.max_body_bytes
-    if protocol == "stream":
-        url = str(connection.url)  # type: ignore[attr-defined]  # aio-pika's have one
-        address: StreamAddress | None = None
-        try:
-            address = StreamAddress.of(url, settings.stream_port)
-            reader = StreamLogReader(
-                address, start, name=f"dimsebus-{settings.tracker_id}", max_body_bytes=limit
-            )
-            return await reader.__aenter__()
-        except (OSError, TimeoutError) as exc:
-            log.warning(
-                "tracker reading dimsebus.log over AMQP: the stream protocol at %s did not "
-                "serve it (%s)",
-                masked(url) if address is None else f"{address.host}:{address.port}",
-                exc or type(exc).__name__,
-            )
-    amqp = LogReader(await connection.channel(), start, prefetch=2000, max_body_bytes=limit)
-    return await amqp.__aenter__()
+        if folding is not None:
+            await folding  # never two folds at once, even across a new session

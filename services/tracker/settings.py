@@ -7,12 +7,12 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationInfo, field_validator
 
-from dimsebus.services.settings import ServiceSettings
+from dimsebus.services.settings import LogSettings
 
 MIN_TOKEN_LENGTH = 16
 
 
-class TrackerSettings(ServiceSettings):
+class TrackerSettings(LogSettings):
     """``dimsebus tracker`` and ``dimsebus moves``."""
 
     db: str = Field("var/tracker.sqlite", description="SQLite file, or a postgresql:// URL")
@@ -33,15 +33,6 @@ class TrackerSettings(ServiceSettings):
         ge=0,
         description="open moves kept in memory; a finished move, or one beyond this many, "
         "is read back from the store when an event for it comes",
-    )
-    log_protocol: Literal["stream", "amqp"] = Field(
-        "stream",
-        description="how the log is read: RabbitMQ's stream protocol (the rabbitmq_stream "
-        "plugin; a broker whose stream port does not serve it is read over AMQP, said in "
-        "one line) or AMQP 0-9-1",
-    )
-    stream_port: int | None = Field(
-        None, ge=1, le=65535, description="the broker's stream port; none: 5552, 5551 for amqps"
     )
     start_from: Literal["first", "last", "next"] = Field(
         "first", description="where a tracker without a checkpoint starts reading the log"

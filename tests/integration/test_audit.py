@@ -117,6 +117,7 @@ async def test_a_move_is_audited_verified_and_tampering_is_found(
     before = await asyncio.to_thread(_count, audit.db)
     status, output = await cli("audit", "replay", "--db", audit.db, "--amqp-url", amqp_url)
     assert status == 0, output
+    assert "over AMQP" not in output  # read over the stream protocol, as the tracker reads
     # (and, after it, a marker event: once the service recorded the marker, it has handled
     # the event delivered again, for it handles events one at a time in arrival order)
     marker = log_marker()

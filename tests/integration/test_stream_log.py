@@ -9,6 +9,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from uuid import UUID
 
 import aio_pika
 import pytest
@@ -17,13 +18,19 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from dimsebus.schemas import events as ev
 from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.schemas.examples import move_story
+from dimsebus.services.bus import log as bus_log
 from dimsebus.services.bus.codec import outgoing_event
-from dimsebus.services.bus.log import LogEntry, LogReader, StreamLogReader
+from dimsebus.services.bus.log import (
+    LogEntry,
+    LogProtocol,
+    LogReader,
+    StreamLogReader,
+    open_log,
+)
 from dimsebus.services.bus.publisher import Publisher
 from dimsebus.services.bus.stream_client import ChunkTooLarge, StreamAddress, StreamRefused
 from dimsebus.services.bus.topology import EVENTS_EXCHANGE
 from dimsebus.services.clock import new_id, utc_now
-from dimsebus.services.tracker import app as tracker_app
 from dimsebus.services.tracker.app import TrackerSettings
 from dimsebus.services.tracker.store import open_store
 from tests.integration.conftest import until
@@ -151,7 +158,7 @@ async def test_a_tracker_reads_over_the_stream_protocol_or_says_it_reads_over_am
 ) -> None:
     # given a tracker whose broker serves the stream protocol, or one told that the stream
     # port is one where nothing listens
-    caplog.set_level(logging.WARNING, logger="dimsebus.services.tracker.app")
+    caplog.set_level(logging.WARNING, logger="dimsebus.services.bus.log")
     await Publisher(channel).publish_all(some_events(5))
     extra = {} if serves else {"stream_port": a_closed_port()}
     settings = await start_tracker(db=tmp_path / "t.sqlite", **extra)
@@ -165,6 +172,46 @@ async def test_a_tracker_reads_over_the_stream_protocol_or_says_it_reads_over_am
     else:
         assert len(lines) == 1
         assert f":{settings.stream_port} did not serve it" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "serves"),
+    [("stream", True), ("stream", False), ("amqp", True)],
+    ids=["stream", "stream-port-closed", "amqp"],
+)
+async def test_every_reader_of_the_log_opens_it_over_the_stream_protocol_or_says_why_not(
+    protocol: LogProtocol,
+    serves: bool,
+    amqp_url: str,
+    connection: AbstractRobustConnection,
+    channel: AbstractChannel,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # given a log holding a few events
+    events = some_events(3)
+    await Publisher(channel).publish_all(events)
+    port = stream_address(amqp_url).port if serves else a_closed_port()
+    # when a reader (the audit replay, events tail, the tracker) opens it as configured
+    caplog.set_level(logging.WARNING, logger="dimsebus.services.bus.log")
+    async with open_log(
+        connection, "first", name="dimsebus-probe", protocol=protocol, stream_port=port
+    ) as reader:
+        wanted, found = {e.id for e in events}, set[UUID]()
+        while not wanted <= found:
+            batch = await reader.batch(500, wait=10.0)
+            assert batch, f"{len(wanted - found)} of the events did not come within 10 s"
+            found |= {e.event.id for e in batch if e.event is not None}
+    # then it read them over the stream protocol where asked and served, else over AMQP
+    streamed = protocol == "stream" and serves
+    assert isinstance(reader, StreamLogReader if streamed else LogReader)
+    # and a fallback is said in one line naming the reader and the port
+    lines = [r.getMessage() for r in caplog.records if "over AMQP" in r.getMessage()]
+    if protocol == "stream" and not serves:
+        assert len(lines) == 1
+        assert lines[0].startswith("dimsebus-probe reading dimsebus.log over AMQP")
+        assert f":{port} did not serve it" in lines[0]
+    else:
+        assert lines == []
 
 
 async def test_a_chunk_over_the_frame_bound_ends_the_stream_and_the_tracker_reads_on_over_amqp(
@@ -186,7 +233,7 @@ async def test_a_chunk_over_the_frame_bound_ends_the_stream_and_the_tracker_read
         await read_all(small(stream_address(amqp_url), "first"), 10**6)
     # and a tracker whose stream stops there reads on over AMQP, said in one line
     caplog.set_level(logging.WARNING, logger="dimsebus.services.tracker.app")
-    monkeypatch.setattr(tracker_app, "StreamLogReader", small)
+    monkeypatch.setattr(bus_log, "StreamLogReader", small)
     settings = await start_tracker(db=tmp_path / "t.sqlite")
     await until(lambda: any("over AMQP from" in r.getMessage() for r in caplog.records))
     # and folds the whole log: the big chunk, and what is published after it
