@@ -96,7 +96,10 @@ class NodeSettings(ServiceSettings):
     )
     max_associations: int = Field(64, ge=1, le=1024, description="associations at once")
     max_associations_per_host: int = Field(
-        16, ge=1, le=1024, description="associations at once from one IP address"
+        16,
+        ge=1,
+        le=1024,
+        description="associations at once from one IP address (an IPv6 one: from its /64)",
     )
     access: Access = Field(default_factory=Access)
     peers: dict[AETitle, Peer] = Field(default_factory=dict)

@@ -5,6 +5,7 @@ No pynetdicom here: ``dimsebus.services.node.server`` applies these at its accep
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import threading
@@ -43,6 +44,25 @@ class Limits:
         )
 
 
+IPV6_PREFIX = 64
+"""An IPv6 peer is counted by its /64: one host is usually given a whole /64 (SLAAC, RFC
+4291's interface identifiers), and an address per connection costs it nothing."""
+
+
+def host_key(host: str) -> str:
+    """What ``max_associations_per_host`` counts by: an IPv4 address (an IPv4-mapped IPv6
+    one as IPv4), or an IPv6 address's /64 network; anything else as it is."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])  # no zone: fe80::1%eth0
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
+    return str(address)
+
+
 @dataclass(eq=False)
 class Connection:
     """An accepted connection: its peer, its ARTIM deadline, and its A-ASSOCIATE-RQ once read."""
@@ -51,6 +71,7 @@ class Connection:
     host: str
     port: int
     deadline: float  # time.monotonic() at accept + acse_timeout (ARTIM, PS3.8 9.1.5)
+    key: str = ""  # what it counts against: its address, or an IPv6 address's /64
     request: bytes = b""
     adopted: bool = False  # its association thread runs, and releases it when done
 
@@ -61,7 +82,7 @@ class Connection:
 
 
 class ConnectionTable:
-    """The live connections, counted per address and in all, within ``Limits``."""
+    """The live connections, counted per address (``host_key``) and in all, within ``Limits``."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
@@ -73,17 +94,20 @@ class ConnectionTable:
     def admit(self, sock: socket.socket, address: Any) -> Connection | None:
         """The accepted connection, or None (and a line, now and then) if it is one too many."""
         host, port = str(address[0]), int(address[1])
+        key = host_key(host)
         with self._lock:
-            if self._per_host[host] >= self.limits.max_per_host:
-                reason = f"{self._per_host[host]} open from it (max_associations_per_host)"
+            if self._per_host[key] >= self.limits.max_per_host:
+                where = "it" if key == host else key
+                reason = f"{self._per_host[key]} open from {where} (max_associations_per_host)"
             elif len(self._connections) >= self.limits.max_connections:
                 reason = f"{len(self._connections)} open in all (max_associations + margin)"
             else:
                 deadline = time.monotonic() + self.limits.acse_timeout
-                connection = self._connections[sock] = Connection(sock, host, port, deadline)
-                self._per_host[host] += 1
+                connection = Connection(sock, host, port, deadline, key)
+                self._connections[sock] = connection
+                self._per_host[key] += 1
                 return connection
-        self._refusals.note(host, reason)
+        self._refusals.note(key, reason if key == host else f"{host}: {reason}")
         return None
 
     def __getitem__(self, sock: socket.socket) -> Connection:
@@ -100,14 +124,16 @@ class ConnectionTable:
         with self._lock:
             if self._connections.pop(connection.socket, None) is None:
                 return
-            self._per_host[connection.host] -= 1
-            if self._per_host[connection.host] <= 0:
-                del self._per_host[connection.host]
+            self._per_host[connection.key] -= 1
+            if self._per_host[connection.key] <= 0:
+                del self._per_host[connection.key]
 
     def count(self, host: str | None = None) -> int:
-        """Live connections, from ``host`` or in all."""
+        """Live connections counted against ``host`` (its ``host_key``), or in all."""
         with self._lock:
-            return self._per_host[host] if host is not None else len(self._connections)
+            if host is None:
+                return len(self._connections)
+            return self._per_host[host_key(host)]
 
 
 class RefusalLog:
