@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TypeVar
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractRobustConnection
+from aio_pika.connection import make_url
 from aiormq.connection import EXCEPTION_MAPPING
 from aiormq.exceptions import ConnectionClosed, ProbableAuthenticationError
+from pamqp.common import FieldTable
 
 from dimsebus.services.bus.aiormq_internals import refused_open_frame
 from dimsebus.services.bus.brokers import Rotation, parse_urls
@@ -58,16 +61,29 @@ async def connect(urls: str, name: str) -> AbstractRobustConnection:
     return await _robust(last, name)
 
 
+_C = TypeVar("_C", bound=AbstractConnection)
+
+
 async def _robust(url: str, name: str) -> AbstractRobustConnection:
-    return await aio_pika.connect_robust(
-        url, client_properties={"connection_name": name}, timeout=CONNECT_WITHIN
-    )
+    properties: FieldTable = {"connection_name": name}
+    return await _connected(aio_pika.RobustConnection(make_url(url), client_properties=properties))
 
 
 async def _open(url: str, name: str) -> AbstractConnection:
-    return await aio_pika.connect(
-        url, client_properties={"connection_name": name}, timeout=CONNECT_WITHIN
-    )
+    properties: FieldTable = {"connection_name": name}
+    return await _connected(aio_pika.Connection(make_url(url), client_properties=properties))
+
+
+async def _connected(connection: _C) -> _C:
+    """``connection``, connected, or closed and the error raised. (aio-pika's ``connect``
+    leaves a connection that failed to the garbage collector, whose ``__del__`` schedules
+    its close: outside an event loop, a coroutine never awaited, and a warning.)"""
+    try:
+        await connection.connect(timeout=CONNECT_WITHIN)
+    except BaseException:
+        await connection.close()
+        raise
+    return connection
 
 
 class Brokers:
