@@ -247,14 +247,7 @@ def events_tail(
     async def tail() -> None:
         async with (
             await connect(settings.amqp_url, "dimsebus-tail") as connection,
-            open_log(
-                connection,
-                offset,
-                name="dimsebus-tail",
-                protocol=settings.log_protocol,
-                stream_port=settings.stream_port,
-                max_body_bytes=settings.max_body_bytes,
-            ) as log,
+            open_log(connection, offset, settings, name="dimsebus-tail") as log,
         ):
             count = 0
             async for entry in log:

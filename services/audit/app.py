@@ -275,15 +275,8 @@ async def replay_into(
 ) -> tuple[int, int]:
     """Record what the log holds from ``start`` and the trail lacks: (read, added)."""
     read = added = 0
-    settings = auditor.settings
-    async with open_log(
-        connection,
-        start,
-        name="dimsebus-audit-replay",
-        protocol=settings.log_protocol,
-        stream_port=settings.stream_port,
-        max_body_bytes=settings.max_body_bytes,
-    ) as reader:
+    name = "dimsebus-audit-replay"
+    async with open_log(connection, start, auditor.settings, name=name) as reader:
         batch: list[Any] = []
         async for entry in reader.until_idle():
             read += 1

@@ -9,7 +9,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import aiormq.abc
 from aio_pika.abc import AbstractChannel, AbstractConnection
@@ -328,31 +328,43 @@ class StreamLogReader(_Reader):
         return self._decoded(offset, key, body)
 
 
+class LogReading(Protocol):
+    """How a service reads the log (its ``LogSettings``)."""
+
+    @property
+    def log_protocol(self) -> LogProtocol: ...
+
+    @property
+    def stream_port(self) -> int | None: ...
+
+    @property
+    def max_body_bytes(self) -> int: ...
+
+
 @contextlib.asynccontextmanager
 async def open_log(
     connection: AbstractConnection,
     start: str | int,
+    reading: LogReading,
     *,
     name: str,
-    protocol: LogProtocol = "stream",
-    stream_port: int | None = None,
-    max_body_bytes: int = MAX_BODY_BYTES,
     prefetch: int = 1000,
 ) -> AsyncIterator[LogReader | StreamLogReader]:
     """The log from ``start``, read while entered: over the stream protocol on the broker
-    ``connection`` is connected to (``protocol`` "stream"), else over AMQP on a channel of
-    ``connection``.
+    ``connection`` is connected to (``reading.log_protocol`` "stream"), else over AMQP on a
+    channel of ``connection``.
 
     A broker whose stream port does not answer or refuses (the plugin not enabled, a
     node without a replica of the log) is read over AMQP, said in one line naming
     ``name``, the reader (also the stream connection's name).
     """
     reader: LogReader | StreamLogReader | None = await _entered_log(
-        connection, start, name, protocol, stream_port, max_body_bytes
+        connection, start, reading, name
     )
     if reader is None:
+        limit = reading.max_body_bytes
         reader = LogReader(
-            await connection.channel(), start, prefetch=prefetch, max_body_bytes=max_body_bytes
+            await connection.channel(), start, prefetch=prefetch, max_body_bytes=limit
         )
         await reader.__aenter__()
     try:
@@ -362,20 +374,16 @@ async def open_log(
 
 
 async def _entered_log(
-    connection: AbstractConnection,
-    start: str | int,
-    name: str,
-    protocol: LogProtocol,
-    stream_port: int | None,
-    max_body_bytes: int,
+    connection: AbstractConnection, start: str | int, reading: LogReading, name: str
 ) -> StreamLogReader | None:
     """The log over the stream protocol, entered; None where it is to be read over AMQP."""
-    if protocol == "stream":
+    if reading.log_protocol == "stream":
         url = str(connection.url)  # type: ignore[attr-defined]  # aio-pika's have one
         address: StreamAddress | None = None
         try:
-            address = StreamAddress.of(url, stream_port)
-            reader = StreamLogReader(address, start, name=name, max_body_bytes=max_body_bytes)
+            address = StreamAddress.of(url, reading.stream_port)
+            limit = reading.max_body_bytes
+            reader = StreamLogReader(address, start, name=name, max_body_bytes=limit)
             return await reader.__aenter__()
         except (OSError, TimeoutError) as exc:
             log.warning(

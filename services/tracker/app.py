@@ -335,18 +335,10 @@ async def _read(
     stop: asyncio.Event,
     ready: asyncio.Event | None,
 ) -> None:
-    protocol = settings.log_protocol
+    reading, name = settings, f"dimsebus-{settings.tracker_id}"
     while True:
         try:
-            async with open_log(
-                connection,
-                start,
-                name=f"dimsebus-{settings.tracker_id}",
-                protocol=protocol,
-                stream_port=settings.stream_port,
-                max_body_bytes=settings.max_body_bytes,
-                prefetch=2000,
-            ) as reader:
+            async with open_log(connection, start, reading, name=name, prefetch=2000) as reader:
                 await _fold(tracker, settings, reader, stop, ready)
             return
         except ChunkNotReadable as exc:
@@ -356,7 +348,7 @@ async def _read(
             checkpoint = tracker.store.checkpoint()
             start = start if checkpoint is None else checkpoint + 1
             log.warning("tracker reading dimsebus.log over AMQP from %s: %s", start, exc)
-            protocol = "amqp"
+            reading = settings.model_copy(update={"log_protocol": "amqp"})
 
 
 async def _fold(

@@ -31,6 +31,7 @@ from dimsebus.services.bus.publisher import Publisher
 from dimsebus.services.bus.stream_client import ChunkTooLarge, StreamAddress, StreamRefused
 from dimsebus.services.bus.topology import EVENTS_EXCHANGE
 from dimsebus.services.clock import new_id, utc_now
+from dimsebus.services.settings import LogSettings
 from dimsebus.services.tracker.app import TrackerSettings
 from dimsebus.services.tracker.store import open_store
 from tests.integration.conftest import until
@@ -193,9 +194,8 @@ async def test_every_reader_of_the_log_opens_it_over_the_stream_protocol_or_says
     port = stream_address(amqp_url).port if serves else a_closed_port()
     # when a reader (the audit replay, events tail, the tracker) opens it as configured
     caplog.set_level(logging.WARNING, logger="dimsebus.services.bus.log")
-    async with open_log(
-        connection, "first", name="dimsebus-probe", protocol=protocol, stream_port=port
-    ) as reader:
+    reading = LogSettings(amqp_url=amqp_url, log_protocol=protocol, stream_port=port)
+    async with open_log(connection, "first", reading, name="dimsebus-probe") as reader:
         wanted, found = {e.id for e in events}, set[UUID]()
         while not wanted <= found:
             batch = await reader.batch(500, wait=10.0)
