@@ -85,7 +85,7 @@ def _range_check(name: str, low: int, high: int, *, odd: bool = False) -> Callab
     return check
 
 
-def _strict_int(name: str, code: str, low: int, high: int, *, odd: bool = False) -> Native:
+def _strict_int(code: str, name: str, low: int, high: int, *, odd: bool = False) -> Native:
     schema: core_schema.CoreSchema = core_schema.int_schema(strict=True, ge=low, le=high)
     if odd:  # a look-up in a set of the odd values, in pydantic-core
         schema = core_schema.chain_schema(
@@ -134,28 +134,28 @@ AETitle = Annotated[
 
 MessageID = Annotated[
     int,
-    _strict_int("message id", "dicom_message_id", 0, MESSAGE_ID_MAX),
+    _strict_int("dicom_message_id", "message id", 0, MESSAGE_ID_MAX),
     WithJsonSchema({"type": "integer", "minimum": 0, "maximum": MESSAGE_ID_MAX}),
 ]
 """A DIMSE Message ID (PS3.7 E.1): unique per association only, wraps at 65535."""
 
 PresentationContextID = Annotated[
     int,
-    _strict_int("presentation context id", "dicom_presentation_context_id", 1, 255, odd=True),
+    _strict_int("dicom_presentation_context_id", "presentation context id", 1, 255, odd=True),
     WithJsonSchema({"type": "integer", "minimum": 1, "maximum": 255, "not": {"multipleOf": 2}}),
 ]
 """A presentation context id (PS3.8 9.3.2.2): odd, 1 to 255."""
 
 StatusCode = Annotated[
     int,
-    _strict_int("status", "dicom_status", 0, STATUS_MAX),
+    _strict_int("dicom_status", "status", 0, STATUS_MAX),
     WithJsonSchema({"type": "integer", "minimum": 0, "maximum": STATUS_MAX}),
 ]
 """A DIMSE status (PS3.7 Annex C), 0x0000 to 0xFFFF."""
 
 Port = Annotated[
     int,
-    _strict_int("TCP port", "tcp_port", 0, 65535),
+    _strict_int("tcp_port", "TCP port", 0, 65535),
     WithJsonSchema({"type": "integer", "minimum": 0, "maximum": 65535}),
 ]
 """A TCP port number."""
