@@ -27,6 +27,7 @@ from dimsebus.services.bus.stream_client import (
 )
 from dimsebus.services.bus.stream_wire import WireError, amqp_message
 from dimsebus.services.bus.topology import LOG_STREAM
+from dimsebus.services.clock import utc_now
 from dimsebus.services.errors import ConfigError, InvalidEvent
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ NAMED_OFFSETS = ("first", "last", "next")
 FIRST_CREDIT = 32  # chunks a stream subscription asks for before it knows how big they are
 MAX_CREDIT = 2000  # chunks asked for at most at once (a chunk holds one record at least)
 CREDIT_STEP = 16  # credit is given in steps of at least this many chunks
+CLOCK_SKEW = dt.timedelta(seconds=5)
+"""How far the broker's clock may be behind this host's, for a resume by time."""
 
 
 def log_stopped() -> ConnectionError:
@@ -256,7 +259,7 @@ class StreamLogReader(_Reader):
     def __init__(
         self,
         address: StreamAddress,
-        offset: str | int = "first",
+        offset: str | int | dt.datetime = "first",
         *,
         name: str = "dimsebus",
         max_waiting: int = 4000,
@@ -268,9 +271,12 @@ class StreamLogReader(_Reader):
         self._max_waiting = max_waiting
         self._in_flight = FIRST_CREDIT  # chunks asked for that have not arrived
         self._chunks = self._records = 0  # seen so far: how big a chunk is
+        self._first: int | None = None  # the offset of the first record that arrived
+        self._opened_at = utc_now()
         self._subscription = StreamSubscription(address, name, self._arrived, max_frame)
 
     async def __aenter__(self) -> StreamLogReader:
+        self._opened_at = utc_now()
         await self._subscription.open(LOG_STREAM, self._offset, FIRST_CREDIT)
         self._subscription.ended.add_done_callback(self._end)
         return self
@@ -284,11 +290,29 @@ class StreamLogReader(_Reader):
         """Why the subscription ended, once it has."""
         return self._subscription.reason
 
+    @property
+    def resume_from(self) -> str | int | dt.datetime:
+        """Where to read the log again, by another reader, to miss nothing this one did not
+        give out: the first record that arrived; with none, its start, where that is a
+        place in the log ("first", an offset). A start of "next" or "last" is a moment,
+        not a place: asked for again later, it would skip what was written since, so it
+        is read from when this reader opened, less ``CLOCK_SKEW`` (the broker's clock
+        is not this host's). What comes twice, consumers dedupe (DESIGN.md rule 2).
+        """
+        if self._first is not None:
+            return self._first
+        if isinstance(self._offset, int) or self._offset == "first":
+            return self._offset
+        return self._opened_at - CLOCK_SKEW
+
     def _stopped(self) -> ConnectionError:
-        """``ChunkNotReadable`` when that is why the subscription ended: reading on over
-        the stream protocol would stop at the same chunk again."""
+        """``ChunkNotReadable`` when that is why the subscription ended (reading on over
+        the stream protocol would stop at the same chunk again), with ``resume_from``."""
         reason = self.reason
-        return reason if isinstance(reason, ChunkNotReadable) else log_stopped()
+        if not isinstance(reason, ChunkNotReadable):
+            return log_stopped()
+        reason.resume_from = self.resume_from
+        return reason
 
     def _arrived(self, records: list[tuple[int, bytes]]) -> None:
         """One chunk's records, those before the start offset left out."""
@@ -296,6 +320,8 @@ class StreamLogReader(_Reader):
         self._chunks += 1
         self._records += len(records)
         if records:
+            if self._first is None:
+                self._first = records[0][0]
             self._deliveries.extend(records)
             self._wake()
         self._top_up()
@@ -344,7 +370,7 @@ class LogReading(Protocol):
 @contextlib.asynccontextmanager
 async def open_log(
     connection: AbstractConnection,
-    start: str | int,
+    start: str | int | dt.datetime,
     reading: LogReading,
     *,
     name: str,
@@ -374,7 +400,7 @@ async def open_log(
 
 
 async def _entered_log(
-    connection: AbstractConnection, start: str | int, reading: LogReading, name: str
+    connection: AbstractConnection, start: str | int | dt.datetime, reading: LogReading, name: str
 ) -> StreamLogReader | None:
     """The log over the stream protocol, entered; None where it is to be read over AMQP."""
     if reading.log_protocol == "stream":

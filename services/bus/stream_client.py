@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import ssl
 import struct
 from collections.abc import Callable
@@ -43,7 +44,13 @@ _HEADER = struct.Struct(">HH")
 class ChunkNotReadable(ConnectionError):
     """A chunk of the log this client cannot read (a stream client's sub-batch, bytes that
     are not the protocol's): the subscription would stop there again. Read it over AMQP,
-    to which the broker hands each message on its own."""
+    to which the broker hands each message on its own.
+
+    ``resume_from``, set by the reader that stopped (``StreamLogReader``), is where to read
+    the log again so that nothing it did not give out is missed.
+    """
+
+    resume_from: str | int | dt.datetime | None = None
 
 
 class ChunkTooLarge(ChunkNotReadable):
@@ -250,7 +257,7 @@ class StreamSubscription:
         assert self._protocol is not None
         return self._protocol.closed
 
-    async def open(self, stream: str, offset: str | int, credit: int) -> None:
+    async def open(self, stream: str, offset: str | int | dt.datetime, credit: int) -> None:
         """Connect, authenticate and subscribe; raises ``ConnectionError`` (``StreamRefused``
         for an answer that is not OK) when it cannot."""
         address = self._address

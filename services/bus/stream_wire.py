@@ -12,6 +12,7 @@ makes a record cheap to read.
 
 from __future__ import annotations
 
+import datetime as dt
 import struct
 from dataclasses import dataclass
 
@@ -49,6 +50,7 @@ RESPONSE_CODES = {
 # Subscribe's offset types
 OFFSET_TYPES = {"first": 1, "last": 2, "next": 3}
 OFFSET_NUMBER = 4
+OFFSET_TIMESTAMP = 5  # milliseconds since the epoch: from the first chunk written then or after
 
 CHUNK_HEADER = struct.Struct(">BBHIqQQiIII")  # osiris_log.erl: 48 bytes
 USER_CHUNK = 0
@@ -88,10 +90,14 @@ def properties(values: dict[str, str]) -> bytes:
     )
 
 
-def subscribe_parts(subscription: int, stream: str, offset: str | int, credit: int) -> bytes:
+def subscribe_parts(
+    subscription: int, stream: str, offset: str | int | dt.datetime, credit: int
+) -> bytes:
     """Subscribe's content after its correlation id: from a named offset (first, last,
-    next) or a number, with ``credit`` chunks."""
-    if isinstance(offset, int):
+    next), a number or a time, with ``credit`` chunks."""
+    if isinstance(offset, dt.datetime):
+        spec = struct.pack(">Hq", OFFSET_TIMESTAMP, int(offset.timestamp() * 1000))
+    elif isinstance(offset, int):
         spec = struct.pack(">HQ", OFFSET_NUMBER, offset)
     else:
         spec = struct.pack(">H", OFFSET_TYPES[offset])

@@ -331,7 +331,7 @@ async def _read(
     tracker: Tracker,
     settings: TrackerSettings,
     connection: AbstractConnection,
-    start: str | int,
+    start: str | int | dt.datetime,
     stop: asyncio.Event,
     ready: asyncio.Event | None,
 ) -> None:
@@ -343,12 +343,23 @@ async def _read(
             return
         except ChunkNotReadable as exc:
             # The stream would stop at the same chunk again: this session reads on over
-            # AMQP, from what the fold committed (a start of "next" or "last" with nothing
-            # committed yet is asked for again as it was).
+            # AMQP, from what the fold committed, or with nothing committed yet, from where
+            # the stream reader says nothing is missed (not "next" again: a later "next").
             checkpoint = tracker.store.checkpoint()
-            start = start if checkpoint is None else checkpoint + 1
+            start = resume_point(start, checkpoint, exc.resume_from)
             log.warning("tracker reading dimsebus.log over AMQP from %s: %s", start, exc)
             reading = settings.model_copy(update={"log_protocol": "amqp"})
+
+
+def resume_point(
+    start: str | int | dt.datetime, checkpoint: int | None, unread: str | int | dt.datetime | None
+) -> str | int | dt.datetime:
+    """Where a reader of the log that replaces one started at ``start`` begins: after the
+    ``checkpoint`` the fold committed, else where the one replaced says nothing it gave
+    out is lost (``unread``: ``StreamLogReader.resume_from``), else at ``start`` again."""
+    if checkpoint is not None:
+        return checkpoint + 1
+    return start if unread is None else unread
 
 
 async def _fold(

@@ -33,6 +33,7 @@ from dimsebus.services.bus.topology import EVENTS_EXCHANGE
 from dimsebus.services.clock import new_id, utc_now
 from dimsebus.services.settings import LogSettings
 from dimsebus.services.tracker.app import TrackerSettings
+from dimsebus.services.tracker.progress import move_key
 from dimsebus.services.tracker.store import open_store
 from tests.integration.conftest import until
 
@@ -241,3 +242,37 @@ async def test_a_chunk_over_the_frame_bound_ends_the_stream_and_the_tracker_read
         await Publisher(channel).publish_all(some_events(2))
         last = (await take(later, 2))[-1].offset
     await folded(settings, last)
+
+
+async def test_a_tracker_started_at_next_whose_stream_stops_at_once_misses_nothing(
+    amqp_url: str,
+    start_tracker: Callable[..., Awaitable[TrackerSettings]],
+    channel: AbstractChannel,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # given a tracker with nothing committed, reading from "next" with frames of 4 KB at most
+    caplog.set_level(logging.WARNING, logger="dimsebus.services.tracker.app")
+    monkeypatch.setattr(
+        bus_log, "StreamLogReader", functools.partial(StreamLogReader, max_frame=4096)
+    )
+    settings = await start_tracker(db=tmp_path / "t.sqlite", start_from="next")
+    # when the first thing written after it opened is a chunk over that bound (one move's
+    # 30 events in one write), and then a little more
+    events = some_events(30)
+    await Publisher(channel).send_batch([outgoing_event(e) for e in events])
+    await until(lambda: any("over AMQP from" in r.getMessage() for r in caplog.records))
+    await Publisher(channel).publish_all(later := some_events(2))
+    # then it folds what came after, and the big chunk too: the AMQP reader that replaces
+    # the stream's starts from when that one opened, not at a later "next"
+    store = open_store(settings.db)
+    try:
+        keys = [move_key(events[-1]), move_key(later[-1])]
+        await until(
+            lambda: all(key is not None and store.load(key) for key in keys),
+            within=30.0,
+            what="both moves folded",
+        )
+    finally:
+        store.close()

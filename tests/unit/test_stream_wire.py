@@ -7,6 +7,7 @@ The records are built here by a small AMQP 1.0 encoder (part 1 of the specificat
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import ssl
 import struct
 
@@ -15,12 +16,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dimsebus.services.bus import stream_wire as wire
+from dimsebus.services.bus.log import CLOCK_SKEW, StreamLogReader
 from dimsebus.services.bus.stream_client import (
     ChunkNotReadable,
     ChunkTooLarge,
     StreamAddress,
     StreamProtocol,
 )
+from dimsebus.services.clock import utc_now
 
 
 def symbol(text: str) -> bytes:
@@ -168,6 +171,28 @@ def test_subscribe_names_its_offset() -> None:
     assert named == b"\x00" + wire.short_string("dimsebus.log") + b"\x00\x01\x00\x20" + bytes(4)
     numbered = wire.subscribe_parts(0, "dimsebus.log", 1234, 32)
     assert numbered[15:25] == struct.pack(">HQ", wire.OFFSET_NUMBER, 1234)
+    moment = dt.datetime(2026, 12, 1, 2, 30, 0, 250_000, tzinfo=dt.UTC)
+    timed = wire.subscribe_parts(0, "dimsebus.log", moment, 32)
+    assert timed[15:25] == struct.pack(">Hq", wire.OFFSET_TIMESTAMP, 1_796_092_200_250)
+
+
+def test_a_stream_reader_resumes_from_its_first_record_else_its_place_else_its_opening() -> None:
+    address = StreamAddress("127.0.0.1", 5552, "guest", "guest", "/", None)
+    # given readers opened at a place in the log ("first", an offset) or at a moment
+    # ("next", "last"), to which nothing has arrived yet
+    assert StreamLogReader(address, "first").resume_from == "first"
+    assert StreamLogReader(address, 1234).resume_from == 1234
+    for moment in ("next", "last"):
+        reader = StreamLogReader(address, moment)
+        opened = reader.resume_from
+        # then a moment is resumed from by time, early by the clocks' possible skew: asked
+        # for again, "next" would skip what was written since
+        assert isinstance(opened, dt.datetime)
+        assert dt.timedelta(0) < utc_now() - CLOCK_SKEW - opened < dt.timedelta(seconds=5)
+        # and once records arrived, from the first of them, whatever came after
+        reader._arrived([(70, b"a"), (71, b"b")])
+        reader._arrived([(72, b"c")])
+        assert reader.resume_from == 70
 
 
 def test_a_frame_is_sized_keyed_and_versioned() -> None:

@@ -14,7 +14,7 @@ import pytest
 from dimsebus.schemas import events as ev
 from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.services.bus.log import LogEntry
-from dimsebus.services.tracker.app import Tracker
+from dimsebus.services.tracker.app import Tracker, resume_point
 from dimsebus.services.tracker.ports import EventSpool, MoveStore
 from dimsebus.services.tracker.progress import MoveKey, MoveState, named_instances
 from dimsebus.services.tracker.settings import TrackerSettings
@@ -248,3 +248,16 @@ def test_open_moves_beyond_the_cache_fold_as_if_all_were_kept() -> None:
     assert none_store.moves == kept_store.moves
     assert [e.id for e in none_spool.events] == [e.id for e in kept_spool.events]
     assert none.cached == 0
+
+
+def test_a_reader_replaced_after_an_unreadable_chunk_resumes_where_nothing_is_missed() -> None:
+    moment = dt.datetime(2026, 12, 1, 2, 30, tzinfo=dt.UTC)
+    # after a commit: from the offset after the checkpoint, whatever the start was
+    assert resume_point("next", 41, moment) == 42
+    assert resume_point(7, 41, 30) == 42
+    # with nothing committed: where the stream reader says it gave out nothing yet, not
+    # "next" again (which would skip what was written since the first reader opened)
+    assert resume_point("next", None, moment) == moment
+    assert resume_point("next", None, 70) == 70
+    # and with nothing said (another reader's end), from the start again
+    assert resume_point("first", None, None) == "first"
