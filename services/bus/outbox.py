@@ -24,13 +24,16 @@ from __future__ import annotations
 
 import bisect
 import datetime as dt
+import functools
 import itertools
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from dimsebus.schemas.envelope import CloudEvent
 from dimsebus.services.bus.wakeup import ArrivalBell
@@ -189,6 +192,47 @@ class Record:
     body: bytes
 
 
+BUSY_TIMEOUT = 5.0
+"""Seconds an outbox method waits for the other connections' writes to end, at most
+(sqlite3's default busy timeout)."""
+_FIRST_PAUSE, _LAST_PAUSE = 20e-6, 1e-3
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def _retried_while_busy(method: Callable[_P, _T]) -> Callable[_P, _T]:
+    """An outbox method, called again while another connection holds the file's write lock.
+
+    The DIMSE thread's commits and the relay's take and remove meet (one commit in 40 at
+    full C-STORE speed): SQLite's own busy handler then sleeps 1 ms, then 2, 5... before
+    its next try, for a lock held some 50 us, and the C-STORE waited that long. Here the
+    method fails at once (``busy_timeout`` 0), rolls back what it began, and is called
+    again after 20 us, then twice as long each time up to 1 ms, for ``BUSY_TIMEOUT``
+    seconds in all. It sleeps holding no lock of its own.
+    """
+
+    @functools.wraps(method)
+    def retried(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        outbox = args[0]
+        assert isinstance(outbox, Outbox)
+        pause, deadline = _FIRST_PAUSE, 0.0
+        while True:
+            try:
+                return method(*args, **kwargs)
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                    raise
+                outbox._rolled_back()
+                deadline = deadline or time.monotonic() + BUSY_TIMEOUT
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, _LAST_PAUSE)
+
+    return retried
+
+
 class Outbox:
     """A thread-safe SQLite spool of encoded events, oldest first."""
 
@@ -220,6 +264,15 @@ class Outbox:
         if not checkpoints:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
         migrate_outbox(self._db, self.path)
+        # From here on, a statement that meets another connection's write fails at once, and
+        # the method is tried again sooner than SQLite would (``_retried_while_busy``).
+        self._db.execute("PRAGMA busy_timeout = 0")
+
+    def _rolled_back(self) -> None:
+        """End a transaction a busy file cut short, so that it can be begun again."""
+        with self._lock:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
 
     def close(self) -> None:
         """Close the file; rows stay for the next start."""
@@ -250,6 +303,7 @@ class Outbox:
         """Spool the facts of several events durably, in one transaction."""
         self._insert([_record_row(record) for record in records])
 
+    @_retried_while_busy
     def _insert(
         self, rows: Sequence[tuple[object, ...]], opened: tuple[object, ...] | None = None
     ) -> None:
@@ -277,6 +331,7 @@ class Outbox:
             self._db.execute("COMMIT")
             self._arrivals.ring()
 
+    @_retried_while_busy
     def peek(self, limit: int) -> list[OutboxRow]:
         """The oldest ``limit`` rows."""
         with self._lock:
@@ -286,6 +341,7 @@ class Outbox:
             ).fetchall()
         return [OutboxRow(*row) for row in rows]
 
+    @_retried_while_busy
     def rows(self, seqs: Sequence[int]) -> list[OutboxRow]:
         """The rows ``seqs`` that are still spooled, oldest first."""
         if not seqs:
@@ -298,6 +354,7 @@ class Outbox:
             ).fetchall()
         return [OutboxRow(*row) for row in rows]
 
+    @_retried_while_busy
     def take(self, limit: int, at: dt.datetime) -> list[OutboxRow]:
         """The oldest ``limit`` rows, noted as being published at ``at``, in one statement.
 
@@ -316,6 +373,7 @@ class Outbox:
         rows.sort()  # RETURNING's order is not the table's; seq comes first, and is unique
         return [OutboxRow(*row) for row in rows]
 
+    @_retried_while_busy
     def skip(self, seqs: Sequence[int]) -> None:
         """Leave the rows ``seqs`` out of this object's later ``take``s; they stay spooled,
         not in flight (their relay could not make their events, so never sent them)."""
@@ -333,6 +391,7 @@ class Outbox:
             self._db.execute("COMMIT")
             self._skipping = True
 
+    @_retried_while_busy
     def remove(
         self, seqs: list[int], latencies: list[float] | None = None, *, counted: bool = True
     ) -> None:
@@ -360,6 +419,7 @@ class Outbox:
                 )
             self._db.execute("COMMIT")
 
+    @_retried_while_busy
     def in_flight(self) -> tuple[dict[int, str], dt.datetime | None]:
         """Rows published without a confirm yet (seq -> event id), and the earliest time."""
         with self._lock:
@@ -369,11 +429,13 @@ class Outbox:
         since = min((dt.datetime.fromisoformat(row[2]) for row in rows), default=None)
         return {row[0]: row[1] for row in rows}, since
 
+    @_retried_while_busy
     def checkpoint(self) -> None:
         """Copy the WAL into the database now, without waiting for readers (PASSIVE)."""
         with self._lock:
             self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
+    @_retried_while_busy
     def depth(self) -> int:
         """How many events await their confirm."""
         with self._lock:
