@@ -135,28 +135,30 @@ def _truncated_requests(node: RunningNode) -> None:
 
 
 async def test_one_byte_at_a_time(start_node: Any) -> None:
-    node = await attacked(start_node)
+    node = await attacked(start_node, acse=HELD)
     await asyncio.to_thread(_slow_loris, node.settings.port)
 
 
 def _slow_loris(port: int) -> None:
     # given 20 sockets from one address, each sending an A-ASSOCIATE-RQ a byte every 0.25 s
     lived: list[float] = []
-    attack = threading.Thread(target=lambda: lived.extend(_drip(port, 20, 0.25)))
+    attack = threading.Thread(target=_drip, args=(port, 20, 0.25, lived))
     attack.start()
-    # then a peer elsewhere is served within 2 s meanwhile
-    assert echo(port) < 2.0
+    # then a peer elsewhere is served meanwhile: while the address's share of them still
+    # holds its sockets (only those over the share were let go, at accept)
+    echo(port)
+    assert len(lived) <= 20 - PER_HOST, "the echo was answered only once attackers were let go"
     attack.join()
     # and the node closed each of them within acse_timeout, though they kept sending
-    assert max(lived) < ACSE + 0.5, lived
+    assert max(lived) < HELD + 0.5, lived
     echo_within(port, ATTACKER, ACSE)
 
 
-def _drip(port: int, count: int, interval: float) -> list[float]:
-    """Send an A-ASSOCIATE-RQ one byte per ``interval`` on ``count`` sockets until each closes."""
+def _drip(port: int, count: int, interval: float, lived: list[float]) -> None:
+    """Send an A-ASSOCIATE-RQ one byte per ``interval`` on ``count`` sockets until each closes;
+    each one's lifetime goes to ``lived`` as it closes."""
     request, opened = associate_rq(), time.monotonic()
     open_ = {connect(port): 0 for _ in range(count)}
-    lived: list[float] = []
 
     def gone(sock: socket.socket) -> None:
         lived.append(time.monotonic() - opened)
@@ -177,7 +179,6 @@ def _drip(port: int, count: int, interval: float) -> list[float]:
             for sock in select.select(list(open_), [], [], left)[0]:
                 if closed(sock, 0):
                     gone(sock)
-    return lived
 
 
 async def test_pdu_of_four_gigabytes(start_node: Any) -> None:
@@ -198,7 +199,7 @@ def _huge_pdus(port: int) -> None:
         streamed: list[int] = []
         attack = threading.Thread(target=lambda: streamed.append(_stream(port, 256)))
         attack.start()
-        assert echo(port) < 2.0
+        echo(port)
         attack.join()
     assert streamed[0] < 64, f"{streamed[0]} MiB streamed before the node closed"
     assert peak[0] < 300, f"RSS {peak[0]:.0f} MB"
@@ -280,7 +281,7 @@ def _random_bytes(port: int) -> list[int]:
     for sock in attackers:
         assert _closed_while_streaming(sock, opened + 1.0)
     # and peers on both addresses are served
-    assert echo(port) < 2.0
+    echo(port)
     echo_within(port, ATTACKER, ACSE)
     ports = [s.getsockname()[1] for s in attackers]
     _close(attackers)
@@ -296,7 +297,7 @@ def _closed_while_streaming(sock: Any, deadline: float) -> bool:
 
 
 async def test_idle_sockets(start_node: Any) -> None:
-    node = await attacked(start_node)
+    node = await attacked(start_node, acse=HELD)
     await asyncio.to_thread(_idle_sockets, node)
 
 
@@ -312,12 +313,14 @@ def _idle_sockets(node: RunningNode) -> None:
         refused.update(s for s in attackers if s not in refused and closed(s, 0))
         return len(refused) >= 200 - PER_HOST
 
-    assert until(refused_at_accept, 1.0)
+    assert until(refused_at_accept, 5.0)
     assert len(refused) == 200 - PER_HOST
     assert server.table.count(ATTACKER) == PER_HOST
     # and the node runs one thread for each of the rest (no association before a request)
     assert threading.active_count() - threads <= PER_HOST + 2
-    assert echo(port) < 2.0
+    # and a peer elsewhere is served while they still hold their sockets
+    echo(port)
+    assert server.table.count(ATTACKER) == PER_HOST, "the echo was answered only once they went"
     # and once the attacker lets go, its address is served again within acse_timeout
     _close(attackers)
     echo_within(port, ATTACKER, ACSE)
@@ -362,7 +365,7 @@ async def test_tls_handshake_off_the_accept_loop(tmp_path: Path) -> None:
 
 def _tls_handshakes(tmp_path: Path) -> None:
     server_context, client_context = _tls_contexts(tmp_path)
-    settings = NodeSettings(host="127.0.0.1", port=free_port(), acse_timeout=ACSE)
+    settings = NodeSettings(host="127.0.0.1", port=free_port(), acse_timeout=HELD)
     ae = AE(ae_title=settings.ae_title)
     ae.add_supported_context(VERIFICATION)
     ae.acse_timeout = settings.acse_timeout
@@ -371,12 +374,14 @@ def _tls_handshakes(tmp_path: Path) -> None:
         # given 10 connections from one address that never start their TLS handshake
         stalled = [connect(settings.port) for _ in range(10)]
         opened = time.monotonic()
-        # then a TLS peer elsewhere is served within 2 s: no handshake runs on the accept loop
-        assert echo(settings.port, tls=client_context) < 2.0
+        # then a TLS peer elsewhere is served while they all still hold their sockets: no
+        # handshake runs on the accept loop (there, each would wait out acse_timeout)
+        echo(settings.port, tls=client_context)
+        assert not [s for s in stalled if closed(s, 0.0)], "served only once they were let go"
         # and the stalled ones are closed within acse_timeout
-        assert all(closed(s, opened + ACSE + 1 - time.monotonic()) for s in stalled)
+        assert all(closed(s, opened + HELD + 1 - time.monotonic()) for s in stalled)
         # and every connection, the echo's too once its thread lets go, is released
-        assert until(lambda: server.table.count() == 0, 2.0), server.table.count()
+        assert until(lambda: server.table.count() == 0, 5.0), server.table.count()
         _close(stalled)
     finally:
         server.shutdown()
