@@ -139,7 +139,7 @@ class NodeWithEvents:
             outbox_path=folder / "outbox.sqlite",
             archive_path=folder / "archive",
         )
-        self.outbox = Outbox(self.settings.outbox_path, checkpoints=False)
+        self.outbox = Outbox(self.settings.outbox_path, dicom_path=True)
         self.relay = RelayProcess(self.settings.outbox_path, url, name="dimsebus-bench")
         warmup = move_story(node_id="bench", start=utc_now(), ids=iter(new_id, None))
         self.outbox.append(warmup[:1])

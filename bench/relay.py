@@ -83,7 +83,7 @@ async def measure(
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
         await queue.bind(EVENTS_EXCHANGE, "#")
         await queue.consume(on_message, no_ack=True)
-        outbox = Outbox(folder / "outbox.sqlite", checkpoints=False)
+        outbox = Outbox(folder / "outbox.sqlite", dicom_path=True)
         relay = RelayProcess(
             folder / "outbox.sqlite", url, name="dimsebus-bench-relay", niceness=niceness
         )

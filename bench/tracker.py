@@ -209,7 +209,7 @@ async def live(
 def respond(outbox_path: Path, rate: float, seconds: float, done: Connection) -> None:
     """Append C-STORE responses to the node's outbox at ``rate``/s for ``seconds``, one per
     call, as the DIMSE thread does; send how many through ``done``."""
-    outbox = Outbox(outbox_path)
+    outbox = Outbox(outbox_path, dicom_path=True)
     template = [e for e in move_events(1) if isinstance(e, ev.CStoreResponseReceived)]
     interval, sent = 1.0 / rate, 0
     started = time.perf_counter()

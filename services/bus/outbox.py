@@ -206,10 +206,11 @@ def _retried_while_busy(method: Callable[_P, _T]) -> Callable[_P, _T]:
 
     The DIMSE thread's commits and the relay's take and remove meet (one commit in 40 at
     full C-STORE speed): SQLite's own busy handler then sleeps 1 ms, then 2, 5... before
-    its next try, for a lock held some 50 us, and the C-STORE waited that long. Here the
-    method fails at once (``busy_timeout`` 0), rolls back what it began, and is called
-    again after 20 us, then twice as long each time up to 1 ms, for ``BUSY_TIMEOUT``
-    seconds in all. It sleeps holding no lock of its own.
+    its next try, for a lock held some 50 us, and the C-STORE waited that long. On the
+    DICOM path (``Outbox(dicom_path=True)``) the method fails at once (``busy_timeout``
+    0), rolls back what it began, and is called again after 20 us, then twice as long
+    each time up to 1 ms, for ``BUSY_TIMEOUT`` seconds in all. It sleeps holding no lock
+    of its own. Elsewhere SQLite's handler has waited already, and the error is raised.
     """
 
     @functools.wraps(method)
@@ -221,7 +222,7 @@ def _retried_while_busy(method: Callable[_P, _T]) -> Callable[_P, _T]:
             try:
                 return method(*args, **kwargs)
             except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or not outbox._prompt:
                     raise
                 outbox._rolled_back()
                 deadline = deadline or time.monotonic() + BUSY_TIMEOUT
@@ -236,20 +237,24 @@ def _retried_while_busy(method: Callable[_P, _T]) -> Callable[_P, _T]:
 class Outbox:
     """A thread-safe SQLite spool of encoded events, oldest first."""
 
-    def __init__(self, path: Path, *, checkpoints: bool = True) -> None:
+    def __init__(self, path: Path, *, dicom_path: bool = False) -> None:
         """Open (or create) the outbox at ``path``.
 
-        ``checkpoints=False`` is for the writer on the DICOM path: it leaves copying the
-        WAL into the database (and that copy's fsync) to the relay's connection, which
-        runs SQLite's automatic checkpoints after its deletes. A path that cannot hold
-        an outbox (a folder, another kind of file, no write access) is a ``ConfigError``
-        naming it and why.
+        ``dicom_path`` is for the writer on the DICOM path. It leaves copying the WAL into
+        the database (and that copy's fsync) to the relay's connection, which runs
+        SQLite's automatic checkpoints after its deletes. And a method of it that meets
+        another connection's write tries again within microseconds
+        (``_retried_while_busy``); other connections (the relay's) wait as SQLite does,
+        1 ms and more, which costs a process that batches fewer wake-ups. A path that
+        cannot hold an outbox (a folder, another kind of file, no write access) is a
+        ``ConfigError`` naming it and why.
         """
         self.path = path
+        self._prompt = dicom_path
         db: sqlite3.Connection | None = None
         try:
             db = self._db = _open(path)
-            self._prepare(checkpoints)
+            self._prepare(checkpoints=not dicom_path)
         except (OSError, sqlite3.Error) as exc:
             if db is not None:
                 db.close()
@@ -264,9 +269,10 @@ class Outbox:
         if not checkpoints:
             self._db.execute("PRAGMA wal_autocheckpoint=0")
         migrate_outbox(self._db, self.path)
-        # From here on, a statement that meets another connection's write fails at once, and
-        # the method is tried again sooner than SQLite would (``_retried_while_busy``).
-        self._db.execute("PRAGMA busy_timeout = 0")
+        if self._prompt:
+            # From here on, a statement that meets another connection's write fails at
+            # once, and the method is tried again sooner than SQLite would.
+            self._db.execute("PRAGMA busy_timeout = 0")
 
     def _rolled_back(self) -> None:
         """End a transaction a busy file cut short, so that it can be begun again."""

@@ -75,7 +75,7 @@ class Node:
     @classmethod
     def open(cls, settings: NodeSettings) -> Node:
         """Open the outbox, its move journal and the archive; nothing listens yet."""
-        outbox = Outbox(settings.outbox_path, checkpoints=False)
+        outbox = Outbox(settings.outbox_path, dicom_path=True)
         return cls(
             settings,
             outbox,

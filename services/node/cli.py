@@ -195,7 +195,7 @@ def _send(
     from dimsebus.services.node.capture_shell import Capture
     from dimsebus.services.node.sender import send_files
 
-    box = Outbox(settings.outbox_path, checkpoints=False)
+    box = Outbox(settings.outbox_path, dicom_path=True)
     relay = RelayProcess(
         settings.outbox_path,
         settings.amqp_url,

@@ -134,7 +134,7 @@ async def relay_and_a_later_row(
     published: a writer of the outbox, and that row."""
     [later] = responses(1)
     async with running_relay(path, url, safety_poll=AN_HOUR):
-        writer = Outbox(path, checkpoints=False)
+        writer = Outbox(path, dicom_path=True)
         writer.append([later])
         await arrivals.until(lambda: later.id in arrivals.ids, 120, "the later row published")
         yield writer, later
@@ -146,7 +146,7 @@ async def test_a_row_written_while_the_relay_waits_is_published_at_once(
     # given a relay that looks at its outbox by itself only once an hour, and has
     # published a first row
     path = tmp_path / "outbox.sqlite"
-    writer = Outbox(path, checkpoints=False)
+    writer = Outbox(path, dicom_path=True)
     first, second = responses(2)
     async with running_relay(path, amqp_url, safety_poll=AN_HOUR):
         writer.append([first])
@@ -164,7 +164,7 @@ async def test_a_relay_that_cannot_hear_wake_ups_polls_and_loses_nothing(
 ) -> None:
     # given the outbox's wake-up address already taken, so its relay cannot listen
     path = tmp_path / "outbox.sqlite"
-    writer = Outbox(path, checkpoints=False)
+    writer = Outbox(path, dicom_path=True)
     squatter = ArrivalListener(path)
     assert squatter.listening
     [row] = responses(1)
@@ -183,7 +183,7 @@ async def test_a_burst_from_several_associations_arrives_once_each_in_order(
     # given a relay, and four associations' threads, each committing its responses
     # one by one, as the DIMSE threads do
     path = tmp_path / "outbox.sqlite"
-    writer = Outbox(path, checkpoints=False)
+    writer = Outbox(path, dicom_path=True)
     bursts = [responses(500) for _ in range(4)]
     [marker] = responses(1)
     async with running_relay(path, amqp_url, safety_poll=AN_HOUR):
@@ -289,7 +289,7 @@ async def test_a_row_the_relay_cannot_make_stays_spooled_and_the_rows_after_it_f
     # given an outbox whose oldest row is a record this relay cannot read (a format of
     # another version's: it reads none)
     path = tmp_path / "outbox.sqlite"
-    writer = Outbox(path, checkpoints=False)
+    writer = Outbox(path, dicom_path=True)
     unknown = str(new_id())
     writer.append_record(
         Record("newer/9", unknown, ev.CStoreResponseReceived.__name__, None, "t", "s", b"{}")
@@ -315,7 +315,7 @@ async def test_kill_9_of_the_relay_mid_burst_then_a_new_one_publishes_each_row_o
 ) -> None:
     # given a relay process publishing a burst of 3,000 rows
     path = tmp_path / "outbox.sqlite"
-    writer = Outbox(path, checkpoints=False)
+    writer = Outbox(path, dicom_path=True)
     burst = responses(3000)
     for start in range(0, len(burst), 100):
         writer.append(burst[start : start + 100])

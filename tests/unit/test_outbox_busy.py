@@ -1,6 +1,6 @@
-"""The outbox while another connection holds the file's write lock (a relay's take or
-remove, met by the DIMSE thread's commit): a method waits for the lock to go, tried again
-within about a millisecond, not after SQLite's own sleeps, and gives up after
+"""The DICOM path's outbox while another connection holds the file's write lock (a relay's
+take or remove, met by the DIMSE thread's commit): a method waits for the lock to go,
+tried again within about a millisecond, not after SQLite's own sleeps, and gives up after
 ``BUSY_TIMEOUT``."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def write_locked(path: Path) -> Iterator[sqlite3.Connection]:
 def test_a_commit_waits_for_another_writer_and_follows_it_closely(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    outbox = Outbox(tmp_path / "o.sqlite")
+    outbox = Outbox(tmp_path / "o.sqlite", dicom_path=True)
     first, second = events(2)
     done, busy = threading.Event(), threading.Event()
     rolled_back = Outbox._rolled_back
@@ -88,7 +88,7 @@ def test_a_writer_that_never_lets_go_fails_the_method_after_the_busy_timeout(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(outbox_module, "BUSY_TIMEOUT", 0.2)
-    outbox = Outbox(tmp_path / "o.sqlite")
+    outbox = Outbox(tmp_path / "o.sqlite", dicom_path=True)
     with write_locked(outbox.path), pytest.raises(sqlite3.OperationalError, match="locked"):
         outbox.append(events(2)[:1])
     # and the outbox is usable once it does
