@@ -272,11 +272,10 @@ class StreamLogReader(_Reader):
         self._in_flight = FIRST_CREDIT  # chunks asked for that have not arrived
         self._chunks = self._records = 0  # seen so far: how big a chunk is
         self._first: int | None = None  # the offset of the first record that arrived
-        self._opened_at = utc_now()
+        self._made_at = utc_now()  # no later than its subscription: a safe time to resume from
         self._subscription = StreamSubscription(address, name, self._arrived, max_frame)
 
     async def __aenter__(self) -> StreamLogReader:
-        self._opened_at = utc_now()
         await self._subscription.open(LOG_STREAM, self._offset, FIRST_CREDIT)
         self._subscription.ended.add_done_callback(self._end)
         return self
@@ -296,14 +295,15 @@ class StreamLogReader(_Reader):
         give out: the first record that arrived; with none, its start, where that is a
         place in the log ("first", an offset). A start of "next" or "last" is a moment,
         not a place: asked for again later, it would skip what was written since, so it
-        is read from when this reader opened, less ``CLOCK_SKEW`` (the broker's clock
-        is not this host's). What comes twice, consumers dedupe (DESIGN.md rule 2).
+        is read from when this reader was made (just before it subscribed), less
+        ``CLOCK_SKEW`` (the broker's clock is not this host's). What comes twice,
+        consumers dedupe (DESIGN.md rule 2).
         """
         if self._first is not None:
             return self._first
         if isinstance(self._offset, int) or self._offset == "first":
             return self._offset
-        return self._opened_at - CLOCK_SKEW
+        return self._made_at - CLOCK_SKEW
 
     def _stopped(self) -> ConnectionError:
         """``ChunkNotReadable`` when that is why the subscription ended (reading on over

@@ -222,7 +222,7 @@ def _retried_while_busy(method: Callable[_P, _T]) -> Callable[_P, _T]:
             try:
                 return method(*args, **kwargs)
             except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or not outbox._prompt:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or not outbox._dicom_path:
                     raise
                 outbox._rolled_back()
                 deadline = deadline or time.monotonic() + BUSY_TIMEOUT
@@ -250,11 +250,11 @@ class Outbox:
         ``ConfigError`` naming it and why.
         """
         self.path = path
-        self._prompt = dicom_path
+        self._dicom_path = dicom_path
         db: sqlite3.Connection | None = None
         try:
             db = self._db = _open(path)
-            self._prepare(checkpoints=not dicom_path)
+            self._prepare()
         except (OSError, sqlite3.Error) as exc:
             if db is not None:
                 db.close()
@@ -263,13 +263,13 @@ class Outbox:
         self._arrivals = ArrivalBell(path)  # rung after each commit: wakes the relay
         self._skipping = False  # rows left out of ``take`` (``skip``), in a temporary table
 
-    def _prepare(self, checkpoints: bool) -> None:
+    def _prepare(self) -> None:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        if not checkpoints:
+        if self._dicom_path:  # the relay's connection checkpoints
             self._db.execute("PRAGMA wal_autocheckpoint=0")
         migrate_outbox(self._db, self.path)
-        if self._prompt:
+        if self._dicom_path:
             # From here on, a statement that meets another connection's write fails at
             # once, and the method is tried again sooner than SQLite would.
             self._db.execute("PRAGMA busy_timeout = 0")
